@@ -1,0 +1,32 @@
+"""scmamba2: a bidirectional Mamba2 foundation model for single-cell data.
+
+``import scmamba2`` stays light: the public names below are imported on first use.
+"""
+
+from importlib import import_module
+from typing import Any
+
+from .errors import InputError
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "read": "scmamba2.data.io",
+    "validate": "scmamba2.data.validate",
+    "ValidationReport": "scmamba2.data.validate",
+    "GeneVocab": "scmamba2.data.vocab",
+    "TokenizerConfig": "scmamba2.data.tokenize",
+    "ModelConfig": "scmamba2.model",
+    "ScMamba2": "scmamba2.model",
+    "TrainConfig": "scmamba2.train.config",
+    "pretrain": "scmamba2.train.pretrain",
+    "embed": "scmamba2.tasks.embed",
+}
+
+__all__ = ["InputError", "__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'scmamba2' has no attribute {name!r}")
