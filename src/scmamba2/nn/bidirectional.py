@@ -1,0 +1,219 @@
+"""Bidirectional Mamba2: one shared mixer run forwards and on the per-sample reversed sequence.
+
+Sequences are right-padded. Both directions are causal scans over a sequence whose padding sits at the
+end (``reverse_valid`` keeps it there), so valid positions never see padding in either direction and a
+sample's output does not depend on how much padding it carries.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from .mamba2 import Mamba2Block
+
+__all__ = ["BiMamba2Encoder", "BiMamba2Layer", "reverse_valid", "valid_lengths"]
+
+
+def valid_lengths(padding_mask: Tensor | None, batch: int, length: int, device: torch.device) -> Tensor:
+    """Number of valid positions per sample, checking that padding is a suffix.
+
+    Parameters
+    ----------
+    padding_mask : Tensor or None
+        ``(b, l)`` bool, True = padding; None means no padding.
+    batch, length : int
+        Expected shape.
+    device : torch.device
+        Device of the result when ``padding_mask`` is None.
+
+    Returns
+    -------
+    Tensor
+        ``(b,)`` int64 lengths.
+
+    Raises
+    ------
+    ValueError
+        If the mask has the wrong shape, or a sample has padding before a valid position (left or
+        interior padding).
+    """
+    if padding_mask is None:
+        return torch.full((batch,), length, dtype=torch.long, device=device)
+    if padding_mask.shape != (batch, length):
+        raise ValueError(f"padding_mask must have shape {(batch, length)}, got {tuple(padding_mask.shape)}")
+    pad = padding_mask.bool()
+    if length > 1 and (pad[:, :-1] & ~pad[:, 1:]).any():
+        raise ValueError(
+            "padding_mask must mark right padding only (True only after the last valid position of each "
+            "sample); found padding before a valid position. Right-pad the sequences."
+        )
+    return length - pad.sum(dim=1)
+
+
+def reverse_valid(x: Tensor, lengths: Tensor) -> Tensor:
+    """Reverse, per sample, the first ``lengths[i]`` positions along dim 1; padding stays at the end.
+
+    Parameters
+    ----------
+    x : Tensor
+        ``(b, l, ...)``.
+    lengths : Tensor
+        ``(b,)`` integer valid lengths, each in ``[0, l]``.
+
+    Returns
+    -------
+    Tensor
+        Same shape as ``x``. The map is an involution: ``reverse_valid(reverse_valid(x, n), n) == x``.
+    """
+    batch, length = x.shape[:2]
+    pos = torch.arange(length, device=x.device).expand(batch, length)  # (b, l)
+    n = lengths.to(device=x.device, dtype=torch.long).unsqueeze(1)  # (b, 1)
+    index = torch.where(pos < n, n - 1 - pos, pos)  # (b, l): mirrored inside the valid part
+    index = index.reshape(batch, length, *([1] * (x.dim() - 2))).expand_as(x)
+    return torch.gather(x, 1, index)
+
+
+class BiMamba2Layer(nn.Module):
+    """Pre-norm residual bidirectional Mamba2 layer: ``x + dropout(fwd(norm x) + bwd(norm x))``.
+
+    One :class:`Mamba2Block` (one set of weights) runs on ``norm(x)`` and on its per-sample reversal in a
+    single batched call; the backward output is reversed back and the two are summed. Outputs at padded
+    positions are zero.
+
+    Parameters
+    ----------
+    d_model, d_state, d_conv, expand, headdim, chunk_size :
+        Passed to :class:`Mamba2Block`.
+    dropout : float
+        Dropout on the mixer output, before the residual sum.
+    norm_eps : float
+        Epsilon of the pre-norm and of the block's gated norm.
+    use_kernels : bool or None
+        Passed to :class:`Mamba2Block`.
+    """
+
+    mixer = "add"
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 64,
+        d_conv: int = 4,
+        expand: int = 2,
+        headdim: int = 64,
+        chunk_size: int = 64,
+        dropout: float = 0.0,
+        norm_eps: float = 1e-5,
+        use_kernels: bool | None = None,
+    ) -> None:
+        super().__init__()
+        self.norm = nn.RMSNorm(d_model, eps=norm_eps)
+        self.block = Mamba2Block(
+            d_model,
+            d_state=d_state,
+            d_conv=d_conv,
+            expand=expand,
+            headdim=headdim,
+            chunk_size=chunk_size,
+            norm_eps=norm_eps,
+            use_kernels=use_kernels,
+        )
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, padding_mask: Tensor | None = None) -> Tensor:
+        """Apply the layer.
+
+        Parameters
+        ----------
+        x : Tensor
+            ``(b, l, d_model)``.
+        padding_mask : Tensor or None
+            ``(b, l)`` bool, True = padding, right padding only.
+
+        Returns
+        -------
+        Tensor
+            ``(b, l, d_model)``, zero at padded positions.
+        """
+        batch, length, _ = x.shape
+        lengths = valid_lengths(padding_mask, batch, length, x.device)
+        h = self.norm(x)
+        if padding_mask is not None:  # finite zeros at padding: nan/inf there could not leak through 0 * nan
+            h = h.masked_fill(padding_mask.unsqueeze(-1), 0.0)
+        both = self.block(torch.cat([h, reverse_valid(h, lengths)], dim=0))  # (2b, l, d): one batched call
+        fwd, bwd = both[:batch], reverse_valid(both[batch:], lengths)
+        out = x + self.dropout(fwd + bwd)
+        if padding_mask is not None:
+            out = out.masked_fill(padding_mask.unsqueeze(-1), 0.0)
+        return out
+
+
+class BiMamba2Encoder(nn.Module):
+    """A stack of :class:`BiMamba2Layer` followed by a final RMSNorm.
+
+    Parameters
+    ----------
+    d_model : int
+        Model width.
+    n_layers : int
+        Number of layers.
+    d_state, d_conv, expand, headdim, chunk_size, dropout, norm_eps, use_kernels :
+        Passed to every :class:`BiMamba2Layer`.
+    gradient_checkpointing : bool
+        Recompute each layer in the backward pass (``torch.utils.checkpoint``, non-reentrant); only
+        active in training mode with gradients enabled.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        n_layers: int,
+        d_state: int = 64,
+        d_conv: int = 4,
+        expand: int = 2,
+        headdim: int = 64,
+        chunk_size: int = 64,
+        dropout: float = 0.0,
+        norm_eps: float = 1e-5,
+        gradient_checkpointing: bool = False,
+        use_kernels: bool | None = None,
+    ) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            BiMamba2Layer(
+                d_model,
+                d_state=d_state,
+                d_conv=d_conv,
+                expand=expand,
+                headdim=headdim,
+                chunk_size=chunk_size,
+                dropout=dropout,
+                norm_eps=norm_eps,
+                use_kernels=use_kernels,
+            )
+            for _ in range(n_layers)
+        )
+        self.norm = nn.RMSNorm(d_model, eps=norm_eps)
+        self.gradient_checkpointing = gradient_checkpointing
+
+    def forward(self, x: Tensor, padding_mask: Tensor | None = None) -> Tensor:
+        """Encode ``x`` of shape ``(b, l, d_model)``; ``padding_mask`` as in :meth:`BiMamba2Layer.forward`.
+
+        Returns
+        -------
+        Tensor
+            ``(b, l, d_model)``, zero at padded positions.
+        """
+        valid_lengths(padding_mask, x.shape[0], x.shape[1], x.device)  # fail early on a bad mask
+        use_ckpt = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
+        for layer in self.layers:
+            if use_ckpt:
+                x = checkpoint(layer, x, padding_mask, use_reentrant=False)
+            else:
+                x = layer(x, padding_mask)
+        x = self.norm(x)
+        if padding_mask is not None:
+            x = x.masked_fill(padding_mask.unsqueeze(-1), 0.0)
+        return x

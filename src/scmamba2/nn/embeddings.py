@@ -1,0 +1,53 @@
+"""Token embeddings: gene identity, expression value (binned or continuous) and optional batch."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .._keys import MASK_VALUE, PAD_VALUE
+
+
+class GeneEncoder(nn.Module):
+    """Embeds vocabulary ids: ``(B, L) -> (B, L, D)``."""
+
+    def __init__(self, vocab_size: int, d_model: int, pad_id: int = 0):
+        super().__init__()
+        self.embedding = nn.Embedding(vocab_size, d_model, padding_idx=pad_id)
+        self.norm = nn.LayerNorm(d_model)
+
+    def forward(self, genes: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.embedding(genes))
+
+
+class BinnedValueEncoder(nn.Module):
+    """Embeds value bins ``0 .. n_bins-1``; ``MASK_VALUE`` and ``PAD_VALUE`` get rows of their own."""
+
+    def __init__(self, n_bins: int, d_model: int):
+        super().__init__()
+        self.n_bins = n_bins
+        self.embedding = nn.Embedding(n_bins + 2, d_model)  # + mask row, + pad row
+        self.norm = nn.LayerNorm(d_model)
+
+    def forward(self, values: torch.Tensor) -> torch.Tensor:
+        idx = values.round().long().clamp(0, self.n_bins - 1)
+        idx = torch.where(values == MASK_VALUE, self.n_bins, idx)
+        idx = torch.where(values == PAD_VALUE, self.n_bins + 1, idx)
+        return self.norm(self.embedding(idx))
+
+
+class ContinuousValueEncoder(nn.Module):
+    """Embeds continuous values with a small MLP; masked and padded positions get learned vectors."""
+
+    def __init__(self, d_model: int, max_value: float = 512.0):
+        super().__init__()
+        self.max_value = max_value
+        self.mlp = nn.Sequential(nn.Linear(1, d_model), nn.ReLU(), nn.Linear(d_model, d_model))
+        self.special = nn.Embedding(2, d_model)  # 0: mask, 1: pad
+        self.norm = nn.LayerNorm(d_model)
+
+    def forward(self, values: torch.Tensor) -> torch.Tensor:
+        x = self.mlp(values.clamp(0.0, self.max_value).unsqueeze(-1))  # (B, L, D)
+        x = torch.where((values == MASK_VALUE).unsqueeze(-1), self.special.weight[0], x)
+        x = torch.where((values == PAD_VALUE).unsqueeze(-1), self.special.weight[1], x)
+        return self.norm(x)

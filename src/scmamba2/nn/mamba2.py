@@ -1,0 +1,199 @@
+"""The Mamba2 mixer: input projection, causal depthwise conv, SSD scan, gated RMSNorm, output projection.
+
+Parameter names and shapes follow the reference Mamba2 layout (``in_proj``, ``conv1d``, ``dt_bias``,
+``A_log``, ``D``, ``norm.weight``, ``out_proj``), so the same state dict runs on the pure-PyTorch path
+(:func:`scmamba2.nn.ssd.ssd_chunked`) and on the fused CUDA kernels (:mod:`scmamba2.nn._kernels`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import _kernels
+from .ssd import ssd_chunked
+
+__all__ = ["GatedRMSNorm", "Mamba2Block"]
+
+
+class GatedRMSNorm(nn.Module):
+    """RMSNorm of ``y * silu(z)`` (gate before norm), normalised per group of ``group_size`` channels.
+
+    Parameters
+    ----------
+    dim : int
+        Number of channels.
+    group_size : int, optional
+        Channels normalised together; ``dim`` (one group) when omitted. Must divide ``dim``.
+    eps : float
+        Added to the mean square.
+    """
+
+    def __init__(self, dim: int, group_size: int | None = None, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.group_size = dim if group_size is None else group_size
+        if dim % self.group_size != 0:
+            raise ValueError(f"group_size {self.group_size} must divide dim {dim}")
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, y: Tensor, z: Tensor) -> Tensor:
+        """Return ``rmsnorm(y * silu(z)) * weight`` in the dtype of ``y``; ``y, z`` are ``(..., dim)``."""
+        gated = y.float() * F.silu(z.float())
+        grouped = gated.unflatten(-1, (-1, self.group_size))  # (..., groups, group_size)
+        normed = grouped * torch.rsqrt(grouped.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (normed.flatten(-2) * self.weight.float()).to(y.dtype)
+
+
+class Mamba2Block(nn.Module):
+    """Mamba2 mixer (no residual, no outer norm): ``(b, l, d_model) -> (b, l, d_model)``, causal in ``l``.
+
+    Parameters
+    ----------
+    d_model : int
+        Model width.
+    d_state : int
+        SSM state size ``n`` per group.
+    d_conv : int
+        Width of the causal depthwise convolution.
+    expand : int
+        ``d_inner = expand * d_model``.
+    headdim : int
+        Channels per head ``p``; ``nheads = d_inner // headdim``.
+    ngroups : int
+        Number of ``(B, C)`` groups shared by the heads; must divide ``nheads``.
+    chunk_size : int
+        Chunk length of the SSD scan (a speed knob: the output does not depend on it).
+    dt_min, dt_max, dt_init_floor : float
+        ``dt`` at initialisation is log-uniform in ``[dt_min, dt_max]``, floored at ``dt_init_floor``;
+        ``dt_bias`` stores its inverse softplus.
+    A_init_range : tuple of float
+        ``A = -exp(A_log)`` with ``exp(A_log)`` uniform in this range at initialisation.
+    bias : bool
+        Bias in ``in_proj`` and ``out_proj``.
+    conv_bias : bool
+        Bias in ``conv1d``.
+    norm_eps : float
+        Epsilon of the gated RMSNorm.
+    use_kernels : bool or None
+        ``None``: use the fused CUDA kernels when installed and the input is on CUDA; ``True``: the same,
+        but fail at construction if they are not installed; ``False``: always the pure-PyTorch path.
+
+    Notes
+    -----
+    ``dt_bias``, ``A_log`` and ``D`` carry ``_no_weight_decay = True`` as a hint for optimiser grouping.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 64,
+        d_conv: int = 4,
+        expand: int = 2,
+        headdim: int = 64,
+        ngroups: int = 1,
+        chunk_size: int = 64,
+        dt_min: float = 0.001,
+        dt_max: float = 0.1,
+        dt_init_floor: float = 1e-4,
+        A_init_range: tuple[float, float] = (1, 16),
+        bias: bool = False,
+        conv_bias: bool = True,
+        norm_eps: float = 1e-5,
+        use_kernels: bool | None = None,
+    ) -> None:
+        super().__init__()
+        self.d_model = d_model
+        self.d_state = d_state
+        self.d_conv = d_conv
+        self.d_inner = expand * d_model
+        self.headdim = headdim
+        self.ngroups = ngroups
+        self.chunk_size = chunk_size
+        if self.d_inner % headdim != 0:
+            raise ValueError(
+                f"d_inner = expand * d_model = {self.d_inner} is not divisible by headdim = {headdim}; "
+                "choose d_model, expand and headdim so that it is"
+            )
+        self.nheads = self.d_inner // headdim
+        if self.nheads % ngroups != 0:
+            raise ValueError(f"nheads = {self.nheads} is not divisible by ngroups = {ngroups}")
+        if not 0 < dt_min <= dt_max:
+            raise ValueError(f"need 0 < dt_min <= dt_max, got {dt_min}, {dt_max}")
+        if use_kernels and not _kernels.HAS_KERNELS:
+            raise RuntimeError(
+                "use_kernels=True but mamba_ssm / causal_conv1d are not importable; "
+                "install them with `pip install scmamba2[cuda]` or pass use_kernels=None"
+            )
+        self.use_kernels = use_kernels
+
+        self.conv_dim = self.d_inner + 2 * ngroups * d_state  # channels of x, B, C
+        d_in_proj = self.d_inner + self.conv_dim + self.nheads  # [z, x, B, C, dt]
+        self.in_proj = nn.Linear(d_model, d_in_proj, bias=bias)
+        self.conv1d = nn.Conv1d(
+            self.conv_dim, self.conv_dim, kernel_size=d_conv, groups=self.conv_dim, padding=d_conv - 1, bias=conv_bias
+        )
+
+        # dt_bias = softplus^{-1}(dt), dt log-uniform in [dt_min, dt_max].
+        log_dt = torch.rand(self.nheads) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
+        dt = torch.exp(log_dt).clamp(min=dt_init_floor)
+        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))
+        A = torch.empty(self.nheads).uniform_(*A_init_range)
+        self.A_log = nn.Parameter(torch.log(A))
+        self.D = nn.Parameter(torch.ones(self.nheads))
+        for p in (self.dt_bias, self.A_log, self.D):
+            p._no_weight_decay = True
+
+        self.norm = GatedRMSNorm(self.d_inner, group_size=self.d_inner // ngroups, eps=norm_eps)
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias)
+
+    def _fused(self, u: Tensor) -> bool:
+        return self.use_kernels is not False and _kernels.kernels_usable(u, self.d_conv)
+
+    def forward(self, u: Tensor) -> Tensor:
+        """Mix along the sequence, causally.
+
+        Parameters
+        ----------
+        u : Tensor
+            ``(b, l, d_model)``.
+
+        Returns
+        -------
+        Tensor
+            ``(b, l, d_model)``; output ``t`` depends only on inputs ``<= t``.
+        """
+        batch, length, _ = u.shape
+        h, p, g, n = self.nheads, self.headdim, self.ngroups, self.d_state
+        fused = self._fused(u)
+
+        zxbcdt = self.in_proj(u)  # (b, l, d_inner + conv_dim + h)
+        z, xbc, dt = torch.split(zxbcdt, [self.d_inner, self.conv_dim, h], dim=-1)
+        if fused:
+            xbc = _kernels.causal_conv_silu(xbc, self.conv1d.weight, self.conv1d.bias)
+        else:  # padding d_conv - 1 on both sides: the first l outputs are the causal ones
+            xbc = F.silu(self.conv1d(xbc.transpose(1, 2))[..., :length].transpose(1, 2))  # (b, l, conv_dim)
+        x, B, C = torch.split(xbc, [self.d_inner, g * n, g * n], dim=-1)
+        x = x.reshape(batch, length, h, p)
+        B = B.reshape(batch, length, g, n)
+        C = C.reshape(batch, length, g, n)
+        fp = torch.promote_types(u.dtype, torch.float32)  # decays in float32, or float64 for float64 inputs
+        A = -torch.exp(self.A_log.to(fp))  # (h,)
+
+        if fused:
+            y = _kernels.chunk_scan(x, dt, A, B, C, self.chunk_size, D=self.D, dt_bias=self.dt_bias)
+        else:
+            dt = F.softplus(dt.to(fp) + self.dt_bias.to(fp))  # (b, l, h)
+            y = ssd_chunked(x, dt, A, B, C, self.chunk_size) + x * self.D.to(x.dtype)[:, None]  # (b, l, h, p)
+
+        y = self.norm(y.reshape(batch, length, self.d_inner), z)
+        return self.out_proj(y)
+
+    def extra_repr(self) -> str:
+        return (
+            f"d_model={self.d_model}, d_inner={self.d_inner}, nheads={self.nheads}, headdim={self.headdim}, "
+            f"d_state={self.d_state}, ngroups={self.ngroups}, chunk_size={self.chunk_size}"
+        )

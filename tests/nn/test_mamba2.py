@@ -1,0 +1,111 @@
+"""Mamba2Block: parameter layout, chunk-size invariance, causality, and (on a GPU) fused-kernel parity."""
+
+import pytest
+import torch
+
+from scmamba2.nn import _kernels
+from scmamba2.nn.mamba2 import Mamba2Block
+
+
+def make_block(dtype=torch.float32, seed=0, **kw):
+    torch.manual_seed(seed)
+    kw = {"d_model": 32, "d_state": 8, "headdim": 16, "chunk_size": 64, "use_kernels": False, **kw}
+    return Mamba2Block(**kw).to(dtype)
+
+
+def test_parameter_names_and_shapes():
+    block = make_block(ngroups=2)
+    names = {name: tuple(p.shape) for name, p in block.named_parameters()}
+    d_inner, nheads, conv_dim = 64, 4, 64 + 2 * 2 * 8
+    assert names == {
+        "in_proj.weight": (2 * d_inner + 2 * 2 * 8 + nheads, 32),
+        "conv1d.weight": (conv_dim, 1, 4),
+        "conv1d.bias": (conv_dim,),
+        "dt_bias": (nheads,),
+        "A_log": (nheads,),
+        "D": (nheads,),
+        "norm.weight": (d_inner,),
+        "out_proj.weight": (32, d_inner),
+    }
+
+
+def test_initialisation_ranges():
+    block = make_block(d_model=256, headdim=8)  # 64 heads
+    dt = torch.nn.functional.softplus(block.dt_bias)
+    assert dt.min() >= 1e-3 * 0.999 and dt.max() <= 0.1 * 1.001
+    A = torch.exp(block.A_log)
+    assert A.min() >= 1 and A.max() <= 16
+    assert torch.equal(block.D, torch.ones(64))
+
+
+def test_headdim_must_divide():
+    with pytest.raises(ValueError, match="not divisible by headdim"):
+        Mamba2Block(d_model=24, headdim=64)
+
+
+def test_use_kernels_true_without_kernels_fails():
+    if _kernels.HAS_KERNELS:
+        pytest.skip("kernels are installed")
+    with pytest.raises(RuntimeError, match="use_kernels=True"):
+        Mamba2Block(d_model=32, headdim=16, use_kernels=True)
+
+
+@pytest.mark.parametrize(("dtype", "tol"), [(torch.float32, 1e-5), (torch.float64, 1e-10)])
+@pytest.mark.parametrize("length", [5, 50, 130])
+def test_chunk_size_invariance(dtype, tol, length):
+    block = make_block(dtype, ngroups=2)
+    u = torch.randn(3, length, 32, dtype=dtype, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        block.chunk_size = 64
+        y64 = block(u)
+        block.chunk_size = 8
+        y8 = block(u)
+    assert y64.shape == (3, length, 32) and y64.dtype == dtype
+    assert (y64 - y8).abs().max() < tol
+
+
+def test_causality():
+    block = make_block(torch.float64, chunk_size=8)
+    u = torch.randn(2, 40, 32, dtype=torch.float64)
+    t = 21
+    u2 = u.clone()
+    u2[:, t] += torch.randn(32, dtype=torch.float64)
+    with torch.no_grad():
+        y, y2 = block(u), block(u2)
+    assert torch.equal(y[:, :t], y2[:, :t])
+    assert (y[:, t] - y2[:, t]).abs().max() > 1e-6  # the change does reach position t ...
+    assert (y[:, -1] - y2[:, -1]).abs().max() > 1e-12  # ... and later positions
+
+
+def test_backward_reaches_every_parameter():
+    block = make_block(chunk_size=8)
+    block(torch.randn(2, 19, 32)).square().sum().backward()
+    for name, p in block.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not (torch.cuda.is_available() and _kernels.HAS_KERNELS), reason="needs CUDA and mamba_ssm")
+@pytest.mark.parametrize(("dtype", "fwd_tol", "grad_tol"), [(torch.float32, 2e-3, 5e-3), (torch.bfloat16, 3e-2, 6e-2)])
+def test_fused_matches_pure(dtype, fwd_tol, grad_tol):
+    torch.manual_seed(0)
+    pure = Mamba2Block(d_model=128, d_state=64, headdim=64, chunk_size=64, use_kernels=False).cuda()
+    fused = Mamba2Block(d_model=128, d_state=64, headdim=64, chunk_size=64, use_kernels=True).cuda()
+    fused.load_state_dict(pure.state_dict())  # the same parameters drive both paths
+    u = torch.randn(4, 300, 128, device="cuda")
+    outs, grads = [], []
+    for block in (pure, fused):
+        x = u.clone().requires_grad_(True)
+        with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
+            y = block(x)
+        y.float().square().mean().backward()
+        outs.append(y.float())
+        grads.append([x.grad.float()] + [p.grad.float() for p in block.parameters()])
+        block.zero_grad()
+
+    def rel(a, b):
+        return ((a - b).abs().max() / b.abs().max().clamp_min(1e-6)).item()
+
+    assert rel(outs[1], outs[0]) < fwd_tol
+    for g_fused, g_pure in zip(grads[1], grads[0]):
+        assert rel(g_fused, g_pure) < grad_tol
