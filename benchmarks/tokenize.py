@@ -1,0 +1,134 @@
+"""Benchmark: read + validate + bin + tokenise a real dataset (default pbmc3k raw, 2,700 x 32,738).
+
+Run from anywhere::
+
+    .venv/bin/python benchmarks/tokenize.py [--data PATH] [--repeats 3]
+
+Prints the per-stage timings and writes ``benchmarks/results/tokenize.md``. Each stage is timed
+``--repeats`` times after one warm-up call and the median is reported (the warm-up, i.e. first-call,
+time is shown too); "end to end" is read + vocab + validate + tokenize.
+"""
+
+# This file is named like the standard-library module ``tokenize``: drop its own folder from sys.path
+# before anything imports the standard one (only ``sys``/``os``, already loaded, are used for this).
+import os
+import sys
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+
+import argparse  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+REPO = Path(_HERE).parent
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "pbmc3k_raw_labeled.h5ad"
+
+
+def _timed(rows, name, fn, repeats):
+    """Time ``fn``: one warm-up call, then the median of ``repeats`` calls; appends to ``rows``."""
+    t0 = time.perf_counter()
+    result = fn()
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - t0)
+    rows.append((name, statistics.median(times), first))
+    return rows[-1][1], result
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="an .h5ad (or any format io.read accepts)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "tokenize.md")
+    args = parser.parse_args(argv)
+
+    import scipy
+    import torch
+
+    from scmamba2.data.collate import Collator, TokenizedDataset
+    from scmamba2.data.io import read
+    from scmamba2.data.preprocess import bin_values
+    from scmamba2.data.tokenize import TokenizerConfig, tokenize
+    from scmamba2.data.validate import validate
+    from scmamba2.data.vocab import GeneVocab
+
+    if not args.data.exists():
+        print(f"data file not found: {args.data}", file=sys.stderr)
+        return 2
+    cfg = TokenizerConfig()
+    rows = []
+    n_rep = args.repeats
+    t_read, adata = _timed(rows, "read", lambda: read(args.data), n_rep)
+    n = adata.n_obs
+    t_vocab, vocab = _timed(rows, "vocab (from the data's genes)", lambda: GeneVocab.from_adata(adata), n_rep)
+    t_val, _ = _timed(rows, "validate", lambda: validate(adata, vocab=vocab), n_rep)
+    _timed(rows, "bin_values alone (all genes)", lambda: bin_values(adata.X, cfg.n_bins), n_rep)
+    t_tok, cells = _timed(rows, "tokenize (binned, incl. binning)", lambda: tokenize(adata, vocab, cfg), n_rep)
+    continuous = TokenizerConfig(value_mode="continuous")
+    _timed(rows, "tokenize (continuous)", lambda: tokenize(adata, vocab, continuous), n_rep)
+
+    def epoch():
+        ds, collate = TokenizedDataset(cells), Collator(vocab.pad_id, mask_ratio=0.4, seed=0)
+        for s in range(0, len(ds), 64):
+            collate([ds[i] for i in range(s, min(s + 64, len(ds)))])
+
+    _timed(rows, "one epoch of cell() + Collator (batch 64, mask 0.4)", epoch, n_rep)
+    end_to_end = t_read + t_vocab + t_val + t_tok
+
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count()
+    nnz = adata.X.nnz if hasattr(adata.X, "nnz") else int(np.count_nonzero(adata.X))
+    lines = [
+        "# Tokenisation benchmark",
+        "",
+        f"Data: `{args.data.name}`, {n:,} cells x {adata.n_vars:,} genes, {nnz:,} non-zeros; "
+        f"TokenizerConfig defaults (n_bins={cfg.n_bins}, max_len={cfg.max_len}); "
+        f"median of {n_rep} runs after a warm-up call.",
+        "",
+        "| stage | seconds (median) | cells/s | first call, s |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, sec, first in rows:
+        lines.append(f"| {name} | {sec:.4f} | {n / sec:,.0f} | {first:.4f} |")
+    total = "**end to end** (read + vocab + validate + tokenize)"
+    lines.append(f"| {total} | {end_to_end:.4f} | {n / end_to_end:,.0f} | |")
+    lines += [
+        "",
+        f"Machine: {_cpu_model()}, {cores} cores available; Python {platform.python_version()}, "
+        f"numpy {np.__version__}, scipy {scipy.__version__}, torch {torch.__version__}.",
+        "",
+        f"Goal: tokenize >= 20,000 cells/s -> {'met' if n / t_tok >= 20_000 else 'NOT met'} "
+        f"({n / t_tok:,.0f} cells/s).",
+        "",
+    ]
+    text = "\n".join(lines)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    print(text)
+    print(f"written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

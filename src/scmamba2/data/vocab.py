@@ -1,0 +1,257 @@
+"""Gene vocabulary: special tokens first, then genes, each with a stable integer id."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .._keys import CLS_TOKEN, EOC_TOKEN, MASK_TOKEN, PAD_TOKEN, SPECIAL_TOKENS
+from ..errors import InputError
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["GeneVocab"]
+
+
+class GeneVocab:
+    """A mapping between tokens (special tokens and gene names) and integer ids.
+
+    A vocabulary built from gene names puts the special tokens first (``<pad>`` = 0, ``<cls>`` = 1,
+    ``<eoc>`` = 2, ``<mask>`` = 3) and the genes after them in the given order. Ids are always
+    ``0 .. len(vocab) - 1`` without gaps.
+
+    Parameters
+    ----------
+    genes : sequence of str
+        Gene names, in id order. Duplicates and names equal to a special token are rejected.
+
+    Raises
+    ------
+    InputError
+        If a gene name occurs twice or is a special token.
+
+    Examples
+    --------
+    >>> vocab = GeneVocab(["CD3E", "MS4A1"])
+    >>> vocab["CD3E"], vocab.pad_id, len(vocab)
+    (4, 0, 6)
+    """
+
+    def __init__(self, genes: Sequence[str]) -> None:
+        genes = [str(g) for g in genes]
+        clash = sorted(set(genes) & set(SPECIAL_TOKENS))
+        if clash:
+            raise InputError(
+                f"Gene names {clash} are reserved special tokens; rename these genes before building a vocabulary."
+            )
+        self._set_tokens(list(SPECIAL_TOKENS) + genes)
+
+    def _set_tokens(self, tokens: list[str]) -> None:
+        index = pd.Index(tokens, dtype=object)
+        if not index.is_unique:
+            dup = index[index.duplicated()].unique()
+            examples = ", ".join(map(repr, dup[:5]))
+            raise InputError(
+                f"The vocabulary has {len(dup)} duplicated gene name(s) (e.g. {examples}); "
+                "gene names must be unique: drop or rename the duplicates (e.g. adata.var_names_make_unique())."
+            )
+        self._tokens = tokens
+        self._index = index
+        special = set(SPECIAL_TOKENS)
+        self._genes = [t for t in tokens if t not in special]
+
+    @classmethod
+    def _from_tokens(cls, tokens: list[str]) -> GeneVocab:
+        obj = cls.__new__(cls)
+        obj._set_tokens(tokens)
+        return obj
+
+    @classmethod
+    def from_adata(cls, adata_or_list: Any, *, gene_key: str | None = None) -> GeneVocab:
+        """Build a vocabulary from the genes of one or more AnnData objects.
+
+        Parameters
+        ----------
+        adata_or_list : AnnData or iterable of AnnData
+            The datasets. Their genes are united in first-seen order; repeats are kept once.
+        gene_key : str, optional
+            Column of ``var`` holding the gene names; default: ``var_names``.
+
+        Returns
+        -------
+        GeneVocab
+        """
+        adatas = [adata_or_list] if hasattr(adata_or_list, "var_names") else list(adata_or_list)
+        if not adatas:
+            raise InputError("GeneVocab.from_adata needs at least one AnnData.")
+        names = []
+        for adata in adatas:
+            col = adata.var_names if gene_key is None else adata.var[gene_key]
+            names.append(pd.Index(np.asarray(col).astype(str)))
+        union = pd.Index(np.concatenate([n.to_numpy() for n in names])).unique()
+        union = union[~union.isin(SPECIAL_TOKENS)]
+        return cls(union.tolist())
+
+    # --- mapping ----------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._tokens)
+
+    def __contains__(self, token: object) -> bool:
+        return token in self._index
+
+    def __getitem__(self, token: str) -> int:
+        try:
+            return int(self._index.get_loc(token))
+        except KeyError:
+            raise KeyError(f"{token!r} is not in the vocabulary") from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._tokens)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, GeneVocab):
+            return NotImplemented
+        return self._tokens == other._tokens
+
+    def __hash__(self) -> int:
+        return hash(tuple(self._tokens))
+
+    def __repr__(self) -> str:
+        return f"GeneVocab({len(self.genes)} genes + {len(SPECIAL_TOKENS)} special tokens)"
+
+    @property
+    def tokens(self) -> list[str]:
+        """All tokens (special tokens included) in id order."""
+        return list(self._tokens)
+
+    @property
+    def genes(self) -> list[str]:
+        """Gene names in id order, without the special tokens."""
+        return list(self._genes)
+
+    @property
+    def pad_id(self) -> int:
+        """Id of ``<pad>``."""
+        return self[PAD_TOKEN]
+
+    @property
+    def cls_id(self) -> int:
+        """Id of ``<cls>``."""
+        return self[CLS_TOKEN]
+
+    @property
+    def eoc_id(self) -> int:
+        """Id of ``<eoc>``."""
+        return self[EOC_TOKEN]
+
+    @property
+    def mask_id(self) -> int:
+        """Id of ``<mask>``."""
+        return self[MASK_TOKEN]
+
+    def lookup(self, names: Iterable[str] | np.ndarray | pd.Index) -> np.ndarray:
+        """Map token names to ids, vectorised.
+
+        Parameters
+        ----------
+        names : array-like of str
+            Names to look up.
+
+        Returns
+        -------
+        numpy.ndarray of int64
+            The id of each name, ``-1`` where the name is not in the vocabulary.
+        """
+        if not isinstance(names, pd.Index):
+            if not isinstance(names, (np.ndarray, list, tuple, pd.Series)):
+                names = list(names)
+            names = pd.Index(np.asarray(names, dtype=object))
+        return self._index.get_indexer(names.astype(object)).astype(np.int64, copy=False)
+
+    def to_dict(self) -> dict[str, int]:
+        """Return the ``{token: id}`` mapping."""
+        return {t: i for i, t in enumerate(self._tokens)}
+
+    # --- persistence ------------------------------------------------------------------------------
+
+    def save(self, path: str | Path) -> None:
+        """Write the vocabulary as JSON ``{token: id}`` (the layout of scGPT's ``vocab.json``).
+
+        Parameters
+        ----------
+        path : str or Path
+            Destination file.
+        """
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", encoding="utf-8") as fh:
+            json.dump(self.to_dict(), fh, ensure_ascii=False)
+        logger.info("Saved a vocabulary of %d tokens to %s", len(self), path)
+
+    @classmethod
+    def load(cls, path: str | Path, *, add_missing_specials: bool = False) -> GeneVocab:
+        """Read a JSON ``{token: id}`` vocabulary (ours, or a scGPT-style ``vocab.json``).
+
+        The ids in the file are kept as they are, so a model trained with that vocabulary sees the same
+        ids; they must be ``0 .. n - 1`` without gaps or repeats. The special tokens may have any ids
+        (use :attr:`pad_id` and friends, never hard-coded numbers).
+
+        Parameters
+        ----------
+        path : str or Path
+            The JSON file.
+        add_missing_specials : bool, default False
+            A file without all four special tokens (``<pad>``, ``<cls>``, ``<eoc>``, ``<mask>``) is
+            rejected by default, because the ids of the missing ones would be invented. With ``True`` the
+            missing ones are appended after the last id, and this is logged.
+
+        Returns
+        -------
+        GeneVocab
+
+        Raises
+        ------
+        InputError
+            If the file is not a JSON object of integer ids, the ids are not ``0 .. n - 1``, or special
+            tokens are missing and ``add_missing_specials`` is False.
+        """
+        path = Path(path)
+        try:
+            with open(path, encoding="utf-8") as fh:
+                mapping = json.load(fh)
+        except (OSError, json.JSONDecodeError) as exc:
+            raise InputError(f"Cannot read the vocabulary file {path}: {exc}.") from exc
+        if not isinstance(mapping, dict) or not all(type(v) is int for v in mapping.values()):
+            raise InputError(f"The vocabulary file {path} must hold a JSON object mapping each token to an integer id.")
+        ids = np.fromiter(mapping.values(), dtype=np.int64, count=len(mapping))
+        if not np.array_equal(np.sort(ids), np.arange(len(ids))):
+            raise InputError(
+                f"The ids in {path} must be 0..{len(ids) - 1}, each once; the file has gaps or repeated ids, "
+                "so it cannot be used as a vocabulary without renumbering."
+            )
+        tokens = [""] * len(ids)
+        for token, i in mapping.items():
+            tokens[i] = str(token)
+        missing = [t for t in SPECIAL_TOKENS if t not in mapping]
+        if missing:
+            if not add_missing_specials:
+                raise InputError(
+                    f"The vocabulary file {path} lacks the special token(s) {missing}. Load it with "
+                    "GeneVocab.load(path, add_missing_specials=True) to append them after the last id "
+                    "(the model's embedding table then needs those extra rows)."
+                )
+            n = len(tokens)
+            logger.warning("Vocabulary %s lacks %s; appended with ids %d..%d", path, missing, n, n + len(missing) - 1)
+            tokens.extend(missing)
+        vocab = cls._from_tokens(tokens)
+        if [vocab[t] for t in SPECIAL_TOKENS] != [0, 1, 2, 3]:
+            ids = {t: vocab[t] for t in SPECIAL_TOKENS}
+            logger.info("Vocabulary %s keeps its own special-token ids: %s", path, ids)
+        return vocab
