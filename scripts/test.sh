@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# The test suite (default: everything not marked slow or gpu). Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/bootstrap.sh
+exec .venv/bin/python -m pytest "$@"

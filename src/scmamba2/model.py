@@ -1,0 +1,246 @@
+"""ScMamba2: embeddings -> bidirectional Mamba2 encoder -> heads, with its config and checkpoint format.
+
+A checkpoint directory holds ``config.json`` (model + tokenizer config, package and format versions),
+``model.safetensors`` and ``vocab.json``. Nothing here imports anndata: the model takes tensors.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from . import __version__
+from ._keys import BATCH, GENES, PADDING_MASK, VALUES
+from .errors import CheckpointError
+from .nn.bidirectional import BiMamba2Encoder
+from .nn.embeddings import BinnedValueEncoder, ContinuousValueEncoder, GeneEncoder
+from .nn.heads import ExpressionHead, MVCHead
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+CONFIG_FILE, WEIGHTS_FILE, VOCAB_FILE = "config.json", "model.safetensors", "vocab.json"
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of an :class:`ScMamba2` model.
+
+    ``d_state``, ``d_conv`` and ``expand`` default to Mamba2's values (64, 4, 2); ``headdim`` must divide
+    ``expand * d_model``. ``value_mode`` must match the tokenizer's (bins or continuous values).
+    """
+
+    vocab_size: int
+    d_model: int = 256
+    n_layers: int = 4
+    d_state: int = 64
+    d_conv: int = 4
+    expand: int = 2
+    headdim: int = 32
+    chunk_size: int = 64
+    n_bins: int = 51
+    max_len: int = 1200
+    value_mode: Literal["binned", "continuous"] = "binned"
+    dropout: float = 0.1
+    pad_id: int = 0
+    n_batches: int = 0  # > 0 adds a learned batch embedding to every token
+    mvc: bool = True  # build the cell-conditioned expression head
+    gradient_checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        if self.vocab_size < 5:
+            raise ValueError(f"vocab_size={self.vocab_size}: a vocabulary has 4 special tokens and at least one gene")
+        if (self.expand * self.d_model) % self.headdim:
+            raise ValueError(
+                f"headdim={self.headdim} must divide expand * d_model = {self.expand * self.d_model}; "
+                "choose e.g. headdim=32 or 64"
+            )
+        if self.value_mode not in ("binned", "continuous"):
+            raise ValueError(f"value_mode must be 'binned' or 'continuous', not {self.value_mode!r}")
+        if self.n_bins < 3:
+            raise ValueError(f"n_bins={self.n_bins}: need at least 3 (bin 0 for zeros and two expression bins)")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout={self.dropout} must be in [0, 1)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise CheckpointError(f"config.json has model fields this version of scmamba2 does not know: {unknown}")
+        return cls(**d)
+
+
+@dataclass
+class ModelOutput:
+    """What :meth:`ScMamba2.forward` returns."""
+
+    states: torch.Tensor  # (B, L, D) per-token encoder outputs, position 0 = <cls>
+    cell_emb: torch.Tensor  # (B, D)
+    expr_pred: torch.Tensor  # (B, L) GEP prediction per token
+    mvc_pred: torch.Tensor | None = field(default=None)  # (B, L) MVC prediction per token
+
+
+class ScMamba2(nn.Module):
+    """The SC-MAMBA2 model: gene + value (+ batch) embeddings, a bidirectional Mamba2 encoder, heads.
+
+    Parameters
+    ----------
+    config
+        The architecture.
+    vocab
+        The :class:`~scmamba2.data.vocab.GeneVocab` the gene ids refer to (saved with the model).
+    tokenizer_config
+        The :class:`~scmamba2.data.tokenize.TokenizerConfig` used in training (saved with the model, so that
+        ``embed`` tokenises new data the same way).
+    """
+
+    def __init__(self, config: ModelConfig, vocab=None, tokenizer_config=None):
+        super().__init__()
+        self.config = config
+        self.vocab = vocab
+        self.tokenizer_config = tokenizer_config
+        if vocab is not None and len(vocab) != config.vocab_size:
+            raise ValueError(f"vocabulary has {len(vocab)} tokens but config.vocab_size={config.vocab_size}")
+        d = config.d_model
+        self.gene_encoder = GeneEncoder(config.vocab_size, d, pad_id=config.pad_id)
+        if config.value_mode == "binned":
+            self.value_encoder = BinnedValueEncoder(config.n_bins, d)
+        else:
+            self.value_encoder = ContinuousValueEncoder(d)
+        self.batch_encoder = nn.Embedding(config.n_batches, d) if config.n_batches > 0 else None
+        self.dropout = nn.Dropout(config.dropout)
+        self.encoder = BiMamba2Encoder(
+            n_layers=config.n_layers,
+            d_model=d,
+            d_state=config.d_state,
+            d_conv=config.d_conv,
+            expand=config.expand,
+            headdim=config.headdim,
+            chunk_size=config.chunk_size,
+            dropout=config.dropout,
+            gradient_checkpointing=config.gradient_checkpointing,
+        )
+        self.expr_head = ExpressionHead(d)
+        self.mvc_head = MVCHead(d) if config.mvc else None
+
+    # ----------------------------------------------------------------------------------------------- encode
+    def encode(
+        self,
+        genes: torch.Tensor,
+        values: torch.Tensor,
+        padding_mask: torch.Tensor,
+        batch: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Per-token encoder outputs.
+
+        Parameters
+        ----------
+        genes, values, padding_mask
+            ``(B, L)`` LongTensor of vocabulary ids (position 0 = ``<cls>``), FloatTensor of values (bins or
+            continuous; ``MASK_VALUE`` where hidden) and BoolTensor (True = padding, right-padded).
+        batch
+            ``(B,)`` batch indices, required when the model was built with ``n_batches > 0``.
+
+        Returns
+        -------
+        ``(B, L, d_model)``; position 0 is the ``<cls>`` cell embedding.
+        """
+        x = self.gene_encoder(genes) + self.value_encoder(values)  # (B, L, D)
+        if self.batch_encoder is not None:
+            if batch is None:
+                raise ValueError("this model was built with n_batches > 0: pass the batch indices")
+            x = x + self.batch_encoder(batch).unsqueeze(1)
+        x = self.dropout(x)
+        return self.encoder(x, padding_mask)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> ModelOutput:
+        """Encode a collated batch (keys from :mod:`scmamba2._keys`) and apply the heads."""
+        states = self.encode(batch[GENES], batch[VALUES], batch[PADDING_MASK], batch.get(BATCH))
+        cell_emb = states[:, 0]
+        mvc_pred = None
+        if self.mvc_head is not None:
+            mvc_pred = self.mvc_head(cell_emb, self.gene_encoder(batch[GENES]))
+        return ModelOutput(states=states, cell_emb=cell_emb, expr_pred=self.expr_head(states), mvc_pred=mvc_pred)
+
+    # ------------------------------------------------------------------------------------------ checkpoints
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write ``config.json``, ``model.safetensors`` and ``vocab.json`` into ``directory``."""
+        from safetensors.torch import save_file
+
+        if self.vocab is None:
+            raise CheckpointError("the model has no vocabulary attached; build it with ScMamba2(config, vocab=...)")
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "scmamba2_version": __version__,
+            "format_version": FORMAT_VERSION,
+            "model": self.config.to_dict(),
+            "tokenizer": None if self.tokenizer_config is None else self.tokenizer_config.to_dict(),
+        }
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        save_file(state, str(out / WEIGHTS_FILE), metadata={"scmamba2_version": __version__})
+        self.vocab.save(out / VOCAB_FILE)
+        (out / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
+        return out
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, map_location: str = "cpu") -> "ScMamba2":
+        """Load a model written by :meth:`save_pretrained`; checks files, versions and every tensor's shape."""
+        from safetensors.torch import load_file
+
+        from .data.tokenize import TokenizerConfig
+        from .data.vocab import GeneVocab
+
+        src = Path(directory)
+        missing = [f for f in (CONFIG_FILE, WEIGHTS_FILE, VOCAB_FILE) if not (src / f).is_file()]
+        if missing:
+            raise CheckpointError(
+                f"{src} is not a complete scmamba2 checkpoint: missing {', '.join(missing)} "
+                f"(a checkpoint directory holds {CONFIG_FILE}, {WEIGHTS_FILE} and {VOCAB_FILE})"
+            )
+        meta = json.loads((src / CONFIG_FILE).read_text())
+        fmt = meta.get("format_version")
+        if fmt != FORMAT_VERSION:
+            raise CheckpointError(
+                f"{src}/{CONFIG_FILE} has checkpoint format {fmt}, this scmamba2 {__version__} reads format "
+                f"{FORMAT_VERSION}; install the scmamba2 version that wrote it ({meta.get('scmamba2_version')})"
+            )
+        if meta.get("scmamba2_version") != __version__:
+            log.warning("checkpoint written by scmamba2 %s, loading with %s", meta.get("scmamba2_version"), __version__)
+        config = ModelConfig.from_dict(meta["model"])
+        vocab = GeneVocab.load(src / VOCAB_FILE)
+        if len(vocab) != config.vocab_size:
+            raise CheckpointError(
+                f"{VOCAB_FILE} has {len(vocab)} tokens but {CONFIG_FILE} says vocab_size={config.vocab_size}"
+            )
+        tok = meta.get("tokenizer")
+        model = cls(config, vocab=vocab, tokenizer_config=None if tok is None else TokenizerConfig.from_dict(tok))
+        model.load_weights(load_file(str(src / WEIGHTS_FILE), device=map_location), source=str(src / WEIGHTS_FILE))
+        return model
+
+    def load_weights(self, state: dict[str, torch.Tensor], source: str = "state dict") -> None:
+        """Load ``state`` strictly, naming every missing, unexpected or mis-shaped tensor in one error."""
+        own = self.state_dict()
+        problems = []
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        if missing:
+            problems.append(f"missing tensors: {', '.join(missing)}")
+        if unexpected:
+            problems.append(f"unexpected tensors: {', '.join(unexpected)}")
+        for k in sorted(set(own) & set(state)):
+            if own[k].shape != state[k].shape:
+                problems.append(f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}")
+        if problems:
+            raise CheckpointError(f"{source} does not fit the model built from its config: " + "; ".join(problems))
+        self.load_state_dict(state, strict=True)

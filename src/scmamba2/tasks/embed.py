@@ -1,0 +1,111 @@
+"""``scmamba2.embed``: cell embeddings from a trained model, written into ``adata.obsm``."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from .._keys import BATCH, CELL_INDEX, GENES, PADDING_MASK, VALUES
+from ..data.collate import Collator, LengthBucketSampler, TokenizedDataset
+from ..data.prepare import prepare_cells
+from ..data.tokenize import TokenizerConfig
+from ..model import ScMamba2
+
+log = logging.getLogger(__name__)
+
+
+def load_model(model: ScMamba2 | str | Path) -> ScMamba2:
+    """A model object as is, or one loaded from a checkpoint directory."""
+    return model if isinstance(model, ScMamba2) else ScMamba2.from_pretrained(model)
+
+
+@torch.no_grad()
+def embed(
+    adata,
+    model: ScMamba2 | str | Path,
+    *,
+    key_added: str = "X_scmamba2",
+    batch_size: int = 64,
+    layer: str | None = None,
+    use_raw: bool = False,
+    gene_column: str | None = None,
+    all_genes: bool = False,
+    device: str | None = None,
+    progress: bool = True,
+    copy: bool = False,
+):
+    """Embed every cell of ``adata`` with the ``<cls>`` output of ``model``.
+
+    Parameters
+    ----------
+    adata
+        Cells x genes; raw counts (or log-normalised values) in ``X``, ``layers[layer]`` or ``raw``.
+    model
+        An :class:`~scmamba2.ScMamba2` or the path of a checkpoint directory.
+    key_added
+        Key in ``obsm`` for the embedding.
+    layer, use_raw, gene_column
+        Take the matrix from a layer or ``.raw``; name genes by a ``var`` column instead of ``var_names``.
+    all_genes
+        Read each cell with all of its measured vocabulary genes, zeros included (whole-transcriptome mode),
+        instead of the model's tokenizer setting (expressed genes, up to ``max_len``).
+    device
+        Torch device; default CUDA when available, else CPU.
+    copy
+        Return a modified copy instead of writing into ``adata``.
+
+    Writes
+    ------
+    ``obsm[key_added]``
+        ``(n_cells, d_model)`` float32 cell embeddings.
+    ``uns['scmamba2'][key_added]``
+        The settings used (model config, tokenizer config, genes matched).
+
+    Every cell is tokenised the same way whatever the batch it falls in (subsampling is seeded per cell),
+    so batch size and order never change an embedding.
+    """
+    model = load_model(model)
+    if model.vocab is None:
+        raise ValueError("the model has no vocabulary attached: load it with ScMamba2.from_pretrained")
+    adata = adata.copy() if copy else adata
+    tok = model.tokenizer_config or TokenizerConfig(n_bins=model.config.n_bins, value_mode=model.config.value_mode)
+    if all_genes:
+        tok = replace(tok, include_zeros="all", max_len=len(model.vocab) + 1)
+    prepared = prepare_cells(adata, model.vocab, tok, layer=layer, use_raw=use_raw, gene_column=gene_column,
+                             purpose="embed")
+    cells = prepared.cells
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = model.to(dev).eval()
+
+    ds = TokenizedDataset(cells)
+    lengths = np.minimum(np.asarray(cells.lengths), tok.max_len)
+    sampler = LengthBucketSampler(lengths, batch_size=batch_size, shuffle=False)
+    loader = DataLoader(ds, batch_sampler=sampler, collate_fn=Collator(pad_id=model.vocab.pad_id))
+    emb = np.zeros((adata.n_obs, model.config.d_model), dtype=np.float32)
+    from tqdm.auto import tqdm
+
+    with tqdm(total=len(cells), desc="embedding cells", unit="cell", disable=not progress) as bar:
+        for batch in loader:
+            rows = batch.pop(CELL_INDEX).numpy()  # rows of adata
+            batch = {k: v.to(dev) for k, v in batch.items()}
+            states = model.encode(batch[GENES], batch[VALUES], batch[PADDING_MASK], batch.get(BATCH))
+            emb[rows] = states[:, 0].float().cpu().numpy()
+            bar.update(len(rows))
+    adata.obsm[key_added] = emb
+    adata.uns.setdefault("scmamba2", {})[key_added] = _without_none({
+        "model": model.config.to_dict(),
+        "tokenizer": tok.to_dict(),
+        "vocab_overlap": prepared.report.vocab_overlap,
+        "n_cells_without_vocab_genes": prepared.n_empty,
+    })
+    return adata if copy else None
+
+
+def _without_none(d: dict) -> dict:
+    """h5ad cannot store None: leave such entries out."""
+    return {k: _without_none(v) if isinstance(v, dict) else v for k, v in d.items() if v is not None}

@@ -1,0 +1,83 @@
+"""Training configuration."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and data-loading settings for pretraining and fine-tuning.
+
+    The learning rate warms up linearly for ``warmup_steps`` and then follows a cosine decay to
+    ``min_lr_ratio * lr`` at ``max_steps``. Weight decay applies to matrices only.
+    """
+
+    max_steps: int = 1000
+    batch_size: int = 32
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    mask_ratio: float = 0.4
+    gep_weight: float = 1.0
+    mvc_weight: float = 1.0
+    val_fraction: float = 0.1
+    val_every_n_steps: int = 100
+    gradient_clip_val: float = 1.0
+    accumulate_grad_batches: int = 1
+    precision: str = "32-true"
+    accelerator: str = "auto"
+    devices: int | str = 1
+    num_workers: int = 0
+    seed: int = 0
+    log_every_n_steps: int = 10
+    progress_bar: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_steps < 1:
+            raise ValueError(f"max_steps={self.max_steps} must be >= 1")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size={self.batch_size} must be >= 1")
+        if not 0.0 < self.mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio={self.mask_ratio} must be in (0, 1)")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction={self.val_fraction} must be in [0, 1)")
+        if self.warmup_steps < 0 or self.lr <= 0:
+            raise ValueError("warmup_steps must be >= 0 and lr > 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        unknown = sorted(set(d) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown training options: {unknown}")
+        return cls(**d)
+
+
+def load_run_config(path) -> dict[str, Any]:
+    """Read a YAML run configuration with the sections ``model``, ``tokenizer`` and ``train``.
+
+    Returns a dict with ``model`` (a dict of :class:`~scmamba2.ModelConfig` fields, ``vocab_size`` filled in
+    later), ``tokenizer`` (a :class:`~scmamba2.TokenizerConfig`) and ``train`` (a :class:`TrainConfig`).
+    """
+    from pathlib import Path
+
+    import yaml
+
+    from ..data.tokenize import TokenizerConfig
+
+    raw = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a mapping with sections model/tokenizer/train")
+    unknown = sorted(set(raw) - {"model", "tokenizer", "train"})
+    if unknown:
+        raise ValueError(f"{path}: unknown sections {unknown}; the sections are model, tokenizer and train")
+    return {
+        "model": dict(raw.get("model") or {}),
+        "tokenizer": TokenizerConfig.from_dict(raw.get("tokenizer") or {}),
+        "train": TrainConfig.from_dict(raw.get("train") or {}),
+    }

@@ -1,0 +1,167 @@
+"""``scmamba2.pretrain``: masked-expression pretraining of a new model on one or more AnnData objects."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from ..data.collate import Collator, LengthBucketSampler, TokenizedDataset
+from ..data.io import select_matrix
+from ..data.prepare import prepare_cells
+from ..data.tokenize import TokenizerConfig
+from ..data.vocab import GeneVocab
+from ..model import ModelConfig, ScMamba2
+from .config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PretrainResult:
+    """What :func:`pretrain` returns."""
+
+    model: ScMamba2
+    out_dir: Path | None
+    val_loss_start: float | None  # masked-expression (GEP) loss on held-out cells before training
+    val_loss_end: float | None  # ... and after
+    n_train_cells: int
+    n_val_cells: int
+
+
+def _concat(adatas: Sequence):
+    import anndata as ad
+
+    if len(adatas) == 1:
+        return adatas[0]
+    # An outer join fills unmeasured genes with zeros; zeros are not tokenised by default, so nothing is invented.
+    return ad.concat(list(adatas), join="outer", fill_value=0, index_unique="-")
+
+
+def pretrain(
+    adata,
+    *,
+    out_dir: str | Path | None = None,
+    model_config: ModelConfig | dict | None = None,
+    tokenizer_config: TokenizerConfig | None = None,
+    train_config: TrainConfig | None = None,
+    vocab: GeneVocab | None = None,
+    layer: str | None = None,
+    use_raw: bool = False,
+    gene_column: str | None = None,
+) -> PretrainResult:
+    """Pretrain an SC-MAMBA2 model with masked expression (GEP) and cell-conditioned expression (MVC).
+
+    Parameters
+    ----------
+    adata
+        An AnnData (or a list of them) with raw counts (log-normalised values are accepted: the value bins
+        depend only on per-cell ranks).
+    out_dir
+        Where the checkpoint goes (``config.json``, ``model.safetensors``, ``vocab.json``), with
+        ``train_config.json``, ``metrics.csv`` (one row per logging step) and Lightning checkpoints.
+    model_config
+        A :class:`~scmamba2.ModelConfig`, or a dict of its fields (``vocab_size`` and the tokenizer-derived
+        fields are filled in).
+    tokenizer_config, train_config
+        Defaults: ``TokenizerConfig()`` and ``TrainConfig()``.
+    vocab
+        The gene vocabulary; by default built from the genes of ``adata``.
+    layer, use_raw
+        Take the matrix from ``adata.layers[layer]`` or ``adata.raw`` instead of ``X``.
+    gene_column
+        Name genes by this ``var`` column instead of ``var_names``.
+    """
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger
+
+    from .plan import PretrainPlan
+
+    tcfg = train_config or TrainConfig()
+    tok = tokenizer_config or TokenizerConfig()
+    adatas = list(adata) if isinstance(adata, (list, tuple)) else [adata]
+    data = _concat(adatas)
+    if vocab is None:
+        names = select_matrix(data, layer=layer, use_raw=use_raw, gene_column=gene_column).var_names
+        vocab = GeneVocab(list(dict.fromkeys(map(str, names))))
+    prepared = prepare_cells(data, vocab, tok, layer=layer, use_raw=use_raw, gene_column=gene_column,
+                             purpose="pretrain", drop_empty=True, seed=tcfg.seed)
+    cells = prepared.cells
+
+    mcfg = model_config if isinstance(model_config, ModelConfig) else ModelConfig(
+        vocab_size=len(vocab), **(model_config or {})
+    )
+    mcfg = replace(mcfg, vocab_size=len(vocab), n_bins=tok.n_bins, max_len=tok.max_len, value_mode=tok.value_mode)
+
+    pl.seed_everything(tcfg.seed, workers=True, verbose=False)
+    model = ScMamba2(mcfg, vocab=vocab, tokenizer_config=tok)
+
+    # Held-out cells, chosen by a seeded generator.
+    rng = np.random.default_rng(tcfg.seed)
+    n = len(cells)
+    perm = rng.permutation(n)
+    n_val = int(round(tcfg.val_fraction * n)) if tcfg.val_fraction > 0 else 0
+    if tcfg.val_fraction > 0 and n >= 10:
+        n_val = max(n_val, 1)
+    val_idx, train_idx = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+    if len(train_idx) == 0:
+        raise ValueError(f"no training cells left ({n} cells, val_fraction={tcfg.val_fraction})")
+
+    train_ds = TokenizedDataset(cells.subset(train_idx), resample=True, seed=tcfg.seed)
+    lengths = np.minimum(np.asarray(cells.lengths)[train_idx], tok.max_len)
+    sampler = LengthBucketSampler(lengths, batch_size=tcfg.batch_size, shuffle=True, seed=tcfg.seed)
+    collate = Collator(pad_id=vocab.pad_id, mask_ratio=tcfg.mask_ratio, seed=tcfg.seed)
+    train_loader = DataLoader(train_ds, batch_sampler=sampler, collate_fn=collate, num_workers=tcfg.num_workers)
+
+    val_batches = None
+    if n_val:
+        # Masks of the held-out cells are drawn once, so every validation sees the same task.
+        val_ds = TokenizedDataset(cells.subset(val_idx), seed=tcfg.seed)
+        val_collate = Collator(pad_id=vocab.pad_id, mask_ratio=tcfg.mask_ratio, seed=tcfg.seed + 1)
+        val_batches = DataLoader(
+            [val_collate([val_ds[i] for i in range(s, min(s + tcfg.batch_size, n_val))])
+             for s in range(0, n_val, tcfg.batch_size)],
+            batch_size=None,  # the items are whole batches already
+        )
+
+    out = Path(out_dir) if out_dir is not None else None
+    callbacks, logger = [], False
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        logger = CSVLogger(str(out), name="logs", version="")
+        callbacks.append(ModelCheckpoint(dirpath=str(out / "checkpoints"), save_last=True,
+                                         every_n_train_steps=tcfg.val_every_n_steps, save_top_k=0))
+    trainer = pl.Trainer(
+        max_steps=tcfg.max_steps, max_epochs=-1, accelerator=tcfg.accelerator, devices=tcfg.devices,
+        precision=tcfg.precision, gradient_clip_val=tcfg.gradient_clip_val,
+        accumulate_grad_batches=tcfg.accumulate_grad_batches, logger=logger, callbacks=callbacks,
+        log_every_n_steps=tcfg.log_every_n_steps, val_check_interval=min(tcfg.val_every_n_steps, tcfg.max_steps)
+        if n_val else None, check_val_every_n_epoch=None, num_sanity_val_steps=0,
+        enable_progress_bar=tcfg.progress_bar, enable_model_summary=False, enable_checkpointing=out is not None,
+        deterministic=False, default_root_dir=str(out) if out else None,
+    )
+    plan = PretrainPlan(model, tcfg)
+    val_start = val_end = None
+    if val_batches is not None:
+        val_start = trainer.validate(plan, val_batches, verbose=False)[0]["val/gep"]
+    trainer.fit(plan, train_dataloaders=train_loader, val_dataloaders=val_batches)
+    if val_batches is not None:
+        val_end = trainer.validate(plan, val_batches, verbose=False)[0]["val/gep"]
+    model.eval()
+
+    if out is not None:
+        model.save_pretrained(out)
+        (out / "train_config.json").write_text(json.dumps(tcfg.to_dict(), indent=2))
+        summary = {"val_gep_start": val_start, "val_gep_end": val_end, "n_train_cells": int(len(train_idx)),
+                   "n_val_cells": int(n_val), "n_empty_cells_dropped": prepared.n_empty}
+        (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
+        log.info("model saved to %s", out)
+    return PretrainResult(model=model, out_dir=out, val_loss_start=val_start, val_loss_end=val_end,
+                          n_train_cells=int(len(train_idx)), n_val_cells=int(n_val))

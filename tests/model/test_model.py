@@ -1,0 +1,120 @@
+"""ScMamba2: encode() contract, padding invariance, both directions, checkpoint round trips and errors."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from scmamba2 import ModelConfig, ScMamba2
+from scmamba2._keys import PAD_VALUE
+from scmamba2.data.vocab import GeneVocab
+from scmamba2.errors import CheckpointError
+
+GENES = [f"G{i}" for i in range(40)]
+
+
+def tiny_model(**kw) -> ScMamba2:
+    torch.manual_seed(0)
+    vocab = GeneVocab(GENES)
+    cfg = ModelConfig(vocab_size=len(vocab), d_model=32, n_layers=2, d_state=16, headdim=16, chunk_size=8,
+                      n_bins=11, dropout=0.0, **kw)
+    return ScMamba2(cfg, vocab=vocab).eval()
+
+
+def one_cell(n_genes=13, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    genes = torch.cat([torch.tensor([1]), torch.randperm(40, generator=g)[:n_genes] + 4])
+    values = torch.cat([torch.tensor([0.0]), torch.randint(1, 11, (n_genes,), generator=g).float()])
+    return genes, values
+
+
+def pad_to(genes, values, length):
+    n = len(genes)
+    g = torch.zeros(length, dtype=torch.long)
+    v = torch.full((length,), PAD_VALUE)
+    g[:n], v[:n] = genes, values
+    m = torch.arange(length) >= n
+    return g[None], v[None], m[None]
+
+
+def test_encode_shape_and_padding_invariance():
+    model = tiny_model()
+    genes, values = one_cell()
+    with torch.no_grad():
+        a = model.encode(*pad_to(genes, values, 14))
+        b = model.encode(*pad_to(genes, values, 29))  # a length across several chunks of 8
+    assert a.shape == (1, 14, 32) and b.shape == (1, 29, 32)
+    torch.testing.assert_close(a[0, :14], b[0, :14], atol=1e-5, rtol=1e-5)
+
+
+def test_cls_sees_the_last_gene():
+    model = tiny_model()
+    genes, values = one_cell()
+    values2 = values.clone()
+    values2[-1] = 1.0 if values[-1] != 1.0 else 2.0
+    with torch.no_grad():
+        a = model.encode(*pad_to(genes, values, 20))[0, 0]
+        b = model.encode(*pad_to(genes, values2, 20))[0, 0]
+    assert (a - b).abs().max() > 1e-4
+
+
+def test_batched_equals_alone():
+    model = tiny_model()
+    cells = [one_cell(n, seed=n) for n in (3, 13, 30)]
+    L = 31
+    batch = [pad_to(g, v, L) for g, v in cells]
+    G, V, M = (torch.cat([b[i] for b in batch]) for i in range(3))
+    with torch.no_grad():
+        together = model.encode(G, V, M)
+        for k, (g, v) in enumerate(cells):
+            alone = model.encode(g[None], v[None], torch.zeros(1, len(g), dtype=torch.bool))
+            torch.testing.assert_close(together[k, : len(g)], alone[0], atol=1e-5, rtol=1e-5)
+
+
+def test_save_load_round_trip(tmp_path):
+    model = tiny_model()
+    model.save_pretrained(tmp_path)
+    assert {p.name for p in tmp_path.iterdir()} >= {"config.json", "model.safetensors", "vocab.json"}
+    meta = json.loads((tmp_path / "config.json").read_text())
+    assert meta["model"]["d_model"] == 32 and "scmamba2_version" in meta
+    loaded = ScMamba2.from_pretrained(tmp_path).eval()
+    assert loaded.vocab == model.vocab and loaded.config == model.config
+    genes, values = one_cell()
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode(*pad_to(genes, values, 16)), loaded.encode(*pad_to(genes, values, 16)),
+                                   atol=0, rtol=0)
+
+
+def test_load_errors_name_the_problem(tmp_path):
+    model = tiny_model()
+    model.save_pretrained(tmp_path)
+    (tmp_path / "vocab.json").rename(tmp_path / "vocab.bak")
+    with pytest.raises(CheckpointError, match="missing vocab.json"):
+        ScMamba2.from_pretrained(tmp_path)
+    (tmp_path / "vocab.bak").rename(tmp_path / "vocab.json")
+    meta = json.loads((tmp_path / "config.json").read_text())
+    meta["model"]["d_model"] = 64
+    (tmp_path / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=r"gene_encoder\.embedding\.weight: checkpoint \(44, 32\) vs model \(44, 64\)"):
+        ScMamba2.from_pretrained(tmp_path)
+    meta["model"]["d_model"] = 32
+    meta["format_version"] = 99
+    (tmp_path / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="format 99"):
+        ScMamba2.from_pretrained(tmp_path)
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="headdim"):
+        ModelConfig(vocab_size=50, d_model=30, headdim=16)
+    with pytest.raises(ValueError, match="value_mode"):
+        ModelConfig(vocab_size=50, value_mode="ranks")
+
+
+def test_continuous_mode_runs():
+    model = tiny_model(value_mode="continuous")
+    genes, values = one_cell()
+    with torch.no_grad():
+        out = model.encode(*pad_to(genes, values / 3.0, 16))
+    assert torch.isfinite(out).all()

@@ -1,0 +1,52 @@
+"""embed(): obsm written, batch size and cell order never change an embedding, bad genes are an error."""
+
+import numpy as np
+import pytest
+import torch
+
+from scmamba2 import InputError, ModelConfig, ScMamba2, TokenizerConfig, embed
+from scmamba2.data.vocab import GeneVocab
+
+
+@pytest.fixture
+def model(tiny_counts):
+    torch.manual_seed(0)
+    vocab = GeneVocab(list(tiny_counts.var_names))
+    cfg = ModelConfig(vocab_size=len(vocab), d_model=32, n_layers=2, d_state=16, headdim=16, chunk_size=8,
+                      n_bins=11, dropout=0.0, max_len=24)
+    return ScMamba2(cfg, vocab=vocab, tokenizer_config=TokenizerConfig(n_bins=11, max_len=24)).eval()
+
+
+def test_embed_writes_obsm_and_is_order_invariant(tiny_counts, model):
+    a = tiny_counts.copy()
+    embed(a, model, batch_size=64, progress=False)
+    X = a.obsm["X_scmamba2"]
+    assert X.shape == (a.n_obs, 32) and np.isfinite(X).all()
+    assert "X_scmamba2" in a.uns["scmamba2"]
+    # Different batch size and reversed cell order: the same embedding for every cell.
+    b = tiny_counts[::-1].copy()
+    embed(b, model, batch_size=5, progress=False)
+    np.testing.assert_allclose(b.obsm["X_scmamba2"][::-1], X, atol=1e-5)
+    # Cells differ from each other (the embedding is not constant).
+    assert np.std(X, axis=0).mean() > 1e-3
+
+
+def test_embed_copy_and_all_genes(tiny_counts, model):
+    out = embed(tiny_counts, model, copy=True, all_genes=True, key_added="X_all", progress=False)
+    assert "X_all" in out.obsm and "X_all" not in tiny_counts.obsm
+    default = embed(tiny_counts, model, copy=True, progress=False).obsm["X_scmamba2"]
+    assert not np.allclose(out.obsm["X_all"], default)  # zeros are read too
+
+
+def test_embed_rejects_unknown_genes(tiny_counts, model):
+    other = tiny_counts.copy()
+    other.var_names = [f"OTHER{i}" for i in range(other.n_vars)]
+    with pytest.raises(InputError, match="OTHER"):
+        embed(other, model, progress=False)
+
+
+def test_embed_from_checkpoint_dir(tiny_counts, model, tmp_path):
+    model.save_pretrained(tmp_path / "m")
+    a = embed(tiny_counts, model, copy=True, progress=False).obsm["X_scmamba2"]
+    b = embed(tiny_counts, tmp_path / "m", copy=True, progress=False).obsm["X_scmamba2"]
+    np.testing.assert_allclose(a, b, atol=1e-6)
