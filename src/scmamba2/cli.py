@@ -26,11 +26,10 @@ GeneColOpt = typer.Option(None, "--gene-column", help="Name genes by this var co
 def _setup_logging(verbose: bool) -> None:
     from rich.logging import RichHandler
 
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s",
-                        handlers=[RichHandler(console=err, show_path=False, show_time=False)], force=True)
-    logging.getLogger("scmamba2").setLevel(logging.INFO)
-    for noisy in ("lightning", "lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    handler = RichHandler(console=err, show_path=False, show_time=False)
+    handler.addFilter(lambda record: not record.name.startswith("lightning"))  # Lightning prints its own
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", handlers=[handler], force=True)
+    logging.getLogger("scmamba2").setLevel(logging.INFO if verbose else logging.WARNING)
 
 
 @contextlib.contextmanager

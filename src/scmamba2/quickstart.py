@@ -16,8 +16,8 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 # A small model that trains in a few minutes on 2 CPU cores.
-MODEL = dict(d_model=128, n_layers=3, headdim=32, chunk_size=64, dropout=0.1)
-TRAIN = dict(max_steps=600, batch_size=32, lr=2e-3, warmup_steps=50, mask_ratio=0.4, val_fraction=0.1,
+MODEL = dict(d_model=64, n_layers=2, headdim=32, chunk_size=64, dropout=0.1)
+TRAIN = dict(max_steps=500, batch_size=32, lr=2e-3, warmup_steps=50, mask_ratio=0.4, val_fraction=0.1,
              val_every_n_steps=100)
 LABEL_KEY = "bulk_labels"
 
