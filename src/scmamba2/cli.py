@@ -116,7 +116,8 @@ def embed(
     umap: Optional[Path] = typer.Option(None, "--umap", help="Also write a UMAP PNG of the embedding."),
     color: List[str] = typer.Option([], "--color", help="obs column(s) to colour the UMAP by."),
     all_genes: bool = typer.Option(False, "--all-genes", help="Read every measured gene, zeros included."),
-    batch_size: int = typer.Option(64, "--batch-size"),
+    batch_size: int = typer.Option(64, "--batch-size", help="At most this many cells per batch."),
+    max_tokens: int = typer.Option(65536, "--max-tokens", help="At most this many (padded) tokens per batch."),
     layer: Optional[str] = LayerOpt,
     use_raw: bool = RawOpt,
     gene_column: Optional[str] = GeneColOpt,
@@ -132,7 +133,7 @@ def embed(
         missing = [c for c in color if c not in adata.obs]
         if missing:
             raise InputError(f"--color {missing} not found in obs; available columns: {list(adata.obs.columns)}")
-        _embed(adata, model, batch_size=batch_size, layer=layer, use_raw=use_raw, gene_column=gene_column,
+        _embed(adata, model, batch_size=batch_size, max_tokens=max_tokens, layer=layer, use_raw=use_raw, gene_column=gene_column,
                all_genes=all_genes)
         out_path.parent.mkdir(parents=True, exist_ok=True)
         adata.write_h5ad(out_path)

@@ -155,3 +155,17 @@ def test_sampler_no_shuffle_drop_last_and_replicas():
     assert all(len(r) == 3 for r in reps)
     flat = [i for r in reps for b in r for i in b]
     assert len(flat) == len(set(flat)) == 90
+
+
+def test_token_budget_batches_cover_every_item_within_budget():
+    from scmamba2.data.collate import token_budget_batches
+
+    lengths = np.random.default_rng(0).lognormal(5, 1, 300).astype(int) + 1
+    batches = token_budget_batches(lengths, max_tokens=2000, max_batch_size=16)
+    flat = sorted(i for b in batches for i in b)
+    assert flat == list(range(300))
+    for b in batches:
+        longest = max(lengths[b])
+        assert len(b) <= 16
+        assert len(b) == 1 or len(b) * longest <= 2000
+    assert any(len(b) == 1 and lengths[b[0]] > 2000 for b in batches)  # long items still get a batch

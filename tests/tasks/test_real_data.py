@@ -28,3 +28,16 @@ def test_gene_column_matches_ensembl_named_data(shared_data):
     model = ScMamba2(cfg, vocab=vocab, tokenizer_config=TokenizerConfig(max_len=128)).eval()
     embed(pbmc, model, gene_column="gene_ids", progress=False)
     assert np.std(pbmc.obsm["X_scmamba2"], axis=0).mean() > 1e-4
+
+
+def test_whole_transcriptome_embedding(shared_data):
+    """--all-genes: each cell read with all 32,738 measured genes, zeros included, one cell per batch."""
+    pbmc = read(shared_data / "pbmc500_fullgenes.h5ad")[:3].copy()
+    vocab = GeneVocab(list(pbmc.var_names))
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=len(vocab), d_model=32, n_layers=1, d_state=16, headdim=16, dropout=0.0)
+    model = ScMamba2(cfg, vocab=vocab, tokenizer_config=TokenizerConfig(max_len=256)).eval()
+    embed(pbmc, model, all_genes=True, max_tokens=40_000, progress=False)
+    info = pbmc.uns["scmamba2"]["X_scmamba2"]["tokenizer"]
+    assert info["include_zeros"] == "all" and info["max_len"] >= pbmc.n_vars + 1
+    assert np.isfinite(pbmc.obsm["X_scmamba2"]).all()

@@ -283,3 +283,27 @@ class LengthBucketSampler(Sampler[list[int]]):
         mine = batches[self.rank :: self.num_replicas][:per_replica] if self.num_replicas > 1 else batches
         for b in mine:
             yield b.tolist()
+
+
+def token_budget_batches(lengths: Any, max_tokens: int, max_batch_size: int | None = None) -> list[list[int]]:
+    """Deterministic batches of similar-length items whose padded size stays within ``max_tokens``.
+
+    Items are sorted by length (stable) and added to a batch while ``len(batch) * longest <= max_tokens``
+    (and ``len(batch) <= max_batch_size``). An item longer than ``max_tokens`` gets a batch of its own, so
+    nothing is ever left out; bounding the memory of one very long cell is the model's job (tiling).
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be positive, got {max_tokens}")
+    cap = max_batch_size or len(lengths) or 1
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in np.argsort(lengths, kind="stable").tolist():
+        # Sorted ascending: the newest item is the longest of its batch.
+        if current and ((len(current) + 1) * lengths[i] > max_tokens or len(current) >= cap):
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches

@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .._keys import BATCH, CELL_INDEX, GENES, PADDING_MASK, VALUES
-from ..data.collate import Collator, LengthBucketSampler, TokenizedDataset
+from ..data.collate import Collator, LengthBucketSampler, TokenizedDataset, token_budget_batches
 from ..data.prepare import prepare_cells
 from ..data.tokenize import TokenizerConfig
 from ..model import ScMamba2
@@ -31,6 +31,7 @@ def embed(
     *,
     key_added: str = "X_scmamba2",
     batch_size: int = 64,
+    max_tokens: int | None = 65536,
     layer: str | None = None,
     use_raw: bool = False,
     gene_column: str | None = None,
@@ -51,6 +52,9 @@ def embed(
         Key in ``obsm`` for the embedding.
     layer, use_raw, gene_column
         Take the matrix from a layer or ``.raw``; name genes by a ``var`` column instead of ``var_names``.
+    batch_size, max_tokens
+        At most ``batch_size`` cells and (padded) ``max_tokens`` tokens per batch: the memory budget of a
+        batch. A cell longer than ``max_tokens`` is embedded alone.
     all_genes
         Read each cell with all of its measured vocabulary genes, zeros included (whole-transcriptome mode),
         instead of the model's tokenizer setting (expressed genes, up to ``max_len``).
@@ -84,7 +88,10 @@ def embed(
 
     ds = TokenizedDataset(cells)
     lengths = np.minimum(np.asarray(cells.lengths), tok.max_len)
-    sampler = LengthBucketSampler(lengths, batch_size=batch_size, shuffle=False)
+    if max_tokens is None:
+        sampler = LengthBucketSampler(lengths, batch_size=batch_size, shuffle=False)
+    else:
+        sampler = token_budget_batches(lengths, max_tokens=max_tokens, max_batch_size=batch_size)
     loader = DataLoader(ds, batch_sampler=sampler, collate_fn=Collator(pad_id=model.vocab.pad_id))
     emb = np.zeros((adata.n_obs, model.config.d_model), dtype=np.float32)
     from tqdm.auto import tqdm
