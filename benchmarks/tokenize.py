@@ -20,6 +20,7 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 import argparse  # noqa: E402
 import platform  # noqa: E402
 import statistics  # noqa: E402
+import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -92,7 +93,14 @@ def main(argv=None) -> int:
             collate([ds[i] for i in range(s, min(s + 64, len(ds)))])
 
     _timed(rows, "one epoch of cell() + Collator (batch 64, mask 0.4)", epoch, n_rep)
-    end_to_end = t_read + t_vocab + t_val + t_tok
+    # The shared file is gzip-compressed; the same matrix written without compression shows what the
+    # decompression costs (h5ad compression is the writer's choice, not ours).
+    with tempfile.TemporaryDirectory() as tmp:
+        plain = Path(tmp) / "uncompressed.h5ad"
+        adata.write_h5ad(plain)
+        t_read_plain, _ = _timed(rows, "read (same data, uncompressed h5ad)", lambda: read(plain), n_rep)
+    end_to_end = t_read + t_val + t_tok
+    end_to_end_plain = t_read_plain + t_val + t_tok
 
     try:
         cores = len(os.sched_getaffinity(0))
@@ -111,15 +119,22 @@ def main(argv=None) -> int:
     ]
     for name, sec, first in rows:
         lines.append(f"| {name} | {sec:.4f} | {n / sec:,.0f} | {first:.4f} |")
-    total = "**end to end** (read + vocab + validate + tokenize)"
+    total = "**read + validate + bin + tokenise** (gzip h5ad as shared)"
     lines.append(f"| {total} | {end_to_end:.4f} | {n / end_to_end:,.0f} | |")
+    total = "**read + validate + bin + tokenise** (uncompressed h5ad)"
+    lines.append(f"| {total} | {end_to_end_plain:.4f} | {n / end_to_end_plain:,.0f} | |")
     lines += [
         "",
         f"Machine: {_cpu_model()}, {cores} cores available; Python {platform.python_version()}, "
         f"numpy {np.__version__}, scipy {scipy.__version__}, torch {torch.__version__}.",
         "",
-        f"Goal: tokenize >= 20,000 cells/s -> {'met' if n / t_tok >= 20_000 else 'NOT met'} "
-        f"({n / t_tok:,.0f} cells/s).",
+        "Goal (issue: read + validate + bin + tokenise >= 20,000 cells/s on 2 cores): "
+        + ", ".join(
+            f"{label}: {'met' if n / t >= 20_000 else 'NOT met'} ({n / t:,.0f} cells/s)"
+            for label, t in (("gzip h5ad", end_to_end), ("uncompressed h5ad", end_to_end_plain))
+        )
+        + f". Tokenisation alone (binning included): {n / t_tok:,.0f} cells/s. The vocabulary comes with a "
+        "model, so building it is not part of the per-dataset cost.",
         "",
     ]
     text = "\n".join(lines)
