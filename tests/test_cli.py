@@ -63,9 +63,13 @@ def test_pretrain_embed_and_vocab_mismatch(tiny_counts, tmp_path):
         "tokenizer: {n_bins: 11, max_len: 32}\n"
         "train: {batch_size: 16, warmup_steps: 1, val_fraction: 0.1, val_every_n_steps: 2, progress_bar: false}\n"
     )
-    code, text = run("--quiet", "pretrain", p, "--out", tmp_path / "m", "--config", cfg, "--max-steps", 3, "--seed", 1)
+    code, text = run("--quiet", "pretrain", p, "--out", tmp_path / "m", "--config", cfg, "--max-steps", 3, "--seed", 1,
+               "--n-top-genes", 40)
     assert code == 0, text
     assert (tmp_path / "m" / "model.safetensors").is_file()
+    from scmamba2.data.vocab import GeneVocab
+
+    assert len(GeneVocab.load(tmp_path / "m" / "vocab.json").genes) == 40  # --n-top-genes
     code, text = run("--quiet", "embed", p, "--model", tmp_path / "m", "--out", tmp_path / "e.h5ad",
                      "--umap", tmp_path / "u.png", "--color", "label")
     assert code == 0, text

@@ -84,6 +84,7 @@ def pretrain(
     config: Optional[Path] = typer.Option(None, "--config", help="YAML with sections model, tokenizer, train."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Override train.max_steps."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Override train.seed."),
+    n_top_genes: Optional[int] = typer.Option(None, "--n-top-genes", help="Keep only this many HVGs."),
     layer: Optional[str] = LayerOpt,
     use_raw: bool = RawOpt,
     gene_column: Optional[str] = GeneColOpt,
@@ -102,7 +103,8 @@ def pretrain(
             train = replace(train, seed=seed)
         adatas = [read(p) for p in data]
         res = _pretrain(adatas, out_dir=out_dir, model_config=run["model"], tokenizer_config=run["tokenizer"],
-                        train_config=train, layer=layer, use_raw=use_raw, gene_column=gene_column)
+                        train_config=train, layer=layer, use_raw=use_raw, gene_column=gene_column,
+                        n_top_genes=n_top_genes)
         if res.val_loss_start is not None:
             out.print(f"held-out masked-expression loss: {res.val_loss_start:.4f} -> {res.val_loss_end:.4f}")
         out.print(f"model written to {out_dir}")

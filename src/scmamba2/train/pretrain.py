@@ -55,6 +55,7 @@ def pretrain(
     layer: str | None = None,
     use_raw: bool = False,
     gene_column: str | None = None,
+    n_top_genes: int | None = None,
 ) -> PretrainResult:
     """Pretrain an SC-MAMBA2 model with masked expression (GEP) and cell-conditioned expression (MVC).
 
@@ -77,6 +78,8 @@ def pretrain(
         Take the matrix from ``adata.layers[layer]`` or ``adata.raw`` instead of ``X``.
     gene_column
         Name genes by this ``var`` column instead of ``var_names``.
+    n_top_genes
+        Keep only this many highly variable genes (scanpy's ``seurat`` flavour on normalised counts).
     """
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import ModelCheckpoint
@@ -88,6 +91,12 @@ def pretrain(
     tok = tokenizer_config or TokenizerConfig()
     adatas = list(adata) if isinstance(adata, (list, tuple)) else [adata]
     data = _concat(adatas)
+    if n_top_genes is not None:
+        from ..data.preprocess import select_hvg
+
+        data = select_hvg(select_matrix(data, layer=layer, use_raw=use_raw, gene_column=gene_column), n_top_genes,
+                          flavor="seurat")
+        layer, use_raw, gene_column = None, False, None
     if vocab is None:
         names = select_matrix(data, layer=layer, use_raw=use_raw, gene_column=gene_column).var_names
         vocab = GeneVocab(list(dict.fromkeys(map(str, names))))
