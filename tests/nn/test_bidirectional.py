@@ -140,3 +140,40 @@ def test_gradient_checkpointing_same_grads():
     assert calls == [1, 2]  # recomputed in the backward pass when checkpointing
     for a, b in zip(*grads):
         assert torch.allclose(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_tiled_encoder_matches_untiled():
+    # Long-sequence inference runs the directions one after the other, tile by tile: same result.
+    enc = make_encoder(tile_len=None)
+    seqs = [torch.randn(n, D) for n in (61, 40)]
+    x, m = pad_to(seqs, 61)
+    with torch.no_grad():
+        ref = enc(x, m)
+        for layer in enc.layers:
+            layer.block.tile_len = 13
+        tiled = enc(x, m)
+    assert (tiled - ref).abs().max() < 1e-5
+    assert torch.all(tiled[m] == 0)
+
+
+def test_compile_flag_keeps_names_and_falls_back(caplog, monkeypatch):
+    from scmamba2.nn import bidirectional
+
+    plain = make_encoder()
+    compiled = make_encoder(compile=True)
+    assert list(compiled.state_dict()) == list(plain.state_dict())  # checkpoints interchange
+    compiled.load_state_dict(plain.state_dict())
+
+    def broken_compile(fn, **kw):
+        def fail(*a, **k):
+            raise RuntimeError("no compiler here")
+
+        return fail
+
+    monkeypatch.setattr(bidirectional.torch, "compile", broken_compile)
+    fallback = make_encoder(compile=True)
+    fallback.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 12, D)
+    with torch.no_grad(), caplog.at_level("WARNING"):
+        assert (fallback(x) - plain(x)).abs().max() < 1e-6
+    assert "falling back to eager" in caplog.text

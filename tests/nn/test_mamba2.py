@@ -109,3 +109,38 @@ def test_fused_matches_pure(dtype, fwd_tol, grad_tol):
     assert rel(outs[1], outs[0]) < fwd_tol
     for g_fused, g_pure in zip(grads[1], grads[0]):
         assert rel(g_fused, g_pure) < grad_tol
+
+
+@pytest.mark.parametrize(("length", "tile_len", "chunk_size"), [(103, 20, 8), (130, 37, 16), (64, 64, 8), (50, 3, 8)])
+def test_tiled_inference_matches_untiled(length, tile_len, chunk_size):
+    # Tile lengths that are not multiples of the chunk size, sequences that are not multiples of the tile:
+    # the SSM state and the causal-conv context must both be carried across tiles.
+    block = make_block(ngroups=2, chunk_size=chunk_size, tile_len=None).eval()
+    u = torch.randn(2, length, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        untiled = block(u)
+        block.tile_len = tile_len
+        tiled = block(u)
+    assert (tiled - untiled).abs().max() < 1e-5
+    with torch.inference_mode():
+        assert (block(u) - untiled).abs().max() < 1e-5
+
+
+def test_tiling_is_off_when_recording_gradients():
+    block = make_block(chunk_size=8, tile_len=10)
+    calls = []
+    original = block._mix
+    block._mix = lambda *a: calls.append(a[0].shape[1]) or original(*a)
+    u = torch.randn(1, 35, 32)
+    block(u).sum().backward()  # training: one untiled call
+    with torch.no_grad():
+        block(u)  # inference: tiles of 10, 10, 10, 5
+    assert calls == [35, 10, 10, 10, 5]
+
+
+def test_fused_and_pure_share_parameter_names():
+    # One module class serves both paths: the state dict of a block built for the kernels loads on the pure path.
+    pure = make_block(use_kernels=False)
+    auto = make_block(use_kernels=None, seed=1)
+    assert list(pure.state_dict()) == list(auto.state_dict())
+    auto.load_state_dict(pure.state_dict(), strict=True)

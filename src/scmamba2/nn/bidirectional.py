@@ -7,13 +7,45 @@ sample's output does not depend on how much padding it carries.
 
 from __future__ import annotations
 
+import functools
+import logging
+
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from .mamba2 import Mamba2Block
 
-__all__ = ["BiMamba2Encoder", "BiMamba2Layer", "reverse_valid", "valid_lengths"]
+__all__ = ["BiMamba2Encoder", "BiMamba2Layer", "maybe_compile", "reverse_valid", "valid_lengths"]
+
+logger = logging.getLogger(__name__)
+
+
+def maybe_compile(fn, **compile_kwargs):
+    """``torch.compile(fn)`` that falls back to eager ``fn`` (with a logged warning) if compiling fails.
+
+    Compilation happens lazily at the first call, so the fallback is decided there: if the compiled
+    function raises, the call is repeated eagerly and every later call stays eager.
+    """
+    try:
+        compiled = torch.compile(fn, **compile_kwargs)
+    except Exception as err:  # e.g. an unsupported Python version
+        logger.warning("torch.compile unavailable (%s); running eagerly", err)
+        return fn
+    failed = False
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        nonlocal failed
+        if not failed:
+            try:
+                return compiled(*args, **kwargs)
+            except Exception as err:
+                failed = True
+                logger.warning("torch.compile of %s failed (%s: %s); falling back to eager", fn, type(err).__name__, err)
+        return fn(*args, **kwargs)
+
+    return wrapper
 
 
 def valid_lengths(padding_mask: Tensor | None, batch: int, length: int, device: torch.device) -> Tensor:
@@ -92,6 +124,9 @@ class BiMamba2Layer(nn.Module):
         Epsilon of the pre-norm and of the block's gated norm.
     use_kernels : bool or None
         Passed to :class:`Mamba2Block`.
+    tile_len : int or None
+        Passed to :class:`Mamba2Block` (inference-only tiling of long sequences). When it applies, the
+        two directions also run one after the other instead of as one doubled batch, halving the peak.
     """
 
     mixer = "add"
@@ -107,6 +142,7 @@ class BiMamba2Layer(nn.Module):
         dropout: float = 0.0,
         norm_eps: float = 1e-5,
         use_kernels: bool | None = None,
+        tile_len: int | None = 4096,
     ) -> None:
         super().__init__()
         self.norm = nn.RMSNorm(d_model, eps=norm_eps)
@@ -119,6 +155,7 @@ class BiMamba2Layer(nn.Module):
             chunk_size=chunk_size,
             norm_eps=norm_eps,
             use_kernels=use_kernels,
+            tile_len=tile_len,
         )
         self.dropout = nn.Dropout(dropout)
 
@@ -142,9 +179,16 @@ class BiMamba2Layer(nn.Module):
         h = self.norm(x)
         if padding_mask is not None:  # finite zeros at padding: nan/inf there could not leak through 0 * nan
             h = h.masked_fill(padding_mask.unsqueeze(-1), 0.0)
-        both = self.block(torch.cat([h, reverse_valid(h, lengths)], dim=0))  # (2b, l, d): one batched call
-        fwd, bwd = both[:batch], reverse_valid(both[batch:], lengths)
-        out = x + self.dropout(fwd + bwd)
+        tile = self.block.tile_len
+        if not torch.is_grad_enabled() and tile is not None and length > tile:
+            # Long-sequence inference: one direction at a time, accumulating into the output in place.
+            out = self.block(h)  # forward direction, (b, l, d)
+            out += reverse_valid(self.block(reverse_valid(h, lengths)), lengths)
+            out = x + self.dropout(out)
+        else:
+            both = self.block(torch.cat([h, reverse_valid(h, lengths)], dim=0))  # (2b, l, d): one batched call
+            fwd, bwd = both[:batch], reverse_valid(both[batch:], lengths)
+            out = x + self.dropout(fwd + bwd)
         if padding_mask is not None:
             out = out.masked_fill(padding_mask.unsqueeze(-1), 0.0)
         return out
@@ -164,6 +208,11 @@ class BiMamba2Encoder(nn.Module):
     gradient_checkpointing : bool
         Recompute each layer in the backward pass (``torch.utils.checkpoint``, non-reentrant); only
         active in training mode with gradients enabled.
+    tile_len : int or None
+        Passed to every :class:`BiMamba2Layer`: inference-only tiling of long sequences (None = off).
+    compile : bool
+        Wrap each block's pure-PyTorch mixer with :func:`maybe_compile` (``torch.compile``, eager fallback
+        with a warning if compiling fails). Off by default; see ``benchmarks/results/backbone_profile.md``.
     """
 
     def __init__(
@@ -179,6 +228,8 @@ class BiMamba2Encoder(nn.Module):
         norm_eps: float = 1e-5,
         gradient_checkpointing: bool = False,
         use_kernels: bool | None = None,
+        tile_len: int | None = 4096,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.layers = nn.ModuleList(
@@ -192,9 +243,13 @@ class BiMamba2Encoder(nn.Module):
                 dropout=dropout,
                 norm_eps=norm_eps,
                 use_kernels=use_kernels,
+                tile_len=tile_len,
             )
             for _ in range(n_layers)
         )
+        if compile:
+            for layer in self.layers:  # an instance attribute: parameter names and state dicts are unchanged
+                layer.block._mix = maybe_compile(layer.block._mix)
         self.norm = nn.RMSNorm(d_model, eps=norm_eps)
         self.gradient_checkpointing = gradient_checkpointing
 

@@ -42,6 +42,12 @@ class GatedRMSNorm(nn.Module):
 
     def forward(self, y: Tensor, z: Tensor) -> Tensor:
         """Return ``rmsnorm(y * silu(z)) * weight`` in the dtype of ``y``; ``y, z`` are ``(..., dim)``."""
+        recording = torch.is_grad_enabled() and (y.requires_grad or z.requires_grad or self.weight.requires_grad)
+        if not recording:  # inference: the same arithmetic, in place on one float32 buffer
+            gated = F.silu(z.float()).mul_(y)
+            grouped = gated.unflatten(-1, (-1, self.group_size))  # (..., groups, group_size)
+            inv_rms = grouped.square().mean(-1, keepdim=True).add_(self.eps).rsqrt_()
+            return grouped.mul_(inv_rms).flatten(-2).mul_(self.weight.float()).to(y.dtype)
         gated = y.float() * F.silu(z.float())
         grouped = gated.unflatten(-1, (-1, self.group_size))  # (..., groups, group_size)
         normed = grouped * torch.rsqrt(grouped.pow(2).mean(-1, keepdim=True) + self.eps)
@@ -81,6 +87,10 @@ class Mamba2Block(nn.Module):
     use_kernels : bool or None
         ``None``: use the fused CUDA kernels when installed and the input is on CUDA; ``True``: the same,
         but fail at construction if they are not installed; ``False``: always the pure-PyTorch path.
+    tile_len : int or None
+        Inference only (no autograd recording, pure-PyTorch path): sequences longer than this run in tiles
+        of ``tile_len`` tokens with the SSM and conv states carried across, so peak memory depends on
+        ``tile_len``, not on the sequence length. None disables tiling. The output does not depend on it.
 
     Notes
     -----
@@ -104,6 +114,7 @@ class Mamba2Block(nn.Module):
         conv_bias: bool = True,
         norm_eps: float = 1e-5,
         use_kernels: bool | None = None,
+        tile_len: int | None = 4096,
     ) -> None:
         super().__init__()
         self.d_model = d_model
@@ -129,6 +140,9 @@ class Mamba2Block(nn.Module):
                 "install them with `pip install scmamba2[cuda]` or pass use_kernels=None"
             )
         self.use_kernels = use_kernels
+        if tile_len is not None and tile_len < 1:
+            raise ValueError(f"tile_len must be >= 1 or None, got {tile_len}")
+        self.tile_len = tile_len
 
         self.conv_dim = self.d_inner + 2 * ngroups * d_state  # channels of x, B, C
         d_in_proj = self.d_inner + self.conv_dim + self.nheads  # [z, x, B, C, dt]
@@ -165,32 +179,107 @@ class Mamba2Block(nn.Module):
         -------
         Tensor
             ``(b, l, d_model)``; output ``t`` depends only on inputs ``<= t``.
+
+        Notes
+        -----
+        Without autograd recording (``torch.no_grad`` / ``inference_mode``) on the pure-PyTorch path, a
+        sequence longer than ``self.tile_len`` is processed ``tile_len`` tokens at a time, carrying the SSM
+        state and the causal-conv context (last ``d_conv - 1`` inputs) from tile to tile: the result
+        equals the untiled one, and the large ``in_proj`` activations exist for one tile at a time.
+        """
+        batch, length, _ = u.shape
+        tile = self.tile_len
+        if self._fused(u):
+            return self._mix_fused(u)
+        if tile is None or length <= tile or torch.is_grad_enabled():
+            return self._mix(u)[0]
+        out = u.new_empty(batch, length, self.d_model)
+        state = None
+        for start in range(0, length, tile):
+            out[:, start : start + tile], state = self._mix(u[:, start : start + tile], state)
+        return out
+
+    def _mix_fused(self, u: Tensor) -> Tensor:
+        """The block on the fused CUDA kernels (same parameters as :meth:`_mix`)."""
+        batch, length, _ = u.shape
+        h, p, g, n = self.nheads, self.headdim, self.ngroups, self.d_state
+        z, xbc, dt = torch.split(self.in_proj(u), [self.d_inner, self.conv_dim, h], dim=-1)
+        xbc = _kernels.causal_conv_silu(xbc, self.conv1d.weight, self.conv1d.bias)
+        x, B, C = torch.split(xbc, [self.d_inner, g * n, g * n], dim=-1)
+        A = -torch.exp(self.A_log.to(torch.promote_types(u.dtype, torch.float32)))  # (h,)
+        y = _kernels.chunk_scan(
+            x.reshape(batch, length, h, p),
+            dt,
+            A,
+            B.reshape(batch, length, g, n),
+            C.reshape(batch, length, g, n),
+            self.chunk_size,
+            D=self.D,
+            dt_bias=self.dt_bias,
+        )
+        return self.out_proj(self.norm(y.reshape(batch, length, self.d_inner), z))
+
+    def _causal_conv_silu(self, xbc: Tensor, context: Tensor | None) -> Tensor:
+        """``silu(causal depthwise conv(xbc))`` with ``context`` (``(b, d_conv - 1, conv_dim)``) as left input.
+
+        ``context`` None means zeros (the start of a sequence). Channels-last throughout: under autograd
+        one ``F.conv1d`` on the padded input; without it ``d_conv`` fused multiply-adds in place, which
+        is faster on CPU than the convolution and its two transposes.
+        """
+        length, k = xbc.shape[1], self.d_conv
+        if context is None:
+            padded = F.pad(xbc, (0, 0, k - 1, 0))  # (b, l + k - 1, conv_dim)
+        else:
+            padded = torch.cat([context.to(xbc.dtype), xbc], dim=1)
+        weight, bias = self.conv1d.weight, self.conv1d.bias
+        if torch.is_grad_enabled() and (xbc.requires_grad or weight.requires_grad):
+            out = F.conv1d(padded.transpose(1, 2), weight, bias, groups=self.conv_dim).transpose(1, 2)
+            return F.silu(out)
+        w = weight.squeeze(1).to(xbc.dtype)  # (conv_dim, k): out_t = bias + sum_j w_j * padded_{t + j}
+        out = padded[:, :length] * w[:, 0]
+        for j in range(1, k):
+            out.addcmul_(padded[:, j : j + length], w[:, j])
+        if bias is not None:
+            out.add_(bias.to(out.dtype))
+        return F.silu(out, inplace=True)
+
+    def _mix(
+        self, u: Tensor, state: tuple[Tensor, Tensor] | None = None
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """Pure-PyTorch block on ``u`` (``(b, l, d_model)``), continuing from ``state`` when given.
+
+        ``state`` is ``(conv_context (b, d_conv - 1, conv_dim), ssm_state (b, h, p, n))`` as returned by
+        the previous call on the preceding tokens; None starts a sequence. Returns ``(y, new_state)``.
         """
         batch, length, _ = u.shape
         h, p, g, n = self.nheads, self.headdim, self.ngroups, self.d_state
-        fused = self._fused(u)
+        context, ssm_state = (None, None) if state is None else state
 
         zxbcdt = self.in_proj(u)  # (b, l, d_inner + conv_dim + h)
         z, xbc, dt = torch.split(zxbcdt, [self.d_inner, self.conv_dim, h], dim=-1)
-        if fused:
-            xbc = _kernels.causal_conv_silu(xbc, self.conv1d.weight, self.conv1d.bias)
-        else:  # padding d_conv - 1 on both sides: the first l outputs are the causal ones
-            xbc = F.silu(self.conv1d(xbc.transpose(1, 2))[..., :length].transpose(1, 2))  # (b, l, conv_dim)
+        # Conv context for the next tile: the last d_conv - 1 inputs (with the previous context in front).
+        keep = self.d_conv - 1
+        recent = xbc if context is None else torch.cat([context, xbc[:, -keep:]], dim=1)
+        recent = F.pad(recent, (0, 0, max(keep - recent.shape[1], 0), 0))  # zeros before the sequence start
+        next_context = recent[:, recent.shape[1] - keep :].clone()  # (b, d_conv - 1, conv_dim)
+        xbc = self._causal_conv_silu(xbc, context)  # (b, l, conv_dim)
         x, B, C = torch.split(xbc, [self.d_inner, g * n, g * n], dim=-1)
-        x = x.reshape(batch, length, h, p)
-        B = B.reshape(batch, length, g, n)
-        C = C.reshape(batch, length, g, n)
         fp = torch.promote_types(u.dtype, torch.float32)  # decays in float32, or float64 for float64 inputs
         A = -torch.exp(self.A_log.to(fp))  # (h,)
-
-        if fused:
-            y = _kernels.chunk_scan(x, dt, A, B, C, self.chunk_size, D=self.D, dt_bias=self.dt_bias)
-        else:
-            dt = F.softplus(dt.to(fp) + self.dt_bias.to(fp))  # (b, l, h)
-            y = ssd_chunked(x, dt, A, B, C, self.chunk_size) + x * self.D.to(x.dtype)[:, None]  # (b, l, h, p)
-
+        dt = F.softplus(dt.to(fp) + self.dt_bias.to(fp))  # (b, l, h)
+        y, ssm_state = ssd_chunked(
+            x.reshape(batch, length, h, p),
+            dt,
+            A,
+            B.reshape(batch, length, g, n),
+            C.reshape(batch, length, g, n),
+            self.chunk_size,
+            initial_state=ssm_state,
+            return_final_state=True,
+            D=self.D,
+        )  # (b, l, h, p), D skip included
         y = self.norm(y.reshape(batch, length, self.d_inner), z)
-        return self.out_proj(y)
+        return self.out_proj(y), (next_context, ssm_state)
 
     def extra_repr(self) -> str:
         return (

@@ -49,6 +49,7 @@ def ssd_chunked(
     chunk_size: int,
     initial_state: Tensor | None = None,
     return_final_state: bool = False,
+    D: Tensor | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Run the SSD recurrence with the chunked (block-decomposed) algorithm.
 
@@ -70,11 +71,13 @@ def ssd_chunked(
         State before the first position, shape ``(b, h, p, n)``; zeros when omitted.
     return_final_state : bool
         Also return the state after the last (real) position.
+    D : Tensor, optional
+        Skip weights, shape ``(h,)``: adds ``D[h] * x_t`` to the output (fused into the last addition).
 
     Returns
     -------
     y : Tensor
-        Outputs ``y_t = S_t C_t``, shape ``(b, l, h, p)``, dtype of ``x``. No ``D`` skip term.
+        Outputs ``y_t = S_t C_t (+ D x_t)``, shape ``(b, l, h, p)``, dtype of ``x``.
     final_state : Tensor
         Only when ``return_final_state``: shape ``(b, h, p, n)``, in the compute dtype (float32, or
         float64 for float64 inputs).
@@ -84,67 +87,90 @@ def ssd_chunked(
     All arithmetic runs in float32 (float64 when ``x`` is float64). Decays are ``exp`` of differences of
     cumulative sums of ``dt * A`` with the upper triangle masked to ``-inf`` before the ``exp``, so no
     ``exp`` of a large positive number is ever taken.
+
+    Layouts (the speed of the CPU path is mostly about them): the intra-chunk product runs head-major,
+    ``(b, g, r, c, q, ·)``, so that it is one plain batched matmul over ``b * h * c`` small matrices; the
+    chunk-state and state-to-output products run token-major, ``(b, c, q, g, r * p)``, the natural layout of
+    ``x`` (no copy), with the ``r`` heads of a group folded into the matmul's column dimension so that ``B``
+    and ``C`` are never repeated per head. The only large permuted write is ``x * dt`` into head-major, done
+    by the multiplication itself.
     """
     _check_shapes(x, dt, A, B, C, chunk_size)
     batch, length, nheads, headdim = x.shape
     ngroups, dstate = B.shape[2], B.shape[3]
-    per_group = nheads // ngroups  # heads sharing one (B, C) group: "r" in the einsums below
+    per_group = nheads // ngroups  # heads sharing one (B, C) group: "r" in the shape comments
+    b, g, r, p, n, q = batch, ngroups, per_group, headdim, dstate, chunk_size
     out_dtype = x.dtype
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    tensors = (x, dt, A, B, C, initial_state, D)
+    # In-place element-wise work is only safe when autograd is not recording.
+    inplace = not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors))
 
     # 0. Pad the tail to a whole number of chunks: dt = 0 and x = 0 leave the state unchanged.
-    pad = (-length) % chunk_size
+    pad = (-length) % q
     if pad:
         x = F.pad(x, (0, 0, 0, 0, 0, pad))
         dt = F.pad(dt, (0, 0, 0, pad))
         B = F.pad(B, (0, 0, 0, 0, 0, pad))
         C = F.pad(C, (0, 0, 0, 0, 0, pad))
-    nchunks = (length + pad) // chunk_size
-    shape = (batch, nchunks, chunk_size, ngroups)
-    x = x.to(dtype).reshape(*shape, per_group, headdim)  # (b, c, q, g, r, p)
-    dt = dt.to(dtype).reshape(*shape, per_group)  # (b, c, q, g, r)
-    B = B.to(dtype).reshape(*shape, dstate)  # (b, c, q, g, n)
-    C = C.to(dtype).reshape(*shape, dstate)  # (b, c, q, g, n)
+    c = (length + pad) // q  # number of chunks
+    x = x.to(dtype).reshape(b, c, q, g, r, p)  # token-major, a view
+    B = B.to(dtype).reshape(b, c, q, g, n).transpose(2, 3)  # (b, c, g, q, n), a view (contiguous when g == 1)
+    C = C.to(dtype).reshape(b, c, q, g, n).transpose(2, 3)  # (b, c, g, q, n)
+    dt = dt.to(dtype).transpose(1, 2).reshape(b, g, r, c, q)  # head-major (small copy)
 
-    # Log-decay per step and its running sum inside each chunk.
-    log_decay = dt * A.to(dtype).reshape(ngroups, per_group)  # (b, c, q, g, r)
-    log_decay_cum = log_decay.cumsum(dim=2)  # (b, c, q, g, r)
-    x_dt = x * dt.unsqueeze(-1)  # (b, c, q, g, r, p)
+    # 1. Log-decay per step, its running sum inside each chunk, and the decays derived from it:
+    #    decay_ij = exp(cum_i - cum_j) (j <= i), from the chunk start exp(cum_i), to the chunk end
+    #    exp(cum_last - cum_j) = decay_{last, j} (a row of decay_ij: no extra exp).
+    cum = (dt * A.to(dtype).reshape(g, r, 1, 1)).cumsum(dim=-1)  # (b, g, r, c, q)
+    causal = torch.ones(q, q, dtype=torch.bool, device=x.device).tril()
+    segsum = cum.unsqueeze(-1) - cum.unsqueeze(-2)  # (b, g, r, c, q_i, q_j)
+    decay_ij = segsum.masked_fill_(~causal, float("-inf")).exp_()  # (b, g, r, c, q_i, q_j), 0 above the diagonal
+    decay_from_start = cum.exp()  # (b, g, r, c, q)
+    dt_to_end = dt * decay_ij[..., -1, :]  # (b, g, r, c, q): dt_j exp(cum_last - cum_j)
 
-    # 1. Intra-chunk output (diagonal blocks): y_i = sum_{j<=i} (C_i . B_j) exp(cum_i - cum_j) dt_j x_j.
-    cum = log_decay_cum.permute(0, 1, 3, 4, 2)  # (b, c, g, r, q)
-    segsum = cum.unsqueeze(-1) - cum.unsqueeze(-2)  # (b, c, g, r, q_i, q_j)
-    causal = torch.ones(chunk_size, chunk_size, dtype=torch.bool, device=x.device).tril()
-    decay_ij = torch.exp(segsum.masked_fill(~causal, float("-inf")))  # (b, c, g, r, q_i, q_j), 0 above diag
-    scores = torch.einsum("bcign,bcjgn->bcgij", C, B)  # (b, c, g, q_i, q_j)
-    y_diag = torch.einsum("bcgrij,bcjgrp->bcigrp", decay_ij * scores.unsqueeze(3), x_dt)  # (b, c, q, g, r, p)
+    # 2. Intra-chunk output (diagonal blocks): y_i = sum_{j<=i} (C_i . B_j) decay_ij dt_j x_j, one bmm.
+    x_dt = (dt.unsqueeze(-1) * x.permute(0, 3, 4, 1, 2, 5)).contiguous()  # (b, g, r, c, q, p) head-major
+    scores = (C @ B.transpose(-1, -2)).transpose(1, 2).unsqueeze(2)  # (b, g, 1, c, q_i, q_j)
+    mixer = decay_ij.mul_(scores) if inplace else decay_ij * scores  # (b, g, r, c, q_i, q_j)
+    y_diag = mixer @ x_dt  # (b, g, r, c, q, p)
 
-    # 2. Chunk states: each chunk's own contribution to the state at its last position.
-    decay_to_end = torch.exp(log_decay_cum[:, :, -1:] - log_decay_cum)  # (b, c, q, g, r), all <= 1
-    chunk_states = torch.einsum("bcjgn,bcjgrp->bcgrpn", B, x_dt * decay_to_end.unsqueeze(-1))  # (b, c, g, r, p, n)
+    # 3. Chunk states: each chunk's own contribution to the state at its last position, stored
+    #    transposed as (n, r * p) per group: B^T (n, q) @ (dt decay_to_end x) (q, r * p).
+    x_w = x * dt_to_end.permute(0, 3, 4, 1, 2).unsqueeze(-1)  # (b, c, q, g, r, p) token-major
+    chunk_states = B.transpose(-1, -2) @ x_w.transpose(2, 3).reshape(b, c, g, q, r * p)  # (b, c, g, n, r*p)
+    chunk_states = chunk_states.view(b, c, g, n, r, p)
 
-    # 3. Inter-chunk recurrence: carry the state across chunk boundaries (linear in the number of chunks).
-    chunk_decay = torch.exp(log_decay_cum[:, :, -1])[..., None, None]  # (b, c, g, r, 1, 1)
+    # 4. Inter-chunk recurrence: carry the state across chunk boundaries (linear in the number of chunks).
+    chunk_decay = decay_from_start[..., -1].permute(0, 3, 1, 2)[:, :, :, None, :, None]  # (b, c, g, 1, r, 1)
     if initial_state is None:
-        state = x.new_zeros(batch, ngroups, per_group, headdim, dstate)  # (b, g, r, p, n)
+        state = x.new_zeros(b, g, n, r, p)  # (b, g, n, r, p)
     else:
         if initial_state.shape != (batch, nheads, headdim, dstate):
             raise ValueError(
                 f"initial_state must have shape {(batch, nheads, headdim, dstate)}, got {tuple(initial_state.shape)}"
             )
-        state = initial_state.to(dtype).reshape(batch, ngroups, per_group, headdim, dstate)  # (b, g, r, p, n)
+        state = initial_state.to(dtype).reshape(b, g, r, p, n).permute(0, 1, 4, 2, 3)  # (b, g, n, r, p)
     states_before = []
-    for c in range(nchunks):
+    for k in range(c):
         states_before.append(state)
-        state = chunk_decay[:, c] * state + chunk_states[:, c]  # (b, g, r, p, n)
-    states_before = torch.stack(states_before, dim=1)  # (b, c, g, r, p, n): state entering each chunk
+        state = torch.addcmul(chunk_states[:, k], chunk_decay[:, k], state)  # (b, g, n, r, p)
+    states_before = torch.stack(states_before, dim=1).reshape(b, c, g, n, r * p)  # state entering each chunk
 
-    # 4. State-to-output: the carried-in state, decayed to position i, read out by C_i.
-    decay_from_start = torch.exp(log_decay_cum).unsqueeze(-1)  # (b, c, q, g, r, 1)
-    y_off = torch.einsum("bcign,bcgrpn->bcigrp", C, states_before) * decay_from_start  # (b, c, q, g, r, p)
-
-    y = (y_diag + y_off).reshape(batch, nchunks * chunk_size, nheads, headdim)[:, :length]  # (b, l, h, p)
-    y = y.to(out_dtype)
+    # 5. State-to-output: the carried-in state read out by C_i, decayed to position i; plus the diagonal
+    #    blocks and the D skip. The sum is written token-major.
+    y_off = (C @ states_before).transpose(2, 3).reshape(b, c, q, g, r, p)  # (b, c, q, g, r, p)
+    decay_tm = decay_from_start.permute(0, 3, 4, 1, 2).unsqueeze(-1)  # (b, c, q, g, r, 1)
+    y_diag = y_diag.permute(0, 3, 4, 1, 2, 5)  # (b, c, q, g, r, p), a view
+    if inplace:
+        y = y_off.mul_(decay_tm).add_(y_diag)
+        if D is not None:
+            y.addcmul_(x, D.to(dtype).reshape(g, r, 1))
+    else:
+        y = y_off * decay_tm + y_diag
+        if D is not None:
+            y = torch.addcmul(y, x, D.to(dtype).reshape(g, r, 1))
+    y = y.reshape(b, c * q, nheads, headdim)[:, :length].to(out_dtype)  # (b, l, h, p)
     if return_final_state:
-        return y, state.reshape(batch, nheads, headdim, dstate)  # (b, h, p, n)
+        return y, state.permute(0, 1, 3, 4, 2).reshape(batch, nheads, headdim, dstate)  # (b, h, p, n)
     return y
