@@ -643,6 +643,10 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     if args.worker:
+        # Both models run with the allocator setting scmamba2 applies in pretrain/embed (src/scmamba2/_malloc.py).
+        from scmamba2._malloc import tune_cpu_allocator
+
+        tune_cpu_allocator()
         run_worker(json.loads(args.worker), args.worker_out)
         return 0
 

@@ -152,9 +152,10 @@ def ssd_chunked(
             )
         state = initial_state.to(dtype).reshape(b, g, r, p, n).permute(0, 1, 4, 2, 3)  # (b, g, n, r, p)
     states_before = []
-    for k in range(c):
+    # unbind, not [:, k]: the backward of indexing would allocate a full-size gradient per chunk (O(c^2)).
+    for new_k, decay_k in zip(chunk_states.unbind(1), chunk_decay.unbind(1)):
         states_before.append(state)
-        state = torch.addcmul(chunk_states[:, k], chunk_decay[:, k], state)  # (b, g, n, r, p)
+        state = torch.addcmul(new_k, decay_k, state)  # (b, g, n, r, p)
     states_before = torch.stack(states_before, dim=1).reshape(b, c, g, n, r * p)  # state entering each chunk
 
     # 5. State-to-output: the carried-in state read out by C_i, decayed to position i; plus the diagonal

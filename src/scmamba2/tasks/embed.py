@@ -14,6 +14,7 @@ from .._keys import BATCH, CELL_INDEX, GENES, PADDING_MASK, VALUES
 from ..data.collate import Collator, LengthBucketSampler, TokenizedDataset, token_budget_batches
 from ..data.prepare import prepare_cells
 from ..data.tokenize import TokenizerConfig
+from .._malloc import tune_cpu_allocator
 from ..model import ScMamba2
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ def embed(
     Every cell is tokenised the same way whatever the batch it falls in (subsampling is seeded per cell),
     so batch size and order never change an embedding.
     """
+    tune_cpu_allocator()
     model = load_model(model)
     if model.vocab is None:
         raise ValueError("the model has no vocabulary attached: load it with ScMamba2.from_pretrained")

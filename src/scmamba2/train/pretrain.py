@@ -17,6 +17,7 @@ from ..data.io import select_matrix
 from ..data.prepare import prepare_cells
 from ..data.tokenize import TokenizerConfig
 from ..data.vocab import GeneVocab
+from .._malloc import tune_cpu_allocator
 from ..model import ModelConfig, ScMamba2
 from .config import TrainConfig
 
@@ -87,6 +88,7 @@ def pretrain(
 
     from .plan import PretrainPlan
 
+    tune_cpu_allocator()
     tcfg = train_config or TrainConfig()
     tok = tokenizer_config or TokenizerConfig()
     adatas = list(adata) if isinstance(adata, (list, tuple)) else [adata]
