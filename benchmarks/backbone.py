@@ -4,7 +4,7 @@ Run from the repository root::
 
     .venv/bin/python benchmarks/backbone.py            # full grid, L = 1k ... 64k, d_model 512, 1 layer
     .venv/bin/python benchmarks/backbone.py --quick    # L = 1k ... 8k, d_model 256, 1 repeat (< 5 min)
-    .venv/bin/python benchmarks/backbone.py --lengths 1024,2048 --no-cell --out-dir /tmp/bb   # a check
+    .venv/bin/python benchmarks/backbone.py --lengths 1024,2048 --no-cell --out-dir out/bb   # a check
 
 Writes ``<out-dir>/<name>.md``, ``.json`` and ``.png`` (``backbone`` for the full grid, ``backbone_quick``
 for ``--quick``).
@@ -327,17 +327,6 @@ def fit_exponent(points: list[tuple[int, float]]) -> dict | None:
     mx, my = statistics.fmean(xs), statistics.fmean(ys)
     slope = sum((a - mx) * (b - my) for a, b in zip(xs, ys)) / sum((a - mx) ** 2 for a in xs)
     return dict(exponent=slope, n_points=len(pts), L_min=pts[0][0], L_max=pts[-1][0])
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _git(*args: str) -> str:
@@ -669,6 +658,7 @@ def main(argv=None) -> int:
 
     import torch
 
+    from scmamba2._sysinfo import cpu_model
     from scmamba2.nn.bidirectional import BiMamba2Encoder
 
     threads = torch.get_num_threads()
@@ -678,7 +668,7 @@ def main(argv=None) -> int:
     meta = dict(
         command=".venv/bin/python benchmarks/backbone.py" + ("" if not sys.argv[1:] else " " + " ".join(sys.argv[1:])),
         date=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        cpu=_cpu_model(), cores=len(os.sched_getaffinity(0)), threads=threads, torch=torch.__version__,
+        cpu=cpu_model(), cores=len(os.sched_getaffinity(0)), threads=threads, torch=torch.__version__,
         python=platform.python_version(), git_head=_git("rev-parse", "HEAD"),
         nn_dirty=bool(_git("status", "--porcelain", "src/scmamba2/nn")),
         mamba_signature=str(inspect.signature(BiMamba2Encoder.__init__)).replace("self, ", ""),

@@ -44,17 +44,6 @@ def _timed(rows, name, fn, repeats):
     return rows[-1][1], result
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="an .h5ad (or any format io.read accepts)")
@@ -65,6 +54,7 @@ def main(argv=None) -> int:
     import scipy
     import torch
 
+    from scmamba2._sysinfo import cpu_model
     from scmamba2.data.collate import Collator, TokenizedDataset
     from scmamba2.data.io import read
     from scmamba2.data.preprocess import bin_values
@@ -125,7 +115,7 @@ def main(argv=None) -> int:
     lines.append(f"| {total} | {end_to_end_plain:.4f} | {n / end_to_end_plain:,.0f} | |")
     lines += [
         "",
-        f"Machine: {_cpu_model()}, {cores} cores available; Python {platform.python_version()}, "
+        f"Machine: {cpu_model()}, {cores} cores available; Python {platform.python_version()}, "
         f"numpy {np.__version__}, scipy {scipy.__version__}, torch {torch.__version__}.",
         "",
         "Goal (issue: read + validate + bin + tokenise >= 20,000 cells/s on 2 cores): "
