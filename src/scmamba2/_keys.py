@@ -9,6 +9,9 @@ MASK = "mask"  # (B, L) bool: True = value hidden from the model (masked-express
 BATCH = "batch"  # (B,) int64: batch / domain index
 LABELS = "labels"  # (B,) int64: class index
 CELL_INDEX = "cell_index"  # (B,) int64: row of the cell in its AnnData
+PERT_FLAGS = "pert_flags"  # (B, L) int64: per-token perturbation flag (0 = not perturbed)
+CONDITION = "condition"  # (B,) int64: non-genetic perturbation / condition index (drug, cytokine)
+MODALITY = "modality"  # (B, L) int64: modality of each token (0 = RNA)
 
 # Special values in VALUES.
 PAD_VALUE = -2.0

@@ -161,5 +161,16 @@ def quickstart(
         out.print(summary)
 
 
+# --- annotate (issue: cell-type annotation) ---
+
+# --- integrate (issue: batch integration) ---
+
+# --- multiomics (issue: multi-omics) ---
+
+# --- perturb (issue: perturbation) ---
+
+# --- datasets and bench (issue: datasets registry and report) ---
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,11 +16,11 @@ import torch
 from torch import nn
 
 from . import __version__
-from ._keys import BATCH, GENES, PADDING_MASK, VALUES
+from ._keys import BATCH, CONDITION, GENES, MODALITY, PADDING_MASK, PERT_FLAGS, VALUES
 from .errors import CheckpointError
 from .nn.bidirectional import BiMamba2Encoder
-from .nn.embeddings import BinnedValueEncoder, ContinuousValueEncoder, GeneEncoder
-from .nn.heads import ExpressionHead, MVCHead
+from .nn.embeddings import BinnedValueEncoder, ContinuousValueEncoder, DomainSpecificBatchNorm, GeneEncoder
+from .nn.heads import BatchDiscriminator, ClassifierHead, ExpressionHead, MVCHead
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,16 @@ class ModelConfig:
 
     ``d_state``, ``d_conv`` and ``expand`` default to Mamba2's values (64, 4, 2); ``headdim`` must divide
     ``expand * d_model``. ``value_mode`` must match the tokenizer's (bins or continuous values).
+
+    Task parts are chosen here, when the model is built (all off by default):
+
+    - ``n_batches`` batches (domains) known to the model, used by ``batch_embedding`` (a learned vector added
+      to every token), ``dsbn`` (domain-specific batch norm of the token embeddings) and ``dab`` (adversarial
+      batch discriminator behind gradient reversal of strength ``dab_alpha``);
+    - ``n_classes > 0``: a classifier head on the cell embedding;
+    - ``n_pert_flags > 0``: a per-token perturbation-flag embedding (flag 0 = not perturbed);
+      ``n_conditions > 0``: a per-cell condition embedding (drug, cytokine);
+    - ``n_modalities > 0``: a per-token modality embedding (multi-omics; modality 0 = RNA).
     """
 
     vocab_size: int
@@ -49,9 +59,17 @@ class ModelConfig:
     value_mode: Literal["binned", "continuous"] = "binned"
     dropout: float = 0.1
     pad_id: int = 0
-    n_batches: int = 0  # > 0 adds a learned batch embedding to every token
     mvc: bool = True  # build the cell-conditioned expression head
     gradient_checkpointing: bool = False
+    n_batches: int = 0
+    batch_embedding: bool = False
+    dsbn: bool = False
+    dab: bool = False
+    dab_alpha: float = 1.0
+    n_classes: int = 0
+    n_pert_flags: int = 0
+    n_conditions: int = 0
+    n_modalities: int = 0
 
     def __post_init__(self) -> None:
         if self.vocab_size < 5:
@@ -67,6 +85,12 @@ class ModelConfig:
             raise ValueError(f"n_bins={self.n_bins}: need at least 3 (bin 0 for zeros and two expression bins)")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout={self.dropout} must be in [0, 1)")
+        uses_batches = [k for k in ("batch_embedding", "dsbn", "dab") if getattr(self, k)]
+        if uses_batches and self.n_batches < 1:
+            raise ValueError(f"{', '.join(uses_batches)} need the number of batches: set n_batches >= 1")
+        for k in ("n_batches", "n_classes", "n_pert_flags", "n_conditions", "n_modalities"):
+            if getattr(self, k) < 0:
+                raise ValueError(f"{k}={getattr(self, k)} must be >= 0")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -88,6 +112,8 @@ class ModelOutput:
     cell_emb: torch.Tensor  # (B, D)
     expr_pred: torch.Tensor  # (B, L) GEP prediction per token
     mvc_pred: torch.Tensor | None = field(default=None)  # (B, L) MVC prediction per token
+    class_logits: torch.Tensor | None = field(default=None)  # (B, n_classes), when built with n_classes > 0
+    batch_logits: torch.Tensor | None = field(default=None)  # (B, n_batches) DAB, through gradient reversal
 
 
 class ScMamba2(nn.Module):
@@ -117,7 +143,11 @@ class ScMamba2(nn.Module):
             self.value_encoder = BinnedValueEncoder(config.n_bins, d)
         else:
             self.value_encoder = ContinuousValueEncoder(d)
-        self.batch_encoder = nn.Embedding(config.n_batches, d) if config.n_batches > 0 else None
+        self.batch_encoder = nn.Embedding(config.n_batches, d) if config.batch_embedding else None
+        self.dsbn = DomainSpecificBatchNorm(d, config.n_batches) if config.dsbn else None
+        self.pert_encoder = nn.Embedding(config.n_pert_flags, d) if config.n_pert_flags else None
+        self.condition_encoder = nn.Embedding(config.n_conditions, d) if config.n_conditions else None
+        self.modality_encoder = nn.Embedding(config.n_modalities, d) if config.n_modalities else None
         self.dropout = nn.Dropout(config.dropout)
         self.encoder = BiMamba2Encoder(
             n_layers=config.n_layers,
@@ -132,6 +162,8 @@ class ScMamba2(nn.Module):
         )
         self.expr_head = ExpressionHead(d)
         self.mvc_head = MVCHead(d) if config.mvc else None
+        self.classifier = ClassifierHead(d, config.n_classes, config.dropout) if config.n_classes else None
+        self.batch_discriminator = BatchDiscriminator(d, config.n_batches, config.dab_alpha) if config.dab else None
 
     # ----------------------------------------------------------------------------------------------- encode
     def encode(
@@ -140,6 +172,10 @@ class ScMamba2(nn.Module):
         values: torch.Tensor,
         padding_mask: torch.Tensor,
         batch: torch.Tensor | None = None,
+        *,
+        pert_flags: torch.Tensor | None = None,
+        condition: torch.Tensor | None = None,
+        modality: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Per-token encoder outputs.
 
@@ -149,28 +185,83 @@ class ScMamba2(nn.Module):
             ``(B, L)`` LongTensor of vocabulary ids (position 0 = ``<cls>``), FloatTensor of values (bins or
             continuous; ``MASK_VALUE`` where hidden) and BoolTensor (True = padding, right-padded).
         batch
-            ``(B,)`` batch indices, required when the model was built with ``n_batches > 0``.
+            ``(B,)`` batch indices; required when the model has a batch embedding or DSBN.
+        pert_flags, modality
+            ``(B, L)`` per-token perturbation flags / modality indices (models with ``n_pert_flags`` /
+            ``n_modalities``; all zeros when not given).
+        condition
+            ``(B,)`` condition indices (models with ``n_conditions``; required there).
 
         Returns
         -------
         ``(B, L, d_model)``; position 0 is the ``<cls>`` cell embedding.
         """
         x = self.gene_encoder(genes) + self.value_encoder(values)  # (B, L, D)
-        if self.batch_encoder is not None:
+        if self.pert_encoder is not None:
+            x = x + self.pert_encoder(pert_flags if pert_flags is not None else torch.zeros_like(genes))
+        if self.modality_encoder is not None:
+            x = x + self.modality_encoder(modality if modality is not None else torch.zeros_like(genes))
+        if self.condition_encoder is not None:
+            if condition is None:
+                raise ValueError("this model was built with n_conditions > 0: pass the condition indices")
+            x = x + self.condition_encoder(condition).unsqueeze(1)
+        if self.batch_encoder is not None or self.dsbn is not None:
             if batch is None:
-                raise ValueError("this model was built with n_batches > 0: pass the batch indices")
-            x = x + self.batch_encoder(batch).unsqueeze(1)
+                raise ValueError("this model was built with a batch embedding or DSBN: pass the batch indices")
+            if self.batch_encoder is not None:
+                x = x + self.batch_encoder(batch).unsqueeze(1)
+            if self.dsbn is not None:
+                x = self.dsbn(x, batch, padding_mask)
         x = self.dropout(x)
         return self.encoder(x, padding_mask)
 
+    def encode_batch(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """:meth:`encode` on a collated batch (keys from :mod:`scmamba2._keys`; optional ones may be absent)."""
+        return self.encode(batch[GENES], batch[VALUES], batch[PADDING_MASK], batch.get(BATCH),
+                           pert_flags=batch.get(PERT_FLAGS), condition=batch.get(CONDITION),
+                           modality=batch.get(MODALITY))
+
     def forward(self, batch: dict[str, torch.Tensor]) -> ModelOutput:
-        """Encode a collated batch (keys from :mod:`scmamba2._keys`) and apply the heads."""
-        states = self.encode(batch[GENES], batch[VALUES], batch[PADDING_MASK], batch.get(BATCH))
+        """Encode a collated batch and apply every head the model was built with."""
+        states = self.encode_batch(batch)
         cell_emb = states[:, 0]
         mvc_pred = None
         if self.mvc_head is not None:
             mvc_pred = self.mvc_head(cell_emb, self.gene_encoder(batch[GENES]))
-        return ModelOutput(states=states, cell_emb=cell_emb, expr_pred=self.expr_head(states), mvc_pred=mvc_pred)
+        return ModelOutput(
+            states=states, cell_emb=cell_emb, expr_pred=self.expr_head(states), mvc_pred=mvc_pred,
+            class_logits=None if self.classifier is None else self.classifier(cell_emb),
+            batch_logits=None if self.batch_discriminator is None else self.batch_discriminator(cell_emb),
+        )
+
+    def adapt(self, vocab=None, tokenizer_config=None, **changes) -> "ScMamba2":
+        """A new model with some config fields changed (new heads, more batches, a longer vocabulary), that
+        keeps every weight of this one that still fits.
+
+        Tensors with the same name and shape are copied; the gene embedding keeps its rows when ``vocab``
+        extends this model's vocabulary (new tokens appended); new heads start from their initialisation.
+        A tensor that exists in both but changed shape otherwise is re-initialised and logged.
+        """
+        vocab = vocab if vocab is not None else self.vocab
+        if vocab is not None:
+            changes.setdefault("vocab_size", len(vocab))
+            if self.vocab is not None and list(vocab.tokens[: len(self.vocab)]) != list(self.vocab.tokens):
+                raise ValueError("the new vocabulary must start with this model's tokens, in order (append only)")
+        new = type(self)(replace(self.config, **changes), vocab=vocab,
+                         tokenizer_config=tokenizer_config or self.tokenizer_config)
+        own, target = self.state_dict(), new.state_dict()
+        with torch.no_grad():
+            for k, t in target.items():
+                if k not in own:
+                    continue
+                src = own[k]
+                if src.shape == t.shape:
+                    t.copy_(src)
+                elif k == "gene_encoder.embedding.weight" and src.shape[1:] == t.shape[1:] and len(src) <= len(t):
+                    t[: len(src)].copy_(src)
+                else:
+                    log.info("%s: shape %s -> %s, re-initialised", k, tuple(src.shape), tuple(t.shape))
+        return new
 
     # ------------------------------------------------------------------------------------------ checkpoints
     def save_pretrained(self, directory: str | Path) -> Path:

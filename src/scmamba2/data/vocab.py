@@ -175,6 +175,12 @@ class GeneVocab:
             names = pd.Index(np.asarray(names, dtype=object))
         return self._index.get_indexer(names.astype(object)).astype(np.int64, copy=False)
 
+    def extend(self, names: Iterable[str]) -> GeneVocab:
+        """A new vocabulary with ``names`` appended (those already present are skipped); ids of existing
+        tokens do not change, so a model's gene embedding can grow with it (see ``ScMamba2.adapt``)."""
+        new = [n for n in dict.fromkeys(map(str, names)) if n not in self._index]
+        return self._from_tokens(self._tokens + new)
+
     def to_dict(self) -> dict[str, int]:
         """Return the ``{token: id}`` mapping."""
         return {t: i for i, t in enumerate(self._tokens)}

@@ -51,3 +51,25 @@ class ContinuousValueEncoder(nn.Module):
         x = torch.where((values == MASK_VALUE).unsqueeze(-1), self.special.weight[0], x)
         x = torch.where((values == PAD_VALUE).unsqueeze(-1), self.special.weight[1], x)
         return self.norm(x)
+
+
+class DomainSpecificBatchNorm(nn.Module):
+    """DSBN: one ``BatchNorm1d`` per domain (batch), applied to the token embeddings of that domain's cells.
+
+    Statistics are taken over the valid (non-padding) tokens only; padding positions pass through unchanged.
+    """
+
+    def __init__(self, d_model: int, n_domains: int, eps: float = 1e-5, momentum: float = 0.1):
+        super().__init__()
+        self.norms = nn.ModuleList(nn.BatchNorm1d(d_model, eps=eps, momentum=momentum) for _ in range(n_domains))
+
+    def forward(self, x: torch.Tensor, domain: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
+        # x (B, L, D), domain (B,), padding_mask (B, L) True = padding
+        if domain.min() < 0 or domain.max() >= len(self.norms):
+            raise ValueError(f"batch index out of range: the model knows {len(self.norms)} batches (DSBN)")
+        valid = ~padding_mask
+        out = x.clone()
+        for d in torch.unique(domain).tolist():
+            sel = (domain == d).unsqueeze(1) & valid  # (B, L)
+            out[sel] = self.norms[d](x[sel])
+        return out

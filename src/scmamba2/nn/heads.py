@@ -1,14 +1,29 @@
-"""Output heads on the encoder's per-token states.
+"""Output heads on the encoder's states.
 
 - :class:`ExpressionHead` (GEP): predicts each token's value from its own contextual state.
 - :class:`MVCHead` (MVC / GEPC): predicts each gene's value from the cell embedding and the gene's identity
   alone, so the cell embedding must carry the cell's expression programme.
+- :class:`ClassifierHead`: class logits from the cell embedding (annotation).
+- :class:`BatchDiscriminator` (DAB): batch logits from the cell embedding behind a gradient-reversal layer,
+  so that minimising its loss trains the discriminator while pushing the encoder to hide the batch.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+
+def _mlp(d_in: int, d_hidden: int, d_out: int, n_hidden: int = 2, dropout: float = 0.0) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    d = d_in
+    for _ in range(n_hidden):
+        layers += [nn.Linear(d, d_hidden), nn.LeakyReLU(), nn.LayerNorm(d_hidden)]
+        if dropout:
+            layers.append(nn.Dropout(dropout))
+        d = d_hidden
+    layers.append(nn.Linear(d, d_out))
+    return nn.Sequential(*layers)
 
 
 class ExpressionHead(nn.Module):
@@ -36,3 +51,42 @@ class MVCHead(nn.Module):
     def forward(self, cell_emb: torch.Tensor, gene_emb: torch.Tensor) -> torch.Tensor:
         query = torch.sigmoid(self.gene_query(gene_emb))  # (B, L, D)
         return torch.einsum("bld,bd->bl", query, self.cell_proj(cell_emb))
+
+
+class ClassifierHead(nn.Module):
+    """``(B, D) -> (B, n_classes)`` logits."""
+
+    def __init__(self, d_model: int, n_classes: int, dropout: float = 0.0):
+        super().__init__()
+        self.mlp = _mlp(d_model, d_model, n_classes, n_hidden=2, dropout=dropout)
+
+    def forward(self, cell_emb: torch.Tensor) -> torch.Tensor:
+        return self.mlp(cell_emb)
+
+
+class _ReverseGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, alpha: float) -> torch.Tensor:
+        ctx.alpha = alpha
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return -ctx.alpha * grad, None
+
+
+def reverse_gradient(x: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
+    """Identity forward; multiplies the gradient by ``-alpha`` on the way back (Ganin & Lempitsky, 2015)."""
+    return _ReverseGrad.apply(x, alpha)
+
+
+class BatchDiscriminator(nn.Module):
+    """DAB: predicts the batch from the cell embedding through a gradient-reversal layer."""
+
+    def __init__(self, d_model: int, n_batches: int, alpha: float = 1.0):
+        super().__init__()
+        self.alpha = alpha
+        self.mlp = _mlp(d_model, d_model, n_batches, n_hidden=2)
+
+    def forward(self, cell_emb: torch.Tensor) -> torch.Tensor:
+        return self.mlp(reverse_gradient(cell_emb, self.alpha))

@@ -11,7 +11,9 @@ class TrainConfig:
     """Optimisation and data-loading settings for pretraining and fine-tuning.
 
     The learning rate warms up linearly for ``warmup_steps`` and then follows a cosine decay to
-    ``min_lr_ratio * lr`` at ``max_steps``. Weight decay applies to matrices only.
+    ``min_lr_ratio * lr`` at ``max_steps``. Weight decay applies to matrices only. The ``*_weight`` fields
+    weight the losses of :class:`~scmamba2.train.plan.TrainingPlan` (a loss is computed only when the model
+    has its head and the batch its targets).
     """
 
     max_steps: int = 1000
@@ -23,6 +25,11 @@ class TrainConfig:
     mask_ratio: float = 0.4
     gep_weight: float = 1.0
     mvc_weight: float = 1.0
+    cls_weight: float = 1.0
+    ecs_weight: float = 0.0
+    ecs_threshold: float = 0.6
+    dab_weight: float = 1.0
+    early_stopping_patience: int = 0  # > 0: stop after this many validations without a better val/loss
     val_fraction: float = 0.1
     val_every_n_steps: int = 100
     gradient_clip_val: float = 1.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 
 def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -12,3 +13,18 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> 
         return pred.sum() * 0.0
     diff = (pred - target)[mask]
     return (diff * diff).sum() / n
+
+
+def elastic_cell_similarity(cell_emb: torch.Tensor, threshold: float = 0.6) -> torch.Tensor:
+    """ECS: pushes pairwise cosine similarities of the cells in a batch away from ``threshold``.
+
+    ``mean over pairs i != j of 1 - (cos(e_i, e_j) - threshold)^2``: similar cells (cosine above the threshold)
+    are pulled together and dissimilar ones pushed apart, which sharpens the clusters of the cell embedding.
+    """
+    n = cell_emb.shape[0]
+    if n < 2:
+        return cell_emb.sum() * 0.0
+    e = F.normalize(cell_emb, dim=-1)
+    cos = e @ e.T  # (B, B)
+    off = ~torch.eye(n, dtype=torch.bool, device=cell_emb.device)
+    return (1.0 - (cos[off] - threshold) ** 2).mean()

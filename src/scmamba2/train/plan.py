@@ -1,56 +1,93 @@
-"""The Lightning training plan for masked-expression pretraining (GEP + MVC).
+"""The Lightning training plan: the losses, the optimiser and the schedule.
 
-Like scvi-tools' TrainingPlan, it owns the losses, the optimiser and the schedule; the model stays a plain
-``nn.Module`` that takes tensors.
+Like scvi-tools' TrainingPlan, it owns the losses; the model stays a plain ``nn.Module`` that takes tensors.
+One plan serves pretraining and every fine-tuning task: each loss is computed when the model has the head
+and the batch has the targets, and weighted by the :class:`~scmamba2.train.config.TrainConfig`:
+
+- ``gep``: masked expression, MSE on the positions in ``MASK`` (pretraining: the hidden values; perturbation:
+  every gene of the perturbed cell);
+- ``mvc``: the same targets predicted from the cell embedding alone;
+- ``cls``: cross-entropy of the classifier on ``LABELS`` (optionally class-weighted);
+- ``ecs``: elastic cell similarity of the cell embeddings (``ecs_weight > 0``);
+- ``dab``: cross-entropy of the batch discriminator on ``BATCH`` (its gradient reaches the encoder reversed).
 """
 
 from __future__ import annotations
 
 import lightning.pytorch as pl
 import torch
+import torch.nn.functional as F
 
-from .._keys import MASK, TARGET_VALUES
+from .._keys import BATCH, LABELS, MASK, TARGET_VALUES
 from ..model import ScMamba2
 from .config import TrainConfig
-from .losses import masked_mse
+from .losses import elastic_cell_similarity, masked_mse
 from .schedule import make_optimizer, warmup_cosine
 
 
-class PretrainPlan(pl.LightningModule):
-    """Masked expression modelling: hide ``mask_ratio`` of each cell's values, predict them back.
+class TrainingPlan(pl.LightningModule):
+    """Trains ``model`` on the losses its heads and the batches allow.
 
-    Logged metrics: ``train/loss``, ``train/gep``, ``train/mvc``, ``val/loss``, ``val/gep``, ``val/mvc``, ``lr``.
+    Logged metrics: ``train/<loss>`` and ``val/<loss>`` for each loss above plus ``loss`` (the weighted total),
+    ``val/acc`` when there is a classifier, and ``lr``.
+
+    Parameters
+    ----------
+    model
+        The model.
+    config
+        Optimiser, schedule and loss weights.
+    class_weights
+        ``(n_classes,)`` weights of the classification loss (e.g. inverse class frequencies).
     """
 
-    def __init__(self, model: ScMamba2, config: TrainConfig):
+    def __init__(self, model: ScMamba2, config: TrainConfig, class_weights: torch.Tensor | None = None):
         super().__init__()
         self.model = model
         self.config = config
+        self.register_buffer("class_weights", class_weights, persistent=False)
 
-    def _losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def _losses(self, batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], object]:
+        c = self.config
         out = self.model(batch)
-        mask, target = batch[MASK], batch[TARGET_VALUES]
-        losses = {"gep": masked_mse(out.expr_pred, target, mask)}
-        total = self.config.gep_weight * losses["gep"]
-        if out.mvc_pred is not None:
-            losses["mvc"] = masked_mse(out.mvc_pred, target, mask)
-            total = total + self.config.mvc_weight * losses["mvc"]
+        losses: dict[str, torch.Tensor] = {}
+        total = out.cell_emb.sum() * 0.0
+        if MASK in batch and c.gep_weight > 0:
+            losses["gep"] = masked_mse(out.expr_pred, batch[TARGET_VALUES], batch[MASK])
+            total = total + c.gep_weight * losses["gep"]
+        if MASK in batch and out.mvc_pred is not None and c.mvc_weight > 0:
+            losses["mvc"] = masked_mse(out.mvc_pred, batch[TARGET_VALUES], batch[MASK])
+            total = total + c.mvc_weight * losses["mvc"]
+        if out.class_logits is not None and LABELS in batch and c.cls_weight > 0:
+            losses["cls"] = F.cross_entropy(out.class_logits, batch[LABELS], weight=self.class_weights)
+            total = total + c.cls_weight * losses["cls"]
+        if c.ecs_weight > 0:
+            losses["ecs"] = elastic_cell_similarity(out.cell_emb, c.ecs_threshold)
+            total = total + c.ecs_weight * losses["ecs"]
+        if out.batch_logits is not None and BATCH in batch and c.dab_weight > 0:
+            losses["dab"] = F.cross_entropy(out.batch_logits, batch[BATCH])
+            total = total + c.dab_weight * losses["dab"]
         losses["loss"] = total
-        return losses
+        return losses, out
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        losses = self._losses(batch)
-        n = batch[MASK].shape[0]
+        losses, _ = self._losses(batch)
+        n = batch[TARGET_VALUES].shape[0] if TARGET_VALUES in batch else len(next(iter(batch.values())))
         for k, v in losses.items():
             self.log(f"train/{k}", v, prog_bar=(k == "loss"), batch_size=n)
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=n)
         return losses["loss"]
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        losses = self._losses(batch)
-        n = int(batch[MASK].sum())  # weight by masked tokens so the epoch value is a per-token mean
+        losses, out = self._losses(batch)
+        # Weight by masked tokens when there are some, so the epoch value of gep is a per-token mean.
+        n_cells = out.cell_emb.shape[0]
+        n = int(batch[MASK].sum()) if MASK in batch else n_cells
         for k, v in losses.items():
             self.log(f"val/{k}", v, prog_bar=(k == "loss"), batch_size=max(n, 1))
+        if out.class_logits is not None and LABELS in batch:
+            acc = (out.class_logits.argmax(-1) == batch[LABELS]).float().mean()
+            self.log("val/acc", acc, prog_bar=True, batch_size=n_cells)
 
     def on_train_epoch_start(self) -> None:
         # Redraw the per-cell random choices (subsampling to max_len) each epoch, still seeded.

@@ -83,10 +83,9 @@ def pretrain(
         Keep only this many highly variable genes (scanpy's ``seurat`` flavour on normalised counts).
     """
     import lightning.pytorch as pl
-    from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger
 
-    from .plan import PretrainPlan
+    from .plan import TrainingPlan
+    from .trainer import make_trainer
 
     tune_cpu_allocator()
     tcfg = train_config or TrainConfig()
@@ -143,22 +142,8 @@ def pretrain(
         )
 
     out = Path(out_dir) if out_dir is not None else None
-    callbacks, logger = [], False
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        logger = CSVLogger(str(out), name="logs", version="")
-        callbacks.append(ModelCheckpoint(dirpath=str(out / "checkpoints"), save_last=True,
-                                         every_n_train_steps=tcfg.val_every_n_steps, save_top_k=0))
-    trainer = pl.Trainer(
-        max_steps=tcfg.max_steps, max_epochs=-1, accelerator=tcfg.accelerator, devices=tcfg.devices,
-        precision=tcfg.precision, gradient_clip_val=tcfg.gradient_clip_val,
-        accumulate_grad_batches=tcfg.accumulate_grad_batches, logger=logger, callbacks=callbacks,
-        log_every_n_steps=tcfg.log_every_n_steps, val_check_interval=min(tcfg.val_every_n_steps, tcfg.max_steps)
-        if n_val else None, check_val_every_n_epoch=None, num_sanity_val_steps=0,
-        enable_progress_bar=tcfg.progress_bar, enable_model_summary=False, enable_checkpointing=out is not None,
-        deterministic=False, default_root_dir=str(out) if out else None,
-    )
-    plan = PretrainPlan(model, tcfg)
+    trainer = make_trainer(tcfg, out, validate=bool(n_val))
+    plan = TrainingPlan(model, tcfg)
     val_start = val_end = None
     if val_batches is not None:
         val_start = trainer.validate(plan, val_batches, verbose=False)[0]["val/gep"]

@@ -1,0 +1,38 @@
+"""One place that builds the Lightning ``Trainer`` from a :class:`TrainConfig` (pretraining and every task)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .config import TrainConfig
+
+
+def make_trainer(tcfg: TrainConfig, out_dir: str | Path | None = None, *, validate: bool = False,
+                 callbacks: list | None = None):
+    """A step-based ``Trainer``: ``max_steps`` updates, validation every ``val_every_n_steps`` when
+    ``validate``, CSV metrics in ``out_dir/logs/metrics.csv`` and a ``last.ckpt`` in ``out_dir/checkpoints``
+    when ``out_dir`` is given, early stopping on ``val/loss`` when ``early_stopping_patience > 0``."""
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger
+
+    callbacks = list(callbacks or [])
+    out = Path(out_dir) if out_dir is not None else None
+    logger = False
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        logger = CSVLogger(str(out), name="logs", version="")
+        callbacks.append(ModelCheckpoint(dirpath=str(out / "checkpoints"), save_last=True,
+                                         every_n_train_steps=tcfg.val_every_n_steps, save_top_k=0))
+    if validate and tcfg.early_stopping_patience > 0:
+        callbacks.append(EarlyStopping("val/loss", patience=tcfg.early_stopping_patience, mode="min"))
+    return pl.Trainer(
+        max_steps=tcfg.max_steps, max_epochs=-1, accelerator=tcfg.accelerator, devices=tcfg.devices,
+        precision=tcfg.precision, gradient_clip_val=tcfg.gradient_clip_val,
+        accumulate_grad_batches=tcfg.accumulate_grad_batches, logger=logger, callbacks=callbacks,
+        log_every_n_steps=tcfg.log_every_n_steps,
+        val_check_interval=min(tcfg.val_every_n_steps, tcfg.max_steps) if validate else None,
+        check_val_every_n_epoch=None, num_sanity_val_steps=0,
+        enable_progress_bar=tcfg.progress_bar, enable_model_summary=False, enable_checkpointing=out is not None,
+        deterministic=False, default_root_dir=str(out) if out else None,
+    )
