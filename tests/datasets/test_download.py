@@ -1,0 +1,76 @@
+"""Downloads from a local HTTP server (127.0.0.1, started by the test): complete, resumed, checksum, offline."""
+
+import hashlib
+import socket
+
+import pytest
+
+from scmamba2.datasets import ChecksumError, DownloadError, cache_dir, download
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_download_checks_and_caches(server, payload, tmp_path):
+    seen = []
+    dest = download(server.url, tmp_path / "f.bin", sha256=sha(payload), progress=lambda d, t: seen.append((d, t)))
+    assert dest.read_bytes() == payload
+    assert not (tmp_path / "f.bin.part").exists()
+    assert seen[-1] == (len(payload), len(payload))
+    n = len(server.requests)
+    download(server.url, dest, sha256=sha(payload))  # cached: the server is not asked again
+    assert len(server.requests) == n
+
+
+def test_resume_after_interrupted_transfer(server, payload, tmp_path):
+    dest, part = tmp_path / "f.bin", tmp_path / "f.bin.part"
+    cut = len(payload) * 2 // 5
+    server.cut_after = cut
+    with pytest.raises(DownloadError, match="again to resume"):
+        download(server.url, dest, sha256=sha(payload))
+    assert not dest.exists(), "a partial file must never appear under the final name"
+    assert part.stat().st_size == cut
+    download(server.url, dest, sha256=sha(payload))
+    assert server.requests[-1] == f"bytes={cut}-"
+    assert dest.read_bytes() == payload and not part.exists()
+
+
+def test_server_without_ranges_restarts_from_zero(server, payload, tmp_path):
+    server.honour_range = False
+    (tmp_path / "f.bin.part").write_bytes(b"stale bytes from another attempt")
+    dest = download(server.url, tmp_path / "f.bin", sha256=sha(payload))
+    assert dest.read_bytes() == payload
+
+
+def test_checksum_mismatch_caches_nothing(server, payload, tmp_path):
+    with pytest.raises(ChecksumError, match="checksum mismatch"):
+        download(server.url, tmp_path / "f.bin", sha256="0" * 64)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_damaged_partial_file_is_caught(server, payload, tmp_path):
+    # a .part of the full length but with wrong bytes: the server has nothing more to send, the checksum decides
+    (tmp_path / "f.bin.part").write_bytes(bytes(len(payload)))
+    with pytest.raises(ChecksumError):
+        download(server.url, tmp_path / "f.bin", sha256=sha(payload))
+    assert list(tmp_path.iterdir()) == []
+    assert download(server.url, tmp_path / "f.bin", sha256=sha(payload)).read_bytes() == payload
+
+
+def test_offline_is_a_clear_error(tmp_path):
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(DownloadError, match="offline") as e:
+        download(f"http://127.0.0.1:{port}/file", tmp_path / "f.bin", timeout=5)
+    assert "download the file by hand" in str(e.value)
+    assert not (tmp_path / "f.bin").exists()
+
+
+def test_cache_dir_order(monkeypatch, tmp_path):
+    monkeypatch.setenv("SCMAMBA2_DATA", str(tmp_path / "env"))
+    assert cache_dir() == tmp_path / "env"
+    assert cache_dir(tmp_path / "x") == tmp_path / "x"
+    monkeypatch.delenv("SCMAMBA2_DATA")
+    assert cache_dir().parts[-2:] == (".cache", "scmamba2")

@@ -1,0 +1,150 @@
+"""The registry: well-formed public records, local files registered from ../shared/data, get() and converters."""
+
+import hashlib
+import json
+import tarfile
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+from typer.testing import CliRunner
+
+from scmamba2.cli import app
+from scmamba2.datasets import PUBLIC, ChecksumError, DatasetRecord, RemoteFile, get, list_datasets
+from scmamba2.datasets import registry
+from scmamba2.datasets.convert import CONVERTERS
+from scmamba2.errors import InputError
+
+
+def tiny(n=20, label_col="celltype", seed=0):
+    rng = np.random.default_rng(seed)
+    return ad.AnnData(X=sp.csr_matrix(rng.poisson(1.0, (n, 8)).astype(np.float32)),
+                      obs=pd.DataFrame({label_col: rng.choice(["a", "b"], n)}, index=[f"c{seed}_{i}" for i in range(n)]),
+                      var=pd.DataFrame(index=[f"G{j}" for j in range(8)]))
+
+
+def test_public_records_are_complete():
+    names = [r.name for r in PUBLIC]
+    assert len(names) == len(set(names))
+    for r in PUBLIC:
+        assert r.tasks and r.licence and r.homepage.startswith("http") and r.shape_source, r.name
+        assert r.converter in CONVERTERS, r.name
+        assert all(f.url.startswith("https://") for f in r.files), r.name
+        assert all(f.sha256 is None for f in r.files), "no checksum was verified offline; none may be claimed"
+    covered = {t for r in PUBLIC for t in r.tasks}
+    assert {"annotate", "integrate", "multiomics", "perturb"} <= covered
+
+
+def test_records_validate_their_fields():
+    with pytest.raises(ValueError, match="sha256"):
+        RemoteFile("https://x", "f", sha256="abc")
+    with pytest.raises(ValueError, match="unknown task"):
+        DatasetRecord("x", "x", ("dance",), "MIT", "https://x", files=(RemoteFile("https://x", "f"),))
+    with pytest.raises(ValueError, match="canonical"):
+        DatasetRecord("x", "x", ("annotate",), "MIT", "https://x", files=(RemoteFile("https://x", "f"),),
+                      obs_keys={"label": ("y",)})
+
+
+def test_shared_data_is_registered_and_checked(shared_data):
+    recs = {r.name: r for r in list_datasets(shared_data)}
+    assert {"pbmc3k_raw_labeled", "ifnb1k", "norman_subset_gears", "test_rna_atac"} <= set(recs)
+    r = recs["ifnb1k"]
+    assert r.source == "local" and "integrate" in r.tasks and r.files[0].sha256
+    path = get("ifnb1k", shared_dir=shared_data)
+    assert path == shared_data / "ifnb1k.h5ad"
+    a = ad.read_h5ad(path, backed="r")
+    assert (a.n_obs, a.n_vars) == (r.n_obs, r.n_vars)
+    assert all(k in a.obs for k in r.obs_keys)
+
+
+def _local_folder(tmp_path, sha=None):
+    folder = tmp_path / "shared"
+    folder.mkdir(parents=True)
+    tiny().write_h5ad(folder / "mini.h5ad")
+    digest = hashlib.sha256((folder / "mini.h5ad").read_bytes()).hexdigest()
+    entry = {"file": "mini.h5ad", "title": "mini", "task": "annotation", "licence": ["MIT"], "sources": ["test"],
+             "sha256": sha or digest, "n_obs": 20, "n_vars": 8, "obs_columns": {"celltype": {}}}
+    (folder / "manifest.json").write_text(json.dumps({"files": [entry]}))
+    return folder
+
+
+def test_local_checksum_mismatch_is_refused(tmp_path):
+    folder = _local_folder(tmp_path, sha="1" * 64)
+    with pytest.raises(ChecksumError, match="modified or damaged"):
+        get("mini", shared_dir=folder)
+    folder2 = _local_folder(tmp_path / "ok")
+    assert get("mini", shared_dir=folder2) == folder2 / "mini.h5ad"
+
+
+def test_folder_without_manifest(tmp_path):
+    tiny().write_h5ad(tmp_path / "Some_Set.h5ad")
+    (rec,) = list_datasets(tmp_path)[-1:]
+    assert rec.name == "some_set" and rec.source == "local"
+    assert get("some_set", shared_dir=tmp_path) == tmp_path / "Some_Set.h5ad"
+
+
+def test_get_downloads_converts_and_caches(serve, tmp_path, monkeypatch):
+    src = tmp_path / "src.h5ad"
+    tiny(label_col="Celltype").write_h5ad(src)
+    data = src.read_bytes()
+    srv = serve(data)
+    rec = DatasetRecord("toy", "toy", ("annotate",), "MIT", "https://example.org",
+                        files=(RemoteFile(srv.url, "toy_raw.h5ad", hashlib.sha256(data).hexdigest()),),
+                        n_obs=20, n_vars=8, shape_source="test", obs_keys={"cell_type": ("celltype", "Celltype")})
+    monkeypatch.setattr(registry, "PUBLIC", (rec,))
+    out = get("toy", cache=tmp_path / "cache", shared_dir=tmp_path / "none")
+    a = ad.read_h5ad(out)
+    assert out == tmp_path / "cache" / "toy" / "toy.h5ad"
+    assert list(a.obs["cell_type"]) == list(a.obs["Celltype"])
+    assert a.uns["scmamba2_dataset"]["url"] == srv.url
+    n = len(srv.requests)
+    assert get("toy", cache=tmp_path / "cache", shared_dir=tmp_path / "none") == out
+    assert len(srv.requests) == n
+
+
+def test_manual_record_says_where_to_put_files(tmp_path, monkeypatch):
+    rec = DatasetRecord("drive", "d", ("annotate",), "MIT", "https://example.org",
+                        files=(RemoteFile("https://drive.example/folder", "ref.h5ad"),
+                               RemoteFile("https://drive.example/folder", "query.h5ad")),
+                        obs_keys={"cell_type": ("celltype",)}, converter="ref_query", manual="manual: test")
+    monkeypatch.setattr(registry, "PUBLIC", (rec,))
+    raw = tmp_path / "drive" / "raw"
+    with pytest.raises(InputError, match="https://drive.example/folder") as e:
+        get("drive", cache=tmp_path, shared_dir=tmp_path / "none")
+    assert str(raw) in str(e.value) and "ref.h5ad, query.h5ad" in str(e.value)
+    raw.mkdir(parents=True)
+    tiny(seed=0).write_h5ad(raw / "ref.h5ad")
+    tiny(n=10, seed=1).write_h5ad(raw / "query.h5ad")
+    a = ad.read_h5ad(get("drive", cache=tmp_path, shared_dir=tmp_path / "none"))
+    assert a.obs["split"].value_counts().to_dict() == {"reference": 20, "query": 10}
+    assert "cell_type" in a.obs
+
+
+def test_gears_tarball_gets_perturbation_column(tmp_path, monkeypatch):
+    a = tiny(n=4)
+    a.obs["condition"] = ["ctrl", "KLF1+ctrl", "ctrl+MAP2K6", "KLF1+MAP2K6"]
+    (tmp_path / "norman").mkdir()
+    a.write_h5ad(tmp_path / "norman" / "perturb_processed.h5ad")
+    raw = tmp_path / "cache" / "g" / "raw"
+    raw.mkdir(parents=True)
+    with tarfile.open(raw / "g.tar.gz", "w:gz") as tf:
+        tf.add(tmp_path / "norman", arcname="norman")
+    rec = DatasetRecord("g", "g", ("perturb",), "MIT", "https://example.org",
+                        files=(RemoteFile("https://example.org/g", "g.tar.gz"),), converter="gears",
+                        obs_keys={"condition": ("condition",)}, manual="manual: test")
+    monkeypatch.setattr(registry, "PUBLIC", (rec,))
+    out = ad.read_h5ad(get("g", cache=tmp_path / "cache", shared_dir=tmp_path / "none"))
+    assert list(out.obs["perturbation"]) == ["control", "KLF1", "MAP2K6", "KLF1+MAP2K6"]
+
+
+def test_cli_list_and_get(shared_data):
+    runner = CliRunner()
+    res = runner.invoke(app, ["datasets", "list", "--shared-dir", str(shared_data)])
+    assert res.exit_code == 0, res.output
+    assert "pbmc3k_raw_labeled" in res.output and "scib_immune_human" in res.output
+    res = runner.invoke(app, ["datasets", "get", "ifnb1k", "--shared-dir", str(shared_data)])
+    assert res.exit_code == 0 and "ifnb1k.h5ad" in res.output
+    res = runner.invoke(app, ["datasets", "get", "no_such_set", "--shared-dir", str(shared_data)])
+    assert res.exit_code == 1 and "unknown dataset" in res.output and "Traceback" not in res.output
