@@ -1,0 +1,79 @@
+"""`scmamba2 bench`: tasks found through the registry, arguments by signature, failures reported, run goes on."""
+
+import hashlib
+import json
+import sys
+import types
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from scmamba2.bench import BenchResult, runner
+from scmamba2.cli import app
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """A local data folder with one tiny dataset and its manifest."""
+    root = tmp_path / "shared"
+    root.mkdir()
+    a = ad.AnnData(X=np.ones((6, 3), dtype=np.float32), obs=pd.DataFrame({"cell_type": list("aabbcc")},
+                   index=[f"c{i}" for i in range(6)]))
+    a.write_h5ad(root / "mini.h5ad")
+    entry = {"file": "mini.h5ad", "title": "mini", "task": "annotation", "licence": ["MIT"], "sources": ["test"],
+             "sha256": hashlib.sha256((root / "mini.h5ad").read_bytes()).hexdigest(), "n_obs": 6, "n_vars": 3,
+             "obs_columns": {"cell_type": {}}}
+    (root / "manifest.json").write_text(json.dumps({"files": [entry]}))
+    return root
+
+
+@pytest.fixture
+def fake_tasks(monkeypatch):
+    """Four task modules: one that works, one that raises, one that wants other data, one that does not exist."""
+    seen = {}
+
+    def good_run(data_dir, out_dir, *, seed=0, quick=False):
+        seen.update(data_dir=data_dir, files=sorted(p.name for p in data_dir.iterdir()), seed=seed, quick=quick)
+        res = BenchResult("good")
+        with res.step("work"):
+            res.tables["scores"] = pd.DataFrame({"method": ["scmamba2", "baseline"], "score": [0.5, 0.6]})
+        return res
+
+    def bad_run(datasets, seed=0):
+        raise RuntimeError("boom in bad")
+
+    mods = {"fake_good": good_run, "fake_bad": bad_run, "fake_other": good_run}
+    for name, fn in mods.items():
+        m = types.ModuleType(name)
+        m.run = fn
+        monkeypatch.setitem(sys.modules, name, m)
+    sys.modules["fake_other"].DATASETS = ["some_other_set"]
+    monkeypatch.setattr(runner, "TASKS", {"good": ("fake_good",), "bad": ("fake_bad",), "other": ("fake_other",),
+                                          "absent": ("fake_absent_module",)})
+    return seen
+
+
+def test_failures_are_reported_and_the_run_goes_on(fake_tasks, folder, tmp_path):
+    outcomes, paths = runner.run_benchmarks(["bad", "absent", "other", "good"], datasets=["mini"],
+                                            out_dir=tmp_path / "out", seed=3, quick=True, shared_dir=folder)
+    assert [o.status for o in outcomes] == ["failed", "missing", "skipped", "ok"]
+    assert "boom in bad" in outcomes[0].error and "RuntimeError" in outcomes[0].traceback
+    assert fake_tasks["seed"] == 3 and fake_tasks["quick"] is True
+    assert fake_tasks["files"] == ["mini.h5ad"]  # the task saw a folder holding the chosen dataset
+    assert (tmp_path / "out" / "good.md").is_file()
+    md = paths["md"].read_text()
+    assert "boom in bad" in md and "fake_absent_module" in md and "some_other_set" in md and "0.600" in md
+
+
+def test_cli_bench(fake_tasks, folder, tmp_path):
+    cli = CliRunner()
+    args = ["bench", "good", "bad", "--data", "mini", "--shared-dir", str(folder), "--out", str(tmp_path / "o")]
+    res = cli.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "o" / "report.html").is_file() and "report:" in res.output
+    assert cli.invoke(app, args + ["--strict"]).exit_code == 1
+    res = cli.invoke(app, ["bench", "dance", "--out", str(tmp_path / "o")])
+    assert res.exit_code == 1 and "unknown task" in res.output and "Traceback" not in res.output
