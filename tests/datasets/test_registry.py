@@ -83,6 +83,9 @@ def test_folder_without_manifest(tmp_path):
     (rec,) = list_datasets(tmp_path)[-1:]
     assert rec.name == "some_set" and rec.source == "local"
     assert get("some_set", shared_dir=tmp_path) == tmp_path / "Some_Set.h5ad"
+    tiny().write_h5ad(tmp_path / "norman.h5ad")  # named like a public record: both stay reachable
+    names = {r.name: r.source for r in list_datasets(tmp_path)}
+    assert names["norman"] == "remote" and names["local_norman"] == "local"
 
 
 def test_get_downloads_converts_and_caches(serve, tmp_path, monkeypatch):

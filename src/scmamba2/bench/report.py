@@ -178,8 +178,8 @@ def _env_line(env) -> str:
 # --- html ------------------------------------------------------------------------------------------------------
 
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:.5em 0 1.5em}th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right}
-th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-width:100%;border:1px solid #eee}
+table{border-collapse:collapse;margin:.5em 0 1.5em}th,td{border:1px solid #ccc;padding:.25em .6em;text-align:left}
+th{background:#f3f3f3}td.n{text-align:right;font-variant-numeric:tabular-nums}img{max-width:100%;border:1px solid #eee}
 .ok{color:#176317}.failed{color:#b00020}.missing,.skipped,.pending{color:#8a6d00}pre{background:#f7f7f7;
 padding:.6em;overflow-x:auto;font-size:.85em}figure{margin:1em 0}figcaption{font-style:italic;color:#555}"""
 
@@ -200,7 +200,7 @@ def _html(outcomes, figures, run, env, title) -> str:
              "<th>note</th></tr>"]
     for o in outcomes:
         parts.append(f"<tr><td><a href='#{e(o.task)}'>{e(o.task)}</a></td><td class='{e(o.status)}'>{e(o.status)}"
-                     f"</td><td>{o.wall_s:.1f}</td><td>{o.cpu_s:.1f}</td><td>{e(', '.join(o.datasets) or '-')}</td>"
+                     f"</td><td class='n'>{o.wall_s:.1f}</td><td class='n'>{o.cpu_s:.1f}</td><td>{e(', '.join(o.datasets) or '-')}</td>"
                      f"<td>{e((o.error or '-')[:200])}</td></tr>")
     parts.append("</table>")
     for o in outcomes:
@@ -219,9 +219,10 @@ def _html(outcomes, figures, run, env, title) -> str:
             parts.append(_img(figures[(o.task, caption)]))
         if res.notes:
             parts.append("<h3>Notes</h3><ul>" + "".join(f"<li>{e(n)}</li>" for n in res.notes) + "</ul>")
-        rows = "".join(f"<tr><td>{e(s.name)}</td><td>{s.wall_s:.1f}</td><td>{s.cpu_s:.1f}</td></tr>" for s in res.steps)
+        rows = "".join(f"<tr><td>{e(s.name)}</td><td class='n'>{s.wall_s:.1f}</td><td class='n'>{s.cpu_s:.1f}</td></tr>"
+                       for s in res.steps)
         parts.append(f"<h3>Steps</h3><table><tr><th>step</th><th>wall s</th><th>CPU s</th></tr>{rows}"
-                     f"<tr><td><b>total</b></td><td>{o.wall_s:.1f}</td><td>{o.cpu_s:.1f}</td></tr></table>")
+                     f"<tr><td><b>total</b></td><td class='n'>{o.wall_s:.1f}</td><td class='n'>{o.cpu_s:.1f}</td></tr></table>")
         if res.meta:
             parts.append(f"<details><summary>settings</summary><pre>{e(json.dumps(res.meta, indent=2, default=str))}"
                          f"</pre></details>")

@@ -91,7 +91,7 @@ def _check_local(record: DatasetRecord) -> Path:
     for f in record.files:
         if f.sha256 is None:
             continue
-        path = Path(record.local_path).parent / f.filename if not f.url.startswith("file:") else _from_uri(f.url)
+        path = _from_uri(f.url)  # local records list their files as file:// URIs
         got = sha256_file(path)
         if got != f.sha256:
             raise ChecksumError(f"{path} differs from the manifest (sha256 {got}, expected {f.sha256}); the local "

@@ -13,7 +13,7 @@ source's columns (the source's own columns are kept), and ``uns['scmamba2_datase
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..errors import InputError
@@ -215,8 +215,8 @@ def all_records(shared_dir: str | Path | None = None) -> dict[str, DatasetRecord
 
     records = {r.name: r for r in PUBLIC}
     for r in local_records(shared_dir):
-        if r.name in records:
-            raise ValueError(f"local dataset {r.name!r} has the name of a public record; rename one")
+        if r.name in records:  # a local file named like a public record keeps both reachable
+            r = replace(r, name=f"local_{r.name}")
         records[r.name] = r
     return records
 
