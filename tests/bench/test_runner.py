@@ -57,7 +57,7 @@ def fake_tasks(monkeypatch):
 
 
 def test_failures_are_reported_and_the_run_goes_on(fake_tasks, folder, tmp_path):
-    outcomes, paths = runner.run_benchmarks(["bad", "absent", "other", "good"], datasets=["mini"],
+    outcomes, paths = runner.run_benchmarks(["bad", "absent", "other", "good"], datasets=["local"],
                                             out_dir=tmp_path / "out", seed=3, quick=True, shared_dir=folder)
     assert [o.status for o in outcomes] == ["failed", "missing", "skipped", "ok"]
     assert "boom in bad" in outcomes[0].error and "RuntimeError" in outcomes[0].traceback

@@ -50,8 +50,8 @@ def run_benchmarks(tasks: list[str] | None = None, *, datasets: list[str] | None
     tasks
         Task names from :data:`TASKS`; ``None`` runs them all.
     datasets
-        Dataset names (``scmamba2 datasets list``); fetched with :func:`scmamba2.datasets.get`. ``None``: each task
-        uses its default data (the local data folder).
+        Dataset names (``scmamba2 datasets list``; ``local`` stands for every file of the local data folder),
+        fetched with :func:`scmamba2.datasets.get`. ``None``: each task uses its default data (the local folder).
     out_dir
         Where each task writes ``<task>.md/.json`` and its PNGs, and where the report goes.
     seed, quick
@@ -80,6 +80,12 @@ def run_benchmarks(tasks: list[str] | None = None, *, datasets: list[str] | None
     started = _now()
     run_info: dict[str, Any] = {"command": command, "seed": seed, "quick": quick, "datasets": list(datasets or []),
                                 "started": started, "finished": None}
+    if datasets and "local" in datasets:  # "local": every dataset of the local data folder
+        from ..datasets import list_datasets
+
+        local = [r.name for r in list_datasets(shared_dir) if r.source == "local"]
+        datasets = list(dict.fromkeys(n for d in datasets for n in (local if d == "local" else [d])))
+        run_info["datasets"] = datasets
     paths_by_name = {name: get(name, cache=cache, shared_dir=shared_dir) for name in (datasets or [])}
     run_info["dataset_paths"] = {k: str(v) for k, v in paths_by_name.items()}
     outcomes = [TaskOutcome(t, "pending") for t in tasks]
