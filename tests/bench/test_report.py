@@ -94,3 +94,17 @@ def test_committed_report_renders(browser, tmp_path):
     browser.screenshot(page, tmp_path / "committed.png")
     imgs = browser.images(page)
     assert all(i["complete"] and i["width"] > 0 for i in imgs), [i for i in imgs if not i["width"]]
+
+
+@pytest.mark.slow
+def test_bench_over_shared_data_renders(shared_data, browser, tmp_path):
+    """The issue's end-to-end check: every task on the local sets (quick), one report, every figure loads."""
+    from scmamba2.bench.runner import run_benchmarks
+
+    outcomes, paths = run_benchmarks(datasets=["local"], out_dir=tmp_path / "results", quick=True,
+                                     shared_dir=shared_data)
+    assert paths["md"].is_file() and paths["html"].is_file()
+    browser.screenshot(paths["html"], tmp_path / "report.png")
+    imgs = browser.images(paths["html"])
+    n_figures = sum(len(o.result.figures) for o in outcomes if o.result is not None)
+    assert len(imgs) == n_figures and all(i["width"] > 0 for i in imgs)
