@@ -102,7 +102,7 @@ GEARS = "https://github.com/snap-stanford/GEARS"
 PUBLIC: tuple[DatasetRecord, ...] = (
     # --- annotation (reference -> query) ---
     DatasetRecord(
-        "hpancreas", "Human pancreas, 5 studies (TOSICA split used by scGPT)", ("annotate",),
+        "hpancreas", "Human pancreas (TOSICA reference/query split, used by scGPT)", ("annotate",),
         "not stated by the distributor; the underlying GEO/ArrayExpress studies are public", SCGPT_DATA,
         files=(RemoteFile("https://drive.google.com/drive/folders/1s9XjcSiPC-FYV3VeHrEa7SeZetrthQVV", "demo_train.h5ad"),
                RemoteFile("https://drive.google.com/drive/folders/1s9XjcSiPC-FYV3VeHrEa7SeZetrthQVV", "demo_test.h5ad")),
@@ -111,7 +111,7 @@ PUBLIC: tuple[DatasetRecord, ...] = (
         notes=("demo_train.h5ad is the reference, demo_test.h5ad the query (split = reference/query).",)),
     DatasetRecord(
         "ms", "Multiple sclerosis (Schirmer et al. 2019), scGPT reference/query split", ("annotate",),
-        "not stated by the distributor (EMBL-EBI Expression Atlas E-HCAD-35)", SCGPT_DATA,
+        "not stated by the distributor (an EMBL-EBI Single Cell Expression Atlas export)", SCGPT_DATA,
         files=(RemoteFile("https://drive.google.com/drive/folders/1Qd42YNabzyr2pWt9xoY4cVMTAxsNBt4v", "c_data.h5ad"),
                RemoteFile("https://drive.google.com/drive/folders/1Qd42YNabzyr2pWt9xoY4cVMTAxsNBt4v", "filtered_ms_adata.h5ad")),
         n_obs=21312, n_vars=3000, shape_source="scGPT paper: 7,844 reference + 13,468 query cells, 3,000 genes",
@@ -182,7 +182,7 @@ PUBLIC: tuple[DatasetRecord, ...] = (
     DatasetRecord(
         "pbmc10k_multiome", "10x Multiome PBMC granulocyte-sorted 10k (RNA + ATAC)", ("multiomics",),
         "CC BY 4.0 (10x Genomics datasets)",
-        "https://www.10xgenomics.com/datasets/pbmc-from-a-healthy-donor-granulocytes-removed-through-cell-sorting-10-k-1-standard-2-0-0",
+        "https://www.10xgenomics.com/datasets",
         files=(RemoteFile("https://cf.10xgenomics.com/samples/cell-arc/2.0.0/pbmc_granulocyte_sorted_10k/"
                           "pbmc_granulocyte_sorted_10k_filtered_feature_bc_matrix.h5",
                           "pbmc_granulocyte_sorted_10k_filtered_feature_bc_matrix.h5"),),
@@ -195,7 +195,7 @@ PUBLIC: tuple[DatasetRecord, ...] = (
         "norman", "Norman et al. 2019 K562 CRISPRa single and double perturbations (GEARS format)", ("perturb",),
         "not stated by the distributor (Harvard Dataverse, GEARS)", GEARS,
         files=(RemoteFile("https://dataverse.harvard.edu/api/access/datafile/6154020", "norman.tar.gz"),),
-        n_obs=91205, n_vars=5045, shape_source="GEARS paper",
+        n_obs=91205, n_vars=5045, shape_source="the GEARS-processed file as printed in GEARS tutorials",
         obs_keys={"condition": ("condition",), "cell_type": ("cell_type",)}, converter="gears",
         notes=("X is log-normalised as GEARS ships it (no raw counts in the file).",
                "condition is GEARS's 'A+B' / 'A+ctrl' / 'ctrl'; perturbation drops the '+ctrl' part.")),
@@ -203,7 +203,7 @@ PUBLIC: tuple[DatasetRecord, ...] = (
         "adamson", "Adamson et al. 2016 K562 CRISPRi UPR perturbations (GEARS format)", ("perturb",),
         "not stated by the distributor (Harvard Dataverse, GEARS)", GEARS,
         files=(RemoteFile("https://dataverse.harvard.edu/api/access/datafile/6154417", "adamson.tar.gz"),),
-        n_obs=68603, n_vars=5060, shape_source="GEARS paper",
+        n_obs=68603, n_vars=5060, shape_source="the GEARS-processed file as printed in GEARS tutorials",
         obs_keys={"condition": ("condition",), "cell_type": ("cell_type",)}, converter="gears",
         notes=("X is log-normalised as GEARS ships it (no raw counts in the file).",)),
 )
