@@ -42,7 +42,8 @@ def fake_tasks(monkeypatch):
             res.tables["scores"] = pd.DataFrame({"method": ["scmamba2", "baseline"], "score": [0.5, 0.6]})
         return res
 
-    def bad_run(datasets, seed=0):
+    def bad_run(adatas, seed=0):
+        seen["adatas"] = {k: a.shape for k, a in adatas.items()}
         raise RuntimeError("boom in bad")
 
     mods = {"fake_good": good_run, "fake_bad": bad_run, "fake_other": good_run}
@@ -61,7 +62,7 @@ def test_failures_are_reported_and_the_run_goes_on(fake_tasks, folder, tmp_path)
                                             out_dir=tmp_path / "out", seed=3, quick=True, shared_dir=folder)
     assert [o.status for o in outcomes] == ["failed", "missing", "skipped", "ok"]
     assert "boom in bad" in outcomes[0].error and "RuntimeError" in outcomes[0].traceback
-    assert fake_tasks["seed"] == 3 and fake_tasks["quick"] is True
+    assert fake_tasks["seed"] == 3 and fake_tasks["quick"] is True and fake_tasks["adatas"] == {"mini": (6, 3)}
     assert fake_tasks["files"] == ["mini.h5ad"]  # the task saw a folder holding the chosen dataset
     assert (tmp_path / "out" / "good.md").is_file()
     md = paths["md"].read_text()

@@ -2,9 +2,10 @@
 
 Each task is a module with ``run(...) -> BenchResult`` (see :data:`TASKS`). The runner reads ``run``'s signature
 and passes what it asks for: ``data_dir`` (a folder with the chosen datasets), ``datasets`` (name -> path),
-``out_dir``, ``seed``, ``quick``. A module may list the dataset names it can use in ``DATASETS``; when the user
-chose datasets with ``--data`` and none of them is in that list, the task is skipped with that reason. A
-missing module or a task that raises is recorded in the report and the run goes on with the next task.
+``adatas`` (name -> AnnData, read on demand), ``out_dir``, ``seed``, ``quick``. A module may list the dataset
+names it can use in ``DATASETS``; when the user chose datasets with ``--data`` and none of them is in that
+list, the task is skipped with that reason. A missing module or a task that raises is recorded in the report
+and the run goes on with the next task.
 """
 
 from __future__ import annotations
@@ -158,6 +159,11 @@ def _arguments(run: Callable, *, data_dir, datasets, out_dir, seed, quick) -> di
         elif name in _DATASETS:
             if datasets:
                 kwargs[name] = dict(datasets)
+        elif name == "adatas":
+            if datasets:
+                from ..data.io import read
+
+                kwargs[name] = {k: read(v) for k, v in datasets.items()}
         elif name in _OUT:
             kwargs[name] = Path(out_dir)
         elif name == "seed":
@@ -166,7 +172,7 @@ def _arguments(run: Callable, *, data_dir, datasets, out_dir, seed, quick) -> di
             kwargs[name] = quick
         if name not in kwargs and p.default is p.empty:
             raise TypeError(f"run() needs an argument {name!r} that scmamba2 bench cannot supply "
-                            f"(it passes {', '.join(_DATA_DIR + _DATASETS + _OUT)}, seed, quick)")
+                            f"(it passes {', '.join(_DATA_DIR + _DATASETS + _OUT)}, adatas, seed, quick)")
     if any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values()):
         kwargs.setdefault("out_dir", Path(out_dir))
         kwargs.setdefault("seed", seed)
