@@ -151,3 +151,45 @@ def test_cli_list_and_get(shared_data):
     assert res.exit_code == 0 and "ifnb1k.h5ad" in res.output
     res = runner.invoke(app, ["datasets", "get", "no_such_set", "--shared-dir", str(shared_data)])
     assert res.exit_code == 1 and "unknown dataset" in res.output and "Traceback" not in res.output
+
+
+def test_zheng68k_converter_joins_labels_by_barcode(tmp_path):
+    import scipy.io
+
+    from scmamba2.datasets.convert import convert
+
+    rng = np.random.default_rng(0)
+    mex = tmp_path / "src" / "filtered_matrices_mex" / "hg19"
+    mex.mkdir(parents=True)
+    counts = sp.csr_matrix(rng.poisson(1.0, (5, 4)).astype(np.float32))  # genes x cells, as 10x v1 writes it
+    scipy.io.mmwrite(str(mex / "matrix.mtx"), counts)
+    (mex / "genes.tsv").write_text("".join(f"ENSG{i}\tGENE{i}\n" for i in range(5)))
+    barcodes = [f"AAAC{i}-1" for i in range(4)]
+    (mex / "barcodes.tsv").write_text("".join(b + "\n" for b in barcodes))
+    tar = tmp_path / "z.tar.gz"
+    with tarfile.open(tar, "w:gz") as tf:
+        tf.add(tmp_path / "src" / "filtered_matrices_mex", arcname="filtered_matrices_mex")
+    labels = tmp_path / "labels.tsv"
+    pd.DataFrame({"TSNE.1": 0.0, "TSNE.2": 0.0, "barcodes": barcodes[::-1], "celltype": ["d", "c", "b", "a"]}
+                 ).to_csv(labels, sep="\t", index=False)
+    rec = next(r for r in PUBLIC if r.name == "zheng68k")
+    files = {"fresh_68k_pbmc_donor_a_filtered_gene_bc_matrices.tar.gz": tar, "68k_pbmc_barcodes_annotation.tsv": labels}
+    a = ad.read_h5ad(convert(rec, files, tmp_path / "out"))
+    assert a.shape == (4, 5) and list(a.obs["cell_type"]) == ["a", "b", "c", "d"]
+    assert np.allclose(a.X.toarray(), counts.T.toarray())
+
+
+def test_bmmc_converter_moves_adt_to_obsm(tmp_path):
+    from scmamba2.datasets.convert import convert
+
+    a = tiny(n=6)
+    a.var["feature_types"] = ["GEX"] * 6 + ["ADT"] * 2
+    a.layers["counts"] = a.X.copy()
+    a.obs["cell_type"], a.obs["batch"] = "t", "s1"
+    src = tmp_path / "bmmc.h5ad"
+    a.write_h5ad(src)
+    rec = next(r for r in PUBLIC if r.name == "bmmc_cite")
+    out = ad.read_h5ad(convert(rec, {"bmmc.h5ad": src}, tmp_path))
+    assert out.n_vars == 6 and out.obsm["protein_counts"].shape == (6, 2)
+    assert list(out.uns["protein_names"]) == ["G6", "G7"]
+    assert np.allclose(out.obsm["protein_counts"], a.X[:, 6:].toarray())

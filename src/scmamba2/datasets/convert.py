@@ -25,6 +25,8 @@ def convert(record: DatasetRecord, files: dict[str, Path], out_dir: Path) -> Pat
     fn = CONVERTERS.get(record.converter)
     if fn is None:
         raise InputError(f"{record.name}: no converter called {record.converter!r}; known: {sorted(CONVERTERS)}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     data = fn(record, files, out_dir)
     if hasattr(data, "mod"):  # MuData
         out = out_dir / f"{record.name}.h5mu"
