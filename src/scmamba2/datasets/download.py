@@ -100,6 +100,9 @@ def download(url: str, dest: str | Path, *, sha256: str | None = None, progress:
             part.unlink(missing_ok=True)
             continue
         break
+    if status != "ok":  # cannot happen from an empty .part, but never let a doubtful file through
+        raise DownloadError(f"the server's answers to range requests for {url} are inconsistent; delete {part} "
+                            f"and run the command again")
     if sha256 is not None:
         got = sha256_file(part)
         if got != sha256.lower():
