@@ -1,0 +1,202 @@
+"""Exact resume: every random choice of a training step is a function of the seed and the step's position.
+
+Training ``N`` steps straight and training ``N/2`` steps, stopping and resuming for the rest give the same
+weights (on CPU, fixed seed) because nothing depends on how the run got to a step:
+
+- data order: epoch ``e`` of the batch sampler is seeded by ``(seed, e)``; the loader counts the batches
+  it has handed out and Lightning saves that count in the checkpoint (the loader is "stateful"), so a
+  resumed run starts at the next batch of the same epoch;
+- per-cell resampling (which genes of a long cell are read): seeded by ``(seed, epoch, cell)``;
+- masking: the collator's generator is re-seeded for each batch from ``(seed, epoch, batch position)``,
+  inside the worker that collates it, so DataLoader workers change nothing;
+- dropout: :class:`StepSeed` seeds torch's global generator before each step from ``(seed, batch number,
+  rank)``;
+- optimiser, learning-rate schedule, global step and loop counters: restored by Lightning from the checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from ..errors import CheckpointError
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed mixed from integers (NumPy's ``SeedSequence``): nearby inputs give unrelated seeds."""
+    ss = np.random.SeedSequence([int(p) % 2**63 for p in parts])
+    return int(ss.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+class _EpochOrder(Sampler):
+    """Yields ``(epoch, position, indices)`` for the batches of one epoch, from a start position."""
+
+    def __init__(self, batch_sampler) -> None:
+        self.batch_sampler = batch_sampler
+        self.epoch, self.start = 0, 0
+
+    def __len__(self) -> int:
+        return len(self.batch_sampler)
+
+    def __iter__(self) -> Iterator[tuple[int, int, list[int]]]:
+        epoch, start = self.epoch, self.start
+        if hasattr(self.batch_sampler, "set_epoch"):
+            self.batch_sampler.set_epoch(epoch)
+        for pos, idx in enumerate(self.batch_sampler):
+            if pos >= start:
+                yield epoch, pos, list(idx)
+
+
+class _CollatedBatches(Dataset):
+    """Map ``(epoch, position, indices)`` to a collated batch; all randomness is seeded by the key."""
+
+    def __init__(self, dataset, collator, seed: int) -> None:
+        self.dataset, self.collator, self.seed = dataset, collator, int(seed)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int, list[int]]) -> dict[str, torch.Tensor]:
+        epoch, pos, indices = key
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+        if hasattr(self.collator, "reseed"):
+            self.collator.reseed(derive_seed(self.seed, epoch, pos))
+        return self.collator([self.dataset[i] for i in indices])
+
+
+def _whole(batch):
+    return batch
+
+
+class ResumableLoader(DataLoader):
+    """A training ``DataLoader`` whose position Lightning saves in checkpoints and restores on resume.
+
+    Parameters
+    ----------
+    dataset
+        Map-style dataset of cells (e.g. :class:`~scmamba2.data.collate.TokenizedDataset`); its ``set_epoch``
+        is called with each batch's epoch.
+    batch_sampler
+        Yields lists of indices; its ``set_epoch`` (if any) is called at each epoch, and one epoch must give
+        the same batches whenever it is replayed (e.g. :class:`~scmamba2.data.collate.LengthBucketSampler`).
+    collator
+        Turns a list of items into a batch; its ``reseed`` (if any) is called per batch with a seed derived
+        from ``(seed, epoch, position)``.
+    seed
+        Run seed.
+    num_workers
+        DataLoader worker processes.
+
+    Notes
+    -----
+    ``state_dict()`` holds the number of batches handed out so far (``batches_consumed``), the number of
+    batches per epoch and a fingerprint of the data order; ``load_state_dict`` checks that the data, batch
+    size and seed are those of the checkpoint (else :class:`~scmamba2.CheckpointError`) and positions the
+    next epoch's iteration at the following batch.
+    """
+
+    def __init__(self, dataset, batch_sampler, collator, *, seed: int = 0, num_workers: int = 0, **kwargs) -> None:
+        order = _EpochOrder(batch_sampler)
+        super().__init__(_CollatedBatches(dataset, collator, seed), sampler=order, batch_size=None,
+                         collate_fn=_whole, num_workers=num_workers,
+                         generator=torch.Generator().manual_seed(int(seed)), **kwargs)
+        self._order = order
+        self.seed = int(seed)
+        self.batches_consumed = 0
+        self._fingerprint = self._data_order_hash()
+
+    def __iter__(self):
+        n = len(self._order)
+        if n == 0:
+            return iter(())
+        self._order.epoch, self._order.start = divmod(self.batches_consumed, n)
+        return self._counted(super().__iter__())
+
+    def _counted(self, it):
+        for batch in it:
+            self.batches_consumed += 1  # before the hand-over: a checkpoint taken during this step includes it
+            yield batch
+
+    def _data_order_hash(self) -> str:
+        """Hash of the epoch-0 batches (cell indices in order) and the seed: the identity of the data order."""
+        bs = self._order.batch_sampler
+        if hasattr(bs, "set_epoch"):
+            bs.set_epoch(0)
+        h = hashlib.sha1(str(self.seed).encode())
+        for idx in bs:
+            h.update(np.asarray(idx, dtype=np.int64).tobytes())
+            h.update(b"|")
+        return h.hexdigest()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"batches_consumed": int(self.batches_consumed), "batches_per_epoch": len(self._order),
+                "seed": self.seed, "fingerprint": self._fingerprint}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        mine = self.state_dict()
+        changed = [k for k in ("batches_per_epoch", "seed", "fingerprint") if state.get(k) != mine[k]]
+        if changed:
+            raise CheckpointError(
+                "the training checkpoint was written for another data order (different "
+                f"{', '.join(changed)}: {state.get('batches_per_epoch')} batches per epoch and seed "
+                f"{state.get('seed')} then, {mine['batches_per_epoch']} and {mine['seed']} now); resume with the "
+                "same data, batch size and seed as the interrupted run, or start a new run without --resume."
+            )
+        self.batches_consumed = int(state["batches_consumed"])
+
+
+def step_seed_callback(seed: int):
+    """A Lightning callback that seeds torch's global generator (dropout) before every training batch from
+    ``(seed, batch number, rank)``; the batch number is the :class:`ResumableLoader`'s count when the
+    training loader is one, else Lightning's (epoch, batch index)."""
+    import lightning.pytorch as pl
+
+    class StepSeed(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            loader = trainer.train_dataloader
+            if isinstance(loader, ResumableLoader):
+                where = (loader.batches_consumed,)
+            else:
+                where = (trainer.current_epoch, batch_idx)
+            torch.manual_seed(derive_seed(seed, *where, trainer.global_rank))
+
+    return StepSeed()
+
+
+def keep_metrics(out_dir, up_to_step: int) -> list[dict[str, str]]:
+    """Rows of ``out_dir/logs/metrics.csv`` logged at steps ``<= up_to_step`` (Lightning's CSV logger empties
+    the file when a new trainer starts logging; :func:`restore_metrics` puts these rows back in front)."""
+    import csv
+    from pathlib import Path
+
+    path = Path(out_dir) / "logs" / "metrics.csv"
+    if not path.is_file():
+        return []
+    with open(path, newline="") as fh:
+        return [r for r in csv.DictReader(fh) if r.get("step") and float(r["step"]) <= up_to_step]
+
+
+def restore_metrics(out_dir, rows: list[dict[str, str]], after_step: int) -> None:
+    """Write ``rows`` followed by the resumed run's rows of steps ``> after_step`` into ``metrics.csv``."""
+    import csv
+    from pathlib import Path
+
+    path = Path(out_dir) / "logs" / "metrics.csv"
+    new = []
+    if path.is_file():
+        with open(path, newline="") as fh:
+            new = [r for r in csv.DictReader(fh) if r.get("step") and float(r["step"]) > after_step]
+    merged = rows + new
+    if not merged:
+        return
+    fields = sorted(set().union(*merged))  # Lightning's CSV logger sorts its columns the same way
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(merged)

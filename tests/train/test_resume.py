@@ -1,0 +1,143 @@
+"""Exact resume: N steps straight == N/2-ish steps, crash, resume; atomic checkpoints; clear errors."""
+
+import numpy as np
+import pytest
+import torch
+
+from scmamba2 import TokenizerConfig, TrainConfig, pretrain
+from scmamba2.errors import CheckpointError
+from scmamba2.train import checkpoint as ckpt_mod
+from scmamba2.train.checkpoint import atomic_torch_save, last_checkpoint_path, read_checkpoint
+from scmamba2.train.plan import TrainingPlan
+
+# Dropout on, so the dropout generator must continue exactly too.
+TINY_MODEL = dict(d_model=32, n_layers=2, d_state=16, headdim=16, chunk_size=8, dropout=0.2)
+TOK = TokenizerConfig(n_bins=11, max_len=24)  # cells have more genes than this: per-epoch resampling matters
+N_STEPS = 10
+
+
+def counts(n_cells=53, n_genes=40, seed=0):
+    import anndata as ad
+    import pandas as pd
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 3, n_cells)
+    rate = np.full((n_cells, n_genes), 1.5)
+    for k in range(3):
+        rate[labels == k, k * 10 : (k + 1) * 10] += 8.0
+    X = rng.poisson(rate).astype(np.float32)
+    X[:, -1] += 1
+    return ad.AnnData(sp.csr_matrix(X), obs=pd.DataFrame(index=[f"c{i}" for i in range(n_cells)]),
+                      var=pd.DataFrame(index=[f"g{j}" for j in range(n_genes)]))
+
+
+def config(every, **kw):
+    # 48 training cells / batch 8 = 6 batches per epoch: 10 steps cross an epoch boundary.
+    base = dict(max_steps=N_STEPS, batch_size=8, lr=3e-3, warmup_steps=3, val_fraction=0.1, val_every_n_steps=every,
+                progress_bar=False, seed=7, log_every_n_steps=1)
+    return TrainConfig(**{**base, **kw})
+
+
+class Crash(RuntimeError):
+    pass
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    out = tmp_path_factory.mktemp("straight")
+    res = pretrain(counts(), out_dir=out, model_config=TINY_MODEL, tokenizer_config=TOK, train_config=config(4))
+    return res
+
+
+def crash_at(monkeypatch, step):
+    original = TrainingPlan.training_step
+
+    def training_step(self, batch, batch_idx):
+        if self.global_step == step:
+            raise Crash(f"simulated crash before step {step + 1}")
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(TrainingPlan, "training_step", training_step)
+
+
+@pytest.mark.parametrize("every, crash, resumed_at", [(4, 6, 4), (6, 8, 6)], ids=["mid-epoch", "epoch-boundary"])
+def test_resume_gives_the_weights_of_a_straight_run(straight, tmp_path, monkeypatch, every, crash, resumed_at):
+    data = counts()
+    with monkeypatch.context() as m:
+        crash_at(m, crash)
+        with pytest.raises(Crash):
+            pretrain(data, out_dir=tmp_path, model_config=TINY_MODEL, tokenizer_config=TOK, train_config=config(every))
+    saved = read_checkpoint(last_checkpoint_path(tmp_path))
+    assert saved["global_step"] == resumed_at
+    assert not list((tmp_path / "checkpoints").glob(".*tmp*"))
+
+    res = pretrain(data, out_dir=tmp_path, model_config=TINY_MODEL, tokenizer_config=TOK, train_config=config(every),
+                   resume=True)
+    a, b = straight.model.state_dict(), res.model.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert res.val_loss_end == straight.val_loss_end
+    # The metrics file holds the steps before the crash and after the resume, each once.
+    import pandas as pd
+
+    m = pd.read_csv(tmp_path / "logs" / "metrics.csv").dropna(subset=["train/loss"])
+    assert sorted(m["step"]) == list(range(N_STEPS))
+
+
+def test_an_interrupted_write_leaves_the_last_checkpoint_whole(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    atomic_torch_save({"w": torch.arange(5)}, path)
+
+    def dies_half_way(obj, fh):
+        fh.write(b"PK\x03\x04 partial bytes")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(ckpt_mod.torch, "save", dies_half_way)
+    with pytest.raises(OSError, match="No space"):
+        atomic_torch_save({"w": torch.arange(7)}, path)
+    monkeypatch.undo()
+    assert torch.equal(torch.load(path)["w"], torch.arange(5))
+    assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]  # no temporary file left behind
+
+
+def test_truncated_or_missing_checkpoint_is_a_clear_error(tmp_path, straight):
+    data = counts()
+    with pytest.raises(CheckpointError, match="no training checkpoint"):
+        pretrain(data, out_dir=tmp_path, model_config=TINY_MODEL, tokenizer_config=TOK, train_config=config(4),
+                 resume=True)
+    good = last_checkpoint_path(straight.out_dir).read_bytes()
+    path = last_checkpoint_path(tmp_path)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(good[: len(good) // 2])
+    with pytest.raises(CheckpointError, match=r"last\.ckpt cannot be read.*truncated or corrupt"):
+        pretrain(data, out_dir=tmp_path, model_config=TINY_MODEL, tokenizer_config=TOK, train_config=config(4),
+                 resume=True)
+    torch.save({"state_dict": {}}, path)  # readable, but not a training checkpoint
+    with pytest.raises(CheckpointError, match="lacks optimizer_states"):
+        read_checkpoint(path)
+
+
+def test_resume_with_other_data_or_model_is_refused(tmp_path, straight):
+    import shutil
+
+    shutil.copytree(straight.out_dir / "checkpoints", tmp_path / "checkpoints")
+    with pytest.raises(CheckpointError, match="another data order"):
+        pretrain(counts(), out_dir=tmp_path, model_config=TINY_MODEL, tokenizer_config=TOK,
+                 train_config=config(4, batch_size=6), resume=True)
+    with pytest.raises(CheckpointError, match="does not fit the model"):
+        pretrain(counts(), out_dir=tmp_path, model_config={**TINY_MODEL, "d_model": 48}, tokenizer_config=TOK,
+                 train_config=config(4), resume=True)
+
+
+def test_cli_resume_without_a_checkpoint_says_so(tmp_path):
+    from typer.testing import CliRunner
+
+    from scmamba2.cli import app
+
+    counts().write_h5ad(tmp_path / "cells.h5ad")
+    res = CliRunner().invoke(app, ["pretrain", str(tmp_path / "cells.h5ad"), "--out", str(tmp_path / "run"),
+                                   "--resume", "--max-steps", "2"])
+    assert res.exit_code == 1
+    assert "no training checkpoint" in res.output and "last.ckpt" in res.output
