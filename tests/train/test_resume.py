@@ -61,8 +61,10 @@ def crash_at(monkeypatch, step):
     monkeypatch.setattr(TrainingPlan, "training_step", training_step)
 
 
-@pytest.mark.parametrize("every, crash, resumed_at", [(4, 6, 4), (6, 8, 6)], ids=["mid-epoch", "epoch-boundary"])
-def test_resume_gives_the_weights_of_a_straight_run(straight, tmp_path, monkeypatch, every, crash, resumed_at):
+@pytest.mark.parametrize("every, crash, resumed_at, workers", [(4, 6, 4, 2), (6, 8, 6, 0)],
+                         ids=["mid-epoch-2-workers", "epoch-boundary"])
+def test_resume_gives_the_weights_of_a_straight_run(straight, tmp_path, monkeypatch, every, crash, resumed_at,
+                                                    workers):
     data = counts()
     with monkeypatch.context() as m:
         crash_at(m, crash)
@@ -72,8 +74,9 @@ def test_resume_gives_the_weights_of_a_straight_run(straight, tmp_path, monkeypa
     assert saved["global_step"] == resumed_at
     assert not list((tmp_path / "checkpoints").glob(".*tmp*"))
 
-    res = pretrain(data, out_dir=tmp_path, model_config=TINY_MODEL, tokenizer_config=TOK, train_config=config(every),
-                   resume=True)
+    # DataLoader workers collate the resumed half: masks and resampling are seeded per batch, so no difference.
+    res = pretrain(data, out_dir=tmp_path, model_config=TINY_MODEL, tokenizer_config=TOK,
+                   train_config=config(every, num_workers=workers), resume=True)
     a, b = straight.model.state_dict(), res.model.state_dict()
     assert a.keys() == b.keys()
     for k in a:
