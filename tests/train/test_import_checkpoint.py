@@ -34,7 +34,8 @@ def release_state(model, n_file_tokens):
     """The model's tensors under the release's names (category-style value encoder: pad row before mask row)."""
     s = model.state_dict()
     out = {"encoder.embedding.weight": s["gene_encoder.embedding.weight"][:n_file_tokens].clone(),
-           "encoder.enc_norm.weight": s["gene_encoder.norm.weight"], "encoder.enc_norm.bias": s["gene_encoder.norm.bias"]}
+           "encoder.enc_norm.weight": s["gene_encoder.norm.weight"],
+           "encoder.enc_norm.bias": s["gene_encoder.norm.bias"]}
     v = s["value_encoder.embedding.weight"]  # ours: bins, mask, pad
     out["value_encoder.embedding.weight"] = torch.cat([v[:N_BINS], v[N_BINS + 1:], v[N_BINS:N_BINS + 1]])
     out["value_encoder.enc_norm.weight"] = s["value_encoder.norm.weight"]

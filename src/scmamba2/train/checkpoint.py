@@ -27,7 +27,7 @@ REQUIRED_KEYS = ("state_dict", "optimizer_states", "lr_schedulers", "loops", "gl
 
 
 def last_checkpoint_path(out_dir: str | Path) -> Path:
-    """Where :func:`~scmamba2.pretrain` keeps the latest training checkpoint of a run: ``out_dir/checkpoints/last.ckpt``."""
+    """The latest training checkpoint of a :func:`~scmamba2.pretrain` run: ``out_dir/checkpoints/last.ckpt``."""
     return Path(out_dir) / CHECKPOINT_DIR / LAST
 
 
