@@ -1,0 +1,173 @@
+"""Perturbation response and reverse perturbation on synthetic data with distinct effects."""
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from scmamba2.errors import InputError
+from scmamba2.eval.perturb_baselines import LinearPerturbation
+from scmamba2.eval.perturb_metrics import perturbation_metrics, top_de_genes, topk_accuracy
+from scmamba2.tasks.perturb import (PerturbationModel, predict_perturbation, reverse_perturbation,
+                                    train_perturbation)
+from scmamba2.train.config import TrainConfig
+
+N_GENES = 24
+# Each perturbation raises its own block of 4 genes; "XOUT" is a target that is not among the measured genes.
+EFFECTS = {"ctrl": None, "G0": 4, "G1": 8, "XOUT": 12, "G2": 16, "G0+G1": (4, 8)}
+
+
+def _synthetic(n_per=40, seed=0):
+    rng = np.random.default_rng(seed)
+    rows, labels = [], []
+    for name, block in EFFECTS.items():
+        rate = np.full((n_per, N_GENES), 2.0)
+        for b in ([] if block is None else [block] if isinstance(block, int) else block):
+            rate[:, b:b + 4] = 12.0
+        rows.append(rng.poisson(rate))
+        labels += [name if name == "ctrl" or "+" in name else f"{name}+ctrl"] * n_per
+    X = np.vstack(rows).astype(np.float32)
+    obs = pd.DataFrame({"condition": labels, "half": np.tile(np.arange(n_per) % 2, len(EFFECTS)).astype(str)},
+                       index=[f"c{i}" for i in range(len(X))])
+    return ad.AnnData(X=sp.csr_matrix(X), obs=obs, var=pd.DataFrame(index=[f"G{j}" for j in range(N_GENES)]))
+
+
+TRAIN = TrainConfig(max_steps=400, batch_size=32, lr=3e-3, warmup_steps=10, progress_bar=False, seed=0)
+SMALL = dict(d_model=32, n_layers=1, headdim=16, d_state=16, chunk_size=8)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: on a busy shared machine two threads contend and run many times slower."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    data = _synthetic()
+    train = data[data.obs["half"] == "0"].copy()
+    pm = train_perturbation(train, perturbation_key="condition", control="ctrl", model_config=SMALL,
+                            train_config=TRAIN)
+    return pm, data[data.obs["half"] == "1"].copy()
+
+
+def test_flags_change_the_prediction_toward_the_effect(trained):
+    pm, _ = trained
+    pred = predict_perturbation(pm, ["ctrl", "G1", "XOUT"], n_controls=32)
+    X = pred.X
+    assert pred.obs["perturbation"].tolist() == ["ctrl", "G1", "XOUT"]
+    assert list(pred.var_names) == [f"G{j}" for j in range(N_GENES)]
+    # Flag on the in-panel gene G1 raises block 8..11; the out-of-panel target's token raises block 12..15.
+    assert X[1, 8:12].mean() - X[0, 8:12].mean() > 0.5
+    assert X[2, 12:16].mean() - X[0, 12:16].mean() > 0.5
+    assert abs(X[1, 20:24].mean() - X[0, 20:24].mean()) < 0.3
+
+
+def test_reverse_ranks_the_true_perturbation_first(trained):
+    pm, held_out_cells = trained
+    ranks = reverse_perturbation(held_out_cells, pm, groupby="condition", top_k=3, n_controls=32)
+    assert list(ranks.columns) == ["query", "rank", "perturbation", "score"]
+    truth = {q: pm.canonical(q) for q in ranks["query"].unique() if q != "ctrl"}
+    assert len(truth) == 5
+    assert topk_accuracy(ranks, truth, ks=(1,))["top1"] == 1.0
+    assert ranks.groupby("query")["score"].apply(lambda s: s.is_monotonic_decreasing).all()
+
+
+def test_save_load_round_trip_and_unknown_target(trained, tmp_path):
+    pm, _ = trained
+    pm.save(tmp_path / "m")
+    again = PerturbationModel.load(tmp_path / "m")
+    a = predict_perturbation(pm, ["G0+G1"], n_controls=16).X
+    b = predict_perturbation(tmp_path / "m", ["G1+G0"], n_controls=16).X
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    assert again.meta.genes == pm.meta.genes
+    with pytest.raises(InputError, match="not in the model's vocabulary"):
+        predict_perturbation(again, ["NOTAGENE"])
+
+
+def test_held_out_perturbations_never_reach_training(monkeypatch):
+    import scmamba2.tasks.perturb as tp
+
+    seen = {}
+
+    class Spy(tp.PairDataset):
+        def __init__(self, X, pert_index, tokens, *a, **kw):
+            seen["n"], seen["tokens"] = len(X), tokens
+            super().__init__(X, pert_index, tokens, *a, **kw)
+
+    monkeypatch.setattr(tp, "PairDataset", Spy)
+    data = _synthetic(n_per=8)
+    pm = train_perturbation(data, perturbation_key="condition", holdout=["G1"], model_config=SMALL,
+                            train_config=TrainConfig(max_steps=2, batch_size=8, warmup_steps=1, progress_bar=False))
+    # G1 is held out, and G0+G1 follows it (G1 must never carry a flag in training).
+    assert set(pm.meta.train_perturbations) == {"G0", "XOUT", "G2"}
+    assert pm.meta.split["G1"] == pm.meta.split["G0+G1"] == "test"
+    assert seen["n"] == 8 * 4  # ctrl + three training perturbations
+    g1 = pm.meta.genes.index("G1")
+    assert not any(g1 in pos.tolist() for pos, _ in seen["tokens"])
+
+
+def test_condition_kind_with_matched_controls():
+    rng = np.random.default_rng(1)
+    X = rng.poisson(3.0, (80, 12)).astype(np.float32)
+    cond = np.repeat(["ctrl", "stim"], 40)
+    ctype = np.tile(["a", "b"], 40)
+    X[(cond == "stim"), :4] += 20
+    data = ad.AnnData(X=X, obs=pd.DataFrame({"condition": cond, "cell_type": ctype}, index=[f"c{i}" for i in range(80)]),
+                      var=pd.DataFrame(index=[f"g{j}" for j in range(12)]))
+    pm = train_perturbation(data, perturbation_key="condition", kind="condition", match_key="cell_type",
+                            model_config=SMALL, train_config=TRAIN)
+    pred = predict_perturbation(pm, ["ctrl", "stim"], control_group="a")
+    assert pred.X[1, :4].mean() - pred.X[0, :4].mean() > 0.5
+    with pytest.raises(InputError, match="unknown to this model"):
+        predict_perturbation(pm, ["drugX"])
+
+
+def test_metrics_and_linear_baseline():
+    rng = np.random.default_rng(0)
+    ctrl = rng.random((50, 30))
+    pert = ctrl + 0.0
+    pert[:, :3] += 2.0
+    de = top_de_genes(pert, ctrl, n=5)
+    assert set(range(3)) <= set(de.tolist())
+    m = perturbation_metrics(pert.mean(0), pert.mean(0), ctrl.mean(0), de)
+    assert m["pearson_delta_de20"] == pytest.approx(1.0) and m["mse"] == 0.0
+    genes = [f"g{j}" for j in range(30)]
+    # Perturbing gene j raises gene j: the linear model learns it from 20 genes and predicts 5 unseen ones.
+    Y = np.stack([np.eye(30)[j] * 3 + 1 for j in range(20)])
+    lin = LinearPerturbation(n_components=15, ridge=0.01).fit(Y, [[g] for g in genes[:20]], genes)
+    assert lin.predict(["g3"])[3] > lin.predict(["g3"])[10]
+    assert np.allclose(lin.predict(["absent"]), lin.b)
+
+
+def test_cli_train_predict_reverse(tmp_path):
+    from typer.testing import CliRunner
+
+    from scmamba2.cli import app
+
+    data = _synthetic(n_per=8)
+    data.write_h5ad(tmp_path / "d.h5ad")
+    runner = CliRunner()
+    r = runner.invoke(app, ["--quiet", "perturb", "train", str(tmp_path / "d.h5ad"), "--perturbation-key", "condition",
+                            "--control", "ctrl", "--out", str(tmp_path / "m"), "--holdout", "G2", "--max-steps", "3"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["perturb", "predict", "--model", str(tmp_path / "m"), "--perturbations", "G2,G1+G0",
+                            "--out", str(tmp_path / "p.h5ad")])
+    assert r.exit_code == 0, r.output
+    pred = ad.read_h5ad(tmp_path / "p.h5ad")
+    assert pred.obs["perturbation"].tolist() == ["G2", "G0+G1"] and pred.n_vars == N_GENES
+    r = runner.invoke(app, ["perturb", "reverse", "--model", str(tmp_path / "m"), "--query", str(tmp_path / "d.h5ad"),
+                            "--groupby", "condition", "--top-k", "2", "--out", str(tmp_path / "r.csv")])
+    assert r.exit_code == 0, r.output
+    ranks = pd.read_csv(tmp_path / "r.csv")
+    assert list(ranks.columns) == ["query", "rank", "perturbation", "score"] and len(ranks) == 2 * len(EFFECTS)
+    assert set(ranks["perturbation"]) <= {"G0", "G1", "XOUT", "G2", "G0+G1"}  # G2 held out of training, ranked too
+    r = runner.invoke(app, ["perturb", "predict", "--model", str(tmp_path / "m"), "--perturbations", "NOPE",
+                            "--out", str(tmp_path / "x.h5ad")])
+    assert r.exit_code == 1 and "vocabulary" in r.output
