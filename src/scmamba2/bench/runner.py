@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 
 # task -> candidate modules, the first that exists is used
 TASKS: dict[str, tuple[str, ...]] = {
-    "pretrain": ("scmamba2.bench.pretrain", "scmamba2.bench.pretrain_real"),
+    "pretrain": ("scmamba2.bench.pretrain",),  # streaming data path vs training throughput
+    "pretrain_real": ("scmamba2.bench.pretrain_real",),  # pretraining on the pooled real files, kNN vs PCA
     "annotate": ("scmamba2.bench.annotate",),
     "integrate": ("scmamba2.bench.integrate",),
     "multiomics": ("scmamba2.bench.multiomics",),
