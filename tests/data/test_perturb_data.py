@@ -94,3 +94,13 @@ def test_control_matching_stays_in_group():
 def test_pair_item_without_target():
     item = pair_item(np.ones(3, np.float32), np.array([5, 6, 7]), 1, flag_pos=np.array([1]), extra_ids=np.zeros(0, np.int64))
     assert item[GENES].tolist() == [1, 5, 6, 7] and item[PERT_FLAGS].tolist() == [0, 0, 1, 0]
+
+
+def test_anonymised_pairs_hide_the_target_identity():
+    X = np.ones((4, 3), np.float32)
+    tokens = [(np.zeros(0, np.int64),) * 2, (np.array([1]), np.array([9]))]
+    pools = control_pools(np.array([True, True, False, False]))
+    ds = PairDataset(X, np.array([0, 0, 1, 1]), tokens, pools, np.arange(4, 7), 1, anonymise=1.0, mask_id=3)
+    item = ds[2]
+    assert item[GENES].tolist() == [1, 4, 5, 6, 3, 3] and item[PERT_FLAGS].tolist() == [0, 0, 0, 0, 1, 1]
+    assert ds[0][GENES].tolist() == [1, 4, 5, 6]  # controls stay as they are

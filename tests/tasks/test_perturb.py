@@ -53,7 +53,7 @@ def trained():
     data = _synthetic()
     train = data[data.obs["half"] == "0"].copy()
     pm = train_perturbation(train, perturbation_key="condition", control="ctrl", model_config=SMALL,
-                            train_config=TRAIN)
+                            train_config=TRAIN, anonymise=0.0)
     return pm, data[data.obs["half"] == "1"].copy()
 
 
@@ -103,14 +103,19 @@ def test_held_out_perturbations_never_reach_training(monkeypatch):
 
     monkeypatch.setattr(tp, "PairDataset", Spy)
     data = _synthetic(n_per=8)
-    pm = train_perturbation(data, perturbation_key="condition", holdout=["G1"], model_config=SMALL,
+    pm = train_perturbation(data, perturbation_key="condition", holdout=["G1", "XOUT"], model_config=SMALL,
                             train_config=TrainConfig(max_steps=2, batch_size=8, warmup_steps=1, progress_bar=False))
     # G1 is held out, and G0+G1 follows it (G1 must never carry a flag in training).
-    assert set(pm.meta.train_perturbations) == {"G0", "XOUT", "G2"}
+    assert set(pm.meta.train_perturbations) == {"G0", "G2"}
     assert pm.meta.split["G1"] == pm.meta.split["G0+G1"] == "test"
-    assert seen["n"] == 8 * 4  # ctrl + three training perturbations
-    g1 = pm.meta.genes.index("G1")
-    assert not any(g1 in pos.tolist() for pos, _ in seen["tokens"])
+    assert seen["n"] == 8 * 3  # ctrl + two training perturbations
+    g1, xout = pm.meta.genes.index("G1"), pm.model.vocab["XOUT"]
+    assert not any(g1 in pos.tolist() or xout in ids.tolist() for pos, ids in seen["tokens"])
+    # XOUT's token was never trained: it enters as the generic (flagged <mask>) perturbation.
+    mask = pm.model.vocab.mask_id
+    assert pm.meta.untrained_genes == ["XOUT"] and pm.tokens("XOUT")[1].tolist() == [mask]
+    pos, ids, _ = pm.tokens("G1", generic_unseen=True)
+    assert len(pos) == 0 and ids.tolist() == [mask] and pm.tokens("G1")[0].tolist() == [g1]
 
 
 def test_condition_kind_with_matched_controls():

@@ -261,17 +261,29 @@ class PairDataset(Dataset):
         ``(n_cells,)`` condition index (non-genetic perturbations), or None.
     seed
         Partners are drawn from ``(seed, epoch, cell)``: the same pairs for the same seed and epoch.
+    target_pool, target_cells
+        Per cell, the rows of its own perturbation (and group); with ``target_cells > 1`` the target is the
+        mean of the cell and ``target_cells - 1`` others drawn from its pool: the same expected value (the
+        perturbation's mean profile) with less cell-to-cell noise, so the mean shift is learned in fewer steps.
+    anonymise, mask_id
+        Probability that a perturbed cell's targets enter as flagged ``mask_id`` tokens without panel flags
+        (no gene identity: the model learns a generic perturbation), drawn with the partner.
     """
 
     def __init__(self, X: np.ndarray, pert_index: np.ndarray, tokens: list[tuple[np.ndarray, np.ndarray]],
                  control_pool: list[np.ndarray], panel_ids: np.ndarray, cls_id: int, *,
-                 condition: np.ndarray | None = None, seed: int = 0):
+                 condition: np.ndarray | None = None, seed: int = 0, anonymise: float = 0.0, mask_id: int = 3,
+                 target_pool: list[np.ndarray] | None = None, target_cells: int = 1):
         if len(pert_index) != len(X) or len(control_pool) != len(X):
             raise ValueError("X, pert_index and control_pool need one entry per cell")
         self.X, self.pert_index, self.tokens = X, np.asarray(pert_index), tokens
         self.control_pool, self.panel_ids, self.cls_id = control_pool, panel_ids, int(cls_id)
         self.condition = None if condition is None else np.asarray(condition, dtype=np.int64)
         self.seed, self.epoch = int(seed), 0
+        self.anonymise, self.mask_id = float(anonymise), int(mask_id)
+        if target_cells > 1 and (target_pool is None or len(target_pool) != len(X)):
+            raise ValueError("target_cells > 1 needs a target_pool with one entry per cell")
+        self.target_pool, self.target_cells = target_pool, int(target_cells)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -281,10 +293,18 @@ class PairDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         pool = self.control_pool[i]
-        partner = pool[np.random.default_rng((self.seed, self.epoch, int(i))).integers(len(pool))]
+        rng = np.random.default_rng((self.seed, self.epoch, int(i)))
+        partner = pool[rng.integers(len(pool))]
         flag_pos, extra_ids = self.tokens[self.pert_index[i]]
+        if self.anonymise > 0 and rng.random() < self.anonymise and len(flag_pos) + len(extra_ids):
+            extra_ids = np.full(len(flag_pos) + len(extra_ids), self.mask_id, dtype=np.int64)
+            flag_pos = np.zeros(0, dtype=np.int64)
+        target = self.X[i]
+        if self.target_cells > 1:
+            others = self.target_pool[i][rng.integers(len(self.target_pool[i]), size=self.target_cells - 1)]
+            target = (target + self.X[others].sum(0)) / self.target_cells
         item = pair_item(self.X[partner], self.panel_ids, self.cls_id, flag_pos=flag_pos, extra_ids=extra_ids,
-                         target_values=self.X[i])
+                         target_values=target)
         item[CELL_INDEX] = int(i)
         if self.condition is not None:
             item[CONDITION] = int(self.condition[i])
@@ -310,6 +330,14 @@ class PairCollator:
         if all(CONDITION in it for it in items):
             batch[CONDITION] = torch.tensor([int(it[CONDITION]) for it in items], dtype=torch.int64)
         return batch
+
+
+def same_pools(keys: np.ndarray) -> list[np.ndarray]:
+    """Per cell, the rows that share its key (e.g. perturbation and group)."""
+    keys = np.asarray(keys).astype(str)
+    codes, uniq = pd.factorize(keys)
+    rows = [np.flatnonzero(codes == k) for k in range(len(uniq))]
+    return [rows[c] for c in codes]
 
 
 def control_pools(is_control: np.ndarray, groups: np.ndarray | None = None) -> list[np.ndarray]:

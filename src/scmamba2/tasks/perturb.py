@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 
 from .._keys import CONDITION
-from ..data.perturb import (PairCollator, PairDataset, control_pools, pair_item,
+from ..data.perturb import (PairCollator, PairDataset, control_pools, same_pools, pair_item,
                             parse_condition, parse_perturbations, perturbation_name, split_perturbations)
 from ..data.vocab import GeneVocab
 from ..errors import CheckpointError, InputError
@@ -54,6 +54,8 @@ class PerturbMeta:
     target_sum: float = 1e4
     match_key: str | None = None
     split: dict[str, str] = field(default_factory=dict)
+    flagged_genes: list[str] = field(default_factory=list)  # genes perturbed in some training perturbation
+    untrained_genes: list[str] = field(default_factory=list)  # a new model's tokens never trained (see tokens())
 
 
 class PerturbationModel:
@@ -95,8 +97,12 @@ class PerturbationModel:
             return str(name)
         return perturbation_name(parse_condition(name, self.meta.control), self.meta.control)
 
-    def tokens(self, name: str) -> tuple[np.ndarray, np.ndarray, int | None]:
+    def tokens(self, name: str, generic_unseen: bool = False) -> tuple[np.ndarray, np.ndarray, int | None]:
         """``(flag positions in the panel, vocabulary ids of targets outside it, condition index)``.
+
+        A target whose token was never trained (a new model's token for a gene neither measured nor perturbed
+        in training) enters as a flagged ``<mask>`` token: the generic perturbation the model learned from
+        anonymised training pairs. With ``generic_unseen`` so does every target never perturbed in training.
 
         Raises
         ------
@@ -110,19 +116,26 @@ class PerturbationModel:
                 raise InputError(f"condition {name!r} is unknown to this model; it knows {m.conditions} (a "
                                  "condition model cannot predict a drug or cytokine it never saw)")
             return empty, empty, m.conditions.index(name)
-        return (*target_tokens(parse_condition(name, m.control), m.genes, self.model.vocab), None)
+        generic = set(m.untrained_genes)
+        targets = parse_condition(name, m.control)
+        if generic_unseen:
+            generic |= set(targets) - set(m.flagged_genes)
+        return (*target_tokens(targets, m.genes, self.model.vocab, generic), None)
 
 
-def target_tokens(targets: Sequence[str], genes: Sequence[str], vocab: GeneVocab) -> tuple[np.ndarray, np.ndarray]:
-    """Panel positions of the targets in the panel, vocabulary ids of the others (a clear error if unknown)."""
+def target_tokens(targets: Sequence[str], genes: Sequence[str], vocab: GeneVocab,
+                  generic: set[str] | frozenset = frozenset()) -> tuple[np.ndarray, np.ndarray]:
+    """Panel positions of the targets in the panel, vocabulary ids of the others (a clear error if unknown);
+    targets in ``generic`` become ``<mask>`` tokens."""
     pos = {g: i for i, g in enumerate(genes)}
     unknown = [t for t in targets if t not in pos and t not in vocab]
     if unknown:
         raise InputError(f"target gene(s) {unknown} are not in the model's vocabulary ({len(vocab.genes)} genes), "
                          "so the model has no token for them; check the spelling (symbols vs Ensembl ids) or use "
                          "a model whose vocabulary has them")
-    in_panel = np.array([pos[t] for t in targets if t in pos], dtype=np.int64)
-    extra = np.array([vocab[t] for t in targets if t not in pos], dtype=np.int64)
+    in_panel = np.array([pos[t] for t in targets if t in pos and t not in generic], dtype=np.int64)
+    extra = np.array([vocab.mask_id if t in generic else vocab[t] for t in targets if t not in pos or t in generic],
+                     dtype=np.int64)
     return in_panel, extra
 
 
@@ -177,6 +190,8 @@ def train_perturbation(
     use_raw: bool = False,
     gene_column: str | None = None,
     n_stored_controls: int = 512,
+    anonymise: float = 0.2,
+    target_cells: int = 8,
     extra_targets: Sequence[str] = (),
     out_dir: str | Path | None = None,
 ) -> PerturbationModel:
@@ -204,6 +219,12 @@ def train_perturbation(
     extra_targets
         Genes to give a token in a new model's vocabulary besides the panel and the data's targets (the
         targets of perturbations you will predict later; with a pretrained model they must be in its vocabulary).
+    anonymise
+        Fraction of training pairs whose targets enter as flagged ``<mask>`` tokens (no gene identity), so
+        the model learns a generic perturbation for targets whose token it never trained.
+    target_cells
+        Training target = the mean of this many cells of the same perturbation (and group): the same expected
+        value as one cell, less noise (1 = single perturbed cells).
     n_top_genes
         Panel = this many highly variable genes of the training cells (default: every gene).
     out_dir
@@ -256,6 +277,9 @@ def train_perturbation(
                        perturbations=labels.perturbations, train_perturbations=train_perts, targets=targets,
                        conditions=conditions, control_mean=X[is_ctrl].mean(0).tolist(),
                        match_key=match_key, split=split["split"].to_dict())
+    meta.flagged_genes = sorted({g for p in train_perts for g in targets.get(p, [])})
+    if base is None:
+        meta.untrained_genes = sorted(set(all_targets) - set(genes) - set(meta.flagged_genes))
     groups = None if match_key is None else data.obs[match_key].astype(str).to_numpy()
     rng = np.random.default_rng(tcfg.seed)
     ctrl_rows = np.flatnonzero(is_ctrl)
@@ -267,7 +291,9 @@ def train_perturbation(
     pert_index = pd.Index(order).get_indexer(names)
     condition = pd.Index(conditions).get_indexer(names) if kind == "condition" else None
     ds = PairDataset(X, pert_index, tokens, control_pools(is_ctrl, groups), vocab.lookup(genes), vocab.cls_id,
-                     condition=condition, seed=tcfg.seed)
+                     condition=condition, seed=tcfg.seed, anonymise=anonymise if kind == "genetic" else 0.0,
+                     mask_id=vocab.mask_id, target_cells=target_cells,
+                     target_pool=same_pools(names if groups is None else np.char.add(names.astype(str), "|" + groups)))
     loader = torch.utils.data.DataLoader(ds, batch_size=tcfg.batch_size, shuffle=True, drop_last=len(ds) > tcfg.batch_size,
                                          collate_fn=PairCollator(vocab.pad_id),
                                          generator=torch.Generator().manual_seed(tcfg.seed))
@@ -301,6 +327,7 @@ def predict_perturbation(
     control_group: str | None = None,
     n_controls: int = 256,
     relative_to_control: bool = True,
+    generic_unseen: bool = False,
     batch_size: int = 64,
     seed: int = 0,
     device: str | None = None,
@@ -322,6 +349,9 @@ def predict_perturbation(
         Report the observed mean of the control cells used plus the model's predicted change,
         ``mean(model(P)) - mean(model(control))`` over the same cells (the model's own bias cancels);
         ``False``: the raw mean model output.
+    generic_unseen
+        Targets never perturbed in training enter as the generic perturbation (see
+        :meth:`PerturbationModel.tokens`) instead of their own token.
 
     Returns
     -------
@@ -357,7 +387,7 @@ def predict_perturbation(
     n_panel = len(panel_ids)
 
     def mean_output(name: str) -> np.ndarray:
-        flag_pos, extra, cond = pm.tokens(name)
+        flag_pos, extra, cond = pm.tokens(name, generic_unseen)
         total = np.zeros(n_panel, dtype=np.float64)
         for s in range(0, len(C), batch_size):
             items = [pair_item(c, panel_ids, vocab.cls_id, flag_pos=flag_pos, extra_ids=extra) for c in C[s:s + batch_size]]
