@@ -32,22 +32,36 @@ def derive_seed(*parts: int) -> int:
     return int(ss.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
 
 
+def _world() -> tuple[int, int]:
+    """(number of ranks, this rank) of the initialised process group, else (1, 0)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size(), torch.distributed.get_rank()
+    return 1, 0
+
+
 class _EpochOrder(Sampler):
-    """Yields ``(epoch, position, indices)`` for the batches of one epoch, from a start position."""
+    """Yields ``(epoch, position, indices)`` for this rank's batches of one epoch, from a local start position.
+
+    With ``R`` ranks, rank ``r`` takes the batches at positions ``r, r + R, ...`` of the epoch (the same number
+    on every rank; the last ``n mod R`` batches of an epoch are left out, a different set each epoch).
+    """
 
     def __init__(self, batch_sampler) -> None:
         self.batch_sampler = batch_sampler
         self.epoch, self.start = 0, 0
 
     def __len__(self) -> int:
-        return len(self.batch_sampler)
+        return len(self.batch_sampler) // _world()[0]
 
     def __iter__(self) -> Iterator[tuple[int, int, list[int]]]:
         epoch, start = self.epoch, self.start
+        world, rank = _world()
+        n_local = len(self.batch_sampler) // world
         if hasattr(self.batch_sampler, "set_epoch"):
             self.batch_sampler.set_epoch(epoch)
         for pos, idx in enumerate(self.batch_sampler):
-            if pos >= start:
+            local, mine = divmod(pos, world)
+            if mine == rank and start <= local < n_local:
                 yield epoch, pos, list(idx)
 
 
@@ -73,8 +87,8 @@ def _whole(batch):
     return batch
 
 
-class ResumableLoader(DataLoader):
-    """A training ``DataLoader`` whose position Lightning saves in checkpoints and restores on resume.
+class ResumableLoader:
+    """A training loader (a ``DataLoader`` inside) whose position Lightning saves in checkpoints and restores.
 
     Parameters
     ----------
@@ -91,6 +105,8 @@ class ResumableLoader(DataLoader):
         Run seed.
     num_workers
         DataLoader worker processes.
+    **kwargs
+        Passed to the inner ``DataLoader`` (e.g. ``pin_memory``).
 
     Notes
     -----
@@ -98,24 +114,30 @@ class ResumableLoader(DataLoader):
     batches per epoch and a fingerprint of the data order; ``load_state_dict`` checks that the data, batch
     size and seed are those of the checkpoint (else :class:`~scmamba2.CheckpointError`) and positions the
     next epoch's iteration at the following batch.
+
+    It is not a ``DataLoader`` subclass on purpose: Lightning then leaves it as it is under DDP instead of
+    swapping in a ``DistributedSampler``; the loader splits the batches over the ranks itself.
     """
 
     def __init__(self, dataset, batch_sampler, collator, *, seed: int = 0, num_workers: int = 0, **kwargs) -> None:
         order = _EpochOrder(batch_sampler)
-        super().__init__(_CollatedBatches(dataset, collator, seed), sampler=order, batch_size=None,
-                         collate_fn=_whole, num_workers=num_workers,
-                         generator=torch.Generator().manual_seed(int(seed)), **kwargs)
+        self.loader = DataLoader(_CollatedBatches(dataset, collator, seed), sampler=order, batch_size=None,
+                                 collate_fn=_whole, num_workers=num_workers,
+                                 generator=torch.Generator().manual_seed(int(seed)), **kwargs)
         self._order = order
         self.seed = int(seed)
         self.batches_consumed = 0
         self._fingerprint = self._data_order_hash()
+
+    def __len__(self) -> int:
+        return len(self._order)
 
     def __iter__(self):
         n = len(self._order)
         if n == 0:
             return iter(())
         self._order.epoch, self._order.start = divmod(self.batches_consumed, n)
-        return self._counted(super().__iter__())
+        return self._counted(iter(self.loader))
 
     def _counted(self, it):
         for batch in it:
@@ -128,13 +150,13 @@ class ResumableLoader(DataLoader):
         if hasattr(bs, "set_epoch"):
             bs.set_epoch(0)
         h = hashlib.sha1(str(self.seed).encode())
-        for idx in bs:
+        for idx in bs:  # every batch of the epoch, whatever the number of ranks
             h.update(np.asarray(idx, dtype=np.int64).tobytes())
             h.update(b"|")
         return h.hexdigest()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"batches_consumed": int(self.batches_consumed), "batches_per_epoch": len(self._order),
+        return {"batches_consumed": int(self.batches_consumed), "batches_per_epoch": len(self),
                 "seed": self.seed, "fingerprint": self._fingerprint}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
