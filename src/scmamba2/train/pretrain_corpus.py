@@ -1,0 +1,119 @@
+"""Pretraining on a streamed corpus (h5ad shards, TileDB-SOMA): the path :func:`scmamba2.pretrain` takes when
+it is given a :class:`~scmamba2.data.corpus.Corpus` instead of AnnData.
+
+The corpus is never loaded whole: a :class:`~scmamba2.data.stream.CorpusDataset` reads, bins, tokenises and
+collates blocks of cells in the DataLoader workers, each cell exactly once per epoch across workers and DDP
+ranks. The vocabulary comes from the shards' gene tables (:func:`~scmamba2.data.corpus_vocab.build_corpus_vocab`,
+report in ``vocab_report.json``) unless one is given.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+from torch.utils.data import DataLoader
+
+from .._malloc import tune_cpu_allocator
+from ..data.collate import Collator
+from ..data.corpus import Corpus, CorpusConfig
+from ..data.corpus_vocab import build_corpus_vocab
+from ..data.stream import CorpusDataset, CorpusLoader
+from ..data.tokenize import TokenizerConfig
+from ..data.vocab import GeneVocab
+from ..errors import CheckpointError
+from ..model import ModelConfig, ScMamba2
+from .checkpoint import check_fits, last_checkpoint_path, read_checkpoint
+from .config import TrainConfig
+from .resume import keep_metrics, restore_metrics, step_seed_callback
+from .throughput import throughput_callback
+
+log = logging.getLogger(__name__)
+
+
+def pretrain_corpus(corpus: Corpus, *, out_dir=None, model_config: ModelConfig | dict | None = None,
+                    tokenizer_config: TokenizerConfig | None = None, train_config: TrainConfig | None = None,
+                    data_config: CorpusConfig | None = None, vocab: GeneVocab | None = None,
+                    aliases: dict[str, str] | None = None, resume: bool = False):
+    """Pretrain on a streamed corpus; arguments as :func:`scmamba2.pretrain` (see there), plus ``data_config``
+    (block and buffer sizes, held-out cells, vocabulary ``min_shards``) and ``aliases`` (Ensembl id -> symbol,
+    with a given ``vocab``). Returns a :class:`~scmamba2.train.pretrain.PretrainResult`."""
+    import lightning.pytorch as pl
+
+    from .plan import TrainingPlan
+    from .pretrain import PretrainResult
+    from .trainer import make_trainer
+
+    tune_cpu_allocator()
+    tcfg = train_config or TrainConfig()
+    tok = tokenizer_config or TokenizerConfig()
+    dcfg = data_config or CorpusConfig()
+    out = Path(out_dir) if out_dir is not None else None
+    if vocab is None:
+        built = build_corpus_vocab(corpus, min_shards=dcfg.min_shards)
+        vocab, aliases = built.vocab, built.aliases
+        log.info("%s", built.report.summary())
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            built.report.write(out / "vocab_report.json")
+    aliases = aliases or {}
+
+    n_val = min(int(round(tcfg.val_fraction * corpus.n_cells)), dcfg.max_val_cells) if tcfg.val_fraction > 0 else 0
+    train_ds = CorpusDataset(corpus, vocab, tok, batch_size=tcfg.batch_size, mask_ratio=tcfg.mask_ratio,
+                             aliases=aliases, block_size=dcfg.block_size, buffer_size=dcfg.buffer_size,
+                             heldout_cells=n_val, seed=tcfg.seed)
+    train_loader = CorpusLoader(train_ds, num_workers=tcfg.num_workers)
+    val_batches = None
+    held = train_ds.heldout() if n_val else []
+    if held:
+        # Masks of the held-out cells are drawn once, so every validation sees the same task.
+        val_collate = Collator(pad_id=vocab.pad_id, mask_ratio=tcfg.mask_ratio, seed=tcfg.seed + 1)
+        val_batches = DataLoader([val_collate(held[s:s + tcfg.batch_size]) for s in range(0, len(held),
+                                                                                         tcfg.batch_size)],
+                                 batch_size=None)
+
+    mcfg = model_config if isinstance(model_config, ModelConfig) else ModelConfig(
+        vocab_size=len(vocab), **(model_config or {}))
+    mcfg = replace(mcfg, vocab_size=len(vocab), n_bins=tok.n_bins, max_len=tok.max_len, value_mode=tok.value_mode)
+    pl.seed_everything(tcfg.seed, workers=True, verbose=False)
+    model = ScMamba2(mcfg, vocab=vocab, tokenizer_config=tok)
+
+    ckpt_path, kept, resume_step = None, [], 0
+    if resume:
+        if out is None:
+            raise CheckpointError("resume=True needs the out_dir of the run to continue")
+        ckpt_path = last_checkpoint_path(out)
+        ckpt = read_checkpoint(ckpt_path)
+        resume_step = int(ckpt["global_step"])
+        kept = keep_metrics(out, resume_step)
+    callbacks = [step_seed_callback(tcfg.seed), throughput_callback()]
+    trainer = make_trainer(tcfg, out, validate=val_batches is not None, callbacks=callbacks, tensorboard=True)
+    plan = TrainingPlan(model, tcfg)
+    if ckpt_path is not None:
+        check_fits(ckpt, plan, ckpt_path)
+        del ckpt
+        log.info("resuming from %s (step %d)", ckpt_path, resume_step)
+    val_start = val_end = None
+    if val_batches is not None:
+        val_start = trainer.validate(plan, val_batches, verbose=False)[0]["val/gep"]
+    trainer.fit(plan, train_dataloaders=train_loader, val_dataloaders=val_batches,
+                ckpt_path=None if ckpt_path is None else str(ckpt_path))
+    if val_batches is not None:
+        val_end = trainer.validate(plan, val_batches, verbose=False)[0]["val/gep"]
+    if ckpt_path is not None:
+        restore_metrics(out, kept, resume_step)
+    model.eval()
+    if out is not None and trainer.is_global_zero:
+        model.save_pretrained(out)
+        (out / "train_config.json").write_text(json.dumps(tcfg.to_dict(), indent=2))
+        (out / "data_config.json").write_text(json.dumps(dcfg.to_dict(), indent=2))
+        if aliases:
+            (out / "gene_aliases.json").write_text(json.dumps(aliases, indent=1))
+        summary = {"val_gep_start": val_start, "val_gep_end": val_end, "n_train_cells": int(train_ds.n_cells),
+                   "n_val_cells": len(held), "n_shards": len(corpus), "steps": int(trainer.global_step)}
+        (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
+        log.info("model saved to %s", out)
+    return PretrainResult(model=model, out_dir=out, val_loss_start=val_start, val_loss_end=val_end,
+                          n_train_cells=int(train_ds.n_cells), n_val_cells=len(held))
