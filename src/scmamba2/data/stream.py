@@ -25,6 +25,7 @@ reading.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from dataclasses import dataclass
@@ -45,6 +46,19 @@ from .vocab import GeneVocab
 log = logging.getLogger(__name__)
 
 __all__ = ["CorpusDataset", "CorpusLoader", "epoch_plan"]
+
+
+@contextlib.contextmanager
+def _quiet_tokenizer():
+    """tokenize() reports on every call; for a stream of blocks the dataset reports once per epoch instead."""
+    lg = logging.getLogger(tokenize.__module__)
+    keep = logging.Filter()
+    keep.filter = lambda record: record.levelno >= logging.ERROR
+    lg.addFilter(keep)
+    try:
+        yield
+    finally:
+        lg.removeFilter(keep)
 
 
 def _seed(*parts: int) -> int:
@@ -178,6 +192,7 @@ class CorpusDataset(IterableDataset):
         self.aliases = dict(aliases or {})
         self.world_size, self.rank = world_size, rank
         self.epoch, self.start_batch = 0, 0
+        self._n_empty = 0  # cells read without any vocabulary gene (kept as <cls>-only sequences)
         self._tokens = [shard_tokens(s.var(), self.aliases) for s in corpus.shards]
         # Binned values depend only on the kept genes, so columns outside the vocabulary can be cut before
         # tokenising (less work, and tokenize() then has nothing to report per block). Continuous values
@@ -237,7 +252,9 @@ class CorpusDataset(IterableDataset):
         names, cols = self._tokens[piece.shard], self._columns[piece.shard]
         if cols is not None and len(cols) < x.shape[1]:
             x, names = x[:, cols], names[cols]
-        cells = tokenize(x, self.vocab, self.config, gene_names=names, seed=self.seed)
+        with _quiet_tokenizer():
+            cells = tokenize(x, self.vocab, self.config, gene_names=names, seed=self.seed)
+        self._n_empty += int((cells.lengths <= 1).sum())
         ds = TokenizedDataset(cells, resample=True, seed=self.seed)
         ds.set_epoch(self.epoch)
         return ds
@@ -291,6 +308,10 @@ class CorpusDataset(IterableDataset):
             k = int(mine[b])
             collator.reseed(_seed(self.seed, self.epoch, k))
             yield collator([cache.pop(int(c)) for c in order[a:e]])
+        if self._n_empty:
+            log.warning("epoch %d, rank %d, worker %d: %d cells had no vocabulary gene (<cls> only, no loss)",
+                        self.epoch, rank, worker, self._n_empty)
+            self._n_empty = 0
 
 
 def _as_is(batch):
