@@ -57,7 +57,7 @@ class CorpusConfig:
     buffer_size : int, default 8192
         Shuffle buffer per DataLoader worker, in cells.
     max_val_cells : int, default 2048
-        Held-out cells: ``min(val_fraction * n_cells, max_val_cells)``, as whole blocks.
+        Held-out cells: ``min(val_fraction * n_cells, max_val_cells)``, rounded up to whole blocks.
     min_shards : int, default 1
         Vocabulary: keep genes present in at least this many shards.
     stream : bool, default False
