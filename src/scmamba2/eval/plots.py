@@ -32,3 +32,38 @@ def umap_png(adata, *, use_rep: str, color: str | list[str], path: str | Path, s
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return a.obsm["X_umap"]
+
+
+def umap_panels(adata, *, reps: dict[str, str], color: list[str], path: str | Path, seed: int = 0,
+                title: str | None = None) -> dict[str, "object"]:
+    """One row of UMAP panels per embedding (``reps``: row title -> ``obsm`` key), one column per ``color``.
+
+    Returns the 2-D coordinates of each embedding (row title -> ``(n_cells, 2)`` array).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import scanpy as sc
+
+    missing = [c for c in color if c not in adata.obs] + [k for k in reps.values() if k not in adata.obsm]
+    if missing:
+        raise KeyError(f"cannot draw the UMAP panels: {missing} not in obs/obsm")
+    fig, axes = plt.subplots(len(reps), len(color), figsize=(5.0 * len(color), 4.2 * len(reps)), squeeze=False)
+    coords = {}
+    for row, (name, key) in enumerate(reps.items()):
+        a = adata.copy()
+        sc.pp.neighbors(a, use_rep=key, random_state=seed)
+        sc.tl.umap(a, random_state=seed)
+        coords[name] = a.obsm["X_umap"]
+        for ax, c in zip(axes[row], color):
+            sc.pl.umap(a, color=c, ax=ax, show=False, title=f"{name}: {c}", frameon=False,
+                       legend_fontsize=7, size=max(120000 / a.n_obs / 10, 2))
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return coords

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -14,6 +15,7 @@ from .._keys import BATCH, CELL_INDEX, GENES, PADDING_MASK, VALUES
 from ..data.collate import Collator, LengthBucketSampler, TokenizedDataset, token_budget_batches
 from ..data.prepare import prepare_cells
 from ..data.tokenize import TokenizerConfig
+from ..errors import InputError
 from .._malloc import tune_cpu_allocator
 from ..model import ScMamba2
 
@@ -39,6 +41,8 @@ def embed(
     all_genes: bool = False,
     device: str | None = None,
     progress: bool = True,
+    batch_key: str | None = None,
+    batch_categories: Sequence[str] | None = None,
     copy: bool = False,
 ):
     """Embed every cell of ``adata`` with the ``<cls>`` output of ``model``.
@@ -61,6 +65,10 @@ def embed(
         instead of the model's tokenizer setting (expressed genes, up to ``max_len``).
     device
         Torch device; default CUDA when available, else CPU.
+    batch_key, batch_categories
+        For a model with batch tokens or domain-specific batch norm (e.g. from :func:`scmamba2.integrate`):
+        the ``obs`` column of each cell's batch and the batch names the model was trained with, in index order.
+        A batch the model does not know is an error.
     copy
         Return a modified copy instead of writing into ``adata``.
 
@@ -88,7 +96,7 @@ def embed(
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = model.to(dev).eval()
 
-    ds = TokenizedDataset(cells)
+    ds = TokenizedDataset(cells, batch=_batch_codes(adata, model, batch_key, batch_categories))
     lengths = np.minimum(np.asarray(cells.lengths), tok.max_len)
     if max_tokens is None:
         sampler = LengthBucketSampler(lengths, batch_size=batch_size, shuffle=False)
@@ -113,6 +121,35 @@ def embed(
         "n_cells_without_vocab_genes": prepared.n_empty,
     })
     return adata if copy else None
+
+
+def _batch_codes(adata, model: ScMamba2, batch_key: str | None, categories: Sequence[str] | None):
+    """Index of each cell's batch among ``categories`` (None when the model takes no batch)."""
+    needs = model.batch_encoder is not None or model.dsbn is not None
+    if batch_key is None:
+        if needs:
+            raise InputError("this model was trained with batch tokens or domain-specific batch norm: pass "
+                             "batch_key (the obs column of each cell's batch) and the model's batch_categories")
+        return None
+    if not needs:
+        log.info("the model takes no batch input: batch_key %r is not used", batch_key)
+        return None
+    if batch_key not in adata.obs:
+        raise InputError(f"batch_key {batch_key!r} is not an obs column; available: {list(adata.obs.columns)}")
+    if categories is None:
+        raise InputError("pass batch_categories: the batch names the model was trained with, in index order")
+    categories = [str(c) for c in categories]
+    if len(categories) != model.config.n_batches:
+        raise InputError(f"{len(categories)} batch_categories given but the model knows {model.config.n_batches} "
+                         "batches")
+    values = adata.obs[batch_key].astype(str).to_numpy()
+    index = {c: i for i, c in enumerate(categories)}
+    unknown = sorted(set(values) - set(index))
+    if unknown:
+        raise InputError(f"obs[{batch_key!r}] has batches the model was not trained with: {unknown[:10]} (it knows "
+                         f"{categories[:10]}); a batch-aware model cannot embed an unseen batch: integrate the data "
+                         "together with the new batch, or use a model without batch tokens/DSBN")
+    return np.array([index[v] for v in values], dtype=np.int64)
 
 
 def _without_none(d: dict) -> dict:
