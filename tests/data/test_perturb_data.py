@@ -92,7 +92,8 @@ def test_control_matching_stays_in_group():
 
 
 def test_pair_item_without_target():
-    item = pair_item(np.ones(3, np.float32), np.array([5, 6, 7]), 1, flag_pos=np.array([1]), extra_ids=np.zeros(0, np.int64))
+    item = pair_item(np.ones(3, np.float32), np.array([5, 6, 7]), 1, flag_pos=np.array([1]),
+                     extra_ids=np.zeros(0, np.int64))
     assert item[GENES].tolist() == [1, 5, 6, 7] and item[PERT_FLAGS].tolist() == [0, 0, 1, 0]
 
 

@@ -124,7 +124,8 @@ def test_condition_kind_with_matched_controls():
     cond = np.repeat(["ctrl", "stim"], 40)
     ctype = np.tile(["a", "b"], 40)
     X[(cond == "stim"), :4] += 20
-    data = ad.AnnData(X=X, obs=pd.DataFrame({"condition": cond, "cell_type": ctype}, index=[f"c{i}" for i in range(80)]),
+    obs = pd.DataFrame({"condition": cond, "cell_type": ctype}, index=[f"c{i}" for i in range(80)])
+    data = ad.AnnData(X=X, obs=obs,
                       var=pd.DataFrame(index=[f"g{j}" for j in range(12)]))
     pm = train_perturbation(data, perturbation_key="condition", kind="condition", match_key="cell_type",
                             model_config=SMALL, train_config=TRAIN)

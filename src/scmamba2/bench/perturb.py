@@ -108,7 +108,8 @@ def _papalexi(res: BenchResult, path: Path, seed: int, s: dict) -> None:
             test_cell[rng.choice(rows, max(1, len(rows) // 5), replace=False)] = True
         # Folds stratified by effect: each holds out its share of the strong targets (dealt round-robin).
         n_folds = max(2, s["papalexi_folds"])
-        order = [t for kind in ("strong", "weak") for t in rng.permutation([t for t in targets if strength[t][2] == kind])]
+        order = [t for kind in ("strong", "weak")
+                 for t in rng.permutation([t for t in targets if strength[t][2] == kind])]
         folds = [np.array(sorted(order[k::n_folds])) for k in range(n_folds)][: s["papalexi_folds"]]
 
     forward, reverse = [], []
@@ -119,7 +120,8 @@ def _papalexi(res: BenchResult, path: Path, seed: int, s: dict) -> None:
         train_rows = ~test_cell & np.isin(pert, [control] + train_t)
         with res.step(f"papalexi fold {f}: train scmamba2 ({len(train_t)} targets, {int(train_rows.sum())} cells)"):
             pm = train_perturbation(adata[train_rows], perturbation_key="perturbation", control=control,
-                                    extra_targets=held, model_config=s["model"], train_config=_train_config(s["papalexi_steps"], s, seed))
+                                    extra_targets=held, model_config=s["model"],
+                                    train_config=_train_config(s["papalexi_steps"], s, seed))
         with res.step(f"papalexi fold {f}: predict {len(candidates)} perturbations"):
             pred = predict_perturbation(pm, [control] + candidates, n_controls=s["n_controls"], seed=seed)
             ours = dict(zip([control] + candidates, np.asarray(pred.X)))
@@ -130,7 +132,8 @@ def _papalexi(res: BenchResult, path: Path, seed: int, s: dict) -> None:
             means = {t: X[train_rows & (pert == t)].mean(0) for t in train_t}
             lin = LinearPerturbation(n_components=10, ridge=0.1).fit(np.stack([means[t] for t in train_t]),
                                                                      [[t] for t in train_t], genes)
-            methods = {"scmamba2": ours, "scmamba2_generic": ours_generic, "train_mean": dict.fromkeys([control] + candidates, base_train),
+            methods = {"scmamba2": ours, "scmamba2_generic": ours_generic,
+                       "train_mean": dict.fromkeys([control] + candidates, base_train),
                        "control_mean": dict.fromkeys([control] + candidates, ctrl_mean),
                        "linear": {t: lin.predict([t]) for t in targets} | {control: ctrl_mean}}
         for t in held:
@@ -263,9 +266,11 @@ def _norman(res: BenchResult, path: Path, seed: int, s: dict) -> None:
                          "mse": m["mse"]})
     tab = pd.DataFrame(rows).groupby(["category", "method"]).agg(
         n=("perturbation", "nunique"), pearson_delta=("pearson_delta", "mean"), mse=("mse", "mean")).reset_index()
-    res.tables["Norman GEARS subset: end to end (50 cells, 1-2 cells per perturbation: plumbing, not a measurement)"] = tab
+    res.tables["Norman GEARS subset: end to end (50 cells, 1-2 cells per perturbation: plumbing, "
+               "not a measurement)"] = tab
     in_panel = sum(g in genes for p in labels.perturbations for g in labels.targets(p))
-    res.notes.append(f"norman: {len(labels.perturbations)} perturbations ({sum('+' in p for p in labels.perturbations)} "
+    n_combos = sum("+" in p for p in labels.perturbations)
+    res.notes.append(f"norman: {len(labels.perturbations)} perturbations ({n_combos} "
                      f"combinations) parsed from GEARS 'condition'; {len(held)} held out by category "
                      f"{split.loc[held, 'category'].value_counts().to_dict()}; {in_panel} target-gene occurrences "
                      "fall in the 50-gene panel, every other target enters as its own vocabulary token.")
