@@ -50,7 +50,6 @@ def _asw(E, adata):
             scib_metrics.silhouette_label(E, shuffled))
 
 
-@pytest.mark.slow
 def test_batch_shift_is_removed_and_labels_kept():
     from scmamba2.eval.baselines import pca_embedding
 
@@ -107,10 +106,10 @@ def test_cli(tmp_path):
 
     shifted(n=64).write_h5ad(tmp_path / "d.h5ad")
     args = ["integrate", tmp_path / "d.h5ad", "--batch-key", "batch", "--label-key", "label", "--out",
-            tmp_path / "o.h5ad", "--steps", "2", "--umap", tmp_path / "u.png", "--dsbn"]
+            tmp_path / "o.h5ad", "--steps", "2", "--dsbn"]
     res = CliRunner().invoke(app, [str(x) for x in args])
     assert res.exit_code == 0, res.output
-    assert ad.read_h5ad(tmp_path / "o.h5ad").obsm["X_scmamba2"].shape[0] == 64 and (tmp_path / "u.png").is_file()
+    assert ad.read_h5ad(tmp_path / "o.h5ad").obsm["X_scmamba2"].shape[0] == 64
     res = CliRunner().invoke(app, [str(x) for x in ["integrate", tmp_path / "d.h5ad", "--batch-key", "nope",
                                                      "--out", tmp_path / "p.h5ad"]])
     assert res.exit_code == 1 and "not an obs column" in res.output

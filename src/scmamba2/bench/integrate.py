@@ -35,7 +35,7 @@ def _settings(quick: bool) -> dict:
     return {
         "max_cells": 1500 if quick else 5000,
         "n_top_genes": 2000,
-        "steps": 80 if quick else 1000,
+        "steps": 80 if quick else 500,
         "batch_size": 32,
         "lr": 1e-3,
         "max_len": 256,
