@@ -121,22 +121,6 @@ def check_fits(ckpt: dict[str, Any], module: torch.nn.Module, path: str | Path) 
 def atomic_checkpoint_io():
     """A Lightning ``CheckpointIO`` plugin: :func:`atomic_torch_save` for writes, :func:`read_checkpoint`'s clear
     errors for reads (local paths; URLs go to Lightning's own implementation)."""
-    from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-
-    class AtomicCheckpointIO(TorchCheckpointIO):
-        def save_checkpoint(self, checkpoint, path, storage_options=None):
-            if storage_options is not None or "://" in str(path):
-                return super().save_checkpoint(checkpoint, path, storage_options)
-            atomic_torch_save(checkpoint, path)
-
-        def load_checkpoint(self, path, map_location=lambda storage, loc: storage, weights_only=None):
-            if "://" in str(path):
-                return super().load_checkpoint(path, map_location, weights_only)
-            try:
-                return super().load_checkpoint(path, map_location, weights_only)
-            except FileNotFoundError:
-                raise
-            except Exception as exc:
-                raise _unreadable(Path(path), exc) from exc
+    from ._lightning_parts import AtomicCheckpointIO
 
     return AtomicCheckpointIO()

@@ -176,18 +176,9 @@ def step_seed_callback(seed: int):
     """A Lightning callback that seeds torch's global generator (dropout) before every training batch from
     ``(seed, batch number, rank)``; the batch number is the :class:`ResumableLoader`'s count when the
     training loader is one, else Lightning's (epoch, batch index)."""
-    import lightning.pytorch as pl
+    from ._lightning_parts import StepSeed
 
-    class StepSeed(pl.Callback):
-        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            loader = trainer.train_dataloader
-            if isinstance(loader, ResumableLoader):
-                where = (loader.batches_consumed,)
-            else:
-                where = (trainer.current_epoch, batch_idx)
-            torch.manual_seed(derive_seed(seed, *where, trainer.global_rank))
-
-    return StepSeed()
+    return StepSeed(seed)
 
 
 def keep_metrics(out_dir, up_to_step: int) -> list[dict[str, str]]:

@@ -1,0 +1,56 @@
+"""The Lightning classes behind :mod:`scmamba2.train.checkpoint` and :mod:`scmamba2.train.resume`.
+
+They live at module level (not inside the factory functions) so that they pickle: ``ddp_spawn`` sends the
+trainer, its plugins and callbacks to the worker processes. This module imports Lightning; the two public
+modules import it only when a trainer is built.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+from .checkpoint import _unreadable, atomic_torch_save
+from .resume import ResumableLoader, derive_seed
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """:func:`~scmamba2.train.checkpoint.atomic_torch_save` for writes, clear errors for unreadable files
+    (local paths; URLs go to Lightning's own implementation)."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None):
+        if storage_options is not None or "://" in str(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        atomic_torch_save(checkpoint, path)
+
+    def load_checkpoint(self, path, map_location=lambda storage, loc: storage, weights_only=None):
+        if "://" in str(path):
+            return super().load_checkpoint(path, map_location, weights_only)
+        try:
+            return super().load_checkpoint(path, map_location, weights_only)
+        except FileNotFoundError:
+            raise
+        except Exception as exc:
+            raise _unreadable(Path(path), exc) from exc
+
+
+class StepSeed(pl.Callback):
+    """Seeds torch's global generator (dropout) before every training batch from ``(seed, batch number, rank)``.
+
+    The batch number is the :class:`~scmamba2.train.resume.ResumableLoader`'s count when the training loader
+    is one, else Lightning's (epoch, batch index).
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.seed = int(seed)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        loader = trainer.train_dataloader
+        if isinstance(loader, ResumableLoader):
+            where = (loader.batches_consumed,)
+        else:
+            where = (trainer.current_epoch, batch_idx)
+        torch.manual_seed(derive_seed(self.seed, *where, trainer.global_rank))
