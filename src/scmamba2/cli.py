@@ -79,35 +79,77 @@ def validate(
 
 @app.command()
 def pretrain(
-    data: List[Path] = typer.Argument(..., help="One or more data files."),
+    data: Optional[List[str]] = typer.Argument(None, help="Data files (h5ad, ...), folders of h5ad shards, "
+                                               "TileDB-SOMA experiments (local folder or soma://URI)."),
     out_dir: Path = typer.Option(..., "--out", help="Checkpoint directory to write."),
-    config: Optional[Path] = typer.Option(None, "--config", help="YAML with sections model, tokenizer, train."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML with sections model, tokenizer, train, "
+                                          "data (corpus sources, obs filter, streaming)."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Override train.max_steps."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Override train.seed."),
     n_top_genes: Optional[int] = typer.Option(None, "--n-top-genes", help="Keep only this many HVGs."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in --out from its "
+                                "checkpoints/last.ckpt (same data and settings)."),
     layer: Optional[str] = LayerOpt,
     use_raw: bool = RawOpt,
     gene_column: Optional[str] = GeneColOpt,
 ) -> None:
-    """Pretrain a new model with masked expression modelling."""
+    """Pretrain a new model with masked expression modelling.
+
+    Plain data files are read into memory; folders of h5ad shards and TileDB-SOMA experiments (or every
+    source, with data.stream: true) are streamed block by block, and the progress bar shows cells/s and
+    tokens/s. Logs go to OUT/logs/metrics.csv and OUT/tensorboard (tensorboard --logdir OUT).
+    """
+    from .data.corpus import CorpusConfig, is_soma_uri
     from .data.io import read
     from .train.config import TrainConfig, load_run_config
     from .train.pretrain import pretrain as _pretrain
 
     with _user_errors():
-        run = load_run_config(config) if config else {"model": {}, "tokenizer": None, "train": TrainConfig()}
-        train = run["train"]
+        run = load_run_config(config) if config else {"model": {}, "tokenizer": None, "train": TrainConfig(),
+                                                      "data": CorpusConfig()}
+        train, dcfg, data = run["train"], run["data"], list(data or [])
         if max_steps is not None:
             train = replace(train, max_steps=max_steps)
         if seed is not None:
             train = replace(train, seed=seed)
-        adatas = [read(p) for p in data]
-        res = _pretrain(adatas, out_dir=out_dir, model_config=run["model"], tokenizer_config=run["tokenizer"],
-                        train_config=train, layer=layer, use_raw=use_raw, gene_column=gene_column,
-                        n_top_genes=n_top_genes)
+        if not data and not dcfg.sources:
+            raise InputError("Give DATA (files, folders of h5ad shards, SOMA experiments) or data.sources in --config.")
+        if dcfg.stream or dcfg.sources or any(Path(p).is_dir() or is_soma_uri(p) for p in data):
+            if layer is not None or use_raw or gene_column is not None:
+                dcfg = replace(dcfg, layer="raw" if use_raw else (layer or dcfg.layer),
+                               gene_column=gene_column or dcfg.gene_column)
+            source = dcfg.open(data)
+        else:
+            source = [read(p) for p in data]
+        res = _pretrain(source, out_dir=out_dir, model_config=run["model"], tokenizer_config=run["tokenizer"],
+                        train_config=train, layer=None if not isinstance(source, list) else layer,
+                        use_raw=use_raw and isinstance(source, list),
+                        gene_column=None if not isinstance(source, list) else gene_column,
+                        n_top_genes=n_top_genes, resume=resume, data_config=dcfg)
         if res.val_loss_start is not None:
             out.print(f"held-out masked-expression loss: {res.val_loss_start:.4f} -> {res.val_loss_end:.4f}")
         out.print(f"model written to {out_dir}")
+
+
+@app.command("import-checkpoint")
+def import_checkpoint(
+    source: Path = typer.Argument(..., help="Release folder with best_model.pt, args.json and vocab.json."),
+    out_dir: Path = typer.Option(..., "--out", help="scmamba2 checkpoint directory to write."),
+    allow_partial: bool = typer.Option(False, "--allow-partial", help="Import the tensors that fit; start the "
+                                       "rest from initialisation (listed in import_report.json)."),
+) -> None:
+    """Convert an SC-MAMBA2 / scGPT-layout release checkpoint into an scmamba2 checkpoint directory."""
+    import json
+
+    from .train.import_checkpoint import import_checkpoint as _import
+
+    with _user_errors():
+        model, report = _import(source, allow_partial=allow_partial)
+        model.save_pretrained(out_dir)
+        (out_dir / "import_report.json").write_text(json.dumps(report.to_dict(), indent=2))
+        out.print(f"{len(report.mapped)} tensors mapped, {len(report.converted)} converted, "
+                  f"{len(report.not_mapped)} not mapped, {len(report.uninitialised)} left at initialisation "
+                  f"-> {out_dir} (details in import_report.json)")
 
 
 @app.command()
@@ -165,11 +207,224 @@ def quickstart(
 
 # --- integrate (issue: batch integration) ---
 
+@app.command()
+def integrate(
+    data: Path = typer.Argument(..., help="Data file with the cells of every batch."),
+    batch_key: str = typer.Option(..., "--batch-key", help="obs column of each cell's batch."),
+    out_path: Path = typer.Option(..., "--out", help="Output .h5ad with obsm['X_scmamba2']."),
+    label_key: Optional[str] = typer.Option(None, "--label-key", help="obs column of cell types (evaluation and UMAP only)."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Pretrained checkpoint to fine-tune (default: a small new model)."),
+    umap: Optional[Path] = typer.Option(None, "--umap", help="Also write UMAP panels coloured by batch (and label)."),
+    save_model: Optional[Path] = typer.Option(None, "--save-model", help="Save the fine-tuned model in this directory."),
+    steps: int = typer.Option(1000, "--steps", help="Training steps."),
+    seed: int = typer.Option(0, "--seed"),
+    ecs: bool = typer.Option(False, "--ecs/--no-ecs", help="Elastic cell similarity loss."),
+    dab: bool = typer.Option(True, "--dab/--no-dab", help="Adversarial batch discriminator (gradient reversal)."),
+    dsbn: bool = typer.Option(False, "--dsbn/--no-dsbn", help="Domain-specific batch norm."),
+    batch_tokens: bool = typer.Option(False, "--batch-tokens/--no-batch-tokens", help="Learned batch embedding."),
+    n_top_genes: int = typer.Option(2000, "--n-top-genes", help="Genes of a new model (highly variable)."),
+    layer: Optional[str] = LayerOpt,
+    use_raw: bool = RawOpt,
+    gene_column: Optional[str] = GeneColOpt,
+) -> None:
+    """Integrate batches: fine-tune with GEP + MVC (+ ECS) + DAB (+ DSBN / batch tokens), embed into obsm."""
+    from .data.io import read
+    from .tasks.integrate import IntegrationConfig
+    from .tasks.integrate import integrate as _integrate
+    from .train.config import TrainConfig
+
+    with _user_errors():
+        adata = read(data)
+        cfg = IntegrationConfig(ecs=ecs, dab=dab, dsbn=dsbn, batch_tokens=batch_tokens)
+        tcfg = TrainConfig(max_steps=steps, batch_size=32, lr=1e-3, warmup_steps=min(100, steps // 5), seed=seed)
+        _integrate(adata, batch_key, model=model, label_key=label_key, config=cfg, train_config=tcfg,
+                   n_top_genes=n_top_genes, layer=layer, use_raw=use_raw, gene_column=gene_column, out_dir=save_model)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        adata.write_h5ad(out_path)
+        info = adata.uns["scmamba2"]["X_scmamba2"]["integration"]
+        asw = f" (label ASW {info['asw_label']:.3f}, batch ASW {info['asw_batch']:.3f})" if label_key else ""
+        out.print(f"{adata.n_obs} cells integrated over {len(info['batch_categories'])} batches -> {out_path}{asw}")
+        if umap is not None:
+            from .eval.plots import umap_png
+
+            umap_png(adata, use_rep="X_scmamba2", color=[batch_key] + ([label_key] if label_key else []), path=umap)
+            out.print(f"UMAP -> {umap}")
+
+
 # --- multiomics (issue: multi-omics) ---
 
 # --- perturb (issue: perturbation) ---
 
+perturb_app = typer.Typer(no_args_is_help=True, help="Perturbation response: train, predict, reverse (rank perturbations).")
+app.add_typer(perturb_app, name="perturb")
+
+
+def _names(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+@perturb_app.command("train")
+def perturb_train(
+    data: Path = typer.Argument(..., help="Control and perturbed cells (h5ad, ...)."),
+    perturbation_key: str = typer.Option(..., "--perturbation-key", help="obs column: ctrl, GENE, GENE1+GENE2."),
+    control: str = typer.Option("ctrl", "--control", help="Label of the control cells in that column."),
+    out_dir: Path = typer.Option(..., "--out", help="Model directory to write."),
+    holdout: Optional[str] = typer.Option(None, "--holdout", help="Perturbations to leave out, e.g. A,B+C."),
+    kind: str = typer.Option("genetic", "--kind", help="genetic (labels name genes) or condition (drug, cytokine)."),
+    match_key: Optional[str] = typer.Option(None, "--match-key", help="Pair perturbed cells with controls of the same obs group."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Pretrained model to start from."),
+    max_steps: int = typer.Option(600, "--max-steps"),
+    batch_size: int = typer.Option(32, "--batch-size"),
+    n_top_genes: Optional[int] = typer.Option(None, "--n-top-genes", help="Gene panel = this many HVGs."),
+    seed: int = typer.Option(0, "--seed"),
+    layer: Optional[str] = LayerOpt,
+    use_raw: bool = RawOpt,
+    gene_column: Optional[str] = GeneColOpt,
+) -> None:
+    """Train a perturbation-response model (control cell + perturbation flags -> perturbed expression)."""
+    from .data.io import read
+    from .tasks.perturb import train_perturbation
+    from .train.config import TrainConfig
+
+    with _user_errors():
+        tcfg = TrainConfig(max_steps=max_steps, batch_size=batch_size, warmup_steps=min(50, max_steps // 5), seed=seed)
+        pm = train_perturbation(read(data), perturbation_key=perturbation_key, control=control, kind=kind,
+                                holdout=_names(holdout) if holdout else None, match_key=match_key, model=model,
+                                train_config=tcfg, n_top_genes=n_top_genes, layer=layer, use_raw=use_raw,
+                                gene_column=gene_column, out_dir=out_dir)
+        out.print(f"{len(pm.meta.train_perturbations)} perturbations trained, "
+                  f"{len(pm.meta.perturbations) - len(pm.meta.train_perturbations)} held out; model -> {out_dir}")
+
+
+@perturb_app.command("predict")
+def perturb_predict(
+    model: Path = typer.Option(..., "--model", help="Directory written by `perturb train`."),
+    perturbations: str = typer.Option(..., "--perturbations", help="Comma-separated, e.g. A,B+C."),
+    out_path: Path = typer.Option(..., "--out", help="Output .h5ad: one row per perturbation."),
+    controls: Optional[Path] = typer.Option(None, "--controls", help="Control cells to predict from (default: the stored ones)."),
+    n_controls: int = typer.Option(256, "--n-controls"),
+) -> None:
+    """Predict the mean log1p-normalised profile of each perturbation (obs['perturbation'], genes as var)."""
+    from .data.io import read
+    from .tasks.perturb import predict_perturbation
+
+    with _user_errors():
+        pred = predict_perturbation(model, _names(perturbations), controls=read(controls) if controls else None,
+                                    n_controls=n_controls)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        pred.write_h5ad(out_path)
+        out.print(f"{pred.n_obs} perturbations x {pred.n_vars} genes -> {out_path}")
+
+
+@perturb_app.command("reverse")
+def perturb_reverse(
+    model: Path = typer.Option(..., "--model", help="Directory written by `perturb train`."),
+    query: Path = typer.Option(..., "--query", help="Observed or desired cells (h5ad, ...)."),
+    out_path: Path = typer.Option(..., "--out", help="Output CSV: query, rank, perturbation, score."),
+    groupby: Optional[str] = typer.Option(None, "--groupby", help="Score group means of this obs column, not single cells."),
+    top_k: int = typer.Option(8, "--top-k"),
+    candidates: Optional[str] = typer.Option(None, "--candidates", help="Comma-separated (default: every known perturbation)."),
+    layer: Optional[str] = LayerOpt,
+    use_raw: bool = RawOpt,
+    gene_column: Optional[str] = GeneColOpt,
+) -> None:
+    """Rank the perturbations whose predicted profile best matches each query (cell or group mean)."""
+    from .data.io import read
+    from .tasks.perturb import reverse_perturbation
+
+    with _user_errors():
+        ranks = reverse_perturbation(read(query), model, groupby=groupby, top_k=top_k, layer=layer, use_raw=use_raw,
+                                     gene_column=gene_column, candidates=_names(candidates) if candidates else None)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        ranks.to_csv(out_path, index=False)
+        out.print(f"{ranks['query'].nunique()} queries ranked -> {out_path}")
+
 # --- datasets and bench (issue: datasets registry and report) ---
+
+datasets_app = typer.Typer(no_args_is_help=True, help="The public benchmark datasets and the local ones: list, get.")
+app.add_typer(datasets_app, name="datasets")
+CacheOpt = typer.Option(None, "--dir", help="Dataset cache (default $SCMAMBA2_DATA or ~/.cache/scmamba2).")
+SharedOpt = typer.Option(None, "--shared-dir",
+                         help="Local data folder (default $SCMAMBA2_SHARED_DATA or ../shared/data).")
+
+
+@datasets_app.command("list")
+def datasets_list(cache: Optional[Path] = CacheOpt, shared_dir: Optional[Path] = SharedOpt) -> None:
+    """Every registered dataset: source, tasks, shape, licence, whether a checksum is known and where it is."""
+    from rich.table import Table
+
+    from .datasets import cache_dir, list_datasets
+
+    with _user_errors():
+        table = Table(box=None, header_style="bold")
+        for col in ("name", "source", "tasks", "cells x features", "licence", "sha256", "status"):
+            table.add_column(col, overflow="fold", no_wrap=col != "licence")
+        root = cache_dir(cache)
+        for r in list_datasets(shared_dir):
+            if r.source == "local":
+                status = "on disk"
+            elif any((root / r.name / f"{r.name}{e}").exists() for e in (".h5ad", ".h5mu")):
+                status = "cached"
+            else:
+                status = "manual" if r.manual else "download"
+            known = "yes" if r.files and all(f.sha256 for f in r.files) else "no"
+            licence = r.licence.split(" (")[0].split(";")[0]  # the short form; the record has the rest
+            licence = "not stated" if licence.startswith("not stated") else licence
+            table.add_row(r.name, r.source, ",".join(r.tasks) or "-", r.shape, licence, known, status)
+        Console(width=max(out.width, 130)).print(table)  # one row per dataset, also in a narrow pipe
+
+
+@datasets_app.command("get")
+def datasets_get(name: str = typer.Argument(..., help="A name from `scmamba2 datasets list`."),
+                 cache: Optional[Path] = CacheOpt, shared_dir: Optional[Path] = SharedOpt) -> None:
+    """Download (resuming a partial file), check the sha256, cache and convert a dataset; prints its path."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+    from .datasets import get
+
+    with _user_errors(), Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                                  TransferSpeedColumn(), console=err, transient=False) as bar:
+        current = {}
+
+        def on_file(f):
+            current["id"] = bar.add_task(f.filename, total=None)
+
+        def progress(done, total):
+            bar.update(current["id"], completed=done, total=total)
+
+        path = get(name, cache=cache, shared_dir=shared_dir, progress=progress, on_file=on_file)
+    out.print(str(path), highlight=False, soft_wrap=True)
+
+
+@app.command()
+def bench(
+    tasks: Optional[List[str]] = typer.Argument(None, help="Tasks to run (default: all)."),
+    data: List[str] = typer.Option([], "--data", help="Dataset name(s), repeat or comma-separate; 'local' = "
+                                   "every local file (default: each task's own)."),
+    out_dir: Path = typer.Option(Path("benchmarks/results"), "--out",
+                                 help="Folder for the task results and the report."),
+    seed: int = typer.Option(0, "--seed"),
+    quick: bool = typer.Option(False, "--quick", help="Each task's small, fast setting."),
+    cache: Optional[Path] = CacheOpt,
+    shared_dir: Optional[Path] = SharedOpt,
+    strict: bool = typer.Option(False, "--strict", help="Exit with code 1 when a task failed or is missing."),
+) -> None:
+    """Run the task benchmarks (ours and the baselines) and write report.md, report.html and report.json."""
+    import shlex
+    import sys
+
+    from .bench.runner import run_benchmarks
+
+    names = [n for item in data for n in item.split(",") if n]
+    with _user_errors():
+        outcomes, paths = run_benchmarks(
+            tasks or None, datasets=names or None, out_dir=out_dir, seed=seed, quick=quick, cache=cache,
+            shared_dir=shared_dir, command="scmamba2 " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+            on_task=lambda o: err.print(f"{o.task}: {o.status} ({o.wall_s:.0f} s){': ' + o.error if o.error else ''}",
+                                        highlight=False, soft_wrap=True))
+    out.print(f"report: {paths['md']} | {paths['html']} | {paths['json']}", highlight=False, soft_wrap=True)
+    if strict and any(o.status in ("failed", "missing") for o in outcomes):
+        raise typer.Exit(1)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -37,6 +37,7 @@ class TrainConfig:
     precision: str = "32-true"
     accelerator: str = "auto"
     devices: int | str = 1
+    strategy: str = "auto"  # Lightning strategy: auto, ddp, ddp_spawn, fsdp (see scmamba2.train.distributed)
     num_workers: int = 0
     seed: int = 0
     log_every_n_steps: int = 10
@@ -53,6 +54,10 @@ class TrainConfig:
             raise ValueError(f"val_fraction={self.val_fraction} must be in [0, 1)")
         if self.warmup_steps < 0 or self.lr <= 0:
             raise ValueError("warmup_steps must be >= 0 and lr > 0")
+        if self.accumulate_grad_batches < 1:
+            raise ValueError(f"accumulate_grad_batches={self.accumulate_grad_batches} must be >= 1")
+        if not isinstance(self.strategy, str) or not self.strategy:
+            raise ValueError(f"strategy={self.strategy!r} must be a Lightning strategy name (auto, ddp, fsdp, ...)")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -66,25 +71,28 @@ class TrainConfig:
 
 
 def load_run_config(path) -> dict[str, Any]:
-    """Read a YAML run configuration with the sections ``model``, ``tokenizer`` and ``train``.
+    """Read a YAML run configuration with the sections ``model``, ``tokenizer``, ``train`` and ``data``.
 
     Returns a dict with ``model`` (a dict of :class:`~scmamba2.ModelConfig` fields, ``vocab_size`` filled in
-    later), ``tokenizer`` (a :class:`~scmamba2.TokenizerConfig`) and ``train`` (a :class:`TrainConfig`).
+    later), ``tokenizer`` (a :class:`~scmamba2.TokenizerConfig`), ``train`` (a :class:`TrainConfig`) and
+    ``data`` (a :class:`~scmamba2.data.corpus.CorpusConfig`: corpus sources, obs filter, streaming settings).
     """
     from pathlib import Path
 
     import yaml
 
+    from ..data.corpus import CorpusConfig
     from ..data.tokenize import TokenizerConfig
 
     raw = yaml.safe_load(Path(path).read_text()) or {}
     if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a mapping with sections model/tokenizer/train")
-    unknown = sorted(set(raw) - {"model", "tokenizer", "train"})
+        raise ValueError(f"{path}: expected a mapping with sections model/tokenizer/train/data")
+    unknown = sorted(set(raw) - {"model", "tokenizer", "train", "data"})
     if unknown:
-        raise ValueError(f"{path}: unknown sections {unknown}; the sections are model, tokenizer and train")
+        raise ValueError(f"{path}: unknown sections {unknown}; the sections are model, tokenizer, train and data")
     return {
         "model": dict(raw.get("model") or {}),
         "tokenizer": TokenizerConfig.from_dict(raw.get("tokenizer") or {}),
         "train": TrainConfig.from_dict(raw.get("train") or {}),
+        "data": CorpusConfig.from_dict(raw.get("data") or {}),
     }

@@ -19,7 +19,11 @@ from ..data.tokenize import TokenizerConfig
 from ..data.vocab import GeneVocab
 from .._malloc import tune_cpu_allocator
 from ..model import ModelConfig, ScMamba2
+from ..errors import CheckpointError, InputError
+from .checkpoint import check_fits, last_checkpoint_path, read_checkpoint
 from .config import TrainConfig
+from .resume import ResumableLoader, keep_metrics, restore_metrics, step_seed_callback
+from .throughput import throughput_callback
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +61,8 @@ def pretrain(
     use_raw: bool = False,
     gene_column: str | None = None,
     n_top_genes: int | None = None,
+    resume: bool = False,
+    data_config=None,
 ) -> PretrainResult:
     """Pretrain an SC-MAMBA2 model with masked expression (GEP) and cell-conditioned expression (MVC).
 
@@ -64,7 +70,9 @@ def pretrain(
     ----------
     adata
         An AnnData (or a list of them) with raw counts (log-normalised values are accepted: the value bins
-        depend only on per-cell ranks).
+        depend only on per-cell ranks), or a :class:`~scmamba2.data.corpus.Corpus` (h5ad shards, TileDB-SOMA
+        experiments: :func:`~scmamba2.data.corpus.open_corpus`), which is streamed and never loaded whole
+        (:mod:`scmamba2.train.pretrain_corpus`; the vocabulary then comes from the shards' gene tables).
     out_dir
         Where the checkpoint goes (``config.json``, ``model.safetensors``, ``vocab.json``), with
         ``train_config.json``, ``metrics.csv`` (one row per logging step) and Lightning checkpoints.
@@ -81,12 +89,28 @@ def pretrain(
         Name genes by this ``var`` column instead of ``var_names``.
     n_top_genes
         Keep only this many highly variable genes (scanpy's ``seurat`` flavour on normalised counts).
+    resume
+        Continue the interrupted run in ``out_dir`` from ``out_dir/checkpoints/last.ckpt`` (weights, optimiser,
+        schedule, step, data position). Call it with the same data and settings: the result is then the same
+        as an uninterrupted run (see :mod:`scmamba2.train.resume`). A missing, truncated or mismatched
+        checkpoint raises :class:`~scmamba2.CheckpointError`.
+    data_config
+        For a corpus: a :class:`~scmamba2.data.corpus.CorpusConfig` (block and buffer sizes, held-out cells).
     """
     import lightning.pytorch as pl
 
+    from ..data.corpus import Corpus
     from .plan import TrainingPlan
     from .trainer import make_trainer
 
+    if isinstance(adata, Corpus):  # streamed from shards / TileDB-SOMA, never loaded whole
+        from .pretrain_corpus import pretrain_corpus
+
+        if layer is not None or use_raw or gene_column is not None or n_top_genes is not None:
+            raise InputError("layer, use_raw, gene_column and n_top_genes apply to AnnData input; for a corpus set "
+                             "them when opening it (scmamba2.data.corpus.open_corpus / the YAML data section).")
+        return pretrain_corpus(adata, out_dir=out_dir, model_config=model_config, tokenizer_config=tokenizer_config,
+                               train_config=train_config, vocab=vocab, resume=resume, data_config=data_config)
     tune_cpu_allocator()
     tcfg = train_config or TrainConfig()
     tok = tokenizer_config or TokenizerConfig()
@@ -128,7 +152,8 @@ def pretrain(
     lengths = np.minimum(np.asarray(cells.lengths)[train_idx], tok.max_len)
     sampler = LengthBucketSampler(lengths, batch_size=tcfg.batch_size, shuffle=True, seed=tcfg.seed)
     collate = Collator(pad_id=vocab.pad_id, mask_ratio=tcfg.mask_ratio, seed=tcfg.seed)
-    train_loader = DataLoader(train_ds, batch_sampler=sampler, collate_fn=collate, num_workers=tcfg.num_workers)
+    # Data order, resampling and masks are functions of (seed, epoch, batch): a resumed run continues exactly.
+    train_loader = ResumableLoader(train_ds, sampler, collate, seed=tcfg.seed, num_workers=tcfg.num_workers)
 
     val_batches = None
     if n_val:
@@ -142,14 +167,33 @@ def pretrain(
         )
 
     out = Path(out_dir) if out_dir is not None else None
-    trainer = make_trainer(tcfg, out, validate=bool(n_val))
+    ckpt_path, kept_metrics, resume_step = None, [], 0
+    if resume:
+        if out is None:
+            raise CheckpointError("resume=True needs the out_dir of the run to continue")
+        ckpt_path = last_checkpoint_path(out)
+        ckpt = read_checkpoint(ckpt_path)  # a clear CheckpointError when missing, truncated or corrupt
+        resume_step = int(ckpt["global_step"])
+        kept_metrics = keep_metrics(out, resume_step)
+    elif out is not None and last_checkpoint_path(out).is_file():
+        log.warning("%s holds the checkpoint of an earlier run; this new run replaces it (resume=True continues "
+                    "it instead)", last_checkpoint_path(out))
+    trainer = make_trainer(tcfg, out, validate=bool(n_val), tensorboard=True,
+                           callbacks=[step_seed_callback(tcfg.seed), throughput_callback()])
     plan = TrainingPlan(model, tcfg)
+    if ckpt_path is not None:
+        check_fits(ckpt, plan, ckpt_path)
+        del ckpt
+        log.info("resuming from %s (step %d)", ckpt_path, resume_step)
     val_start = val_end = None
     if val_batches is not None:
         val_start = trainer.validate(plan, val_batches, verbose=False)[0]["val/gep"]
-    trainer.fit(plan, train_dataloaders=train_loader, val_dataloaders=val_batches)
+    trainer.fit(plan, train_dataloaders=train_loader, val_dataloaders=val_batches,
+                ckpt_path=None if ckpt_path is None else str(ckpt_path))
     if val_batches is not None:
         val_end = trainer.validate(plan, val_batches, verbose=False)[0]["val/gep"]
+    if ckpt_path is not None:
+        restore_metrics(out, kept_metrics, resume_step)  # the CSV logger started a new file
     model.eval()
 
     if out is not None:
