@@ -408,20 +408,25 @@ def bench(
     cache: Optional[Path] = CacheOpt,
     shared_dir: Optional[Path] = SharedOpt,
     strict: bool = typer.Option(False, "--strict", help="Exit with code 1 when a task failed or is missing."),
+    collect: bool = typer.Option(False, "--collect", help="Run nothing: write the report from the task results "
+                                 "already in --out (each task's <task>.json)."),
 ) -> None:
     """Run the task benchmarks (ours and the baselines) and write report.md, report.html and report.json."""
     import shlex
     import sys
 
-    from .bench.runner import run_benchmarks
+    from .bench.runner import collect_benchmarks, run_benchmarks
 
     names = [n for item in data for n in item.split(",") if n]
     with _user_errors():
-        outcomes, paths = run_benchmarks(
-            tasks or None, datasets=names or None, out_dir=out_dir, seed=seed, quick=quick, cache=cache,
-            shared_dir=shared_dir, command="scmamba2 " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
-            on_task=lambda o: err.print(f"{o.task}: {o.status} ({o.wall_s:.0f} s){': ' + o.error if o.error else ''}",
-                                        highlight=False, soft_wrap=True))
+        if collect:
+            outcomes, paths = collect_benchmarks(tasks or None, out_dir=out_dir)
+        else:
+            outcomes, paths = run_benchmarks(
+                tasks or None, datasets=names or None, out_dir=out_dir, seed=seed, quick=quick, cache=cache,
+                shared_dir=shared_dir, command="scmamba2 " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+                on_task=lambda o: err.print(f"{o.task}: {o.status} ({o.wall_s:.0f} s)"
+                                            f"{': ' + o.error if o.error else ''}", highlight=False, soft_wrap=True))
     out.print(f"report: {paths['md']} | {paths['html']} | {paths['json']}", highlight=False, soft_wrap=True)
     if strict and any(o.status in ("failed", "missing") for o in outcomes):
         raise typer.Exit(1)

@@ -78,3 +78,20 @@ def test_cli_bench(fake_tasks, folder, tmp_path):
     assert cli.invoke(app, args + ["--strict"]).exit_code == 1
     res = cli.invoke(app, ["bench", "dance", "--out", str(tmp_path / "o")])
     assert res.exit_code == 1 and "unknown task" in res.output and "Traceback" not in res.output
+
+
+def test_collect_builds_the_report_from_written_results(tmp_path, make_png):
+    out = tmp_path / "results"
+    res = BenchResult("perturb", tables={"t": pd.DataFrame({"method": ["ours", "mean"], "r": [0.5, 0.25]})},
+                      figures={"a plot": make_png(out / "perturb_plot.png")}, notes=["we lose on x"])
+    with res.step("fit"):
+        pass
+    res.write(out)
+    assert json.loads((out / "perturb.json").read_text())["figures"]["a plot"] == "perturb_plot.png"
+    result = CliRunner().invoke(app, ["bench", "perturb", "annotate", "--collect", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    md = (out / "report.md").read_text()
+    assert "we lose on x" in md and "| ours | 0.500 |" in md and "perturb_plot.png" in md
+    assert "no annotate.json" in md  # a task without results is reported missing, not dropped
+    back = BenchResult.from_json(json.loads((out / "perturb.json").read_text()), out)
+    assert back.figures["a plot"] == out / "perturb_plot.png" and back.tables["t"].equals(res.tables["t"])

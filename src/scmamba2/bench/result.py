@@ -68,12 +68,15 @@ class BenchResult:
             lines += ["## Settings", "", "```json", json.dumps(self.meta, indent=2, default=str), "```", ""]
         return "\n".join(lines)
 
-    def to_json(self) -> dict[str, Any]:
-        """Every figure and number, JSON-serialisable."""
+    def to_json(self, relative_to: str | Path | None = None) -> dict[str, Any]:
+        """Every figure and number, JSON-serialisable (figure paths relative to ``relative_to`` when given)."""
+        def fig(p) -> str:
+            return Path(os.path.relpath(p, relative_to)).as_posix() if relative_to is not None else str(p)
+
         return {
             "task": self.task,
             "tables": {k: json.loads(v.to_json(orient="records")) for k, v in self.tables.items()},
-            "figures": {k: str(v) for k, v in self.figures.items()},
+            "figures": {k: fig(v) for k, v in self.figures.items()},
             "notes": list(self.notes),
             "steps": [s.__dict__ for s in self.steps],
             "meta": self.meta,
@@ -87,8 +90,26 @@ class BenchResult:
         stem = stem or self.task
         md = out / f"{stem}.md"
         md.write_text(self.to_markdown(relative_to=out))
-        (out / f"{stem}.json").write_text(json.dumps(self.to_json(), indent=2, default=str))
+        (out / f"{stem}.json").write_text(json.dumps(self.to_json(relative_to=out), indent=2, default=str))
         return md
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any], base_dir: str | Path) -> "BenchResult":
+        """Read back what :meth:`write` wrote; relative figure paths resolve against ``base_dir`` (a figure
+        recorded elsewhere is looked up by its file name in ``base_dir``)."""
+        base = Path(base_dir)
+        figures = {}
+        for caption, p in d.get("figures", {}).items():
+            path = Path(p) if Path(p).is_absolute() else base / p
+            figures[caption] = path if path.exists() else base / Path(p).name
+        return cls(
+            task=d["task"],
+            tables={k: pd.DataFrame.from_records(v) for k, v in d.get("tables", {}).items()},
+            figures=figures,
+            notes=list(d.get("notes", [])),
+            steps=[Step(**s) for s in d.get("steps", [])],
+            meta=dict(d.get("meta", {})),
+        )
 
 
 def machine_summary() -> str:
