@@ -1,0 +1,66 @@
+"""Annotation baselines: logistic regression on log1p-normalised highly variable genes, and CellTypist.
+
+Both are fitted on the reference alone (genes chosen on the reference) and predict the query's labels.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def _log1p_normalised(adata):
+    """A copy with ``X`` = log1p of counts scaled to 10,000 per cell (what both baselines expect)."""
+    import scanpy as sc
+
+    a = adata.copy()
+    sc.pp.normalize_total(a, target_sum=1e4)
+    sc.pp.log1p(a)
+    return a
+
+
+def logreg_predict(reference, query, label_key: str, n_top_genes: int = 2000, seed: int = 0,
+                   max_iter: int = 1000) -> np.ndarray:
+    """Multinomial logistic regression (scikit-learn defaults, L2, C=1) on the log1p-normalised counts of the
+    reference's ``n_top_genes`` highly variable genes (scanpy ``seurat`` flavour); returns the query's labels."""
+    import scanpy as sc
+    from sklearn.linear_model import LogisticRegression
+
+    ref = _log1p_normalised(reference)
+    if n_top_genes is not None and n_top_genes < ref.n_vars:
+        sc.pp.highly_variable_genes(ref, n_top_genes=n_top_genes, flavor="seurat")
+        genes = ref.var_names[ref.var["highly_variable"].to_numpy()]
+    else:
+        genes = ref.var_names
+    q = _log1p_normalised(query)
+    q_genes = genes.intersection(q.var_names)
+    if len(q_genes) < len(genes):
+        log.warning("logistic regression: %d of %d genes missing from the query, read as 0",
+                    len(genes) - len(q_genes), len(genes))
+    X = _dense(ref[:, genes].X)
+    Xq = np.zeros((q.n_obs, len(genes)), dtype=np.float32)
+    pos = {g: i for i, g in enumerate(genes)}
+    Xq[:, [pos[g] for g in q_genes]] = _dense(q[:, q_genes].X)
+    clf = LogisticRegression(max_iter=max_iter, random_state=seed)
+    clf.fit(X, reference.obs[label_key].astype(str).to_numpy())
+    return clf.predict(Xq)
+
+
+def celltypist_predict(reference, query, label_key: str, n_top_genes: int | None = None, seed: int = 0) -> np.ndarray:
+    """A custom CellTypist model trained on the reference (log1p-normalised, all genes, CellTypist's defaults;
+    no download), applied to the query without majority voting; returns the query's labels.
+    ``n_top_genes`` is not used (CellTypist chooses its own features)."""
+    import celltypist
+
+    np.random.seed(seed)  # CellTypist draws from NumPy's global generator
+    ref = _log1p_normalised(reference)
+    model = celltypist.train(ref, labels=reference.obs[label_key].astype(str).to_numpy(), n_jobs=1)
+    result = celltypist.annotate(_log1p_normalised(query), model=model, majority_voting=False)
+    return result.predicted_labels["predicted_labels"].astype(str).to_numpy()
+
+
+def _dense(x) -> np.ndarray:
+    return np.asarray(x.toarray() if hasattr(x, "toarray") else x, dtype=np.float32)

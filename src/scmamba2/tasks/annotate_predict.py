@@ -1,0 +1,306 @@
+"""Annotation, second half: the fitted :class:`Annotator` (model + class names + genes), how a data set's genes
+are matched to it, and :func:`predict` (labels, calibrated confidence, class probabilities, ``unknown``).
+
+:func:`scmamba2.tasks.annotate.fit_annotator` builds an :class:`Annotator`; :func:`predict` applies it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import CheckpointError, InputError
+from ..model import ScMamba2
+from ._annotate_typicality import Typicality
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Annotator", "predict", "match_genes", "META_FILE", "UNKNOWN"]
+
+META_FILE = "annotation.json"
+UNKNOWN = "unknown"
+
+
+@dataclass
+class Annotator:
+    """A fine-tuned classifier and what it needs to label new cells.
+
+    Attributes
+    ----------
+    model
+        The :class:`~scmamba2.ScMamba2` with a classifier head (``n_classes == len(classes)``).
+    classes
+        Class names in the order of the classifier's outputs.
+    genes
+        The genes the classifier was trained on (the reference's genes in the model vocabulary); a query is
+        read on these genes only.
+    label_key
+        The reference's ``obs`` column the classes came from.
+    temperature
+        Softmax temperature fitted on the held-out reference cells (1 = uncalibrated).
+    typicality
+        How typical a cell's embedding is of its predicted class
+        (:class:`~scmamba2.tasks._annotate_typicality.Typicality`); ``None``: not used.
+    info
+        Training summary (split sizes, class weights, steps, validation metrics, ...).
+    """
+
+    model: ScMamba2
+    classes: list[str]
+    genes: list[str]
+    label_key: str
+    temperature: float = 1.0
+    typicality: Typicality | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        k = self.model.config.n_classes
+        if self.model.classifier is None or k != len(self.classes):
+            raise CheckpointError(f"the model has {k} classifier outputs but {len(self.classes)} class names are "
+                                  "given; an annotator needs a model fine-tuned for exactly these classes")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature={self.temperature} must be > 0")
+
+    def save(self, directory: str | Path) -> Path:
+        """Write the model checkpoint and ``annotation.json`` (classes, genes, temperature, training summary)."""
+        out = self.model.save_pretrained(directory)
+        meta = {"classes": self.classes, "label_key": self.label_key, "temperature": self.temperature,
+                "genes": self.genes, "info": self.info,
+                "typicality": None if self.typicality is None else self.typicality.to_dict()}
+        (out / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
+        return out
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "Annotator":
+        """Read what :meth:`save` wrote."""
+        src = Path(directory)
+        if not (src / META_FILE).is_file():
+            raise CheckpointError(f"{src} has no {META_FILE}: it is not an annotation model (write one with "
+                                  "scmamba2.annotate(..., out_dir=DIR) or `scmamba2 annotate --save-model DIR`)")
+        meta = json.loads((src / META_FILE).read_text())
+        typ = meta.get("typicality")
+        return cls(model=ScMamba2.from_pretrained(src), classes=list(meta["classes"]), genes=list(meta["genes"]),
+                   label_key=str(meta["label_key"]), temperature=float(meta["temperature"]),
+                   typicality=None if typ is None else Typicality.from_dict(typ), info=dict(meta.get("info") or {}))
+
+
+def match_genes(adata, genes: Sequence[str], *, layer: str | None = None, use_raw: bool = False,
+                gene_column: str | None = None, min_overlap: float = 0.5, what: str = "query"):
+    """The matrix of ``adata`` restricted to ``genes`` (in the data's column order), and an overlap report.
+
+    Gene names are compared after stripping a genome prefix (e.g. ``hg19_``); a gene present in several
+    columns keeps its first. A gene of ``genes`` missing from the data reads as not expressed.
+
+    Returns
+    -------
+    (AnnData, dict)
+        The selected matrix on the matched columns, and ``{"n_model_genes", "n_matched", "overlap",
+        "missing_examples"}`` (``overlap`` = matched / model genes).
+
+    Raises
+    ------
+    InputError
+        When fewer than ``min_overlap`` of ``genes`` are found.
+    """
+    from ..data.io import select_matrix
+    from ..data.validate import strip_gene_prefix
+
+    a = select_matrix(adata, layer=layer, use_raw=use_raw, gene_column=gene_column)
+    names, prefix = strip_gene_prefix([str(g) for g in a.var_names])
+    wanted = set(genes)
+    first: dict[str, int] = {}
+    for j, n in enumerate(names):
+        if n in wanted and n not in first:
+            first[n] = j
+    cols = np.array(sorted(first.values()), dtype=np.int64)
+    n_found = len(first)
+    overlap = n_found / max(len(genes), 1)
+    missing = [g for g in genes if g not in first][:5]
+    report = {"n_model_genes": len(genes), "n_matched": n_found, "overlap": round(overlap, 4),
+              "missing_examples": missing}
+    if overlap < min_overlap:
+        hint = (f" var has the column(s) {[c for c in a.var.columns]}: pass gene_column= (--gene-column) if one "
+                "holds the gene names the model uses." if len(a.var.columns) else "")
+        raise InputError(
+            f"the {what} has only {n_found:,} of the model's {len(genes):,} genes ({overlap:.1%}), below the "
+            f"minimum of {min_overlap:.0%}; missing e.g. {', '.join(missing)}; the {what}'s genes look like "
+            f"{', '.join(names[:5])}. Check that both use the same species and kind of gene identifier (symbols "
+            f"vs Ensembl ids{', genome prefix ' + repr(prefix) + ' was stripped' if prefix else ''}).{hint}")
+    if overlap < 1.0:
+        log.warning("%s: %d of the model's %d genes found (%.1f%%); the missing ones (e.g. %s) read as not "
+                    "expressed", what, n_found, len(genes), 100 * overlap, ", ".join(missing))
+    else:
+        log.info("%s: all %d model genes found", what, len(genes))
+    return a[:, cols].copy(), report
+
+
+@torch.no_grad()
+def class_logits(model: ScMamba2, cells, *, batch_size: int = 64, max_tokens: int | None = 65536,
+                 device: str | torch.device = "cpu", progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """``(n_cells, n_classes)`` classifier logits and ``(n_cells, d_model)`` cell embeddings
+    (:meth:`~scmamba2.ScMamba2.cell_embedding`) of tokenised cells, in their order (eval mode, no masking)."""
+    from torch.utils.data import DataLoader
+
+    from .._keys import CELL_INDEX, GENES, PADDING_MASK, VALUES
+    from ..data.collate import Collator, LengthBucketSampler, TokenizedDataset, token_budget_batches
+
+    was_training = model.training
+    model.eval()
+    max_len = cells.config.max_len
+    lengths = np.minimum(np.asarray(cells.lengths), max_len)
+    if max_tokens is None:
+        sampler = LengthBucketSampler(lengths, batch_size=batch_size, shuffle=False)
+    else:
+        sampler = token_budget_batches(lengths, max_tokens=max_tokens, max_batch_size=batch_size)
+    ds = TokenizedDataset(cells)
+    # CELL_INDEX is the row in the source data; map it back to the position among ``cells``.
+    where = {int(r): i for i, r in enumerate(cells.cell_index)}
+    loader = DataLoader(ds, batch_sampler=sampler, collate_fn=Collator(pad_id=model.config.pad_id))
+    out = np.zeros((len(cells), model.config.n_classes), dtype=np.float32)
+    emb = np.zeros((len(cells), model.config.d_model), dtype=np.float32)
+    from tqdm.auto import tqdm
+
+    with tqdm(total=len(cells), desc="classifying cells", unit="cell", disable=not progress) as bar:
+        for batch in loader:
+            rows = [where[int(r)] for r in batch.pop(CELL_INDEX).tolist()]
+            b = {k: v.to(device) for k, v in batch.items()}
+            states = model.encode(b[GENES], b[VALUES], b[PADDING_MASK])
+            cell = model.cell_embedding(states, b[PADDING_MASK])
+            out[rows] = model.classifier(cell).float().cpu().numpy()
+            emb[rows] = cell.float().cpu().numpy()
+            bar.update(len(rows))
+    model.train(was_training)
+    return out, emb
+
+
+def predict(
+    query,
+    annotator: Annotator | str | Path,
+    *,
+    threshold: float | None = None,
+    key_added: str = "scmamba2",
+    unknown_label: str = UNKNOWN,
+    min_gene_overlap: float = 0.5,
+    batch_size: int = 64,
+    max_tokens: int | None = 65536,
+    layer: str | None = None,
+    use_raw: bool = False,
+    gene_column: str | None = None,
+    device: str | None = None,
+    progress: bool = True,
+    copy: bool = False,
+):
+    """Label the cells of ``query`` with a fitted :class:`Annotator` (or its directory).
+
+    Parameters
+    ----------
+    query
+        Cells x genes, raw counts (or log-normalised values) in ``X``, ``layers[layer]`` or ``raw``. Its genes
+        are matched to the annotator's by name (:func:`match_genes`).
+    annotator
+        An :class:`Annotator` or the directory it was saved in.
+    threshold
+        Cells whose confidence is below this are labelled ``unknown_label`` (``None``: every cell gets its most
+        probable class). A cell type absent from the reference then tends to end up unknown instead of in a
+        wrong class.
+    key_added
+        Prefix of the keys written.
+    min_gene_overlap
+        Smallest fraction of the annotator's genes the query must have (else :class:`~scmamba2.InputError`).
+    batch_size, max_tokens
+        At most this many cells and padded tokens per inference batch.
+    device
+        Torch device; default CUDA when available, else CPU.
+    copy
+        Return a modified copy instead of writing into ``query``.
+
+    Writes
+    ------
+    ``obs[key_added + '_label']``
+        Categorical: the predicted class, or ``unknown_label`` (below ``threshold``, or a cell with no expressed
+        annotator gene, whatever the threshold).
+    ``obs[key_added + '_confidence']``
+        Probability of the predicted class (softmax with the fitted temperature) times the cell's typicality
+        (0 for a cell with no annotator gene).
+    ``obs[key_added + '_typicality']``
+        How typical the cell's ``<cls>`` embedding is of its predicted class among the reference cells: 1
+        inside the central ``1 - tail`` of them, towards 0 beyond the farthest
+        (:mod:`~scmamba2.tasks._annotate_typicality`); 1 everywhere when the annotator has none.
+    ``obsm[key_added + '_probs']``
+        ``(n_cells, n_classes)`` float32 class probabilities, columns in the order of ``classes`` below.
+    ``uns[key_added + '_annotation']``
+        ``classes``, ``threshold``, ``unknown_label``, ``n_unknown``, ``temperature``, ``label_key`` of the
+        reference and the gene ``overlap`` report.
+    """
+    import pandas as pd
+
+    from .._malloc import tune_cpu_allocator
+    from ..data.prepare import prepare_cells
+    from ..data.tokenize import TokenizerConfig
+
+    tune_cpu_allocator()
+    ann = annotator if isinstance(annotator, Annotator) else Annotator.load(annotator)
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        raise InputError(f"threshold={threshold} is a probability: give a value in [0, 1] (or None for no threshold)")
+    if unknown_label in ann.classes:
+        raise InputError(f"unknown_label {unknown_label!r} is one of the annotator's classes: choose another name")
+    query = query.copy() if copy else query
+    sub, overlap = match_genes(query, ann.genes, layer=layer, use_raw=use_raw, gene_column=gene_column,
+                               min_overlap=min_gene_overlap, what="query")
+    model = ann.model
+    tok = model.tokenizer_config or TokenizerConfig(n_bins=model.config.n_bins, value_mode=model.config.value_mode)
+    prepared = prepare_cells(sub, model.vocab, tok, purpose="annotate")
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model.to(dev)
+    logits, emb = class_logits(model, prepared.cells, batch_size=batch_size, max_tokens=max_tokens, device=dev,
+                               progress=progress)
+    probs = softmax(logits, ann.temperature)
+    best = probs.argmax(1)
+    typical = np.ones(len(best)) if ann.typicality is None else ann.typicality(emb, best)
+    conf = probs[np.arange(len(best)), best] * typical
+    labels = np.asarray(ann.classes, dtype=object)[best]
+    empty = np.asarray(prepared.cells.lengths) <= 1
+    conf[empty] = 0.0
+    low = empty | (conf < threshold if threshold is not None else np.zeros_like(empty))
+    labels[low] = unknown_label
+    cats = list(ann.classes) + [unknown_label]
+    query.obs[f"{key_added}_label"] = pd.Categorical(labels, categories=cats)
+    query.obs[f"{key_added}_confidence"] = conf.astype(np.float32)
+    query.obs[f"{key_added}_typicality"] = typical.astype(np.float32)
+    query.obsm[f"{key_added}_probs"] = probs.astype(np.float32)
+    query.uns[f"{key_added}_annotation"] = {
+        "classes": list(ann.classes), "threshold": -1.0 if threshold is None else float(threshold),
+        "unknown_label": unknown_label, "n_unknown": int(low.sum()), "n_no_genes": int(empty.sum()),
+        "temperature": float(ann.temperature), "label_key": ann.label_key, "gene_overlap": _no_none(overlap),
+    }
+    log.info("annotated %d cells: %d unknown (%d below the threshold, %d without annotator genes)", len(labels),
+             int(low.sum()), int(low.sum() - empty.sum()), int(empty.sum()))
+    return query if copy else None
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Row-wise softmax of ``logits / temperature`` (float64, numerically stable)."""
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
+    """The softmax temperature that minimises the negative log-likelihood of held-out labels ``y``
+    (Guo et al., 2017), searched on a fixed log-spaced grid (deterministic)."""
+    grid = np.geomspace(0.2, 20.0, 121)
+    idx = np.arange(len(y))
+    nll = [-np.log(softmax(logits, t)[idx, y] + 1e-12).mean() for t in grid]
+    return float(grid[int(np.argmin(nll))])
+
+
+def _no_none(d: dict) -> dict:
+    """h5ad cannot store None: leave such entries out."""
+    return {k: v for k, v in d.items() if v is not None}

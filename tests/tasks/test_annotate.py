@@ -1,0 +1,201 @@
+"""Annotation: separable types labelled almost perfectly, a type missing from the reference ends up unknown,
+save/load and determinism, missing labels, gene overlap, a pretrained start, errors, and the CLI."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from scmamba2.errors import InputError
+from scmamba2.tasks.annotate import AnnotationConfig, Annotator, annotate, default_train_config, fit_annotator, predict
+
+TINY = dict(d_model=32, n_layers=2, headdim=16, chunk_size=8, d_state=16)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # two threads contend on a shared 2-core machine
+    yield
+    torch.set_num_threads(n)
+
+
+def cells(n, types, seed=0, n_genes=60, prefix="c"):
+    """``n`` cells drawn from ``types`` (ints 0..7); type t has 6 marker genes (t*6 .. t*6+5) at +5 counts."""
+    import anndata as ad
+
+    rng = np.random.default_rng(seed)
+    lab = rng.choice(types, n)
+    mu = rng.gamma(1.0, 0.5, (n, n_genes))
+    for t in range(8):
+        mu[lab == t, t * 6:(t + 1) * 6] += 5.0
+    x = rng.poisson(mu).astype(np.float32)
+    x[:, -1] += 1  # no empty cells
+    obs = pd.DataFrame({"cell_type": [f"T{t}" for t in lab]}, index=[f"{prefix}{seed}_{i}" for i in range(n)])
+    return ad.AnnData(x, obs=obs, var=pd.DataFrame(index=[f"g{j}" for j in range(n_genes)]))
+
+
+def _tcfg(steps, **kw):
+    return default_train_config(max_steps=steps, batch_size=32, lr=3e-3, warmup_steps=10, val_every_n_steps=25,
+                                progress_bar=False, log_every_n_steps=1, **kw)
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    """One annotator trained on 3 separable types (shared by the tests that only predict)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    ann = fit_annotator(cells(240, [0, 1, 2]), "cell_type", train_config=_tcfg(400), model_config=TINY,
+                        n_top_genes=None)
+    torch.set_num_threads(n)
+    return ann
+
+
+def test_separable_types_are_labelled_almost_perfectly(fitted):
+    from scmamba2.eval.classification import classification_metrics
+
+    q = cells(150, [0, 1, 2], seed=1)
+    predict(q, fitted, progress=False)
+    m = classification_metrics(q.obs["cell_type"], q.obs["scmamba2_label"].astype(str))
+    assert m["accuracy"] >= 0.95 and m["macro_f1"] >= 0.95
+    assert fitted.info["val_accuracy"] >= 0.9 and fitted.info["n_val"] > 0
+    probs = q.obsm["scmamba2_probs"]
+    assert probs.shape == (150, 3) and np.allclose(probs.sum(1), 1.0, atol=1e-5)
+    assert q.uns["scmamba2_annotation"]["classes"] == ["T0", "T1", "T2"]
+    assert list(q.obs["scmamba2_label"].cat.categories) == ["T0", "T1", "T2", "unknown"]
+    assert (q.obs["scmamba2_label"] != "unknown").all()  # no threshold: every cell gets a class
+
+
+def test_type_missing_from_the_reference_is_mostly_unknown(fitted):
+    import anndata as ad
+
+    q = ad.concat([cells(90, [0, 1, 2], seed=2), cells(60, [3], seed=3, prefix="novel")])
+    novel = (q.obs["cell_type"] == "T3").to_numpy()
+    predict(q, fitted, progress=False)
+    assert (q.obs["scmamba2_label"] != "unknown").all()
+    predict(q, fitted, threshold=0.5, progress=False)
+    label = q.obs["scmamba2_label"].astype(str).to_numpy()
+    assert (label[novel] == "unknown").mean() >= 0.7
+    known_ok = label[~novel] == q.obs["cell_type"].to_numpy()[~novel]
+    assert known_ok.mean() >= 0.85  # the known types stay labelled (and right)
+    conf = q.obs["scmamba2_confidence"].to_numpy()
+    assert conf[novel].mean() < conf[~novel].mean()
+    assert q.uns["scmamba2_annotation"]["n_unknown"] == int((label == "unknown").sum())
+
+
+def test_save_load_and_determinism(tmp_path):
+    ref, q = cells(96, [0, 1, 2], seed=4), cells(40, [0, 1, 2], seed=5)
+    kw = dict(train_config=_tcfg(12), model_config=TINY, n_top_genes=None)
+    a = fit_annotator(ref, "cell_type", out_dir=tmp_path / "ann", **kw)
+    b = fit_annotator(ref, "cell_type", **kw)
+    pa, pb = predict(q, a, progress=False, copy=True), predict(q, b, progress=False, copy=True)
+    np.testing.assert_array_equal(pa.obsm["scmamba2_probs"], pb.obsm["scmamba2_probs"])  # same seed, same model
+    loaded = Annotator.load(tmp_path / "ann")
+    assert loaded.classes == a.classes and loaded.genes == a.genes and loaded.temperature == a.temperature
+    pl_ = predict(q, tmp_path / "ann", progress=False, copy=True)  # from the directory
+    np.testing.assert_allclose(pl_.obsm["scmamba2_probs"], pa.obsm["scmamba2_probs"], atol=1e-6)
+    np.testing.assert_allclose(pl_.obs["scmamba2_confidence"], pa.obs["scmamba2_confidence"], atol=1e-6)
+    assert "scmamba2_probs" not in q.obsm  # copy=True leaves the input alone
+    with pytest.raises(Exception, match="annotation.json"):
+        Annotator.load(tmp_path)
+
+
+def test_missing_labels_are_left_out_and_counted(caplog):
+    ref = cells(96, [0, 1, 2], seed=6)
+    ref.obs["cell_type"] = ref.obs["cell_type"].astype(object)
+    ref.obs.iloc[:7, 0] = np.nan
+    q = cells(30, [0, 1, 2], seed=7)
+    with caplog.at_level("WARNING", logger="scmamba2"):
+        annotate(ref, q, label_key="cell_type", train_config=_tcfg(4), model_config=TINY, n_top_genes=None,
+                 progress=False)
+    assert "7 of 96 reference cells have no label" in caplog.text
+    training = q.uns["scmamba2_annotation"]["training"]
+    assert training["n_unlabeled_dropped"] == 7 and training["n_train"] + training["n_val"] == 89
+    assert sum(training["class_counts"].values()) == 89
+
+
+def test_query_genes_matched_by_name_and_too_small_an_overlap_is_an_error(fitted):
+    q = cells(40, [0, 1, 2], seed=8)
+    rng = np.random.default_rng(0)
+    perm = rng.permutation(q.n_vars)
+    shuffled = q[:, perm].copy()  # another column order: same result
+    a, b = predict(q, fitted, progress=False, copy=True), predict(shuffled, fitted, progress=False, copy=True)
+    np.testing.assert_allclose(a.obsm["scmamba2_probs"], b.obsm["scmamba2_probs"], atol=1e-5)
+    partial = q[:, 6:].copy()  # the markers of T0 missing
+    p = predict(partial, fitted, progress=False, copy=True)
+    assert p.uns["scmamba2_annotation"]["gene_overlap"]["overlap"] == pytest.approx(54 / 60, abs=1e-3)
+    renamed = q.copy()
+    renamed.var_names = [f"ENSG{j:011d}" for j in range(q.n_vars)]
+    with pytest.raises(InputError, match="only 0 of the model's 60 genes"):
+        predict(renamed, fitted, progress=False)
+    with pytest.raises(InputError, match="minimum"):
+        predict(q[:, :20].copy(), fitted, progress=False)  # 33% < 50%
+
+
+def test_pretrained_start_and_self_supervised_pretraining(tmp_path):
+    from scmamba2 import ScMamba2
+    from scmamba2.data.tokenize import TokenizerConfig
+    from scmamba2.data.vocab import GeneVocab
+    from scmamba2.model import ModelConfig
+
+    ref, q = cells(64, [0, 1], seed=9), cells(32, [0, 1], seed=10)
+    vocab = GeneVocab([f"g{j}" for j in range(80)])  # a wider vocabulary than the data
+    tok = TokenizerConfig(max_len=64, value_mode="continuous")
+    base = ScMamba2(ModelConfig(vocab_size=len(vocab), **TINY, max_len=64, value_mode="continuous"), vocab=vocab,
+                    tokenizer_config=tok)
+    base.save_pretrained(tmp_path / "base")
+    cfg = AnnotationConfig(pretrain_steps=3, gep_weight=0.5)
+    annotate(ref, q, label_key="cell_type", model=tmp_path / "base", config=cfg, train_config=_tcfg(4),
+             out_dir=tmp_path / "ann", progress=False)
+    training = q.uns["scmamba2_annotation"]["training"]
+    assert training["from_pretrained"] and training["pretrain_steps"] == 3
+    ann = Annotator.load(tmp_path / "ann")
+    assert ann.genes == [f"g{j}" for j in range(60)] and len(ann.model.vocab) == len(vocab)
+    assert ann.model.config.n_classes == 2
+    assert (tmp_path / "ann" / "pretrain" / "logs" / "metrics.csv").is_file()
+
+
+def test_input_errors(fitted):
+    ref = cells(40, [0, 1], seed=11)
+    with pytest.raises(InputError, match="label_key 'nope'"):
+        fit_annotator(ref, "nope", train_config=_tcfg(2), model_config=TINY)
+    one = cells(40, [0], seed=12)
+    with pytest.raises(InputError, match="at least two"):
+        fit_annotator(one, "cell_type", train_config=_tcfg(2), model_config=TINY)
+    q = cells(10, [0], seed=13)
+    with pytest.raises(InputError, match="one of the annotator's classes"):
+        predict(q, fitted, unknown_label="T1", progress=False)
+    with pytest.raises(InputError, match="threshold"):
+        predict(q, fitted, threshold=1.5, progress=False)
+    with pytest.raises(ValueError, match="class_weight"):
+        AnnotationConfig(class_weight="sqrt")
+
+
+def test_cli_annotate_scores_a_labelled_query(tmp_path):
+    from typer.testing import CliRunner
+
+    from scmamba2.cli import app
+
+    cells(96, [0, 1, 2], seed=14).write_h5ad(tmp_path / "ref.h5ad")
+    cells(48, [0, 1, 2], seed=15).write_h5ad(tmp_path / "query.h5ad")
+    out = tmp_path / "out" / "labelled.h5ad"
+    runner = CliRunner()
+    args = ["--quiet", "annotate", "--reference", str(tmp_path / "ref.h5ad"), "--label-key", "cell_type",
+            "--query", str(tmp_path / "query.h5ad"), "--out", str(out), "--epochs", "0.5", "--seed", "1",
+            "--n-top-genes", "40", "--save-model", str(tmp_path / "ann")]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert "macro-F1" in r.output and "T2" in r.output
+    assert (tmp_path / "out" / "labelled_confusion.png").is_file()
+    import anndata as ad
+
+    labelled = ad.read_h5ad(out)
+    assert {"scmamba2_label", "scmamba2_confidence"} <= set(labelled.obs) and "scmamba2_probs" in labelled.obsm
+    r2 = runner.invoke(app, ["--quiet", "annotate", "--annotator", str(tmp_path / "ann"), "--query",
+                             str(tmp_path / "query.h5ad"), "--out", str(tmp_path / "again.h5ad")])
+    assert r2.exit_code == 0, r2.output
+    again = ad.read_h5ad(tmp_path / "again.h5ad")
+    np.testing.assert_allclose(again.obsm["scmamba2_probs"], labelled.obsm["scmamba2_probs"], atol=1e-6)
+    r3 = runner.invoke(app, ["--quiet", "annotate", "--query", str(tmp_path / "query.h5ad"), "--out",
+                             str(tmp_path / "x.h5ad")])
+    assert r3.exit_code == 1 and "--reference" in r3.output
