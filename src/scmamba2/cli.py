@@ -205,6 +205,72 @@ def quickstart(
 
 # --- annotate (issue: cell-type annotation) ---
 
+@app.command()
+def annotate(
+    reference: Optional[Path] = typer.Option(None, "--reference", help="Labelled reference (h5ad, ...). Not needed with --annotator."),
+    label_key: Optional[str] = typer.Option(None, "--label-key", help="obs column of the reference's cell types (also scored in the query when it has it)."),
+    query: Path = typer.Option(..., "--query", help="Cells to label."),
+    out_path: Path = typer.Option(..., "--out", help="Output .h5ad with obs['scmamba2_label'], obs['scmamba2_confidence'], obsm['scmamba2_probs']."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Pretrained checkpoint to fine-tune (default: a small new model)."),
+    annotator: Optional[Path] = typer.Option(None, "--annotator", help="Label with an annotator saved earlier (--save-model) instead of training."),
+    save_model: Optional[Path] = typer.Option(None, "--save-model", help="Save the fine-tuned annotator in this directory."),
+    epochs: float = typer.Option(10.0, "--epochs", help="Passes over the training cells (early stopping may end sooner)."),
+    seed: int = typer.Option(0, "--seed"),
+    threshold: Optional[float] = typer.Option(None, "--unknown-threshold", help="Label cells with a lower confidence 'unknown'."),
+    gep_weight: float = typer.Option(0.0, "--gep-weight", help="Weight of the masked-expression regulariser (0: off)."),
+    pretrain_steps: int = typer.Option(0, "--pretrain-steps", help="Self-supervised steps on reference + query expression first (no labels)."),
+    n_top_genes: int = typer.Option(2000, "--n-top-genes", help="Genes of a new model (highly variable in the reference)."),
+    layer: Optional[str] = LayerOpt,
+    use_raw: bool = RawOpt,
+    gene_column: Optional[str] = GeneColOpt,
+) -> None:
+    """Transfer cell-type labels from a labelled reference to a query (fine-tunes a classifier)."""
+    from .data.io import read
+    from .tasks.annotate import AnnotationConfig, default_train_config, fit_annotator
+    from .tasks.annotate_predict import predict
+
+    with _user_errors():
+        if annotator is None and (reference is None or label_key is None):
+            raise InputError("give --reference and --label-key to train an annotator, or --annotator DIR to use one "
+                             "saved earlier")
+        q = read(query)
+        if annotator is None:
+            cfg = AnnotationConfig(gep_weight=gep_weight, pretrain_steps=pretrain_steps)
+            ann = fit_annotator(read(reference), label_key, model=model, unlabeled=q if pretrain_steps else None,
+                                config=cfg, train_config=default_train_config(seed=seed), epochs=epochs,
+                                n_top_genes=n_top_genes, layer=layer, use_raw=use_raw, gene_column=gene_column,
+                                out_dir=save_model)
+        else:
+            ann = annotator
+        predict(q, ann, threshold=threshold, layer=layer, use_raw=use_raw, gene_column=gene_column)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        q.write_h5ad(out_path)
+        info = q.uns["scmamba2_annotation"]
+        out.print(f"{q.n_obs} cells labelled ({info['n_unknown']} unknown) -> {out_path}")
+        if label_key is not None and label_key in q.obs:
+            _print_scores(q, label_key, out_path)
+
+
+def _print_scores(q, label_key: str, out_path: Path) -> None:
+    """Accuracy, macro-F1 and per-class F1 of the query's own labels; a confusion-matrix PNG beside the output."""
+    from rich.table import Table
+
+    from .eval.classification import classification_metrics, confusion_png
+
+    keep = q.obs[label_key].notna().to_numpy()
+    truth, pred = q.obs[label_key][keep].astype(str), q.obs["scmamba2_label"][keep].astype(str)
+    m = classification_metrics(truth, pred)
+    out.print(f"query {label_key!r}: accuracy {m['accuracy']:.3f}, macro-F1 {m['macro_f1']:.3f} "
+              f"({m['n_cells']} cells with a label)")
+    table = Table("class", "F1", "cells")
+    for c, f in m["per_class_f1"].items():
+        table.add_row(c, f"{f:.3f}", str(m["support"][c]))
+    out.print(table)
+    png = confusion_png(truth, pred, out_path.with_name(out_path.stem + "_confusion.png"),
+                        title=f"{out_path.stem}: {label_key} vs scmamba2_label")
+    out.print(f"confusion matrix -> {png}")
+
+
 # --- integrate (issue: batch integration) ---
 
 @app.command()

@@ -44,6 +44,11 @@ class ModelConfig:
     - ``n_pert_flags > 0``: a per-token perturbation-flag embedding (flag 0 = not perturbed);
       ``n_conditions > 0``: a per-cell condition embedding (drug, cytokine);
     - ``n_modalities > 0``: a per-token modality embedding (multi-omics; modality 0 = RNA).
+
+    ``cell_pooling`` makes the cell embedding (heads, :meth:`ScMamba2.cell_embedding`): ``"cls"`` the
+    ``<cls>`` output (position 0), ``"mean"`` the mean over the valid positions (``<cls>`` included). In the
+    backward scan ``<cls>`` is reached last, so a gene far from it reaches it only through the decay of the
+    state; the mean gives every gene a direct path.
     """
 
     vocab_size: int
@@ -70,6 +75,7 @@ class ModelConfig:
     n_pert_flags: int = 0
     n_conditions: int = 0
     n_modalities: int = 0
+    cell_pooling: Literal["cls", "mean"] = "cls"
 
     def __post_init__(self) -> None:
         if self.vocab_size < 5:
@@ -79,6 +85,8 @@ class ModelConfig:
                 f"headdim={self.headdim} must divide expand * d_model = {self.expand * self.d_model}; "
                 "choose e.g. headdim=32 or 64"
             )
+        if self.cell_pooling not in ("cls", "mean"):
+            raise ValueError(f"cell_pooling must be 'cls' or 'mean', not {self.cell_pooling!r}")
         if self.value_mode not in ("binned", "continuous"):
             raise ValueError(f"value_mode must be 'binned' or 'continuous', not {self.value_mode!r}")
         if self.n_bins < 3:
@@ -221,10 +229,19 @@ class ScMamba2(nn.Module):
                            pert_flags=batch.get(PERT_FLAGS), condition=batch.get(CONDITION),
                            modality=batch.get(MODALITY))
 
+    def cell_embedding(self, states: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, D)`` cell embedding from the ``(B, L, D)`` encoder outputs, by ``config.cell_pooling``."""
+        if self.config.cell_pooling == "cls":
+            return states[:, 0]
+        if padding_mask is None:
+            return states.mean(1)
+        valid = (~padding_mask).unsqueeze(-1).to(states.dtype)  # (B, L, 1)
+        return (states * valid).sum(1) / valid.sum(1).clamp_min(1.0)
+
     def forward(self, batch: dict[str, torch.Tensor]) -> ModelOutput:
         """Encode a collated batch and apply every head the model was built with."""
         states = self.encode_batch(batch)
-        cell_emb = states[:, 0]
+        cell_emb = self.cell_embedding(states, batch[PADDING_MASK])
         mvc_pred = None
         if self.mvc_head is not None:
             mvc_pred = self.mvc_head(cell_emb, self.gene_encoder(batch[GENES]))
