@@ -50,3 +50,28 @@ def test_embed_from_checkpoint_dir(tiny_counts, model, tmp_path):
     a = embed(tiny_counts, model, copy=True, progress=False).obsm["X_scmamba2"]
     b = embed(tiny_counts, tmp_path / "m", copy=True, progress=False).obsm["X_scmamba2"]
     np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_embed_follows_the_models_cell_pooling(tiny_counts, model):
+    """A mean-pooling model's embedding is the mean of its valid encoder outputs, not the <cls> output, and
+    still does not depend on the batch size."""
+    from dataclasses import replace
+
+    from scmamba2.data.collate import Collator, TokenizedDataset
+    from scmamba2.data.prepare import prepare_cells
+
+    mean_model = ScMamba2(replace(model.config, cell_pooling="mean"), vocab=model.vocab,
+                          tokenizer_config=model.tokenizer_config)
+    mean_model.load_state_dict(model.state_dict())
+    mean_model.eval()
+    a = embed(tiny_counts, mean_model, copy=True, batch_size=64, progress=False).obsm["X_scmamba2"]
+    b = embed(tiny_counts, mean_model, copy=True, batch_size=3, progress=False).obsm["X_scmamba2"]
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    cls = embed(tiny_counts, model, copy=True, progress=False).obsm["X_scmamba2"]
+    assert not np.allclose(a, cls, atol=1e-3)
+    # Reference for cell 0, alone and unpadded: the mean over all of its positions.
+    cells = prepare_cells(tiny_counts[:1].copy(), model.vocab, model.tokenizer_config, purpose="embed").cells
+    one = Collator(pad_id=model.vocab.pad_id)([TokenizedDataset(cells)[0]])
+    with torch.no_grad():
+        states = mean_model.encode(one["genes"], one["values"], one["padding_mask"])
+    np.testing.assert_allclose(a[0], states[0].mean(0).numpy(), atol=1e-5)

@@ -111,7 +111,7 @@ def embed(
             rows = batch.pop(CELL_INDEX).numpy()  # rows of adata
             batch = {k: v.to(dev) for k, v in batch.items()}
             states = model.encode(batch[GENES], batch[VALUES], batch[PADDING_MASK], batch.get(BATCH))
-            emb[rows] = states[:, 0].float().cpu().numpy()
+            emb[rows] = model.cell_embedding(states, batch[PADDING_MASK]).float().cpu().numpy()
             bar.update(len(rows))
     adata.obsm[key_added] = emb
     adata.uns.setdefault("scmamba2", {})[key_added] = _without_none({
