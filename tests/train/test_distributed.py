@@ -113,3 +113,14 @@ def test_ddp_two_cpu_processes_two_workers_each(tmp_path):
     seen = ranks[0]["cells"] + ranks[1]["cells"]
     assert sorted(seen) == list(range(n_cells)), "the two ranks together saw each cell exactly once"
     assert ranks[0]["weight"] == pytest.approx(ranks[1]["weight"], rel=1e-6)  # gradients were all-reduced
+
+
+def test_ddp_example_config_is_the_documented_setting():
+    """configs/pretrain_ddp.yaml (the setting docs/scaling.md recommends) loads and validates."""
+    run = load_run_config(FSDP_EXAMPLE.with_name("pretrain_ddp.yaml"))
+    train = run["train"]
+    assert (train.strategy, train.precision, train.batch_size, train.accumulate_grad_batches) == \
+        ("ddp", "bf16-mixed", 16, 4)
+    cfg = ModelConfig(vocab_size=100, **run["model"])
+    assert (cfg.d_model, cfg.n_layers, cfg.gradient_checkpointing) == (1536, 36, True)
+    assert run["tokenizer"].max_len == 1200
