@@ -50,14 +50,23 @@ def logreg_predict(reference, query, label_key: str, n_top_genes: int = 2000, se
 
 
 def celltypist_predict(reference, query, label_key: str, n_top_genes: int | None = None, seed: int = 0) -> np.ndarray:
-    """A custom CellTypist model trained on the reference (log1p-normalised, all genes, CellTypist's defaults;
-    no download), applied to the query without majority voting; returns the query's labels.
+    """A custom CellTypist model trained on the reference (log1p-normalised, all genes, CellTypist's defaults, or
+    its SGD path where the default fails with the installed scikit-learn; no download), applied to the query without majority voting; returns the query's labels.
     ``n_top_genes`` is not used (CellTypist chooses its own features)."""
     import celltypist
 
     np.random.seed(seed)  # CellTypist draws from NumPy's global generator
     ref = _log1p_normalised(reference)
-    model = celltypist.train(ref, labels=reference.obs[label_key].astype(str).to_numpy(), n_jobs=1)
+    labels = reference.obs[label_key].astype(str).to_numpy()
+    try:
+        model = celltypist.train(ref, labels=labels, n_jobs=1)
+    except TypeError as err:  # its default path passes multi_class=, which scikit-learn >= 1.8 no longer takes
+        if "multi_class" not in str(err):
+            raise
+        log.warning("CellTypist's logistic-regression path fails with this scikit-learn (%s): using its SGD "
+                    "path (use_SGD=True)", err)
+        np.random.seed(seed)
+        model = celltypist.train(ref, labels=labels, n_jobs=1, use_SGD=True)
     result = celltypist.annotate(_log1p_normalised(query), model=model, majority_voting=False)
     return result.predicted_labels["predicted_labels"].astype(str).to_numpy()
 
