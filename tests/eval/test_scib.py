@@ -48,3 +48,12 @@ def test_bad_keys():
         scib_benchmark(a, "b", "l", ["nope"], pre_integrated_key="shifted")
     with pytest.raises(InputError, match="no column"):
         scib_benchmark(a, "batchx", "l", ["mixed"], pre_integrated_key="shifted")
+
+
+def test_batch_metric_set_without_labels():
+    a = _adata()
+    df = scib_benchmark(a, "b", None, ["mixed", "shifted"], pre_integrated_key="shifted", metrics="batch")
+    assert "Bio conservation" not in df.columns and "Total" not in df.columns and "iLISI" in df.columns
+    assert df.loc["mixed", "Batch correction"] > df.loc["shifted", "Batch correction"] + 0.2
+    with pytest.raises(InputError, match="metrics='batch'"):
+        scib_benchmark(a, "b", None, ["mixed"], pre_integrated_key="shifted", metrics="fast")

@@ -22,10 +22,12 @@ __all__ = ["scib_benchmark", "METRIC_SETS"]
 
 #: ``full``: scib-metrics' default set (isolated labels, KMeans NMI/ARI, label silhouette, cLISI; BRAS, iLISI,
 #: kBET per label, graph connectivity, PCR comparison). ``fast``: the same without kBET and isolated labels
-#: (the two slowest), for tests and quick looks.
+#: (the two slowest), for tests and quick looks. ``batch``: the batch-correction metrics only, for data without
+#: cell-type labels (``label_key=None``: BRAS, kBET and graph connectivity then treat all cells as one group).
 METRIC_SETS = {
     "full": ({}, {}),
     "fast": ({"isolated_labels": False}, {"kbet_per_label": False}),
+    "batch": (None, {}),
 }
 
 AGGREGATES = ("Bio conservation", "Batch correction", "Total")
@@ -34,7 +36,7 @@ AGGREGATES = ("Bio conservation", "Batch correction", "Total")
 def scib_benchmark(
     adata,
     batch_key: str,
-    label_key: str,
+    label_key: str | None,
     embedding_keys: Sequence[str],
     *,
     pre_integrated_key: str | None = None,
@@ -50,14 +52,15 @@ def scib_benchmark(
     adata
         Cells with ``obs[batch_key]``, ``obs[label_key]`` and the embeddings in ``obsm``.
     batch_key, label_key
-        ``obs`` columns of the batch and the cell type.
+        ``obs`` columns of the batch and the cell type; ``label_key=None`` (only with ``metrics="batch"``): no
+        labels, every cell in one group.
     embedding_keys
         ``obsm`` keys to score (e.g. ``["X_pca", "X_harmony", "X_scvi", "X_scmamba2"]``).
     pre_integrated_key
         ``obsm`` key of the unintegrated embedding, for the principal-component-regression comparison;
         default: scib-metrics computes a PCA of ``X`` (which should then be log-normalised).
     metrics
-        ``"full"`` or ``"fast"`` (see :data:`METRIC_SETS`).
+        ``"full"``, ``"fast"`` or ``"batch"`` (see :data:`METRIC_SETS`).
     n_jobs
         Threads for the neighbour search.
     neighbors
@@ -67,7 +70,7 @@ def scib_benchmark(
     Returns
     -------
     DataFrame, one row per embedding key, one column per metric, then ``Bio conservation``,
-    ``Batch correction`` and ``Total``.
+    ``Batch correction`` and ``Total`` (only ``Batch correction`` with ``metrics="batch"``).
     """
     try:
         from scib_metrics.benchmark import BatchCorrection, Benchmarker, BioConservation
@@ -77,7 +80,9 @@ def scib_benchmark(
     if metrics not in METRIC_SETS:
         raise ValueError(f"metrics must be one of {sorted(METRIC_SETS)}, not {metrics!r}")
     keys = list(embedding_keys)
-    for col in (batch_key, label_key):
+    if label_key is None and metrics != "batch":
+        raise InputError(f"metrics={metrics!r} needs cell-type labels (label_key); without labels use metrics='batch'")
+    for col in [batch_key] + ([label_key] if label_key is not None else []):
         if col not in adata.obs:
             raise InputError(f"obs has no column {col!r}; available: {list(adata.obs.columns)}")
     missing = [k for k in keys + ([pre_integrated_key] if pre_integrated_key else []) if k not in adata.obsm]
@@ -91,7 +96,8 @@ def scib_benchmark(
 
     a = ad.AnnData(X=np.zeros((adata.n_obs, 1), dtype=np.float32),
                    obs=pd.DataFrame({"batch": adata.obs[batch_key].astype(str).to_numpy(),
-                                     "label": adata.obs[label_key].astype(str).to_numpy()},
+                                     "label": (adata.obs[label_key].astype(str).to_numpy() if label_key is not None
+                                               else np.full(adata.n_obs, "all"))},
                                     index=adata.obs_names.astype(str)))
     for k in keys + ([pre_integrated_key] if pre_integrated_key else []):
         a.obsm[k] = np.ascontiguousarray(np.asarray(adata.obsm[k], dtype=np.float32))
@@ -104,7 +110,8 @@ def scib_benchmark(
         sc.pp.pca(a, n_comps=min(50, min(a.shape) - 1))
         pre_integrated_key = "X_pca"
     bm = Benchmarker(a, batch_key="batch", label_key="label", embedding_obsm_keys=keys,
-                     bio_conservation_metrics=BioConservation(**bio), batch_correction_metrics=BatchCorrection(**batch),
+                     bio_conservation_metrics=None if bio is None else BioConservation(**bio),
+                     batch_correction_metrics=BatchCorrection(**batch),
                      pre_integrated_embedding_obsm_key=pre_integrated_key, n_jobs=n_jobs, progress_bar=progress)
     if neighbors not in ("exact", "pynndescent"):
         raise ValueError(f"neighbors must be 'exact' or 'pynndescent', not {neighbors!r}")
@@ -114,7 +121,7 @@ def scib_benchmark(
     df = df.loc[[k for k in keys]].apply(pd.to_numeric)
     df.index.name = "embedding"
     metric_cols = [c for c in df.columns if c not in AGGREGATES]
-    return df[metric_cols + list(AGGREGATES)]
+    return df[metric_cols + [c for c in AGGREGATES if c in df.columns]]
 
 
 def _exact_neighbors(n_jobs: int):
