@@ -21,6 +21,7 @@ _LAZY = {
     "TrainConfig": "scmamba2.train.config",
     "pretrain": "scmamba2.train.pretrain",
     "embed": "scmamba2.tasks.embed",
+    "multiomics": "scmamba2.tasks.multiomics",
 }
 
 __all__ = ["InputError", "__version__", *_LAZY]

@@ -319,6 +319,85 @@ def integrate(
 
 # --- multiomics (issue: multi-omics) ---
 
+class _DefaultTrain(typer.core.TyperGroup):
+    """``scmamba2 multiomics DATA ...`` means ``scmamba2 multiomics train DATA ...``."""
+
+    def parse_args(self, ctx, args):
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = ["train", *args]
+        return super().parse_args(ctx, args)
+
+
+multiomics_app = typer.Typer(cls=_DefaultTrain, no_args_is_help=True,
+                             help="Multi-omics (RNA + protein / ATAC): joint embedding (train, the default) and "
+                                  "cross-modal prediction (predict).")
+app.add_typer(multiomics_app, name="multiomics")
+
+
+@multiomics_app.command("train")
+def multiomics_train(
+    data: Path = typer.Argument(..., help=".h5mu (rna + prot/adt and/or atac) or .h5ad with protein counts in obsm."),
+    out_path: Path = typer.Option(..., "--out", help="Output .h5mu (or .h5ad) with obsm['X_scmamba2']."),
+    model_out: Path = typer.Option(..., "--model-out", help="Directory to save the trained model in."),
+    batch_key: Optional[str] = typer.Option(None, "--batch-key", help="obs column of each cell's batch (DAB)."),
+    label_key: Optional[str] = typer.Option(None, "--label-key", help="obs column of cell types (evaluation and UMAP only)."),
+    umap: Optional[Path] = typer.Option(None, "--umap", help="Also write a UMAP PNG of the joint embedding."),
+    protein_key: Optional[str] = typer.Option(None, "--protein-key", help="obsm key of the protein counts (.h5ad input)."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Pretrained RNA checkpoint to start from."),
+    steps: int = typer.Option(1000, "--steps", help="Training steps."),
+    seed: int = typer.Option(0, "--seed"),
+    n_top_genes: int = typer.Option(2000, "--n-top-genes", help="RNA genes of a new model (highly variable)."),
+    n_top_peaks: int = typer.Option(1000, "--n-top-peaks", help="ATAC peaks kept (most variable)."),
+) -> None:
+    """Train a joint model of paired modalities; write the joint embedding and save the model."""
+    from .tasks.multiomics import MultiomicsConfig, multiomics
+    from .train.config import TrainConfig
+
+    with _user_errors():
+        from .data.multiomics import read_multiomics, to_container
+
+        color = [k for k in (batch_key, label_key) if k]
+        if umap is not None and not color:
+            raise InputError("--umap needs --batch-key or --label-key: the obs column(s) to colour the cells by")
+        md = read_multiomics(data, protein_key=protein_key)
+        cfg = MultiomicsConfig(n_top_genes=n_top_genes, n_top_peaks=n_top_peaks)
+        tcfg = TrainConfig(max_steps=steps, batch_size=32, lr=1e-3, warmup_steps=min(100, steps // 5), seed=seed)
+        mm = multiomics(md, batch_key=batch_key, label_key=label_key, model=model, config=cfg, train_config=tcfg,
+                        protein_key=protein_key, out_dir=model_out)
+        result = to_container(md, out_path)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        result.write(str(out_path)) if hasattr(result, "mod") else result.write_h5ad(out_path)
+        out.print(f"{md.n_obs} cells, modalities {', '.join(mm.spec.modalities)} -> {out_path} (obsm['X_scmamba2']); "
+                  f"model -> {model_out}")
+        if umap is not None:
+            from .eval.plots import umap_png
+
+            umap_png(md.as_anndata(), use_rep="X_scmamba2", color=color, path=umap)
+            out.print(f"UMAP -> {umap}")
+
+
+@multiomics_app.command("predict")
+def multiomics_predict(
+    model: Path = typer.Option(..., "--model", help="Directory written by `scmamba2 multiomics ... --model-out`."),
+    query: Path = typer.Option(..., "--query", help="RNA of the cells (.h5ad; or the rna modality of an .h5mu)."),
+    modality: str = typer.Option("prot", "--modality", help="Modality to predict: prot (adt) or atac."),
+    out_path: Path = typer.Option(..., "--out", help="Output .h5ad with obsm['scmamba2_pred_<modality>']."),
+    layer: Optional[str] = LayerOpt,
+    use_raw: bool = RawOpt,
+    gene_column: Optional[str] = GeneColOpt,
+) -> None:
+    """Predict a modality from RNA alone (the target modality's tokens are read with their values masked)."""
+    from .data.io import read
+    from .tasks.multiomics import predict_modality
+
+    with _user_errors():
+        q = read(query, modality="rna")
+        predict_modality(q, model, modality, layer=layer, use_raw=use_raw, gene_column=gene_column)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        q.write_h5ad(out_path)
+        key = next(k for k in q.obsm if k.startswith("scmamba2_pred_"))
+        out.print(f"{q.n_obs} cells x {q.obsm[key].shape[1]} features predicted -> {out_path} (obsm[{key!r}])")
+
 # --- perturb (issue: perturbation) ---
 
 perturb_app = typer.Typer(no_args_is_help=True, help="Perturbation response: train, predict, reverse (rank perturbations).")
