@@ -94,6 +94,12 @@ def test_writes_keys_and_the_feature_vocabulary_is_saved(tmp_path):
         MultiomicModel.load(tmp_path / "m")
 
 
+def test_exported_from_the_package():
+    import scmamba2
+
+    assert scmamba2.multiomics is multiomics
+
+
 def test_same_seed_same_embedding():
     a, b, c = cite(n=48), cite(n=48), cite(n=48)
     _fit(a, steps=4, seed=1)

@@ -167,7 +167,8 @@ def multiomics(
     data
         A MuData (modalities ``rna`` and ``prot``/``adt`` and/or ``atac``), an AnnData of RNA counts with protein
         counts in ``obsm`` (``protein_expression`` + ``uns['protein_names']``, or a DataFrame), or a path to
-        either (see :func:`~scmamba2.data.multiomics.read_multiomics`). Raw counts in every modality.
+        either (see :func:`~scmamba2.data.multiomics.read_multiomics`), or what that function returned. Raw counts
+        in every modality. The embedding is written into the object given (read a path first to keep it).
     batch_key
         ``obs`` column of each cell's batch: the batch discriminator (DAB) learns to hide it.
     label_key
