@@ -1,7 +1,6 @@
 """The CLI: commands work end to end; bad input ends with one paragraph, exit code 1 and no traceback."""
 
 import numpy as np
-import pytest
 from typer.testing import CliRunner
 
 from scmamba2.cli import app

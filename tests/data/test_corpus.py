@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from scmamba2._keys import CELL_INDEX, GENES, PADDING_MASK
+from scmamba2._keys import CELL_INDEX, GENES
 from scmamba2.data.corpus import CorpusConfig, open_corpus
 from scmamba2.data.corpus_vocab import build_corpus_vocab, shard_tokens
 from scmamba2.data.stream import CorpusDataset, CorpusLoader

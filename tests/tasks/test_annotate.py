@@ -4,20 +4,11 @@ save/load and determinism, missing labels, gene overlap, a pretrained start, err
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from scmamba2.errors import InputError
 from scmamba2.tasks.annotate import AnnotationConfig, Annotator, annotate, default_train_config, fit_annotator, predict
 
 TINY = dict(d_model=32, n_layers=2, headdim=16, chunk_size=8, d_state=16)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # two threads contend on a shared 2-core machine
-    yield
-    torch.set_num_threads(n)
 
 
 def cells(n, types, seed=0, n_genes=60, prefix="c"):
@@ -43,12 +34,8 @@ def _tcfg(steps, **kw):
 @pytest.fixture(scope="module")
 def fitted():
     """One annotator trained on 3 separable types (shared by the tests that only predict)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    ann = fit_annotator(cells(240, [0, 1, 2]), "cell_type", train_config=_tcfg(400), model_config=TINY,
-                        n_top_genes=None)
-    torch.set_num_threads(n)
-    return ann
+    return fit_annotator(cells(240, [0, 1, 2]), "cell_type", train_config=_tcfg(400), model_config=TINY,
+                         n_top_genes=None)
 
 
 def test_separable_types_are_labelled_almost_perfectly(fitted):

@@ -3,21 +3,12 @@
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from scmamba2.errors import InputError
 from scmamba2.tasks.integrate import IntegrationConfig, integrate
 from scmamba2.train.config import TrainConfig
 
 TINY = dict(d_model=32, n_layers=2, headdim=16, chunk_size=8, d_state=16)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # two threads contend on a shared 2-core machine
-    yield
-    torch.set_num_threads(n)
 
 
 def shifted(seed=0, n=192, g=50):

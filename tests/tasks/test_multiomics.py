@@ -7,7 +7,6 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from scmamba2.data.multiomics import clr
@@ -16,14 +15,6 @@ from scmamba2.tasks.multiomics import MultiomicModel, MultiomicsConfig, multiomi
 from scmamba2.train.config import TrainConfig
 
 TINY = dict(d_model=32, n_layers=2, headdim=16, chunk_size=8, d_state=16, dropout=0.0)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # two threads contend on a shared 2-core machine
-    yield
-    torch.set_num_threads(n)
 
 
 def cite(n=160, g=30, seed=0):

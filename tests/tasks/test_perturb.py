@@ -37,17 +37,6 @@ TRAIN = TrainConfig(max_steps=400, batch_size=32, lr=3e-3, warmup_steps=10, prog
 SMALL = dict(d_model=32, n_layers=1, headdim=16, d_state=16, chunk_size=8)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on a busy shared machine two threads contend and run many times slower."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def trained():
     data = _synthetic()

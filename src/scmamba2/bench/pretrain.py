@@ -23,7 +23,6 @@ import resource
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from .result import BenchResult

@@ -160,7 +160,6 @@ def integrate(
         and, with ``label_key``, ``asw_label`` and ``asw_batch`` (scib-metrics' silhouettes).
     """
     import lightning.pytorch as pl
-    import torch
 
     from ..train.config import TrainConfig
     from .embed import embed, load_model

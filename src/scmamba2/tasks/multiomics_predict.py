@@ -8,7 +8,6 @@ prediction at those tokens (:attr:`~scmamba2.tasks.multiomics.MultiomicsConfig.p
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 
@@ -151,7 +150,7 @@ def predict_modality(
                          "modality of an .h5mu itself)")
     a = select_matrix(query, layer=layer, use_raw=use_raw, gene_column=gene_column)
     rna, found = _model_genes(mm, a, min_gene_fraction)
-    spec, vocab = mm.spec, mm.model.vocab
+    spec = mm.spec
     n_feat = len(spec.features[target])
     cells = model_cells(mm, rna, {target: np.full((rna.n_obs, n_feat), MASK_VALUE, dtype=np.float32)})
     _, pred = run_model(mm, cells, target=target, batch_size=batch_size, device=device)

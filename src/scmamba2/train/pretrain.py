@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
 from torch.utils.data import DataLoader
 
 from ..data.collate import Collator, LengthBucketSampler, TokenizedDataset
