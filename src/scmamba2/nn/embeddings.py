@@ -7,6 +7,19 @@ from torch import nn
 
 from .._keys import MASK_VALUE, PAD_VALUE
 
+# Tables that feed a LayerNorm start at this standard deviation, not nn.Embedding's N(0, 1). The norm makes
+# the forward pass independent of the scale, but Adam moves every entry by about the learning rate per step,
+# so from N(0, 1) a gene embedding barely turns in a short run (pbmc3k annotation from scratch, 200 steps at
+# lr 1e-3: held-out accuracy 0.49 with N(0, 1), 0.77 with N(0, 0.02); GPT-2 uses the same 0.02).
+TABLE_INIT_STD = 0.02
+
+
+def _init_table(table: nn.Embedding) -> None:
+    with torch.no_grad():
+        table.weight.normal_(0.0, TABLE_INIT_STD)
+        if table.padding_idx is not None:
+            table.weight[table.padding_idx].zero_()
+
 
 class GeneEncoder(nn.Module):
     """Embeds vocabulary ids: ``(B, L) -> (B, L, D)``."""
@@ -15,6 +28,7 @@ class GeneEncoder(nn.Module):
         super().__init__()
         self.embedding = nn.Embedding(vocab_size, d_model, padding_idx=pad_id)
         self.norm = nn.LayerNorm(d_model)
+        _init_table(self.embedding)
 
     def forward(self, genes: torch.Tensor) -> torch.Tensor:
         return self.norm(self.embedding(genes))
@@ -28,6 +42,7 @@ class BinnedValueEncoder(nn.Module):
         self.n_bins = n_bins
         self.embedding = nn.Embedding(n_bins + 2, d_model)  # + mask row, + pad row
         self.norm = nn.LayerNorm(d_model)
+        _init_table(self.embedding)
 
     def forward(self, values: torch.Tensor) -> torch.Tensor:
         idx = values.round().long().clamp(0, self.n_bins - 1)
@@ -45,6 +60,7 @@ class ContinuousValueEncoder(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(1, d_model), nn.ReLU(), nn.Linear(d_model, d_model))
         self.special = nn.Embedding(2, d_model)  # 0: mask, 1: pad
         self.norm = nn.LayerNorm(d_model)
+        _init_table(self.special)
 
     def forward(self, values: torch.Tensor) -> torch.Tensor:
         x = self.mlp(values.clamp(0.0, self.max_value).unsqueeze(-1))  # (B, L, D)
