@@ -287,13 +287,13 @@ def integrate(
     ecs: bool = typer.Option(False, "--ecs/--no-ecs", help="Elastic cell similarity loss."),
     dab: bool = typer.Option(True, "--dab/--no-dab", help="Adversarial batch discriminator (gradient reversal)."),
     dsbn: bool = typer.Option(False, "--dsbn/--no-dsbn", help="Domain-specific batch norm."),
-    batch_tokens: bool = typer.Option(False, "--batch-tokens/--no-batch-tokens", help="Learned batch embedding."),
+    batch_decoder: bool = typer.Option(True, "--batch-decoder/--no-batch-decoder", help="Give the expression heads a learned batch vector (the embedding need not carry the batch)."),
     n_top_genes: int = typer.Option(2000, "--n-top-genes", help="Genes of a new model (highly variable)."),
     layer: Optional[str] = LayerOpt,
     use_raw: bool = RawOpt,
     gene_column: Optional[str] = GeneColOpt,
 ) -> None:
-    """Integrate batches: fine-tune with GEP + MVC (+ ECS) + DAB (+ DSBN / batch tokens), embed into obsm."""
+    """Integrate batches: fine-tune with GEP + MVC (batch-conditioned decoders) (+ ECS) + DAB (+ DSBN), embed into obsm."""
     from .data.io import read
     from .tasks.integrate import IntegrationConfig
     from .tasks.integrate import integrate as _integrate
@@ -301,7 +301,7 @@ def integrate(
 
     with _user_errors():
         adata = read(data)
-        cfg = IntegrationConfig(ecs=ecs, dab=dab, dsbn=dsbn, batch_tokens=batch_tokens)
+        cfg = IntegrationConfig(ecs=ecs, dab=dab, dsbn=dsbn, batch_decoder=batch_decoder)
         tcfg = TrainConfig(max_steps=steps, batch_size=32, lr=1e-3, warmup_steps=min(100, steps // 5), seed=seed)
         _integrate(adata, batch_key, model=model, label_key=label_key, config=cfg, train_config=tcfg,
                    n_top_genes=n_top_genes, layer=layer, use_raw=use_raw, gene_column=gene_column, out_dir=save_model)

@@ -37,8 +37,9 @@ class ModelConfig:
 
     Task parts are chosen here, when the model is built (all off by default):
 
-    - ``n_batches`` batches (domains) known to the model, used by ``batch_embedding`` (a learned vector added
-      to every token), ``dsbn`` (domain-specific batch norm of the token embeddings) and ``dab`` (adversarial
+    - ``n_batches`` batches (domains) known to the model, used by ``batch_embedding`` (a learned vector per batch
+      given to the expression heads, GEP with every token's state and MVC with the cell embedding: the decoders
+      know the batch, so the encoder and the cell embedding need not carry it, as scGPT's batch labels), ``dsbn`` (domain-specific batch norm of the token embeddings) and ``dab`` (adversarial
       batch discriminator behind gradient reversal of strength ``dab_alpha``);
     - ``n_classes > 0``: a classifier head on the cell embedding;
     - ``n_pert_flags > 0``: a per-token perturbation-flag embedding (flag 0 = not perturbed);
@@ -213,13 +214,10 @@ class ScMamba2(nn.Module):
             if condition is None:
                 raise ValueError("this model was built with n_conditions > 0: pass the condition indices")
             x = x + self.condition_encoder(condition).unsqueeze(1)
-        if self.batch_encoder is not None or self.dsbn is not None:
+        if self.dsbn is not None:
             if batch is None:
-                raise ValueError("this model was built with a batch embedding or DSBN: pass the batch indices")
-            if self.batch_encoder is not None:
-                x = x + self.batch_encoder(batch).unsqueeze(1)
-            if self.dsbn is not None:
-                x = self.dsbn(x, batch, padding_mask)
+                raise ValueError("this model was built with DSBN: pass the batch indices")
+            x = self.dsbn(x, batch, padding_mask)
         x = self.dropout(x)
         return self.encoder(x, padding_mask)
 
@@ -242,11 +240,17 @@ class ScMamba2(nn.Module):
         """Encode a collated batch and apply every head the model was built with."""
         states = self.encode_batch(batch)
         cell_emb = self.cell_embedding(states, batch[PADDING_MASK])
+        dec_states, dec_cell = states, cell_emb  # what the expression heads read
+        if self.batch_encoder is not None:
+            if batch.get(BATCH) is None:
+                raise ValueError("this model was built with a batch embedding: pass the batch indices")
+            b = self.batch_encoder(batch[BATCH])  # (B, D)
+            dec_states, dec_cell = states + b.unsqueeze(1), cell_emb + b
         mvc_pred = None
         if self.mvc_head is not None:
-            mvc_pred = self.mvc_head(cell_emb, self.gene_encoder(batch[GENES]))
+            mvc_pred = self.mvc_head(dec_cell, self.gene_encoder(batch[GENES]))
         return ModelOutput(
-            states=states, cell_emb=cell_emb, expr_pred=self.expr_head(states), mvc_pred=mvc_pred,
+            states=states, cell_emb=cell_emb, expr_pred=self.expr_head(dec_states), mvc_pred=mvc_pred,
             class_logits=None if self.classifier is None else self.classifier(cell_emb),
             batch_logits=None if self.batch_discriminator is None else self.batch_discriminator(cell_emb),
         )

@@ -63,6 +63,20 @@ def test_dsbn_normalises_each_domain_over_valid_tokens():
         m({k: v for k, v in b.items() if k != BATCH})
 
 
+def test_batch_embedding_conditions_the_decoders_not_the_embedding():
+    model = _model(n_batches=2, batch_embedding=True)
+    b = _batch()
+    swapped = {**b, BATCH: 1 - b[BATCH]}
+    with torch.no_grad():
+        out, out_swapped = model(b), model(swapped)
+    torch.testing.assert_close(out.cell_emb, out_swapped.cell_emb)  # the embedding does not see the batch
+    torch.testing.assert_close(out.states, out_swapped.states)
+    assert not torch.allclose(out.expr_pred, out_swapped.expr_pred)  # the decoders do
+    assert not torch.allclose(out.mvc_pred, out_swapped.mvc_pred)
+    with pytest.raises(ValueError, match="batch indices"):
+        model({k: v for k, v in b.items() if k != BATCH})
+
+
 def test_pert_flag_changes_output():
     m = _model(n_pert_flags=2)
     b = _batch()

@@ -50,6 +50,7 @@ def test_batch_shift_is_removed_and_labels_kept():
     ours_batch, ours_label, ours_shuffled = _asw(a.obsm["X_scmamba2"], a)
     assert ours_batch > pca_batch + 0.05  # batches mix better than unintegrated
     assert ours_label > ours_shuffled + 0.03  # cell types are still apart (no collapse to random)
+    assert ours_label > pca_label  # and at least as far apart as without integration
     info = a.uns["scmamba2"]["X_scmamba2"]["integration"]
     assert info["batch_categories"] == ["a", "b"] and "asw_label" in info and "dab" in info["final_losses"]
 
@@ -59,7 +60,7 @@ def test_writes_keys_and_saves(tmp_path):
     from scmamba2.tasks.embed import embed
 
     a = shifted(n=64)
-    cfg = IntegrationConfig(ecs=True, dsbn=True, batch_tokens=True)
+    cfg = IntegrationConfig(ecs=True, dsbn=True, batch_decoder=True)
     out = integrate(a, "batch", config=cfg, train_config=_tcfg(4), model_config=TINY, n_top_genes=None,
                     out_dir=tmp_path / "m", copy=True, key_added="X_int")
     assert "X_int" not in a.obsm and out.obsm["X_int"].shape == (64, 32)

@@ -324,9 +324,9 @@ def _adapted(base: ScMamba2, adata, n_classes: int, layer, use_raw, gene_column,
 
     if base.vocab is None:
         raise InputError("the pretrained model has no vocabulary: load it with ScMamba2.from_pretrained")
-    if base.batch_encoder is not None or base.dsbn is not None:
-        raise InputError("this model takes batch tokens or domain-specific batch norm (from integration); "
-                         "annotation does not use batches: start from a model without them")
+    if base.dsbn is not None:
+        raise InputError("this model normalises each batch on its own (domain-specific batch norm, from "
+                         "integration); annotation does not use batches: start from a model without DSBN")
     a = select_matrix(adata, layer=layer, use_raw=use_raw, gene_column=gene_column)
     names = list(dict.fromkeys(strip_gene_prefix([str(g) for g in a.var_names])[0]))
     found = np.asarray(base.vocab.lookup(names)) >= 0
@@ -339,7 +339,8 @@ def _adapted(base: ScMamba2, adata, n_classes: int, layer, use_raw, gene_column,
                          "on either side: check species and gene identifiers (symbols vs Ensembl ids; "
                          "gene_column= / --gene-column)")
     log.info("reference: %d of its %d genes are in the model's vocabulary of %d", len(genes), len(names), n_vocab)
-    net = base.adapt(n_classes=0, dab=False).adapt(n_classes=n_classes)  # a fresh classifier head
+    # A fresh classifier head; the batch parts of an integrated model are dropped (annotation has no batches).
+    net = base.adapt(n_classes=0, dab=False, batch_embedding=False).adapt(n_classes=n_classes)
     return net, genes
 
 

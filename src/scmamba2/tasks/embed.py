@@ -66,7 +66,7 @@ def embed(
     device
         Torch device; default CUDA when available, else CPU.
     batch_key, batch_categories
-        For a model with batch tokens or domain-specific batch norm (e.g. from :func:`scmamba2.integrate`):
+        For a model with domain-specific batch norm (e.g. from :func:`scmamba2.integrate` with ``dsbn``):
         the ``obs`` column of each cell's batch and the batch names the model was trained with, in index order.
         A batch the model does not know is an error.
     copy
@@ -125,10 +125,10 @@ def embed(
 
 def _batch_codes(adata, model: ScMamba2, batch_key: str | None, categories: Sequence[str] | None):
     """Index of each cell's batch among ``categories`` (None when the model takes no batch)."""
-    needs = model.batch_encoder is not None or model.dsbn is not None
+    needs = model.dsbn is not None  # a batch embedding feeds only the expression heads, not the embedding
     if batch_key is None:
         if needs:
-            raise InputError("this model was trained with batch tokens or domain-specific batch norm: pass "
+            raise InputError("this model was trained with domain-specific batch norm: pass "
                              "batch_key (the obs column of each cell's batch) and the model's batch_categories")
         return None
     if not needs:
@@ -148,7 +148,7 @@ def _batch_codes(adata, model: ScMamba2, batch_key: str | None, categories: Sequ
     if unknown:
         raise InputError(f"obs[{batch_key!r}] has batches the model was not trained with: {unknown[:10]} (it knows "
                          f"{categories[:10]}); a batch-aware model cannot embed an unseen batch: integrate the data "
-                         "together with the new batch, or use a model without batch tokens/DSBN")
+                         "together with the new batch, or use a model without DSBN")
     return np.array([index[v] for v in values], dtype=np.int64)
 
 
