@@ -52,6 +52,9 @@ class BenchResult:
         """The result as a markdown section (tables, figures with paths relative to ``relative_to``, notes)."""
         lines = [f"# {title or self.task}", ""]
         lines += [f"Machine: {machine_summary()}", ""]
+        quick = " --quick" if self.meta.get("quick") else ""
+        lines += [f"Regenerate: `.venv/bin/python benchmarks/{self.task}.py{quick}` (or `scmamba2 bench {self.task}"
+                  f"{quick}`, which also rebuilds report.md)", ""]
         for name, table in self.tables.items():
             lines += [f"## {name}", "", markdown_table(table), ""]
         for caption, path in self.figures.items():
