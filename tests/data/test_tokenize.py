@@ -252,3 +252,20 @@ def test_mask_values_deterministic():
     # cls is maskable when not protected
     m = mask_values(values, padding, 1.0, torch.Generator(), protect_first=False)[1]
     assert m[:, 0].all()
+
+
+@pytest.mark.parametrize("value_mode", ["continuous", "binned"])
+def test_log_normalized_input_gives_the_values_of_raw_counts(value_mode):
+    from scmamba2.data.prepare import prepare_cells
+
+    dense = _random_counts(seed=3, n_cells=40, n_genes=60, p_zero=0.6)
+    dense[:, 0] += 1  # no empty cell
+    counts = _adata(dense)
+    logn = _adata(np.log1p(dense / dense.sum(1, keepdims=True) * 1e4))
+    vocab = GeneVocab(list(counts.var_names))
+    cfg = TokenizerConfig(value_mode=value_mode, max_len=100)
+    a = prepare_cells(counts, vocab, cfg).cells
+    b = prepare_cells(logn, vocab, cfg).cells
+    assert prepare_cells(logn, vocab, cfg).report.value_kind == "log_normalized"
+    np.testing.assert_array_equal(a.gene_ids, b.gene_ids)
+    np.testing.assert_allclose(a.values, b.values, rtol=1e-5, atol=1e-5)  # not log-transformed twice

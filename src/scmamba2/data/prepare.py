@@ -53,7 +53,8 @@ def prepare_cells(
     names = None
     if report.gene_prefix:  # e.g. "hg19_": validate matched the vocabulary without it, so must we
         names, _ = strip_gene_prefix(list(a.var_names))
-    cells = tokenize(a, vocab, config, gene_names=names, seed=seed)
+    cells = tokenize(a, vocab, config, gene_names=names, seed=seed,
+                     log_normalized=report.value_kind == "log_normalized")
     empty = np.asarray(cells.lengths) <= 1
     n_empty = int(empty.sum())
     obs_index = np.arange(a.n_obs)

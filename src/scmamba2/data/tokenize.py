@@ -249,6 +249,7 @@ def tokenize(
     *,
     gene_names: Any = None,
     seed: int = 0,
+    log_normalized: bool = False,
 ) -> TokenizedCells:
     """Tokenise every cell of a cells x genes matrix.
 
@@ -270,6 +271,10 @@ def tokenize(
     seed : int, default 0
         Seeds the zero-gene sampling (``include_zeros="sample"``) and is stored in the result for the
         per-cell random choices of :meth:`TokenizedCells.cell`.
+    log_normalized : bool, default False
+        The values are ``log1p`` of normalised counts (as :func:`~scmamba2.data.validate.validate` reports):
+        continuous values are then computed from ``expm1`` of them, so that they equal those of the raw
+        counts instead of being log-transformed twice. Binned values do not depend on it (per-cell ranks).
 
     Returns
     -------
@@ -291,6 +296,9 @@ def tokenize(
     if hasattr(X, "to_memory"):  # backed sparse dataset
         X = X.to_memory()
     X = _as_csr(X)
+    if log_normalized and cfg.value_mode == "continuous":
+        X = X.copy()
+        X.data = np.expm1(X.data)
     n_cells, n_cols = X.shape
     ids = vocab.lookup(names)
     if len(ids) != n_cols:

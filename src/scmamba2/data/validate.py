@@ -228,8 +228,9 @@ def validate(
                             "sc.pp.filter_cells(adata, min_genes=1).")
     if rep.value_kind == "log_normalized":
         hint = " (layer 'counts' holds raw counts if you prefer them)" if "counts" in rep.layers else ""
-        rep.warnings.append("X looks log-normalised, not raw counts; accepted: quantile binning depends only on "
-                            "per-cell ranks, so the bins are the same as from raw counts" + hint + ".")
+        rep.warnings.append("X looks log-normalised, not raw counts; accepted: quantile bins depend only on "
+                            "per-cell ranks, and continuous values are computed from expm1 of X, so both are "
+                            "the same as from raw counts" + hint + ".")
     elif rep.value_kind == "normalized":
         rep.warnings.append(f"X holds non-integer values that are not log-transformed (max {rep.max_value:.4g}); "
                             "per-cell normalised counts give the same per-cell ranks (and bins) as raw counts, but "
