@@ -21,7 +21,13 @@ _LAZY = {
     "TrainConfig": "scmamba2.train.config",
     "pretrain": "scmamba2.train.pretrain",
     "embed": "scmamba2.tasks.embed",
+    "annotate": "scmamba2.tasks.annotate",
+    "integrate": "scmamba2.tasks.integrate",
     "multiomics": "scmamba2.tasks.multiomics",
+    "predict_modality": "scmamba2.tasks.multiomics_predict",
+    "train_perturbation": "scmamba2.tasks.perturb",
+    "predict_perturbation": "scmamba2.tasks.perturb_predict",
+    "reverse_perturbation": "scmamba2.tasks.perturb_predict",
 }
 
 __all__ = ["InputError", "__version__", *_LAZY]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from dataclasses import replace
 from pathlib import Path
@@ -162,6 +163,7 @@ def embed(
     all_genes: bool = typer.Option(False, "--all-genes", help="Read every measured gene, zeros included."),
     batch_size: int = typer.Option(64, "--batch-size", help="At most this many cells per batch."),
     max_tokens: int = typer.Option(65536, "--max-tokens", help="At most this many (padded) tokens per batch."),
+    batch_key: Optional[str] = typer.Option(None, "--batch-key", help="obs column of each cell's batch, for a model integrated with --dsbn (its batch names are read from the model's integration.json)."),
     layer: Optional[str] = LayerOpt,
     use_raw: bool = RawOpt,
     gene_column: Optional[str] = GeneColOpt,
@@ -177,8 +179,17 @@ def embed(
         missing = [c for c in color if c not in adata.obs]
         if missing:
             raise InputError(f"--color {missing} not found in obs; available columns: {list(adata.obs.columns)}")
-        _embed(adata, model, batch_size=batch_size, max_tokens=max_tokens, layer=layer, use_raw=use_raw, gene_column=gene_column,
-               all_genes=all_genes)
+        categories = None
+        if batch_key is not None:
+            from .tasks.integrate import META_FILE
+
+            meta = model / META_FILE
+            if not meta.is_file():
+                raise InputError(f"--batch-key needs the batch names the model was trained with: {meta} is missing "
+                                 "(it is written by `scmamba2 integrate --save-model DIR`)")
+            categories = json.loads(meta.read_text())["batch_categories"]
+        _embed(adata, model, batch_size=batch_size, max_tokens=max_tokens, layer=layer, use_raw=use_raw,
+               gene_column=gene_column, all_genes=all_genes, batch_key=batch_key, batch_categories=categories)
         out_path.parent.mkdir(parents=True, exist_ok=True)
         adata.write_h5ad(out_path)
         out.print(f"{adata.n_obs} cells embedded -> {out_path} (obsm['X_scmamba2'])")

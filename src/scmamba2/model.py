@@ -24,7 +24,9 @@ from .nn.heads import BatchDiscriminator, ClassifierHead, ExpressionHead, MVCHea
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+# 2: the batch embedding feeds the expression heads (in 1 it was added to the input tokens). A format-1
+# checkpoint without a batch embedding means the same in both and loads; one with it is refused.
+FORMAT_VERSION = 2
 CONFIG_FILE, WEIGHTS_FILE, VOCAB_FILE = "config.json", "model.safetensors", "vocab.json"
 
 
@@ -37,10 +39,11 @@ class ModelConfig:
 
     Task parts are chosen here, when the model is built (all off by default):
 
-    - ``n_batches`` batches (domains) known to the model, used by ``batch_embedding`` (a learned vector per batch
-      given to the expression heads, GEP with every token's state and MVC with the cell embedding: the decoders
-      know the batch, so the encoder and the cell embedding need not carry it, as scGPT's batch labels), ``dsbn`` (domain-specific batch norm of the token embeddings) and ``dab`` (adversarial
-      batch discriminator behind gradient reversal of strength ``dab_alpha``);
+    - ``n_batches`` batches (domains) known to the model, used by ``batch_embedding`` (a learned vector per
+      batch added to the inputs of the expression heads, GEP's token states and MVC's cell embedding: the
+      decoders know the batch, so the encoder and the cell embedding need not carry it; scGPT concatenates
+      its batch embedding there instead), ``dsbn`` (domain-specific batch norm of the token embeddings) and
+      ``dab`` (adversarial batch discriminator behind gradient reversal of strength ``dab_alpha``);
     - ``n_classes > 0``: a classifier head on the cell embedding;
     - ``n_pert_flags > 0``: a per-token perturbation-flag embedding (flag 0 = not perturbed);
       ``n_conditions > 0``: a per-cell condition embedding (drug, cytokine);
@@ -194,7 +197,8 @@ class ScMamba2(nn.Module):
             ``(B, L)`` LongTensor of vocabulary ids (position 0 = ``<cls>``), FloatTensor of values (bins or
             continuous; ``MASK_VALUE`` where hidden) and BoolTensor (True = padding, right-padded).
         batch
-            ``(B,)`` batch indices; required when the model has a batch embedding or DSBN.
+            ``(B,)`` batch indices; required when the model has DSBN (a batch embedding is read by
+            :meth:`forward`'s expression heads, not here).
         pert_flags, modality
             ``(B, L)`` per-token perturbation flags / modality indices (models with ``n_pert_flags`` /
             ``n_modalities``; all zeros when not given).
@@ -322,7 +326,13 @@ class ScMamba2(nn.Module):
             )
         meta = json.loads((src / CONFIG_FILE).read_text())
         fmt = meta.get("format_version")
-        if fmt != FORMAT_VERSION:
+        if fmt == 1 and meta.get("model", {}).get("batch_embedding"):
+            raise CheckpointError(
+                f"{src} is a format-1 checkpoint with a batch embedding, which format 1 added to the input tokens; "
+                f"this scmamba2 {__version__} gives it to the expression heads instead, so its weights would not "
+                "mean what they were trained for: retrain (integrate) with this version"
+            )
+        if fmt not in (1, FORMAT_VERSION):
             raise CheckpointError(
                 f"{src}/{CONFIG_FILE} has checkpoint format {fmt}, this scmamba2 {__version__} reads format "
                 f"{FORMAT_VERSION}; install the scmamba2 version that wrote it ({meta.get('scmamba2_version')})"

@@ -102,6 +102,32 @@ def test_load_errors_name_the_problem(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="format 99"):
         ScMamba2.from_pretrained(tmp_path)
+    meta["format_version"] = 1  # format 1 without a batch embedding means the same: it loads
+    (tmp_path / "config.json").write_text(json.dumps(meta))
+    ScMamba2.from_pretrained(tmp_path)
+
+
+def test_format_1_batch_embedding_is_refused(tmp_path):
+    model = tiny_model(n_batches=2, batch_embedding=True)
+    model.save_pretrained(tmp_path)
+    assert ScMamba2.from_pretrained(tmp_path).batch_encoder is not None
+    meta = json.loads((tmp_path / "config.json").read_text())
+    meta["format_version"] = 1
+    (tmp_path / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="format-1 checkpoint with a batch embedding"):
+        ScMamba2.from_pretrained(tmp_path)
+
+
+def test_embedding_tables_start_small_and_pad_rows_zero():
+    from scmamba2.nn.embeddings import TABLE_INIT_STD
+
+    model = tiny_model()
+    table = model.gene_encoder.embedding.weight.detach()
+    pad = model.config.pad_id
+    assert torch.count_nonzero(table[pad]) == 0
+    rest = torch.cat([table[:pad], table[pad + 1:]])
+    assert abs(float(rest.std()) - TABLE_INIT_STD) < 0.2 * TABLE_INIT_STD
+    assert float(model.value_encoder.embedding.weight.std()) < 2 * TABLE_INIT_STD  # binned table, same init
 
 
 def test_config_validation():

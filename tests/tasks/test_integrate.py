@@ -77,6 +77,21 @@ def test_writes_keys_and_saves(tmp_path):
     np.testing.assert_allclose(a.obsm["again"], out.obsm["X_int"], atol=1e-5)  # same model, same cells
 
 
+def test_batch_decoder_model_embeds_without_batches(tmp_path):
+    from scmamba2 import ScMamba2
+    from scmamba2.tasks.embed import embed
+
+    a = shifted(n=64)
+    out = integrate(a, "batch", train_config=_tcfg(4), model_config=TINY, n_top_genes=None, copy=True,
+                    out_dir=tmp_path / "m")
+    model = ScMamba2.from_pretrained(tmp_path / "m")
+    assert model.batch_encoder is not None and model.dsbn is None  # the default: batch decoder, no DSBN
+    b = a.copy()
+    b.obs["batch"] = "a batch never seen"
+    embed(b, model, progress=False)  # no batch_key needed: the embedding does not read the batch
+    np.testing.assert_allclose(b.obsm["X_scmamba2"], out.obsm["X_scmamba2"], atol=1e-5)
+
+
 def test_bad_input_and_config():
     a = shifted(n=32)
     with pytest.raises(InputError, match="not an obs column"):
@@ -98,10 +113,20 @@ def test_cli(tmp_path):
 
     shifted(n=64).write_h5ad(tmp_path / "d.h5ad")
     args = ["integrate", tmp_path / "d.h5ad", "--batch-key", "batch", "--label-key", "label", "--out",
-            tmp_path / "o.h5ad", "--steps", "2", "--dsbn"]
+            tmp_path / "o.h5ad", "--steps", "2", "--dsbn", "--no-batch-decoder", "--save-model", tmp_path / "m"]
     res = CliRunner().invoke(app, [str(x) for x in args])
     assert res.exit_code == 0, res.output
-    assert ad.read_h5ad(tmp_path / "o.h5ad").obsm["X_scmamba2"].shape[0] == 64
+    integrated = ad.read_h5ad(tmp_path / "o.h5ad").obsm["X_scmamba2"]
+    assert integrated.shape[0] == 64
+    assert not (tmp_path / "m" / "config.json").read_text().count('"batch_embedding": true')
+    # embedding with the saved DSBN model needs the batches; their names come from integration.json
+    res = CliRunner().invoke(app, [str(x) for x in ["embed", tmp_path / "d.h5ad", "--model", tmp_path / "m",
+                                                     "--out", tmp_path / "e.h5ad"]])
+    assert res.exit_code == 1 and "batch_key" in res.output
+    res = CliRunner().invoke(app, [str(x) for x in ["embed", tmp_path / "d.h5ad", "--model", tmp_path / "m",
+                                                     "--out", tmp_path / "e.h5ad", "--batch-key", "batch"]])
+    assert res.exit_code == 0, res.output
+    np.testing.assert_allclose(ad.read_h5ad(tmp_path / "e.h5ad").obsm["X_scmamba2"], integrated, atol=1e-5)
     res = CliRunner().invoke(app, [str(x) for x in ["integrate", tmp_path / "d.h5ad", "--batch-key", "nope",
                                                      "--out", tmp_path / "p.h5ad"]])
     assert res.exit_code == 1 and "not an obs column" in res.output

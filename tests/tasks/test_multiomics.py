@@ -89,6 +89,13 @@ def test_exported_from_the_package():
     import scmamba2
 
     assert scmamba2.multiomics is multiomics
+    assert scmamba2.predict_modality is predict_modality
+    from scmamba2.tasks import annotate, integrate, perturb, perturb_predict
+
+    assert scmamba2.annotate is annotate.annotate and scmamba2.integrate is integrate.integrate
+    assert scmamba2.train_perturbation is perturb.train_perturbation
+    assert scmamba2.predict_perturbation is perturb_predict.predict_perturbation
+    assert scmamba2.reverse_perturbation is perturb_predict.reverse_perturbation
 
 
 def test_same_seed_same_embedding():

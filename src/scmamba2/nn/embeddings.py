@@ -1,4 +1,4 @@
-"""Token embeddings: gene identity, expression value (binned or continuous) and optional batch."""
+"""Token embeddings: gene identity and expression value (binned or continuous); domain-specific batch norm."""
 
 from __future__ import annotations
 

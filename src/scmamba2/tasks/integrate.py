@@ -7,7 +7,7 @@ The model (a pretrained one, adapted, or a small new one) is trained without lab
 - ``ecs``: elastic cell similarity (pairs of cells pushed away from a cosine threshold: tighter clusters),
 - ``dab``: a batch discriminator on the cell embedding behind gradient reversal (the encoder learns to hide
   the batch),
-- ``batch_decoder``: a learned batch vector given to the expression heads (GEP, MVC), as scGPT gives the batch
+- ``batch_decoder``: a learned batch vector added to the inputs of the expression heads (GEP, MVC), as scGPT gives the batch
   labels to its decoders: expression that depends on the batch is explained there, so the cell embedding
   need not carry the batch;
 - ``dsbn``: one batch norm of the token embeddings per batch.
@@ -247,11 +247,18 @@ def _fit(net: ScMamba2, adata, codes: np.ndarray, tcfg, layer, use_raw, gene_col
     return {k.removeprefix("train/"): float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
 
 
-def _silhouettes(emb: np.ndarray, labels, batch) -> dict[str, float]:
-    """scib-metrics' label ASW (higher: cell types apart) and batch ASW (higher: batches mixed)."""
-    import scib_metrics
-
+def _silhouettes(emb: np.ndarray, labels, batch=None) -> dict[str, float]:
+    """scib-metrics' label ASW (higher: cell types apart) and, with ``batch``, batch ASW (higher: batches
+    mixed). Empty, with a logged warning, when scib-metrics is not installed (they are an evaluation only)."""
+    try:
+        import scib_metrics
+    except ImportError:
+        log.warning("label_key given but scib-metrics is not installed, so no silhouettes are computed: "
+                    "pip install 'scmamba2[bench]'")
+        return {}
     emb = np.asarray(emb, dtype=np.float32)
-    labels, batch = np.asarray(labels).astype(str), np.asarray(batch).astype(str)
-    return {"asw_label": float(scib_metrics.silhouette_label(emb, labels)),
-            "asw_batch": float(scib_metrics.silhouette_batch(emb, labels, batch))}
+    labels = np.asarray(labels).astype(str)
+    out = {"asw_label": float(scib_metrics.silhouette_label(emb, labels))}
+    if batch is not None:
+        out["asw_batch"] = float(scib_metrics.silhouette_batch(emb, labels, np.asarray(batch).astype(str)))
+    return out

@@ -253,12 +253,8 @@ def multiomics(
     md.container.obsm[key_added] = emb_full
     summary: dict[str, Any] = {"modalities": spec.modalities, "n_features": {m: len(f) for m, f in spec.features.items()},
                                "n_paired_cells": md.n_obs, **info, "final_losses": losses}
-    if labels is not None and batch_key is not None:
-        summary.update(_silhouettes(emb, labels, md.obs_column(batch_key)))
-    elif labels is not None:
-        import scib_metrics
-
-        summary["asw_label"] = float(scib_metrics.silhouette_label(emb, np.asarray(labels).astype(str)))
+    if labels is not None:
+        summary.update(_silhouettes(emb, labels, None if batch_key is None else md.obs_column(batch_key)))
     md.container.uns.setdefault("scmamba2", {})[key_added] = _without_none(summary)
     if out_dir is not None:
         mm.save(out_dir)

@@ -266,7 +266,7 @@ def train_perturbation(
     base = load_model(model) if model is not None else None
     vocab = _vocab(genes, all_targets, base)
     conditions = [control] + labels.perturbations if kind == "condition" else []
-    changes = dict(value_mode="continuous", mvc=False, n_pert_flags=2 if kind == "genetic" else 0,
+    changes = dict(value_mode="continuous", mvc=False, batch_embedding=False, dsbn=False, dab=False, n_pert_flags=2 if kind == "genetic" else 0,
                    n_conditions=len(conditions), max_len=len(genes) + 1 + max([len(t) for t in targets.values()] + [0]))
     pl.seed_everything(tcfg.seed, workers=True, verbose=False)
     if base is None:
