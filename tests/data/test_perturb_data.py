@@ -64,6 +64,11 @@ def test_split_with_explicit_holdout():
     assert all(split.loc[p, "split"] == "test" for p in split.index if "G3" in lab.targets(p))
     with pytest.raises(InputError, match="not in obs"):
         split_perturbations(lab, holdout=["NOPE"])
+    # combinations with 0, 1 and 2 of their genes seen in training
+    split = split_perturbations(lab, holdout=["G3", "G6", "G3+G6", "G0+G3", "G1+G2"])
+    assert split.loc["G3+G6", "category"] == "combo_seen0"
+    assert split.loc["G0+G3", "category"] == "combo_seen1"
+    assert split.loc["G1+G2", "category"] == "combo_seen2"
 
 
 def test_pairs_flag_targets_and_mask_the_panel():

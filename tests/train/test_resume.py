@@ -129,8 +129,14 @@ def test_resume_with_other_data_or_model_is_refused(tmp_path, straight):
     with pytest.raises(CheckpointError, match="another data order"):
         pretrain(counts(), out_dir=tmp_path, model_config=TINY_MODEL, tokenizer_config=TOK,
                  train_config=config(4, batch_size=6), resume=True)
+    with pytest.raises(CheckpointError, match="another data order.*seed"):
+        pretrain(counts(), out_dir=tmp_path, model_config=TINY_MODEL, tokenizer_config=TOK,
+                 train_config=config(4, seed=8), resume=True)
     with pytest.raises(CheckpointError, match="does not fit the model"):
         pretrain(counts(), out_dir=tmp_path, model_config={**TINY_MODEL, "d_model": 48}, tokenizer_config=TOK,
+                 train_config=config(4), resume=True)
+    with pytest.raises(CheckpointError, match="does not fit the model"):  # another vocabulary: fewer genes
+        pretrain(counts()[:, :-5].copy(), out_dir=tmp_path, model_config=TINY_MODEL, tokenizer_config=TOK,
                  train_config=config(4), resume=True)
 
 
