@@ -95,3 +95,24 @@ def test_collect_builds_the_report_from_written_results(tmp_path, make_png):
     assert "no annotate.json" in md  # a task without results is reported missing, not dropped
     back = BenchResult.from_json(json.loads((out / "perturb.json").read_text()), out)
     assert back.figures["a plot"] == out / "perturb_plot.png" and back.tables["t"].equals(res.tables["t"])
+
+
+def test_benchmark_script_main_writes_the_task_results(tmp_path, monkeypatch):
+    from scmamba2.bench import script
+
+    calls = {}
+
+    def run(data_dir, out_dir, *, seed=0, quick=False):
+        calls.update(data_dir=data_dir, seed=seed, quick=quick)
+        res = BenchResult("toy", meta={"quick": quick})
+        res.tables["t"] = pd.DataFrame({"method": ["ours"], "score": [1.0]})
+        return res
+
+    monkeypatch.setitem(sys.modules, "scmamba2.bench.toy", types.SimpleNamespace(run=run))
+    md = script.main("toy", "Toy benchmark.\n\nmore", argv=["--out", str(tmp_path), "--seed", "3", "--quick",
+                                                            "--data-dir", str(tmp_path / "d")])
+    assert md == tmp_path / "toy_quick.md" and (tmp_path / "toy_quick.json").is_file()
+    assert calls == {"data_dir": tmp_path / "d", "seed": 3, "quick": True}
+    text = md.read_text()
+    assert "Regenerate: `.venv/bin/python benchmarks/toy.py --quick`" in text and "| ours | 1.000 |" in text
+    assert json.loads((tmp_path / "toy_quick.json").read_text())["meta"]["wall_minutes"] >= 0
