@@ -396,6 +396,7 @@ def multiomics_predict(
     layer: Optional[str] = LayerOpt,
     use_raw: bool = RawOpt,
     gene_column: Optional[str] = GeneColOpt,
+    batch_key: Optional[str] = typer.Option(None, "--batch-key", help="obs column of each cell's batch, for a model trained with --batch-key (other batches: the mean batch vector)."),
 ) -> None:
     """Predict a modality from RNA alone (the target modality's tokens are read with their values masked)."""
     from .data.io import read
@@ -403,7 +404,8 @@ def multiomics_predict(
 
     with _user_errors():
         q = read(query, modality="rna")
-        predict_modality(q, model, modality, layer=layer, use_raw=use_raw, gene_column=gene_column)
+        predict_modality(q, model, modality, layer=layer, use_raw=use_raw, gene_column=gene_column,
+                         batch_key=batch_key)
         out_path.parent.mkdir(parents=True, exist_ok=True)
         q.write_h5ad(out_path)
         key = next(k for k in q.obsm if k.startswith("scmamba2_pred_"))

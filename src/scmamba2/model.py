@@ -42,7 +42,7 @@ class ModelConfig:
     - ``n_batches`` batches (domains) known to the model, used by ``batch_embedding`` (a learned vector per
       batch added to the inputs of the expression heads, GEP's token states and MVC's cell embedding: the
       decoders know the batch, so the encoder and the cell embedding need not carry it; scGPT concatenates
-      its batch embedding there instead), ``dsbn`` (domain-specific batch norm of the token embeddings) and
+      its batch embedding there instead; batch index -1 = an unknown batch, the mean vector), ``dsbn`` (domain-specific batch norm of the token embeddings) and
       ``dab`` (adversarial batch discriminator behind gradient reversal of strength ``dab_alpha``);
     - ``n_classes > 0``: a classifier head on the cell embedding;
     - ``n_pert_flags > 0``: a per-token perturbation-flag embedding (flag 0 = not perturbed);
@@ -240,6 +240,15 @@ class ScMamba2(nn.Module):
         valid = (~padding_mask).unsqueeze(-1).to(states.dtype)  # (B, L, 1)
         return (states * valid).sum(1) / valid.sum(1).clamp_min(1.0)
 
+    def batch_vectors(self, batch: torch.Tensor) -> torch.Tensor:
+        """``(B, D)`` learned batch vectors of the batch indices ``(B,)``; index ``-1`` (a batch the model was
+        not trained on) gets the mean of the known batches' vectors, a batch-neutral decoder input."""
+        known = batch >= 0
+        vectors = self.batch_encoder(batch.clamp_min(0))
+        if known.all():
+            return vectors
+        return torch.where(known.unsqueeze(-1), vectors, self.batch_encoder.weight.mean(0))
+
     def forward(self, batch: dict[str, torch.Tensor]) -> ModelOutput:
         """Encode a collated batch and apply every head the model was built with."""
         states = self.encode_batch(batch)
@@ -248,7 +257,7 @@ class ScMamba2(nn.Module):
         if self.batch_encoder is not None:
             if batch.get(BATCH) is None:
                 raise ValueError("this model was built with a batch embedding: pass the batch indices")
-            b = self.batch_encoder(batch[BATCH])  # (B, D)
+            b = self.batch_vectors(batch[BATCH])  # (B, D)
             dec_states, dec_cell = states + b.unsqueeze(1), cell_emb + b
         mvc_pred = None
         if self.mvc_head is not None:

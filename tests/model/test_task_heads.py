@@ -75,6 +75,12 @@ def test_batch_embedding_conditions_the_decoders_not_the_embedding():
     assert not torch.allclose(out.mvc_pred, out_swapped.mvc_pred)
     with pytest.raises(ValueError, match="batch indices"):
         model({k: v for k, v in b.items() if k != BATCH})
+    # an unknown batch (-1) is decoded with the mean of the batch vectors
+    unknown = {**b, BATCH: torch.tensor([-1, 1, -1, 1])}
+    torch.testing.assert_close(model.batch_vectors(unknown[BATCH])[0], model.batch_encoder.weight.mean(0))
+    torch.testing.assert_close(model.batch_vectors(unknown[BATCH])[1], model.batch_encoder.weight[1])
+    with torch.no_grad():
+        torch.testing.assert_close(model(unknown).cell_emb, out.cell_emb)
 
 
 def test_pert_flag_changes_output():

@@ -77,6 +77,14 @@ def test_writes_keys_and_the_feature_vocabulary_is_saved(tmp_path):
     predict_modality(q1, mm)
     predict_modality(q2, tmp_path / "m")
     np.testing.assert_allclose(q1.obsm["scmamba2_pred_prot"], q2.obsm["scmamba2_pred_prot"], rtol=1e-5, atol=1e-6)
+    # the batch decoder: known batches are predicted as themselves, unknown ones with the mean batch vector
+    assert back.model.batch_encoder is not None
+    q3, q4 = a.copy(), a.copy()
+    predict_modality(q3, mm, batch_key="batch")
+    q4.obs["batch"] = "never seen"
+    predict_modality(q4, mm, batch_key="batch")
+    np.testing.assert_allclose(q4.obsm["scmamba2_pred_prot"], q1.obsm["scmamba2_pred_prot"], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(q3.obsm["scmamba2_pred_prot"], q1.obsm["scmamba2_pred_prot"])
     # a vocabulary that lost a protein token no longer fits the model's multi-omics spec
     del vocab["prot:P4"]
     vocab["prot:PX"] = len(vocab)

@@ -227,7 +227,7 @@ def _ours(train, rna_test, batch_key, seed: int, s: dict, steps: int) -> np.ndar
                        progress_bar=False, seed=seed)
     mm = multiomics(train, batch_key=batch_key, config=MultiomicsConfig(n_top_genes=s["n_top_genes"],
                     rna_max_len=s["rna_max_len"]), model_config=s["model"], train_config=tcfg)
-    predict_modality(rna_test, mm, "prot")
+    predict_modality(rna_test, mm, "prot", batch_key=batch_key)  # each held-out cell's own (known) batch
     return rna_test.obsm["scmamba2_pred_prot"]
 
 

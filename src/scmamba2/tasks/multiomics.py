@@ -55,7 +55,9 @@ class MultiomicsConfig:
     come from a development split of the CITE-seq training cells (never the benchmark's held-out cells): RNA
     targets slowed the protein prediction down (300 steps, held-out mean r: 0.49 with cross_modal_prob 0.8 and
     every RNA target, 0.53 with 0.15 of them, 0.61 with cross_modal_prob 1, which never shows the model a
-    protein value and so gives no joint embedding). DAB (weight ``dab_weight``) is used when a ``batch_key`` is given and ``dab``.
+    protein value and so gives no joint embedding). With a ``batch_key``: DAB (weight ``dab_weight``) when ``dab``, and
+    with ``batch_decoder`` a learned batch vector added to the expression heads' inputs (as in
+    :class:`~scmamba2.tasks.integrate.IntegrationConfig`), so that the joint embedding need not carry the batch.
 
     ``predict_head`` is the head :func:`predict_modality` reads: ``"mvc"``, the cell-conditioned expression
     head (each feature's value from the cell embedding and the feature's token), or ``"gep"``, the per-token
@@ -77,6 +79,7 @@ class MultiomicsConfig:
     dab: bool = True
     dab_weight: float = 1.0
     dab_alpha: float = 1.0
+    batch_decoder: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 < self.mask_ratio < 1.0:
@@ -230,7 +233,8 @@ def multiomics(
         TokenizerConfig(max_len=cfg.rna_max_len + 1, value_mode="continuous")
     spec, others = _features(md, cfg, tok)
     changes = {"n_modalities": len(spec.modalities), "n_classes": 0, "n_batches": len(cats) if cats else 0,
-               "dab": use_dab, "dab_alpha": cfg.dab_alpha, "batch_embedding": False, "dsbn": False}
+               "dab": use_dab, "dab_alpha": cfg.dab_alpha, "batch_embedding": cats is not None and cfg.batch_decoder,
+               "dsbn": False}
     if base is None:
         vocab = spec.extend(_new_vocab(md, cfg))
         mcfg = ModelConfig(vocab_size=len(vocab), **{**SMALL_MODEL, **(model_config or {}), **changes,
@@ -247,7 +251,7 @@ def multiomics(
     net.config = replace(net.config, max_len=cells.config.max_len)
     losses = _fit(mm, cells, codes, tcfg, out_dir)
 
-    emb, _ = run_model(mm, cells, device=device)
+    emb, _ = run_model(mm, cells, batch_codes=codes, device=device)
     emb_full = np.full((md.container.n_obs, emb.shape[1]), np.nan, dtype=np.float32)
     emb_full[md.rows] = emb
     md.container.obsm[key_added] = emb_full

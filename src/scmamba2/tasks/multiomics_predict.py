@@ -51,11 +51,14 @@ def model_cells(mm, rna, others: dict[str, np.ndarray]) -> TokenizedCells:
     return joint_cells(rna_cells, others, mm.spec, net.vocab, mm.config.rna_max_len)
 
 
-def run_model(mm, cells: TokenizedCells, *, target: str | None = None, batch_size: int = 64,
-              max_tokens: int = 65536, device: str | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+def run_model(mm, cells: TokenizedCells, *, target: str | None = None, batch_codes: np.ndarray | None = None,
+              batch_size: int = 64, max_tokens: int = 65536,
+              device: str | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Cell embeddings ``(n, d_model)`` of tokenised cells and, with ``target``, the prediction of the model's
     ``predict_head`` (``mvc``: cell-conditioned expression head; ``gep``: per-token expression head) at that
-    modality's feature tokens ``(n, n_features)`` (NaN where a cell has no such token)."""
+    modality's feature tokens ``(n, n_features)`` (NaN where a cell has no such token). A model with a batch
+    decoder reads ``batch_codes`` (each cell's index among the model's batches, -1 = unknown: the mean batch
+    vector); without them every cell is an unknown batch."""
     import torch
     from torch.utils.data import DataLoader
 
@@ -75,7 +78,9 @@ def run_model(mm, cells: TokenizedCells, *, target: str | None = None, batch_siz
     emb = np.zeros((len(cells), net.config.d_model), dtype=np.float32)
     pred = np.full((len(cells), n_feat), np.nan, dtype=np.float32) if target is not None else None
     batches = token_budget_batches(np.asarray(cells.lengths), max_tokens=max_tokens, max_batch_size=batch_size)
-    loader = DataLoader(TokenizedDataset(cells), batch_sampler=batches,
+    if net.batch_encoder is not None and batch_codes is None:
+        batch_codes = np.full(len(cells), -1, dtype=np.int64)
+    loader = DataLoader(TokenizedDataset(cells, batch=batch_codes), batch_sampler=batches,
                         collate_fn=MultiomicCollator(vocab.pad_id, mm.spec.modality_of(vocab)))
     with torch.no_grad():
         for batch in loader:
@@ -100,6 +105,7 @@ def predict_modality(
     use_raw: bool = False,
     gene_column: str | None = None,
     min_gene_fraction: float = 0.5,
+    batch_key: str | None = None,
     batch_size: int = 64,
     device: str | None = None,
 ) -> None:
@@ -120,6 +126,10 @@ def predict_modality(
         ``obsm`` key of the prediction; default ``"scmamba2_pred_<modality>"``.
     min_gene_fraction
         Smallest fraction of the model's RNA genes the query must have.
+    batch_key
+        For a model trained with batches and ``batch_decoder``: the ``obs`` column of each query cell's batch.
+        Cells of a batch the model knows are predicted as that batch, the others (and every cell without
+        ``batch_key``) with the mean of the batch vectors.
 
     Writes
     ------
@@ -153,7 +163,18 @@ def predict_modality(
     spec = mm.spec
     n_feat = len(spec.features[target])
     cells = model_cells(mm, rna, {target: np.full((rna.n_obs, n_feat), MASK_VALUE, dtype=np.float32)})
-    _, pred = run_model(mm, cells, target=target, batch_size=batch_size, device=device)
+    codes = None
+    if batch_key is not None and mm.model.batch_encoder is not None:
+        if batch_key not in query.obs:
+            raise InputError(f"batch_key {batch_key!r} is not an obs column of the query; available: "
+                             f"{list(query.obs.columns)}")
+        index = {c: i for i, c in enumerate(mm.info.get("batch_categories") or [])}
+        values = query.obs[batch_key].astype(str).to_numpy()
+        codes = np.array([index.get(v, -1) for v in values], dtype=np.int64)
+        if (codes < 0).any():
+            log.info("%d query cells are of batches the model was not trained on: predicted with the mean batch "
+                     "vector", int((codes < 0).sum()))
+    _, pred = run_model(mm, cells, target=target, batch_codes=codes, batch_size=batch_size, device=device)
     key = key_added or f"scmamba2_pred_{target}"
     query.obsm[key] = pred
     query.uns[f"{key}_names"] = np.asarray(spec.features[target], dtype=object)
