@@ -16,7 +16,10 @@ class FileServer:
         self.payload = payload
         self.cut_after: int | None = None
         self.honour_range = True
+        self.etag: str | None = None  # sent as ETag; an If-Range that differs gets the whole file (200)
+        self.content_type = "application/octet-stream"
         self.requests: list[str | None] = []  # the Range header of each request (None: none)
+        self.if_range: list[str | None] = []  # the If-Range header of each request
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -26,8 +29,10 @@ class FileServer:
             def do_GET(self):
                 rng = self.headers.get("Range")
                 server.requests.append(rng)
+                server.if_range.append(self.headers.get("If-Range"))
                 data, start = server.payload, 0
-                if rng and server.honour_range:
+                stale = self.headers.get("If-Range") not in (None, server.etag)
+                if rng and server.honour_range and not stale:
                     start = int(rng.split("=")[1].split("-")[0])
                     if start >= len(data):
                         self.send_response(416)
@@ -41,6 +46,9 @@ class FileServer:
                     self.send_response(200)
                 body = data[start:]
                 self.send_header("Content-Length", str(len(body)))
+                self.send_header("Content-Type", server.content_type)
+                if server.etag:
+                    self.send_header("ETag", server.etag)
                 self.end_headers()
                 if server.cut_after is not None:
                     body, server.cut_after = body[: server.cut_after], None

@@ -36,6 +36,42 @@ def test_resume_after_interrupted_transfer(server, payload, tmp_path):
     assert dest.read_bytes() == payload and not part.exists()
 
 
+def test_resume_without_checksum_uses_the_etag(server, payload, tmp_path):
+    dest = tmp_path / "f.bin"
+    server.etag, server.cut_after = '"v1"', 1000
+    with pytest.raises(DownloadError):
+        download(server.url, dest)
+    download(server.url, dest)
+    assert server.requests[-1] == "bytes=1000-" and server.if_range[-1] == '"v1"'
+    assert dest.read_bytes() == payload and not (tmp_path / "f.bin.part.validator").exists()
+
+
+def test_changed_source_is_not_spliced_onto_a_partial_file(server, payload, tmp_path):
+    dest = tmp_path / "f.bin"
+    server.etag, server.cut_after = '"v1"', 1000
+    with pytest.raises(DownloadError):
+        download(server.url, dest)
+    new = bytes(reversed(payload))
+    server.payload, server.etag = new, '"v2"'
+    assert download(server.url, dest).read_bytes() == new  # the If-Range fails: the whole new file
+
+
+def test_resume_without_checksum_or_validator_starts_again(server, payload, tmp_path):
+    dest = tmp_path / "f.bin"
+    server.cut_after = 1000  # no ETag and no sha256: a changed source could not be told apart
+    with pytest.raises(DownloadError):
+        download(server.url, dest)
+    assert download(server.url, dest).read_bytes() == payload
+    assert server.requests[-1] is None
+
+
+def test_web_page_instead_of_the_file_is_refused(server, tmp_path):
+    server.content_type = "text/html; charset=utf-8"
+    with pytest.raises(DownloadError, match="web page"):
+        download(server.url, tmp_path / "f.h5ad")
+    assert not (tmp_path / "f.h5ad").exists()
+
+
 def test_server_without_ranges_restarts_from_zero(server, payload, tmp_path):
     server.honour_range = False
     (tmp_path / "f.bin.part").write_bytes(b"stale bytes from another attempt")

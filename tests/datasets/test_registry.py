@@ -107,6 +107,24 @@ def test_get_downloads_converts_and_caches(serve, tmp_path, monkeypatch):
     assert len(srv.requests) == n
 
 
+def test_file_without_registry_checksum_is_pinned_on_first_fetch(serve, tmp_path, monkeypatch):
+    src = tmp_path / "src.h5ad"
+    tiny(label_col="Celltype").write_h5ad(src)
+    data = src.read_bytes()
+    srv = serve(data)
+    rec = DatasetRecord("toy", "toy", ("annotate",), "MIT", "https://example.org",
+                        files=(RemoteFile(srv.url, "toy_raw.h5ad"),), obs_keys={"cell_type": ("Celltype",)})
+    monkeypatch.setattr(registry, "PUBLIC", (rec,))
+    cache = tmp_path / "cache"
+    get("toy", cache=cache, shared_dir=tmp_path / "none")
+    pin = cache / "toy" / "raw" / "toy_raw.h5ad.sha256"
+    assert pin.read_text().split()[0] == hashlib.sha256(data).hexdigest()
+    (cache / "toy" / "toy.h5ad").unlink()  # convert again from the cached raw file, now damaged
+    (cache / "toy" / "raw" / "toy_raw.h5ad").write_bytes(data[:-10] + bytes(10))
+    with pytest.raises(ChecksumError, match="first fetched"):
+        get("toy", cache=cache, shared_dir=tmp_path / "none")
+
+
 def test_manual_record_says_where_to_put_files(tmp_path, monkeypatch):
     rec = DatasetRecord("drive", "d", ("annotate",), "MIT", "https://example.org",
                         files=(RemoteFile("https://drive.example/folder", "ref.h5ad"),
@@ -125,17 +143,24 @@ def test_manual_record_says_where_to_put_files(tmp_path, monkeypatch):
     assert "cell_type" in a.obs
 
 
-def test_gears_tarball_gets_perturbation_column(tmp_path, monkeypatch):
+@pytest.mark.parametrize("kind", ["zip", "tar.gz"])
+def test_gears_archive_gets_perturbation_column(tmp_path, monkeypatch, kind):
+    import zipfile
+
     a = tiny(n=4)
     a.obs["condition"] = ["ctrl", "KLF1+ctrl", "ctrl+MAP2K6", "KLF1+MAP2K6"]
     (tmp_path / "norman").mkdir()
     a.write_h5ad(tmp_path / "norman" / "perturb_processed.h5ad")
     raw = tmp_path / "cache" / "g" / "raw"
     raw.mkdir(parents=True)
-    with tarfile.open(raw / "g.tar.gz", "w:gz") as tf:
-        tf.add(tmp_path / "norman", arcname="norman")
+    if kind == "zip":  # the layout GEARS downloads from Dataverse
+        with zipfile.ZipFile(raw / f"g.{kind}", "w") as zf:
+            zf.write(tmp_path / "norman" / "perturb_processed.h5ad", "norman/perturb_processed.h5ad")
+    else:
+        with tarfile.open(raw / f"g.{kind}", "w:gz") as tf:
+            tf.add(tmp_path / "norman", arcname="norman")
     rec = DatasetRecord("g", "g", ("perturb",), "MIT", "https://example.org",
-                        files=(RemoteFile("https://example.org/g", "g.tar.gz"),), converter="gears",
+                        files=(RemoteFile("https://example.org/g", f"g.{kind}"),), converter="gears",
                         obs_keys={"condition": ("condition",)}, manual="manual: test")
     monkeypatch.setattr(registry, "PUBLIC", (rec,))
     out = ad.read_h5ad(get("g", cache=tmp_path / "cache", shared_dir=tmp_path / "none"))
@@ -193,3 +218,17 @@ def test_bmmc_converter_moves_adt_to_obsm(tmp_path):
     assert out.n_vars == 6 and out.obsm["protein_counts"].shape == (6, 2)
     assert list(out.uns["protein_names"]) == ["G6", "G7"]
     assert np.allclose(out.obsm["protein_counts"], a.X[:, 6:].toarray())
+
+
+def test_mudata_is_written_whole_then_renamed(tmp_path, monkeypatch):
+    import mudata as md
+
+    from scmamba2.datasets import convert as conv
+
+    rec = DatasetRecord("mm", "mm", ("multiomics",), "MIT", "https://example.org",
+                        files=(RemoteFile("https://example.org/mm", "mm.h5"),), converter="toy_mudata")
+    monkeypatch.setitem(conv.CONVERTERS, "toy_mudata", lambda r, f, o: md.MuData({"rna": tiny(), "atac": tiny()}))
+    out = conv.convert(rec, {}, tmp_path)
+    assert out == tmp_path / "mm.h5mu" and sorted(p.name for p in tmp_path.iterdir()) == ["mm.h5mu"]
+    m = md.read_h5mu(out)
+    assert set(m.mod) == {"rna", "atac"} and m.uns["scmamba2_dataset"]["name"] == "mm"

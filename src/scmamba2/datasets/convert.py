@@ -10,6 +10,7 @@ import gzip
 import logging
 import shutil
 import tarfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,9 @@ def convert(record: DatasetRecord, files: dict[str, Path], out_dir: Path) -> Pat
     if hasattr(data, "mod"):  # MuData
         out = out_dir / f"{record.name}.h5mu"
         data.uns["scmamba2_dataset"] = _provenance(record)
-        data.write(out)
+        tmp = out.with_name(f"{record.name}.part.h5mu")  # a crash mid-write never leaves a "finished" file
+        data.write(tmp)
+        tmp.replace(out)
         return out
     add_canonical_obs(data, record)
     if record.counts_layer and record.counts_layer in data.layers:
@@ -147,11 +150,12 @@ def _tenx_multiome(record, files, out_dir):
 
 
 def _gears(record, files, out_dir):
-    """A GEARS dataverse tarball: its ``perturb_processed.h5ad``, with obs['perturbation'] added."""
+    """A GEARS Dataverse archive (a zip, as GEARS fetches it; a tarball works too): its
+    ``perturb_processed.h5ad``, with obs['perturbation'] added."""
     root = _extract(next(iter(files.values())), out_dir / "gears")
     h5 = next(root.rglob("perturb_processed.h5ad"), None)
     if h5 is None:
-        raise InputError(f"{record.name}: no perturb_processed.h5ad in the tarball; delete it and run again")
+        raise InputError(f"{record.name}: no perturb_processed.h5ad in the archive; delete it and run again")
     adata = _read_h5ad(h5)
     if "condition" in adata.obs and "perturbation" not in adata.obs:
         cond = adata.obs["condition"].astype(str)
@@ -169,23 +173,38 @@ def _scvi_pbmc(record, files, out_dir):
     return scvi.data.pbmc_dataset(save_path=str(out_dir / "scvi"))
 
 
-def _extract(tar_path: Path, dest: Path) -> Path:
-    """Extract a tarball once (a ``.done`` marker says it finished); refuses members outside ``dest``."""
+def _extract(archive: Path, dest: Path) -> Path:
+    """Extract a zip or tar archive once (a ``.done`` marker says it finished); refuses members outside ``dest``
+    and names a damaged or unknown archive."""
     marker = dest / ".done"
     if marker.exists():
         return dest
     dest.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(tar_path) as tf:
-        for m in tf.getmembers():
-            target = (dest / m.name).resolve()
-            if not str(target).startswith(str(dest.resolve())):
-                raise InputError(f"{tar_path}: member {m.name!r} points outside the extraction folder; refused")
-        if hasattr(tarfile, "data_filter"):
-            tf.extractall(dest, filter="data")
-        else:  # pragma: no cover - older Python; members were checked above
-            tf.extractall(dest)
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as zf:
+            _check_members(archive, dest, zf.namelist())
+            zf.extractall(dest)
+    else:
+        try:
+            tf = tarfile.open(archive)
+        except tarfile.TarError as e:
+            raise InputError(f"{archive} is neither a zip nor a tar archive ({e}); the download may be damaged or "
+                             "a web page: delete it and run the command again") from e
+        with tf:
+            _check_members(archive, dest, tf.getnames())
+            if hasattr(tarfile, "data_filter"):
+                tf.extractall(dest, filter="data")
+            else:  # pragma: no cover - older Python; members were checked above
+                tf.extractall(dest)
     marker.touch()
     return dest
+
+
+def _check_members(archive: Path, dest: Path, names: list[str]) -> None:
+    root = dest.resolve()
+    for name in names:
+        if not (dest / name).resolve().is_relative_to(root):
+            raise InputError(f"{archive}: member {name!r} points outside the extraction folder; refused")
 
 
 CONVERTERS = {"h5ad": _h5ad, "ref_query": _ref_query, "zheng68k": _zheng68k, "bmmc_cite": _bmmc_cite,

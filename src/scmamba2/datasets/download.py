@@ -4,13 +4,18 @@ A transfer writes ``<name>.part`` next to the target. Only when every byte has a
 announced) and the sha256 matches (where one is known) is the ``.part`` renamed to the final name, so a file
 under the final name is always complete. An interrupted transfer leaves the ``.part``; the next call asks the
 server for the remaining bytes (``Range: bytes=N-``) and appends them, or starts again when the server does not
-support ranges.
+support ranges. A resume is trusted only when a changed source would be noticed: the first response's
+``ETag`` / ``Last-Modified`` is kept in ``<name>.part.validator`` and sent back as ``If-Range`` (the server then
+sends the whole new file instead of the rest of the old one), or the sha256 is known. Otherwise the ``.part`` is
+discarded and the transfer starts again. A ``text/html`` answer for a file that is not a web page (a login,
+terms or rate-limit page served with status 200) is refused.
 """
 
 from __future__ import annotations
 
 import hashlib
 import http.client
+import json
 import logging
 import os
 import urllib.error
@@ -93,9 +98,14 @@ def download(url: str, dest: str | Path, *, sha256: str | None = None, progress:
         log.warning("%s exists but its sha256 is wrong; fetching it again", dest)
         dest.unlink()
     part = dest.with_name(dest.name + ".part")
+    meta = dest.with_name(dest.name + ".part.validator")
     for attempt in range(2):  # a second pass only when the server rejected our range and we start over
         done = part.stat().st_size if part.exists() else 0
-        status = _fetch(url, part, done, progress, timeout)
+        if_range = _validator(meta, url)
+        if done and if_range is None and sha256 is None:
+            log.info("%s: nothing tells whether the source changed since the partial download; starting again", url)
+            done = 0
+        status = _fetch(url, part, done, progress, timeout, if_range, meta)
         if status == "restart" and attempt == 0:
             part.unlink(missing_ok=True)
             continue
@@ -107,6 +117,7 @@ def download(url: str, dest: str | Path, *, sha256: str | None = None, progress:
         got = sha256_file(part)
         if got != sha256.lower():
             part.unlink(missing_ok=True)
+            meta.unlink(missing_ok=True)
             raise ChecksumError(
                 f"checksum mismatch for {url}: expected sha256 {sha256.lower()}, got {got}. The downloaded bytes "
                 f"were deleted and nothing was cached. Run the command again; if it fails again the file at the "
@@ -114,14 +125,29 @@ def download(url: str, dest: str | Path, *, sha256: str | None = None, progress:
     else:
         log.warning("no sha256 is registered for %s: accepted on its length only", url)
     os.replace(part, dest)
+    meta.unlink(missing_ok=True)
     return dest
 
 
-def _fetch(url: str, part: Path, done: int, progress: ProgressFn | None, timeout: float) -> str:
-    """Append the bytes after ``done`` to ``part``. Returns "ok", or "restart" when the range was refused."""
+def _validator(meta: Path, url: str) -> str | None:
+    """The ETag (else Last-Modified) recorded when ``url``'s partial download began, if any."""
+    try:
+        rec = json.loads(meta.read_text())
+    except (OSError, ValueError):
+        return None
+    return (rec.get("etag") or rec.get("last_modified")) if rec.get("url") == url else None
+
+
+def _fetch(url: str, part: Path, done: int, progress: ProgressFn | None, timeout: float,
+           if_range: str | None = None, meta: Path | None = None) -> str:
+    """Append the bytes after ``done`` to ``part``. Returns "ok", or "restart" when the range was refused.
+
+    A fresh transfer records the response's validator in ``meta``; a resume sends it as ``If-Range``."""
     req = urllib.request.Request(url, headers={"User-Agent": "scmamba2-datasets"})
     if done:
         req.add_header("Range", f"bytes={done}-")
+        if if_range:
+            req.add_header("If-Range", if_range)
     try:
         resp = urllib.request.urlopen(req, timeout=timeout)
     except urllib.error.HTTPError as e:
@@ -141,8 +167,14 @@ def _fetch(url: str, part: Path, done: int, progress: ProgressFn | None, timeout
     with resp:
         status = getattr(resp, "status", 200)
         length = resp.headers.get("Content-Length")
+        ctype = (resp.headers.get("Content-Type") or "").lower()
+        if ctype.startswith("text/html") and not part.name[:-5].lower().endswith((".html", ".htm")):
+            raise DownloadError(
+                f"{url} answered with a web page (text/html), not the file: probably a login, terms-of-use or "
+                f"rate-limit page. Open the URL in a browser, accept what it asks and download the file by hand "
+                f"into {part.parent} as {part.name[:-5]}, then run the command again.")
         if done and status != 206:
-            log.info("the server ignored the range request; starting %s from the beginning", url)
+            log.info("the server sent the whole file (range ignored, or the file changed); starting %s again", url)
             done, mode = 0, "wb"
         else:
             mode = "ab" if done else "wb"
@@ -150,6 +182,9 @@ def _fetch(url: str, part: Path, done: int, progress: ProgressFn | None, timeout
                 start = _start_from_content_range(resp.headers.get("Content-Range"))
                 if start is not None and start != done:
                     return "restart"
+        if not done and meta is not None:
+            meta.write_text(json.dumps({"url": url, "etag": resp.headers.get("ETag"),
+                                        "last_modified": resp.headers.get("Last-Modified")}))
         total = done + int(length) if length is not None else None
         got = done
         try:

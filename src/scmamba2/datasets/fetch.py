@@ -77,11 +77,27 @@ def get(name: str, *, cache: str | Path | None = None, shared_dir: str | Path | 
         else:
             path = download(f.url, raw / f.filename, sha256=f.sha256, progress=progress)
         if f.sha256 is None:
-            log.info("%s: sha256 %s (the registry has none; record it once you trust the source)", f.filename,
-                     sha256_file(path))
+            _check_pin(path)
         files[f.filename] = path
     root.mkdir(parents=True, exist_ok=True)
     return convert(record, files, root)
+
+
+def _check_pin(path: Path) -> None:
+    """Trust on first use, for files the registry has no sha256 for: the first fetch writes ``<file>.sha256``
+    beside the file; every later ``get`` (and any re-download) must match it."""
+    pin = path.with_name(path.name + ".sha256")
+    got = sha256_file(path)
+    if not pin.exists():
+        pin.write_text(got + "\n")
+        log.warning("%s: the registry has no sha256; pinned %s in %s (later fetches are checked against it)",
+                    path.name, got, pin)
+        return
+    want = pin.read_text().split()[0]
+    if got != want:
+        raise ChecksumError(f"{path} (sha256 {got}) differs from the copy first fetched (pinned {want} in {pin}). "
+                            f"The file was damaged or the source changed: delete {path} and run the command again; "
+                            f"if the source really changed, delete {pin} too.")
 
 
 def _check_local(record: DatasetRecord) -> Path:

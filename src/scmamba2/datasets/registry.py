@@ -1,9 +1,11 @@
 """The public datasets the field benchmarks on: where each lives, its licence, checksum, shape and obs keys.
 
 Checksums: no sha256 below was computed from the real file (this package was written offline), so every public
-record has ``sha256=None`` and a download is accepted on its length alone, with a warning. Fill a checksum in
-only after computing it from a download (``scmamba2 datasets get NAME`` logs it). Shapes are the figures the
-cited papers and repositories report; ``get`` compares them with the converted file and logs any difference.
+record has ``sha256=None``: the first download is accepted on its length alone, with a warning, and its sha256
+is pinned beside it in the cache (``<file>.sha256``); every later ``get`` and re-download is checked against that
+pin (trust on first use). Fill a checksum in here only after computing it from a download (the pin holds it).
+Shapes are the figures the cited papers and repositories report; ``get`` compares them with the converted file
+and logs any difference.
 
 The converted layout every task reads: one ``<cache>/<name>/<name>.h5ad`` (``.h5mu`` for RNA+ATAC) with raw
 counts in ``X`` where the source has them, the canonical obs columns of :data:`CANONICAL_OBS` copied from the
@@ -194,7 +196,7 @@ PUBLIC: tuple[DatasetRecord, ...] = (
     DatasetRecord(
         "norman", "Norman et al. 2019 K562 CRISPRa single and double perturbations (GEARS format)", ("perturb",),
         "not stated by the distributor (Harvard Dataverse, GEARS)", GEARS,
-        files=(RemoteFile("https://dataverse.harvard.edu/api/access/datafile/6154020", "norman.tar.gz"),),
+        files=(RemoteFile("https://dataverse.harvard.edu/api/access/datafile/6154020", "norman.zip"),),
         n_obs=91205, n_vars=5045, shape_source="the GEARS-processed file as printed in GEARS tutorials",
         obs_keys={"condition": ("condition",), "cell_type": ("cell_type",)}, converter="gears",
         notes=("X is log-normalised as GEARS ships it (no raw counts in the file).",
@@ -202,7 +204,7 @@ PUBLIC: tuple[DatasetRecord, ...] = (
     DatasetRecord(
         "adamson", "Adamson et al. 2016 K562 CRISPRi UPR perturbations (GEARS format)", ("perturb",),
         "not stated by the distributor (Harvard Dataverse, GEARS)", GEARS,
-        files=(RemoteFile("https://dataverse.harvard.edu/api/access/datafile/6154417", "adamson.tar.gz"),),
+        files=(RemoteFile("https://dataverse.harvard.edu/api/access/datafile/6154417", "adamson.zip"),),
         n_obs=68603, n_vars=5060, shape_source="the GEARS-processed file as printed in GEARS tutorials",
         obs_keys={"condition": ("condition",), "cell_type": ("cell_type",)}, converter="gears",
         notes=("X is log-normalised as GEARS ships it (no raw counts in the file).",)),
