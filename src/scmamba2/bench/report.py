@@ -134,15 +134,15 @@ def _markdown(outcomes, figures, run, env, title) -> str:
     hw, lines = env["hardware"], [f"# {title}", ""]
     lines += [f"Generated {run.get('finished') or _now()} by `{run.get('command', 'scmamba2 bench')}`.", ""]
     lines += ["## Machine and settings", "", _env_line(env), ""]
-    lines += [f"- seed: {run.get('seed', '-')}; quick: {run.get('quick', '-')}",
+    lines += [f"- seed: {run.get('seed', 'each task its own (Tasks table)')}; quick: {run.get('quick', '-')}",
               f"- datasets: {', '.join(run.get('datasets') or []) or 'the default of each task'}",
               f"- versions: {', '.join(f'{k} {v}' for k, v in env['versions'].items())}",
               f"- git commit: {env.get('git_commit') or 'unknown'}; GPU: {hw.get('gpu') or 'none'}", ""]
-    lines += ["## Tasks", "", "| task | status | wall s | CPU s | datasets | note |", "|---|---|---|---|---|---|"]
+    lines += ["## Tasks", "", "| task | status | seed | wall s | CPU s | datasets | note |", "|---|---|---|---|---|---|---|"]
     for o in outcomes:
         note = (o.error or "").replace("|", "/").replace("\n", " ")[:160]
-        lines.append(f"| [{o.task}](#{o.task}) | {o.status} | {o.wall_s:.1f} | {o.cpu_s:.1f} | "
-                     f"{', '.join(o.datasets) or '-'} | {note or '-'} |")
+        lines.append(f"| [{o.task}](#{o.task}) | {o.status} | {_seed(o)} | {o.wall_s:.1f} | {o.cpu_s:.1f} | "
+                     f"{', '.join(o.datasets) or 'default'} | {note or '-'} |")
     lines.append("")
     for o in outcomes:
         lines += [f'<a id="{o.task}"></a>', "", f"## {o.task}", ""]
@@ -169,6 +169,11 @@ def _markdown(outcomes, figures, run, env, title) -> str:
     return "\n".join(lines)
 
 
+def _seed(o) -> str:
+    """The seed a task's result was made with (each task records its own; a collected report has no run seed)."""
+    return str(o.result.meta.get("seed", "-")) if o.result is not None else "-"
+
+
 def _env_line(env) -> str:
     hw = env["hardware"]
     mem = f", {hw['memory_gb']:.0f} GB RAM" if hw.get("memory_gb") else ""
@@ -193,14 +198,15 @@ def _html(outcomes, figures, run, env, title) -> str:
              f"<code>{e(str(run.get('command', 'scmamba2 bench')))}</code>.</p>",
              "<h2>Machine and settings</h2><ul>", f"<li>{e(_env_line(env))}</li>",
              f"<li>GPU: {e(str(hw.get('gpu') or 'none'))}; git commit: {e(str(env.get('git_commit') or 'unknown'))}</li>",
-             f"<li>seed: {e(str(run.get('seed', '-')))}; quick: {e(str(run.get('quick', '-')))}</li>",
+             f"<li>seed: {e(str(run.get('seed', 'each task its own (Tasks table)')))}; quick: {e(str(run.get('quick', '-')))}</li>",
              f"<li>datasets: {e(', '.join(run.get('datasets') or []) or 'the default of each task')}</li>",
              f"<li>versions: {e(', '.join(f'{k} {v}' for k, v in env['versions'].items()))}</li></ul>",
-             "<h2>Tasks</h2><table><tr><th>task</th><th>status</th><th>wall s</th><th>CPU s</th><th>datasets</th>"
+             "<h2>Tasks</h2><table><tr><th>task</th><th>status</th><th>seed</th><th>wall s</th><th>CPU s</th><th>datasets</th>"
              "<th>note</th></tr>"]
     for o in outcomes:
         parts.append(f"<tr><td><a href='#{e(o.task)}'>{e(o.task)}</a></td><td class='{e(o.status)}'>{e(o.status)}"
-                     f"</td><td class='n'>{o.wall_s:.1f}</td><td class='n'>{o.cpu_s:.1f}</td><td>{e(', '.join(o.datasets) or '-')}</td>"
+                     f"</td><td class='n'>{e(_seed(o))}</td><td class='n'>{o.wall_s:.1f}</td><td class='n'>{o.cpu_s:.1f}</td>"
+                     f"<td>{e(', '.join(o.datasets) or 'default')}</td>"
                      f"<td>{e((o.error or '-')[:200])}</td></tr>")
     parts.append("</table>")
     for o in outcomes:
