@@ -116,3 +116,57 @@ def test_benchmark_script_main_writes_the_task_results(tmp_path, monkeypatch):
     text = md.read_text()
     assert "Regenerate: `.venv/bin/python benchmarks/toy.py --quick`" in text and "| ours | 1.000 |" in text
     assert json.loads((tmp_path / "toy_quick.json").read_text())["meta"]["wall_minutes"] >= 0
+
+
+def test_public_sets_reach_only_the_tasks_that_read_them(tmp_path, monkeypatch):
+    import scmamba2.datasets as ds
+    from scmamba2.datasets import DatasetRecord, RemoteFile, registry
+
+    recs = tuple(DatasetRecord(n, n, (t,), "MIT", "https://example.org", files=(RemoteFile("https://x/y", "y"),),
+                               obs_keys={"cell_type": ("ct",)}) for n, t in (("pub_ann", "annotate"),
+                                                                              ("pub_pert", "perturb")))
+    monkeypatch.setattr(registry, "PUBLIC", recs)
+    fetched = []
+
+    def fake_get(name, **kw):
+        fetched.append(name)
+        p = tmp_path / "cache" / name / f"{name}.h5ad"
+        p.parent.mkdir(parents=True)
+        ad.AnnData(X=np.ones((4, 2), dtype=np.float32)).write_h5ad(p)
+        return p
+
+    monkeypatch.setattr(ds, "get", fake_get)
+    seen = {}
+
+    def run(data_dir, datasets, out_dir):
+        seen["datasets"] = sorted(datasets)
+        seen["files"] = sorted(p.name for p in data_dir.iterdir())
+        return BenchResult("acc")
+
+    acc, local_only = types.ModuleType("fake_acc"), types.ModuleType("fake_local_only")
+    acc.run, acc.DATASETS, acc.accepts = run, ["a_local_set"], lambda r: "annotate" in r.tasks
+    local_only.run, local_only.DATASETS = run, ["a_local_set"]
+    monkeypatch.setitem(sys.modules, "fake_acc", acc)
+    monkeypatch.setitem(sys.modules, "fake_local_only", local_only)
+    monkeypatch.setattr(runner, "TASKS", {"acc": ("fake_acc",), "local_only": ("fake_local_only",)})
+    outcomes, _ = runner.run_benchmarks(["acc", "local_only"], datasets=["pub_ann", "pub_pert"],
+                                        out_dir=tmp_path / "out", shared_dir=tmp_path / "none")
+    assert fetched == ["pub_ann"]  # no task reads pub_pert: never downloaded
+    assert seen == {"datasets": ["pub_ann"], "files": ["pub_ann.h5ad"]}
+    assert [o.status for o in outcomes] == ["ok", "skipped"] and "a_local_set" in outcomes[1].error
+
+
+def test_annotate_split_of_a_public_set(monkeypatch, tmp_path):
+    from scmamba2.bench import annotate
+
+    s = {"n_query_donors": 1, "max_query_cells": None, "max_reference_cells": None}
+    obs = pd.DataFrame({"cell_type": ["a"] * 10 + ["b"] * 10 + ["lonely"]}, index=[f"c{i}" for i in range(21)])
+    a = ad.AnnData(X=np.ones((21, 3), dtype=np.float32), obs=obs)
+    a.write_h5ad(tmp_path / "p.h5ad")
+    ref, query, split = annotate._split(tmp_path / "p.h5ad", "p", 0, s)
+    assert split["split"].startswith("stratified") and split["n_unlabeled_left_out"] == 1
+    assert (ref.n_obs, query.n_obs) == (14, 6) and set(query.obs["cell_type"]) == {"a", "b"}
+    a.obs["split"] = ["reference"] * 15 + ["query"] * 6
+    a.write_h5ad(tmp_path / "p.h5ad")
+    ref, query, split = annotate._split(tmp_path / "p.h5ad", "p", 0, s)
+    assert split["split"] == "the dataset's own reference / query" and (ref.n_obs, query.n_obs) == (15, 6)

@@ -41,6 +41,11 @@ TRIED = ("Tried on pbmc3k, scored on the reference's held-out tenth (never the q
 LABEL_KEY = "cell_type"
 
 
+def accepts(record) -> bool:
+    """Also reads the registry's public annotation sets (obs 'cell_type'; their own 'split', else 70/30)."""
+    return record.source == "remote" and "annotate" in record.tasks and "cell_type" in record.obs_keys
+
+
 def _default_data_dir() -> Path:
     return Path(__file__).resolve().parents[3].parent / "shared" / "data"
 
@@ -110,11 +115,19 @@ def _split(path: Path, name: str, seed: int, s: dict):
     adata = read(path)
     adata.obs[LABEL_KEY] = adata.obs[LABEL_KEY].astype(str)
     rng = np.random.default_rng(seed)
-    if name.startswith("pbmc3k"):
+    own = adata.obs["split"].astype(str) if "split" in adata.obs else None
+    if own is not None and {"reference", "query"} <= set(own):  # a public set's own reference / query files
+        ref_idx, q_idx = np.flatnonzero(own == "reference"), np.flatnonzero(own == "query")
+        split = {"split": "the dataset's own reference / query"}
+    elif "donor" not in adata.obs or not name.startswith("kang"):  # pbmc3k, and any other labelled set
         from sklearn.model_selection import train_test_split
 
-        keep = (adata.obs[LABEL_KEY] != "unlabeled").to_numpy()
-        log.info("%s: %d unlabeled cells (failed the tutorial QC) left out", name, int((~keep).sum()))
+        labels = adata.obs[LABEL_KEY]
+        keep = ~labels.isin(["unlabeled", "nan", "None"]).to_numpy()
+        counts = labels[keep].value_counts()
+        keep &= labels.isin(counts.index[counts >= 2]).to_numpy()  # a single cell cannot be stratified
+        log.info("%s: %d cells without a usable label (unlabeled, or a type with one cell) left out", name,
+                 int((~keep).sum()))
         adata = adata[keep].copy()
         ref_idx, q_idx = train_test_split(np.arange(adata.n_obs), test_size=0.3, random_state=seed,
                                           stratify=adata.obs[LABEL_KEY].to_numpy())

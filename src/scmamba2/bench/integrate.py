@@ -27,6 +27,12 @@ DATASETS = {  # name -> (batch key, label key)
 METHODS = {"Unintegrated PCA": "X_pca", "Harmony": "X_harmony", "scVI": "X_scvi", "scmamba2": "X_scmamba2"}
 
 
+def accepts(record) -> bool:
+    """Also reads the registry's public integration sets (obs 'batch' and 'cell_type')."""
+    return (record.source == "remote" and "integrate" in record.tasks
+            and {"batch", "cell_type"} <= set(record.obs_keys))
+
+
 def _default_data_dir() -> Path:
     return Path(__file__).resolve().parents[3].parent / "shared" / "data"
 
@@ -83,8 +89,11 @@ def _dataset(res: BenchResult, path: Path, name: str, out: Path, seed: int, s: d
     from ..eval.plots import umap_panels
     from ..eval.scib import scib_benchmark
 
-    batch_key, label_key = DATASETS[name]
+    batch_key, label_key = DATASETS.get(name, ("batch", "cell_type"))  # a public set: the canonical columns
     adata = read(path)
+    missing = [k for k in (batch_key, label_key) if k not in adata.obs]
+    if missing:
+        raise ValueError(f"{name}: obs has no {missing}; integrate reads obs[{batch_key!r}] and obs[{label_key!r}]")
     if adata.n_obs > s["max_cells"]:
         rng = np.random.default_rng(seed)
         adata = adata[np.sort(rng.choice(adata.n_obs, s["max_cells"], replace=False))].copy()

@@ -3,8 +3,9 @@
 Each task is a module with ``run(...) -> BenchResult`` (see :data:`TASKS`). The runner reads ``run``'s signature
 and passes what it asks for: ``data_dir`` (a folder with the chosen datasets), ``datasets`` (name -> path),
 ``adatas`` (name -> AnnData, read on demand), ``out_dir``, ``seed``, ``quick``. A module may list the dataset
-names it can use in ``DATASETS``; when the user chose datasets with ``--data`` and none of them is in that
-list, the task is skipped with that reason. A missing module or a task that raises is recorded in the report
+names it can use in ``DATASETS``, and may define ``accepts(record) -> bool`` for the registry's other sets (those
+whose canonical obs columns it can read); when the user chose datasets with ``--data`` and the task reads none of
+them, the task is skipped with that reason. Only the datasets some chosen task reads are fetched. A missing module or a task that raises is recorded in the report
 and the run goes on with the next task.
 """
 
@@ -88,6 +89,14 @@ def run_benchmarks(tasks: list[str] | None = None, *, datasets: list[str] | None
         local = [r.name for r in list_datasets(shared_dir) if r.source == "local"]
         datasets = list(dict.fromkeys(n for d in datasets for n in (local if d == "local" else [d])))
         run_info["datasets"] = datasets
+    if datasets:  # fetch only what some task reads: a public set no task reads is never downloaded
+        read_by = {t: _reads(t, datasets, shared_dir) for t in tasks}
+        used = [n for n in datasets if any(names is None or n in names for names in read_by.values())]
+        unused = [n for n in datasets if n not in used]
+        if unused:
+            log.warning("no chosen task reads %s; not fetched", ", ".join(unused))
+            run_info["datasets_not_read"] = unused
+        datasets = used
     paths_by_name = {name: get(name, cache=cache, shared_dir=shared_dir) for name in (datasets or [])}
     run_info["dataset_paths"] = {k: str(v) for k, v in paths_by_name.items()}
     outcomes = [TaskOutcome(t, "pending") for t in tasks]
@@ -95,7 +104,7 @@ def run_benchmarks(tasks: list[str] | None = None, *, datasets: list[str] | None
         data_dir = _data_view(paths_by_name, Path(view), shared_dir) if paths_by_name else shared_data_dir(shared_dir)
         for i, task in enumerate(tasks):
             outcomes[i] = run_task(task, data_dir=data_dir, datasets=paths_by_name, out_dir=out, seed=seed,
-                                   quick=quick)
+                                   quick=quick, shared_dir=shared_dir)
             if on_task is not None:
                 on_task(outcomes[i])
             run_info["finished"] = _now()
@@ -127,31 +136,60 @@ def collect_benchmarks(tasks: list[str] | None = None, *, out_dir: str | Path = 
     return outcomes, build_report(outcomes, out, run=run_info, env=environment())
 
 
-def run_task(task: str, *, data_dir: Path | None, datasets: dict[str, Path], out_dir: Path, seed: int,
-             quick: bool) -> TaskOutcome:
-    """Import and run one task; a missing module, a refusal or an exception becomes the outcome's status."""
-    module = None
+def _import(task: str):
+    """(module, None), or (None, the outcome that says why the task cannot run)."""
     for name in TASKS[task]:
         try:
-            module = importlib.import_module(name)
-            break
+            return importlib.import_module(name), None
         except ModuleNotFoundError as e:
             if e.name == name:
                 continue
-            return TaskOutcome(task, "failed", error=f"importing {name}: {e}", traceback=_tb())
+            return None, TaskOutcome(task, "failed", error=f"importing {name}: {e}", traceback=_tb())
         except Exception as e:  # noqa: BLE001 - a broken module must not stop the other tasks
-            return TaskOutcome(task, "failed", error=f"importing {name}: {type(e).__name__}: {e}", traceback=_tb())
+            return None, TaskOutcome(task, "failed", error=f"importing {name}: {type(e).__name__}: {e}",
+                                     traceback=_tb())
+    return None, TaskOutcome(task, "missing", error=f"no module {' or '.join(TASKS[task])} (no benchmark for it yet)")
+
+
+def _reads(task: str, names, shared_dir=None) -> list[str] | None:
+    """Which of ``names`` the task's module reads: those in its ``DATASETS``, and registry sets its
+    ``accepts(record)`` takes. ``None``: the module lists neither (it takes whatever it is given) or is absent."""
+    from ..datasets import get_record
+
+    module, _ = _import(task)
+    wanted, accepts = getattr(module, "DATASETS", None), getattr(module, "accepts", None)
+    if module is None or (wanted is None and accepts is None):
+        return None
+    out = []
+    for n in names:
+        if wanted is not None and n in set(wanted):
+            out.append(n)
+        elif accepts is not None:
+            try:
+                if accepts(get_record(n, shared_dir)):
+                    out.append(n)
+            except Exception:  # noqa: BLE001 - an unknown name is reported by get() later
+                pass
+    return out
+
+
+def run_task(task: str, *, data_dir: Path | None, datasets: dict[str, Path], out_dir: Path, seed: int,
+             quick: bool, shared_dir=None) -> TaskOutcome:
+    """Import and run one task; a missing module, a refusal or an exception becomes the outcome's status."""
+    module, failed = _import(task)
     if module is None:
-        return TaskOutcome(task, "missing", error=f"no module {' or '.join(TASKS[task])} (no benchmark for it yet)")
+        return failed
     run = getattr(module, "run", None)
     if not callable(run):
         return TaskOutcome(task, "missing", error=f"{module.__name__} has no run() function")
-    wanted = getattr(module, "DATASETS", None)
     chosen = dict(datasets)
-    if wanted is not None and datasets:
-        chosen = {k: v for k, v in datasets.items() if k in set(wanted)}
+    reads = _reads(task, list(datasets), shared_dir) if datasets else None
+    if reads is not None:
+        chosen = {k: v for k, v in datasets.items() if k in reads}
         if not chosen:
-            return TaskOutcome(task, "skipped", error=f"none of the chosen datasets is one it uses ({', '.join(wanted)})")
+            wanted = ", ".join(getattr(module, "DATASETS", ()) or ())
+            extra = "; " + module.accepts.__doc__.strip().splitlines()[0] if hasattr(module, "accepts") else ""
+            return TaskOutcome(task, "skipped", error=f"none of the chosen datasets is one it reads ({wanted}{extra})")
     try:
         kwargs = _arguments(run, data_dir=data_dir, datasets=chosen, out_dir=out_dir, seed=seed, quick=quick)
     except TypeError as e:
@@ -209,16 +247,16 @@ def _data_view(paths: dict[str, Path], view: Path, shared_dir=None) -> Path:
     from ..datasets import get_record
 
     for name, path in paths.items():
-        links = [path]
+        links = [(path, f"{name}{path.suffix}")]  # under the dataset's name, which is what a task asks for
         try:
             rec = get_record(name, shared_dir)
             if rec.local_path is not None:  # side files (ATAC fragments, ...) sit beside the main one
                 root = rec.local_path.parent
-                links += [root / f.filename.split("/")[0] for f in rec.files]
+                links += [(root / f.filename.split("/")[0], f.filename.split("/")[0]) for f in rec.files]
         except Exception:  # noqa: BLE001 - a record that cannot be re-read still gets its main link
             pass
-        for src in links:
-            dst = view / src.name
+        for src, link_name in links:
+            dst = view / link_name
             if src.exists() and not dst.exists():
                 dst.symlink_to(src.resolve(), target_is_directory=src.is_dir())
     return view
