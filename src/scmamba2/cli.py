@@ -96,11 +96,11 @@ def pretrain(
 ) -> None:
     """Pretrain a new model with masked expression modelling.
 
-    Plain data files are read into memory; folders of h5ad shards and TileDB-SOMA experiments (or every
-    source, with data.stream: true) are streamed block by block, and the progress bar shows cells/s and
-    tokens/s. Logs go to OUT/logs/metrics.csv and OUT/tensorboard (tensorboard --logdir OUT).
+    One data file is read into memory; several h5ad files, folders of h5ad shards and TileDB-SOMA experiments
+    are streamed block by block (data.stream: true / false decides for plain files), and the progress bar
+    shows cells/s and tokens/s. Logs go to OUT/logs/metrics.csv and OUT/tensorboard (tensorboard --logdir OUT).
     """
-    from .data.corpus import CorpusConfig, is_soma_uri
+    from .data.corpus import CorpusConfig
     from .data.io import read
     from .train.config import TrainConfig, load_run_config
     from .train.pretrain import pretrain as _pretrain
@@ -115,7 +115,7 @@ def pretrain(
             train = replace(train, seed=seed)
         if not data and not dcfg.sources:
             raise InputError("Give DATA (files, folders of h5ad shards, SOMA experiments) or data.sources in --config.")
-        if dcfg.stream or dcfg.sources or any(Path(p).is_dir() or is_soma_uri(p) for p in data):
+        if dcfg.streams(data):
             if layer is not None or use_raw or gene_column is not None:
                 dcfg = replace(dcfg, layer="raw" if use_raw else (layer or dcfg.layer),
                                gene_column=gene_column or dcfg.gene_column)

@@ -77,6 +77,24 @@ def test_loader_resumes_mid_epoch(tmp_path):
     assert all(np.array_equal(a["values"], b["values"]) for a, b in zip(resumed, straight[7:]))
 
 
+@pytest.mark.parametrize("change", [dict(num_workers=1), dict(block_size=4), dict(batch_size=6),
+                                    dict(buffer_size=5), dict(world_size=2, rank=0)])
+def test_resume_with_another_epoch_layout_is_refused(tmp_path, change):
+    from scmamba2.errors import CheckpointError
+
+    corpus = open_corpus([_write_shards(tmp_path / "shards")])
+    vocab = build_corpus_vocab(corpus).vocab
+    kw = dict(batch_size=5, block_size=8, buffer_size=12, seed=1, mask_ratio=0.3, heldout_cells=8)
+    saved = CorpusLoader(CorpusDataset(corpus, vocab, TokenizerConfig(max_len=16), **kw), num_workers=2)
+    state = {**saved.state_dict(), "batches_consumed": 7}
+    workers = change.pop("num_workers", 2)
+    other = CorpusLoader(CorpusDataset(corpus, vocab, TokenizerConfig(max_len=16), **{**kw, **change}),
+                         num_workers=workers)
+    assert other.dataset.n_cells == saved.dataset.n_cells  # the older check alone would let it through
+    with pytest.raises(CheckpointError, match="laid out differently"):
+        other.load_state_dict(state)
+
+
 def test_obs_filter_and_backed_reads(tmp_path):
     import anndata as ad
 
@@ -150,6 +168,34 @@ def test_pretrain_streams_shards_through_the_cli(tmp_path):
     assert metrics["cells_per_s"].dropna().gt(0).any() and metrics["tokens_per_s"].dropna().gt(0).any()
     assert any((out / "tensorboard").glob("events.out.tfevents.*"))
     assert json.loads((out / "data_config.json").read_text())["obs_filter"] == "kind == 'b'"
+
+
+def test_which_inputs_are_streamed(tmp_path):
+    folder = _write_shards(tmp_path / "shards", sizes=(5, 5))
+    one, two = str(folder / "s0.h5ad"), str(folder / "s1.h5ad")
+    auto = CorpusConfig()
+    assert not auto.streams([one]) and auto.streams([one, two]) and auto.streams([str(folder)])
+    assert not auto.streams([one, str(tmp_path / "x.csv")])  # only h5ad files can be streamed
+    assert auto.streams(["soma://some/experiment"]) and CorpusConfig(sources=[one]).streams([])
+    assert CorpusConfig(stream=True).streams([one]) and not CorpusConfig(stream=False).streams([one, two])
+
+
+def test_cli_streams_several_h5ad_files(tmp_path):
+    from typer.testing import CliRunner
+
+    from scmamba2.cli import app
+
+    folder = _write_shards(tmp_path / "shards", sizes=(20, 20))
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("model: {d_model: 32, n_layers: 2, headdim: 16, chunk_size: 8}\ntokenizer: {max_len: 24}\n"
+                   "train: {batch_size: 8, warmup_steps: 1, val_every_n_steps: 2, progress_bar: false}\n"
+                   "data: {block_size: 8, buffer_size: 16}\n")
+    out = tmp_path / "run"
+    res = CliRunner().invoke(app, ["pretrain", str(folder / "s0.h5ad"), str(folder / "s1.h5ad"), "--out", str(out),
+                                   "--config", str(cfg), "--max-steps", "1"])
+    assert res.exit_code == 0, res.output
+    assert (out / "vocab_report.json").is_file()  # the corpus path: a vocabulary over both shards
+    assert json.loads((out / "vocab_report.json").read_text())["n_shards"] == 2
 
 
 def test_soma_experiment_from_shared_data_pretrains(tmp_path, shared_data):

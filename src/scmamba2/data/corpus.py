@@ -60,8 +60,10 @@ class CorpusConfig:
         Held-out cells: ``min(val_fraction * n_cells, max_val_cells)``, rounded up to whole blocks.
     min_shards : int, default 1
         Vocabulary: keep genes present in at least this many shards.
-    stream : bool, default False
-        Stream plain h5ad files too (folders and SOMA experiments are always streamed).
+    stream : bool or None, default None
+        Plain files: ``None`` streams several h5ad files (a corpus is never loaded whole) and reads a single
+        file (or other formats) into memory; ``True`` always streams, ``False`` always reads into memory. Folders
+        and SOMA experiments are always streamed.
     """
 
     sources: list = field(default_factory=list)
@@ -75,7 +77,7 @@ class CorpusConfig:
     buffer_size: int = 8192
     max_val_cells: int = 2048
     min_shards: int = 1
-    stream: bool = False
+    stream: bool | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.sources, (str, Path)):
@@ -86,6 +88,14 @@ class CorpusConfig:
                 raise InputError(f"data.{name} must be >= 1, got {getattr(self, name)}.")
         if int(self.max_val_cells) < 0:
             raise InputError(f"data.max_val_cells must be >= 0, got {self.max_val_cells}.")
+
+    def streams(self, data: Sequence[str | Path]) -> bool:
+        """Whether ``data`` (with :attr:`sources`) is streamed rather than read into memory."""
+        if self.sources or any(Path(p).is_dir() or is_soma_uri(str(p)) for p in data):
+            return True
+        if self.stream is None:
+            return len(data) > 1 and all(str(p).endswith(".h5ad") for p in data)
+        return bool(self.stream)
 
     def to_dict(self) -> dict:
         return asdict(self)

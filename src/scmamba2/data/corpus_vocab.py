@@ -95,18 +95,20 @@ class VocabReport:
     n_genes: int = 0
     per_shard: dict[str, dict[str, int]] = field(default_factory=dict)
     mapped_from_id: int = 0  # columns named by an Ensembl id, read under a symbol
-    kept_as_id: list[str] = field(default_factory=list)  # ids no shard gave a symbol for
+    kept_as_id: list[str] = field(default_factory=list)  # ids no shard gave a symbol for (the first 1,000)
+    n_kept_as_id: int = 0
     renamed: dict[str, str] = field(default_factory=dict)  # shard symbol -> canonical symbol of the same id
     dropped: dict[str, list[str]] = field(default_factory=dict)  # reason -> genes (or "shard: column")
 
     def to_dict(self) -> dict[str, Any]:
         return {"n_shards": self.n_shards, "n_genes": self.n_genes, "per_shard": self.per_shard,
-                "mapped_from_id": self.mapped_from_id, "kept_as_id": self.kept_as_id, "renamed": self.renamed,
+                "mapped_from_id": self.mapped_from_id, "n_kept_as_id": self.n_kept_as_id,
+                "kept_as_id": self.kept_as_id, "renamed": self.renamed,
                 "dropped": {k: {"count": len(v), "genes": v} for k, v in self.dropped.items()}}
 
     def summary(self) -> str:
         lines = [f"vocabulary: {self.n_genes} genes from {self.n_shards} shards; {self.mapped_from_id} columns "
-                 f"named by Ensembl id mapped to symbols, {len(self.kept_as_id)} ids kept (no symbol known), "
+                 f"named by Ensembl id mapped to symbols, {self.n_kept_as_id} ids kept (no symbol known), "
                  f"{len(self.renamed)} symbols renamed to the first symbol of their id"]
         for reason, genes in self.dropped.items():
             lines.append(f"dropped ({reason}): {len(genes)}, e.g. {', '.join(genes[:5])}")
@@ -163,7 +165,8 @@ def build_corpus_vocab(corpus, *, min_shards: int = 1) -> CorpusVocab:
         tokens = shard_tokens(var, aliases)
         raw = np.asarray(var.index.astype(str))
         kept = [t for t in tokens if t is not None]
-        rep.per_shard[s.name] = {"columns": len(var), "tokens": len(kept)}
+        key = s.name if s.name not in rep.per_shard else f"{s.name} ({len(rep.per_shard)})"  # same file names
+        rep.per_shard[key] = {"columns": len(var), "tokens": len(kept)}
         if ids is not None and symbols is None:
             rep.mapped_from_id += int(sum(1 for g in ids if g in aliases))
         for j in np.flatnonzero(pd.isna(tokens)):
@@ -177,7 +180,8 @@ def build_corpus_vocab(corpus, *, min_shards: int = 1) -> CorpusVocab:
     genes = [g for g in order if seen[g] >= min_shards]
     if min_shards > 1:
         drop[f"in fewer than {min_shards} shards"] = [g for g in order if seen[g] < min_shards]
-    rep.kept_as_id = [g for g in genes if _ENSEMBL.match(g)][:_EXAMPLES * 50]
+    as_id = [g for g in genes if _ENSEMBL.match(g)]
+    rep.kept_as_id, rep.n_kept_as_id = as_id[:_EXAMPLES * 50], len(as_id)
     rep.dropped = {k: v for k, v in drop.items() if v}
     rep.n_genes = len(genes)
     return CorpusVocab(vocab=GeneVocab(genes), aliases=aliases, report=rep)

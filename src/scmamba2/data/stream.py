@@ -244,6 +244,15 @@ class CorpusDataset(IterableDataset):
     def __len__(self) -> int:
         return self.batches_per_epoch()
 
+    def layout(self) -> dict[str, Any]:
+        """What fixes which cells form which batch: a resume with any of it changed would repeat some cells and
+        skip others (or train on held-out ones), so :class:`CorpusLoader` refuses it."""
+        import hashlib
+
+        held = ";".join(f"{p.shard}:{p.lo}:{p.hi}" for p in self._heldout)
+        return {"world_size": self._world()[0], "batch_size": self.batch_size, "block_size": self.block_size,
+                "buffer_size": self.buffer_size, "heldout": hashlib.sha1(held.encode()).hexdigest()[:16]}
+
     # --- reading -------------------------------------------------------------------------------------
 
     def _read(self, piece: _Piece) -> TokenizedDataset:
@@ -357,7 +366,7 @@ class CorpusLoader(DataLoader):
 
     def state_dict(self) -> dict[str, Any]:
         return {"batches_consumed": int(self.batches_consumed), "n_cells": int(self.dataset.n_cells),
-                "seed": int(self.dataset.seed)}
+                "seed": int(self.dataset.seed), "num_workers": int(self.num_workers), **self.dataset.layout()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         from ..errors import CheckpointError
@@ -368,4 +377,13 @@ class CorpusLoader(DataLoader):
                 f"the training checkpoint was written for another corpus or seed ({state.get('n_cells')} cells, "
                 f"seed {state.get('seed')}; now {mine['n_cells']} cells, seed {mine['seed']}); resume with the "
                 "same data and seed, or start a new run without --resume.")
+        changed = [f"{k} {state[k]} -> {mine[k]}" for k in ("world_size", "num_workers", "batch_size", "block_size",
+                                                            "buffer_size", "heldout")
+                   if k in state and state[k] != mine[k]]
+        if changed:
+            raise CheckpointError(
+                f"the training checkpoint's epoch was laid out differently ({'; '.join(changed)}): resuming would "
+                "repeat some cells and skip others. Resume with the settings it was written with (devices, "
+                "data.num_workers, batch_size, data.block_size, data.buffer_size), or start a new run without "
+                "--resume.")
         self.batches_consumed = int(state["batches_consumed"])

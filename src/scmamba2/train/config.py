@@ -37,6 +37,7 @@ class TrainConfig:
     precision: str = "32-true"
     accelerator: str = "auto"
     devices: int | str = 1
+    num_nodes: int = 1  # machines; devices is then the accelerators per node
     strategy: str = "auto"  # Lightning strategy: auto, ddp, ddp_spawn, fsdp (see scmamba2.train.distributed)
     num_workers: int = 0
     seed: int = 0
@@ -54,6 +55,8 @@ class TrainConfig:
             raise ValueError(f"val_fraction={self.val_fraction} must be in [0, 1)")
         if self.warmup_steps < 0 or self.lr <= 0:
             raise ValueError("warmup_steps must be >= 0 and lr > 0")
+        if self.num_nodes < 1:
+            raise ValueError(f"num_nodes={self.num_nodes} must be >= 1")
         if self.accumulate_grad_batches < 1:
             raise ValueError(f"accumulate_grad_batches={self.accumulate_grad_batches} must be >= 1")
         if not isinstance(self.strategy, str) or not self.strategy:

@@ -205,6 +205,9 @@ def import_checkpoint(source: str | Path, *, allow_partial: bool = False):
         raise CheckpointError(f"{folder} lacks {', '.join(missing)}: a release folder holds {WEIGHTS}, {ARGS} "
                               f"and {VOCAB}")
     args = json.loads((folder / ARGS).read_text()) if (folder / ARGS).is_file() else {}
+    if not args:
+        log.warning("%s has no %s: the settings that tensor shapes cannot tell (n_bins, max_seq_len, ...) take "
+                    "our defaults; check them in the imported config.json", folder, ARGS)
     state = _load_state(weights)
     n_file = len(json.loads((folder / VOCAB).read_text()))
     vocab = GeneVocab.load(folder / VOCAB, add_missing_specials=True)

@@ -84,10 +84,10 @@ class TrainingPlan(pl.LightningModule):
         n_cells = out.cell_emb.shape[0]
         n = int(batch[MASK].sum()) if MASK in batch else n_cells
         for k, v in losses.items():
-            self.log(f"val/{k}", v, prog_bar=(k == "loss"), batch_size=max(n, 1))
+            self.log(f"val/{k}", v, prog_bar=(k == "loss"), batch_size=max(n, 1), sync_dist=True)
         if out.class_logits is not None and LABELS in batch:
             acc = (out.class_logits.argmax(-1) == batch[LABELS]).float().mean()
-            self.log("val/acc", acc, prog_bar=True, batch_size=n_cells)
+            self.log("val/acc", acc, prog_bar=True, batch_size=n_cells, sync_dist=True)
 
     def on_train_epoch_start(self) -> None:
         # Redraw the per-cell random choices (subsampling to max_len) each epoch, still seeded.

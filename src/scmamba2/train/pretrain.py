@@ -107,7 +107,8 @@ def pretrain(
 
         if layer is not None or use_raw or gene_column is not None or n_top_genes is not None:
             raise InputError("layer, use_raw, gene_column and n_top_genes apply to AnnData input; for a corpus set "
-                             "them when opening it (scmamba2.data.corpus.open_corpus / the YAML data section).")
+                             "them when opening it (scmamba2.data.corpus.open_corpus / the YAML data section). A streamed corpus keeps "
+                             "every gene (no n_top_genes); to select HVGs of a few files, set data.stream: false.")
         return pretrain_corpus(adata, out_dir=out_dir, model_config=model_config, tokenizer_config=tokenizer_config,
                                train_config=train_config, vocab=vocab, resume=resume, data_config=data_config)
     tune_cpu_allocator()
@@ -191,11 +192,11 @@ def pretrain(
                 ckpt_path=None if ckpt_path is None else str(ckpt_path))
     if val_batches is not None:
         val_end = trainer.validate(plan, val_batches, verbose=False)[0]["val/gep"]
-    if ckpt_path is not None:
+    if ckpt_path is not None and trainer.is_global_zero:
         restore_metrics(out, kept_metrics, resume_step)  # the CSV logger started a new file
     model.eval()
 
-    if out is not None:
+    if out is not None and trainer.is_global_zero:
         model.save_pretrained(out)
         (out / "train_config.json").write_text(json.dumps(tcfg.to_dict(), indent=2))
         summary = {"val_gep_start": val_start, "val_gep_end": val_end, "n_train_cells": int(len(train_idx)),

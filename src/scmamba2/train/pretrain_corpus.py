@@ -41,6 +41,7 @@ def pretrain_corpus(corpus: Corpus, *, out_dir=None, model_config: ModelConfig |
     (block and buffer sizes, held-out cells, vocabulary ``min_shards``) and ``aliases`` (Ensembl id -> symbol,
     with a given ``vocab``). Returns a :class:`~scmamba2.train.pretrain.PretrainResult`."""
     import lightning.pytorch as pl
+    from lightning.pytorch.utilities import rank_zero_only
 
     from .plan import TrainingPlan
     from .pretrain import PretrainResult
@@ -55,7 +56,7 @@ def pretrain_corpus(corpus: Corpus, *, out_dir=None, model_config: ModelConfig |
         built = build_corpus_vocab(corpus, min_shards=dcfg.min_shards)
         vocab, aliases = built.vocab, built.aliases
         log.info("%s", built.report.summary())
-        if out is not None:
+        if out is not None and rank_zero_only.rank == 0:  # under DDP every rank runs this script
             out.mkdir(parents=True, exist_ok=True)
             built.report.write(out / "vocab_report.json")
     aliases = aliases or {}
@@ -88,6 +89,9 @@ def pretrain_corpus(corpus: Corpus, *, out_dir=None, model_config: ModelConfig |
         ckpt = read_checkpoint(ckpt_path)
         resume_step = int(ckpt["global_step"])
         kept = keep_metrics(out, resume_step)
+    elif out is not None and last_checkpoint_path(out).is_file():
+        log.warning("%s holds the checkpoint of an earlier run; this new run replaces it (resume=True continues "
+                    "it instead)", last_checkpoint_path(out))
     callbacks = [step_seed_callback(tcfg.seed), throughput_callback()]
     trainer = make_trainer(tcfg, out, validate=val_batches is not None, callbacks=callbacks, tensorboard=True)
     plan = TrainingPlan(model, tcfg)
@@ -102,7 +106,7 @@ def pretrain_corpus(corpus: Corpus, *, out_dir=None, model_config: ModelConfig |
                 ckpt_path=None if ckpt_path is None else str(ckpt_path))
     if val_batches is not None:
         val_end = trainer.validate(plan, val_batches, verbose=False)[0]["val/gep"]
-    if ckpt_path is not None:
+    if ckpt_path is not None and trainer.is_global_zero:
         restore_metrics(out, kept, resume_step)
     model.eval()
     if out is not None and trainer.is_global_zero:

@@ -39,11 +39,14 @@ def make_trainer(tcfg: TrainConfig, out_dir: str | Path | None = None, *, valida
         callbacks.append(EarlyStopping("val/loss", patience=tcfg.early_stopping_patience, mode="min"))
     return pl.Trainer(
         max_steps=tcfg.max_steps, max_epochs=-1, accelerator=tcfg.accelerator, devices=tcfg.devices,
+        num_nodes=tcfg.num_nodes,
         strategy=make_strategy(tcfg),
         precision=tcfg.precision, gradient_clip_val=tcfg.gradient_clip_val,
         accumulate_grad_batches=tcfg.accumulate_grad_batches, logger=logger, callbacks=callbacks,
         log_every_n_steps=tcfg.log_every_n_steps,
-        val_check_interval=min(tcfg.val_every_n_steps, tcfg.max_steps) if validate else None,
+        # Lightning counts this in batches, not optimiser steps: scale by the accumulation.
+        val_check_interval=(min(tcfg.val_every_n_steps, tcfg.max_steps) * tcfg.accumulate_grad_batches
+                            if validate else None),
         check_val_every_n_epoch=None, num_sanity_val_steps=0,
         enable_progress_bar=tcfg.progress_bar, enable_model_summary=False, enable_checkpointing=out is not None,
         deterministic=False, default_root_dir=str(out) if out else None,
