@@ -170,7 +170,13 @@ def _scvi_pbmc(record, files, out_dir):
         import scvi
     except ImportError as e:
         raise InputError("pbmc10k is fetched by scvi-tools: pip install 'scmamba2[bench]'") from e
-    return scvi.data.pbmc_dataset(save_path=str(out_dir / "scvi"))
+    try:
+        return scvi.data.pbmc_dataset(save_path=str(out_dir / "scvi"))
+    except OSError as e:  # URLError (offline), a damaged archive
+        from .download import DownloadError
+
+        raise DownloadError(f"pbmc10k: scvi-tools could not fetch or read its files ({e}). Connect to the network "
+                            f"and run the command again; if it fails again delete {out_dir / 'scvi'}.") from e
 
 
 def _extract(archive: Path, dest: Path) -> Path:
