@@ -115,7 +115,10 @@ def test_benchmark_script_main_writes_the_task_results(tmp_path, monkeypatch):
     assert calls == {"data_dir": tmp_path / "d", "seed": 3, "quick": True}
     text = md.read_text()
     assert "Regenerate: `.venv/bin/python benchmarks/toy.py --quick`" in text and "| ours | 1.000 |" in text
-    assert json.loads((tmp_path / "toy_quick.json").read_text())["meta"]["wall_minutes"] >= 0
+    meta = json.loads((tmp_path / "toy_quick.json").read_text())["meta"]
+    from scmamba2.bench.report import code_version
+
+    assert meta["wall_minutes"] >= 0 and meta["code_version"] == code_version()  # the commit the figures came from
 
 
 def test_public_sets_reach_only_the_tasks_that_read_them(tmp_path, monkeypatch):

@@ -137,11 +137,13 @@ def _markdown(outcomes, figures, run, env, title) -> str:
     lines += [f"- seed: {run.get('seed', 'each task its own (Tasks table)')}; quick: {run.get('quick', '-')}",
               f"- datasets: {', '.join(run.get('datasets') or []) or 'the default of each task'}",
               f"- versions: {', '.join(f'{k} {v}' for k, v in env['versions'].items())}",
-              f"- git commit: {env.get('git_commit') or 'unknown'}; GPU: {hw.get('gpu') or 'none'}", ""]
-    lines += ["## Tasks", "", "| task | status | seed | wall s | CPU s | datasets | note |", "|---|---|---|---|---|---|---|"]
+              f"- git commit (this report): {env.get('git_commit') or 'unknown'}; each task's own in the Tasks table; "
+              f"GPU: {hw.get('gpu') or 'none'}", ""]
+    lines += ["## Tasks", "", "| task | status | seed | code | wall s | CPU s | datasets | note |",
+              "|---|---|---|---|---|---|---|---|"]
     for o in outcomes:
         note = (o.error or "").replace("|", "/").replace("\n", " ")[:160]
-        lines.append(f"| [{o.task}](#{o.task}) | {o.status} | {_seed(o)} | {o.wall_s:.1f} | {o.cpu_s:.1f} | "
+        lines.append(f"| [{o.task}](#{o.task}) | {o.status} | {_seed(o)} | {_code(o)} | {o.wall_s:.1f} | {o.cpu_s:.1f} | "
                      f"{', '.join(o.datasets) or 'default'} | {note or '-'} |")
     lines.append("")
     for o in outcomes:
@@ -174,6 +176,11 @@ def _seed(o) -> str:
     return str(o.result.meta.get("seed", "-")) if o.result is not None else "-"
 
 
+def _code(o) -> str:
+    """The commit a task's result was made with, as it recorded it ('-' for results from before this was kept)."""
+    return str(o.result.meta.get("code_version") or "-") if o.result is not None else "-"
+
+
 def _env_line(env) -> str:
     hw = env["hardware"]
     mem = f", {hw['memory_gb']:.0f} GB RAM" if hw.get("memory_gb") else ""
@@ -201,11 +208,12 @@ def _html(outcomes, figures, run, env, title) -> str:
              f"<li>seed: {e(str(run.get('seed', 'each task its own (Tasks table)')))}; quick: {e(str(run.get('quick', '-')))}</li>",
              f"<li>datasets: {e(', '.join(run.get('datasets') or []) or 'the default of each task')}</li>",
              f"<li>versions: {e(', '.join(f'{k} {v}' for k, v in env['versions'].items()))}</li></ul>",
-             "<h2>Tasks</h2><table><tr><th>task</th><th>status</th><th>seed</th><th>wall s</th><th>CPU s</th><th>datasets</th>"
+             "<h2>Tasks</h2><table><tr><th>task</th><th>status</th><th>seed</th><th>code</th><th>wall s</th><th>CPU s</th>"
+             "<th>datasets</th>"
              "<th>note</th></tr>"]
     for o in outcomes:
         parts.append(f"<tr><td><a href='#{e(o.task)}'>{e(o.task)}</a></td><td class='{e(o.status)}'>{e(o.status)}"
-                     f"</td><td class='n'>{e(_seed(o))}</td><td class='n'>{o.wall_s:.1f}</td><td class='n'>{o.cpu_s:.1f}</td>"
+                     f"</td><td class='n'>{e(_seed(o))}</td><td>{e(_code(o))}</td><td class='n'>{o.wall_s:.1f}</td><td class='n'>{o.cpu_s:.1f}</td>"
                      f"<td>{e(', '.join(o.datasets) or 'default')}</td>"
                      f"<td>{e((o.error or '-')[:200])}</td></tr>")
     parts.append("</table>")
@@ -297,10 +305,21 @@ def _gpu() -> str | None:
 
 
 def _git_commit() -> str | None:
+    """The short commit of this checkout, with " + uncommitted changes" when a tracked file under src/ differs:
+    what a benchmark's figures were made with (results files changing do not count)."""
     root = Path(__file__).resolve().parents[3]
     try:
         out = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
                              text=True, timeout=5)
-        return out.stdout.strip() or None if out.returncode == 0 else None
+        if out.returncode != 0 or not out.stdout.strip():
+            return None
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--",
+                                "src"], capture_output=True, text=True, timeout=5).stdout.strip()
+        return out.stdout.strip() + (" + uncommitted changes" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def code_version() -> str | None:
+    """The code a result is made with (see :func:`_git_commit`); recorded in each task result's meta."""
+    return _git_commit()

@@ -195,11 +195,15 @@ def run_task(task: str, *, data_dir: Path | None, datasets: dict[str, Path], out
     except TypeError as e:
         return TaskOutcome(task, "failed", error=str(e))
     log.info("bench %s: %s.run(%s)", task, module.__name__, ", ".join(kwargs))
+    from .report import code_version
+
+    code = code_version()
     w0, c0 = time.perf_counter(), time.process_time()
     try:
         result = run(**kwargs)
         if not isinstance(result, BenchResult):
             raise TypeError(f"{module.__name__}.run returned {type(result).__name__}, not a BenchResult")
+        result.meta.setdefault("code_version", code)
         result.write(out_dir)
     except (Exception, SystemExit) as e:  # noqa: BLE001 - the report states the failure, the run goes on
         return TaskOutcome(task, "failed", error=f"{type(e).__name__}: {e}", traceback=_tb(),

@@ -29,9 +29,13 @@ def main(task: str, doc: str, quick_help: str = "Small and fast: a plumbing chec
     from .._malloc import tune_cpu_allocator
 
     tune_cpu_allocator()
+    from .report import code_version
+
     run = importlib.import_module(f"scmamba2.bench.{task}").run
+    code = code_version()  # before running: the code that was imported
     t0 = time.perf_counter()
     res = run(data_dir=args.data_dir, out_dir=args.out, seed=args.seed, quick=args.quick)
+    res.meta["code_version"] = code
     res.meta["wall_minutes"] = round((time.perf_counter() - t0) / 60, 2)
     md = res.write(args.out, stem=f"{task}_quick" if args.quick else task)
     print(f"wrote {md}")
