@@ -88,15 +88,22 @@ def test_folder_without_manifest(tmp_path):
     assert names["norman"] == "remote" and names["local_norman"] == "local"
 
 
-def test_get_downloads_converts_and_caches(serve, tmp_path, monkeypatch):
+def _served_toy(serve, tmp_path, monkeypatch, *, checksum: bool):
+    """A one-file public record 'toy' served from 127.0.0.1: (its bytes, the server)."""
     src = tmp_path / "src.h5ad"
     tiny(label_col="Celltype").write_h5ad(src)
     data = src.read_bytes()
     srv = serve(data)
+    sha = hashlib.sha256(data).hexdigest() if checksum else None
     rec = DatasetRecord("toy", "toy", ("annotate",), "MIT", "https://example.org",
-                        files=(RemoteFile(srv.url, "toy_raw.h5ad", hashlib.sha256(data).hexdigest()),),
+                        files=(RemoteFile(srv.url, "toy_raw.h5ad", sha),),
                         n_obs=20, n_vars=8, shape_source="test", obs_keys={"cell_type": ("celltype", "Celltype")})
     monkeypatch.setattr(registry, "PUBLIC", (rec,))
+    return data, srv
+
+
+def test_get_downloads_converts_and_caches(serve, tmp_path, monkeypatch):
+    _, srv = _served_toy(serve, tmp_path, monkeypatch, checksum=True)
     out = get("toy", cache=tmp_path / "cache", shared_dir=tmp_path / "none")
     a = ad.read_h5ad(out)
     assert out == tmp_path / "cache" / "toy" / "toy.h5ad"
@@ -108,13 +115,7 @@ def test_get_downloads_converts_and_caches(serve, tmp_path, monkeypatch):
 
 
 def test_file_without_registry_checksum_is_pinned_on_first_fetch(serve, tmp_path, monkeypatch):
-    src = tmp_path / "src.h5ad"
-    tiny(label_col="Celltype").write_h5ad(src)
-    data = src.read_bytes()
-    srv = serve(data)
-    rec = DatasetRecord("toy", "toy", ("annotate",), "MIT", "https://example.org",
-                        files=(RemoteFile(srv.url, "toy_raw.h5ad"),), obs_keys={"cell_type": ("Celltype",)})
-    monkeypatch.setattr(registry, "PUBLIC", (rec,))
+    data, _ = _served_toy(serve, tmp_path, monkeypatch, checksum=False)
     cache = tmp_path / "cache"
     get("toy", cache=cache, shared_dir=tmp_path / "none")
     pin = cache / "toy" / "raw" / "toy_raw.h5ad.sha256"
