@@ -159,3 +159,29 @@ def test_counting_and_sort_paths_agree(monkeypatch):
     np.testing.assert_array_equal(counting.toarray(), _reference_bins(dense, 51))
     monkeypatch.setattr(preprocess, "_small_int_values", lambda data, n_rows: (None, 0))
     assert (bin_values(X, 51) != counting).nnz == 0
+
+
+def test_hvg_selection_keeps_torch_thread_count():
+    """scanpy's numba kernels share torch's libgomp and reset its thread count; select_hvg puts it back."""
+    import anndata as ad
+    import scipy.sparse as sp
+    import torch
+
+    from scmamba2._threads import keep_torch_threads
+    from scmamba2.data.preprocess import select_hvg
+    from scmamba2.eval.baselines import pca_embedding
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert torch.get_num_threads() == 1  # torch's OpenMP is initialised before scanpy runs, as in real use
+        counts = np.random.default_rng(0).poisson(1.0, (300, 500)).astype(np.float32)
+        select_hvg(ad.AnnData(sp.csr_matrix(counts)), 50, flavor="seurat")
+        assert torch.get_num_threads() == 1
+        pca_embedding(ad.AnnData(sp.csr_matrix(counts)), n_comps=10)
+        assert torch.get_num_threads() == 1
+        with keep_torch_threads():
+            torch.set_num_threads(2)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .._threads import keep_torch_threads
 from .result import BenchResult
 
 log = logging.getLogger(__name__)
@@ -99,9 +100,10 @@ def _dataset(res: BenchResult, path: Path, name: str, out: Path, seed: int, s: d
         adata = adata[np.sort(rng.choice(adata.n_obs, s["max_cells"], replace=False))].copy()
     if adata.n_vars > s["n_top_genes"]:
         a = adata.copy()
-        sc.pp.normalize_total(a, target_sum=1e4)
-        sc.pp.log1p(a)
-        sc.pp.highly_variable_genes(a, n_top_genes=s["n_top_genes"], flavor="seurat")
+        with keep_torch_threads():  # scanpy's numba kernels reset torch's OpenMP threads
+            sc.pp.normalize_total(a, target_sum=1e4)
+            sc.pp.log1p(a)
+            sc.pp.highly_variable_genes(a, n_top_genes=s["n_top_genes"], flavor="seurat")
         adata = adata[:, a.var["highly_variable"].to_numpy()].copy()
     adata.layers["counts"] = adata.X.copy()
     log.info("%s: %d cells x %d genes, %d batches", name, adata.n_obs, adata.n_vars, adata.obs[batch_key].nunique())
@@ -131,6 +133,7 @@ def _dataset(res: BenchResult, path: Path, name: str, out: Path, seed: int, s: d
     return df.reset_index(drop=True)
 
 
+@keep_torch_threads()
 def _harmony(pca: np.ndarray, obs: pd.DataFrame, batch_key: str, seed: int) -> np.ndarray:
     import harmonypy
 
@@ -139,6 +142,7 @@ def _harmony(pca: np.ndarray, obs: pd.DataFrame, batch_key: str, seed: int) -> n
     return (z if z.shape[0] == len(obs) else z.T).astype(np.float32)
 
 
+@keep_torch_threads()
 def _scvi(adata, batch_key: str, seed: int, s: dict) -> np.ndarray:
     import scvi
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._threads import keep_torch_threads
 from .result import BenchResult
 
 log = logging.getLogger(__name__)
@@ -173,9 +174,10 @@ def run(data_dir: str | Path, out_dir: str | Path, *, seed: int = 0, quick: bool
         pbmc.obsm["X_untrained"] = known.obsm["X_untrained"]
     with res.step("PCA baselines"):
         hvg = pbmc.copy()
-        sc.pp.normalize_total(hvg, target_sum=1e4)
-        sc.pp.log1p(hvg)
-        sc.pp.highly_variable_genes(hvg, n_top_genes=2000, flavor="seurat")
+        with keep_torch_threads():  # scanpy's numba kernels reset torch's OpenMP threads
+            sc.pp.normalize_total(hvg, target_sum=1e4)
+            sc.pp.log1p(hvg)
+            sc.pp.highly_variable_genes(hvg, n_top_genes=2000, flavor="seurat")
         hvg = hvg[:, hvg.var["highly_variable"]].copy()
         pbmc.obsm["X_pca_hvg"] = pca_embedding(hvg, n_comps=50, normalize=False, seed=seed)
         pbmc.obsm["X_pca_all"] = pca_embedding(pbmc, n_comps=50, normalize=True, seed=seed)

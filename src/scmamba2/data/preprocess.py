@@ -15,6 +15,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..errors import InputError
+from .._threads import keep_torch_threads
 
 logger = logging.getLogger(__name__)
 
@@ -125,9 +126,10 @@ def select_hvg(
         matrix = normalize_log1p(adata.X if layer is None else adata.layers[layer], target_sum)
     work = sc.AnnData(X=matrix, obs=adata.obs[[]] if batch_key is None else adata.obs[[batch_key]])
     work.var_names = adata.var_names
-    stats = sc.pp.highly_variable_genes(
-        work, n_top_genes=n_top_genes, flavor=flavor, batch_key=batch_key, inplace=False
-    )
+    with keep_torch_threads():  # scanpy's numba kernels reset torch's OpenMP threads
+        stats = sc.pp.highly_variable_genes(
+            work, n_top_genes=n_top_genes, flavor=flavor, batch_key=batch_key, inplace=False
+        )
     mask = np.asarray(stats["highly_variable"], dtype=bool)
     if mask.sum() > n_top_genes:  # scanpy keeps ties at the cut-off: keep exactly n_top_genes
         if "highly_variable_rank" in stats:

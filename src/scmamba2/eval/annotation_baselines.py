@@ -9,6 +9,8 @@ import logging
 
 import numpy as np
 
+from .._threads import keep_torch_threads
+
 log = logging.getLogger(__name__)
 
 
@@ -22,6 +24,7 @@ def _log1p_normalised(adata):
     return a
 
 
+@keep_torch_threads()
 def logreg_predict(reference, query, label_key: str, n_top_genes: int = 2000, seed: int = 0,
                    max_iter: int = 1000) -> np.ndarray:
     """Multinomial logistic regression (scikit-learn defaults, L2, C=1) on the log1p-normalised counts of the
@@ -49,6 +52,7 @@ def logreg_predict(reference, query, label_key: str, n_top_genes: int = 2000, se
     return clf.predict(Xq)
 
 
+@keep_torch_threads()
 def celltypist_predict(reference, query, label_key: str, n_top_genes: int | None = None, seed: int = 0) -> np.ndarray:
     """A custom CellTypist model trained on the reference (log1p-normalised, all genes, CellTypist's defaults, or
     its SGD path where the default fails with the installed scikit-learn; no download), applied to the query without majority voting; returns the query's labels.

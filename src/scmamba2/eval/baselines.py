@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._threads import keep_torch_threads
 
+
+@keep_torch_threads()
 def pca_embedding(adata, *, n_comps: int = 50, normalize: bool = True, seed: int = 0) -> np.ndarray:
     """The standard scanpy embedding: (normalise + log1p when ``normalize``), scale, PCA with ``n_comps``.
 

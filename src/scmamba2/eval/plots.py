@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .._threads import keep_torch_threads
 
+
+@keep_torch_threads()
 def umap_png(adata, *, use_rep: str, color: str | list[str], path: str | Path, seed: int = 0, title: str | None = None):
     """Compute a UMAP of ``obsm[use_rep]`` on a copy of ``adata`` and save it coloured by ``color`` to ``path``.
 
@@ -34,6 +37,7 @@ def umap_png(adata, *, use_rep: str, color: str | list[str], path: str | Path, s
     return a.obsm["X_umap"]
 
 
+@keep_torch_threads()
 def umap_panels(adata, *, reps: dict[str, str], color: list[str], path: str | Path, seed: int = 0,
                 title: str | None = None) -> dict[str, "object"]:
     """One row of UMAP panels per embedding (``reps``: row title -> ``obsm`` key), one column per ``color``.

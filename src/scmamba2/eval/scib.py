@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError
+from .._threads import keep_torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ METRIC_SETS = {
 AGGREGATES = ("Bio conservation", "Batch correction", "Total")
 
 
+@keep_torch_threads()
 def scib_benchmark(
     adata,
     batch_key: str,
