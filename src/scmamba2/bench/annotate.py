@@ -34,7 +34,8 @@ DATASETS = ("pbmc3k_raw_labeled", "kang_muscat_8donors")
 # (val macro-F1, never the query), 2026-12-02, after the embedding-initialisation fix.
 TRIED = ("Tried on pbmc3k, scored on the reference's held-out tenth (never the query): the defaults (val "
          "macro-F1 0.84), lr 1e-3 (0.77), d_model 128 (0.73), binned instead of continuous values (0.79), 1000 "
-         "steps with early stopping (0.75), a GEP + MVC regulariser at weight 0.5 (0.51); so the defaults stay. "
+         "steps with early stopping (0.75), a GEP + MVC regulariser at weight 0.5 (0.51), dropout 0.3 (0.71), 512 "
+         "tokens per cell (0.77); so the defaults stay. "
          "The large step before was the gene-embedding initialisation (N(0, 1) -> N(0, 0.02)): pbmc3k query "
          "macro-F1 0.269 -> 0.783, Kang 0.398 -> 0.665. A from-scratch model on ~2,000 cells does not reach "
          "logistic regression on these sets; a pretrained checkpoint (--model) is the untested next step.")
