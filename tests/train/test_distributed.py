@@ -43,6 +43,10 @@ def test_fsdp_example_config_passes_through(tmp_path):
     trainer = make_trainer(replace(train, strategy="auto", accelerator="cpu", devices=1), tmp_path, tensorboard=True)
     assert trainer.precision == "bf16-mixed" and trainer.accumulate_grad_batches == 4
     assert [type(lg).__name__ for lg in trainer.loggers] == ["CSVLogger", "TensorBoardLogger"]
+    assert trainer.num_nodes == train.num_nodes == 8
+    # Lightning counts val_check_interval in batches: validation every val_every_n_steps optimiser steps.
+    small = replace(train, strategy="auto", accelerator="cpu", devices=1, num_nodes=1, max_steps=100_000)
+    assert make_trainer(small, None, validate=True).val_check_interval == small.val_every_n_steps * 4
 
 
 _DDP_SCRIPT = textwrap.dedent("""
