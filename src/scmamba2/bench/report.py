@@ -62,7 +62,7 @@ def environment() -> dict[str, Any]:
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             continue
-    return {"hardware": hw, "versions": versions, "git_commit": _git_commit()}
+    return {"hardware": hw, "versions": versions, "git_commit": code_version()}
 
 
 def build_report(outcomes: list[TaskOutcome], out_dir: str | Path, *, run: dict[str, Any] | None = None,
@@ -304,9 +304,10 @@ def _gpu() -> str | None:
     return None
 
 
-def _git_commit() -> str | None:
+def code_version() -> str | None:
     """The short commit of this checkout, with " + uncommitted changes" when a tracked file under src/ differs:
-    what a benchmark's figures were made with (results files changing do not count)."""
+    what a benchmark's figures were made with (results files changing do not count). The report shows it, and
+    each task result records it in its meta."""
     root = Path(__file__).resolve().parents[3]
     try:
         out = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
@@ -319,7 +320,3 @@ def _git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
 
-
-def code_version() -> str | None:
-    """The code a result is made with (see :func:`_git_commit`); recorded in each task result's meta."""
-    return _git_commit()

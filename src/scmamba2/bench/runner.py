@@ -5,8 +5,8 @@ and passes what it asks for: ``data_dir`` (a folder with the chosen datasets), `
 ``adatas`` (name -> AnnData, read on demand), ``out_dir``, ``seed``, ``quick``. A module may list the dataset
 names it can use in ``DATASETS``, and may define ``accepts(record) -> bool`` for the registry's other sets (those
 whose canonical obs columns it can read); when the user chose datasets with ``--data`` and the task reads none of
-them, the task is skipped with that reason. Only the datasets some chosen task reads are fetched. A missing module or a task that raises is recorded in the report
-and the run goes on with the next task.
+them, the task is skipped with that reason. Only the datasets some chosen task reads are fetched. A missing
+module or a task that raises is recorded in the report and the run goes on with the next task.
 """
 
 from __future__ import annotations
