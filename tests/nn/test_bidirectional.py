@@ -133,7 +133,7 @@ def test_gradient_checkpointing_same_grads():
     for ckpt in (False, True):
         enc = make_encoder(gradient_checkpointing=ckpt, dropout=0.0).train()
         n_calls = [0]
-        enc.layers[0].block.register_forward_hook(lambda *_: n_calls.__setitem__(0, n_calls[0] + 1))
+        enc.layers[0].block.in_proj.register_forward_hook(lambda *_: n_calls.__setitem__(0, n_calls[0] + 1))
         enc(x, m).square().sum().backward()
         grads.append([p.grad.clone() for p in enc.parameters()])
         calls.append(n_calls[0])
@@ -177,3 +177,58 @@ def test_compile_flag_keeps_names_and_falls_back(caplog, monkeypatch):
     with torch.no_grad(), caplog.at_level("WARNING"):
         assert (fallback(x) - plain(x)).abs().max() < 1e-6
     assert "falling back to eager" in caplog.text
+
+
+@pytest.mark.parametrize("recompute_tokens", [None, 10, 4096])
+def test_shared_projections_match_two_block_calls_with_grads(recompute_tokens):
+    # The layer projects once and scans both directions (in recomputed slices of whole sequences when
+    # recompute_tokens is set); outputs and every gradient equal those of the block run on each direction.
+    torch.manual_seed(0)
+    layer = BiMamba2Layer(D, d_state=8, headdim=16, chunk_size=8, use_kernels=False,
+                          recompute_tokens=recompute_tokens).double().train()
+    layer.block.out_proj.bias = torch.nn.Parameter(torch.randn(D, dtype=torch.float64))  # counted once per direction
+    x = torch.randn(3, 11, D, dtype=torch.float64)
+    mask = torch.zeros(3, 11, dtype=torch.bool)
+    mask[1, 7:] = True
+    mask[2, 3:] = True
+    lengths = (~mask).sum(1)
+    weight = torch.randn(3, 11, D, dtype=torch.float64)
+
+    def reference(inp):
+        h = layer.norm(inp).masked_fill(mask.unsqueeze(-1), 0.0)
+        out = inp + layer.block(h) + reverse_valid(layer.block(reverse_valid(h, lengths)), lengths)
+        return out.masked_fill(mask.unsqueeze(-1), 0.0)
+
+    results = []
+    for fn in (reference, lambda inp: layer(inp, mask)):
+        inp = x.clone().requires_grad_(True)
+        (fn(inp) * weight).sum().backward()
+        results.append([fn(x).detach(), inp.grad] + [p.grad.clone() for p in layer.parameters()])
+        layer.zero_grad()
+    for got, want in zip(results[1], results[0]):
+        assert torch.allclose(got, want, atol=1e-10, rtol=1e-9)
+
+
+def test_recompute_slices_store_less():
+    # With recomputation the layer keeps far fewer bytes for the backward pass than without.
+    def saved_bytes(recompute_tokens):
+        torch.manual_seed(0)
+        layer = BiMamba2Layer(D, d_state=8, headdim=16, chunk_size=8, use_kernels=False,
+                              recompute_tokens=recompute_tokens).train()
+        x = torch.randn(4, 64, D, requires_grad=True)
+        seen = {}
+
+        def pack(t):
+            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            layer(x)
+        return sum(seen.values())
+
+    assert saved_bytes(64) < 0.5 * saved_bytes(None)
+
+
+def test_recompute_tokens_must_be_positive():
+    with pytest.raises(ValueError, match="recompute_tokens"):
+        BiMamba2Layer(D, recompute_tokens=0)

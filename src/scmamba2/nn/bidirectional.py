@@ -110,9 +110,10 @@ def reverse_valid(x: Tensor, lengths: Tensor) -> Tensor:
 class BiMamba2Layer(nn.Module):
     """Pre-norm residual bidirectional Mamba2 layer: ``x + dropout(fwd(norm x) + bwd(norm x))``.
 
-    One :class:`Mamba2Block` (one set of weights) runs on ``norm(x)`` and on its per-sample reversal in a
-    single batched call; the backward output is reversed back and the two are summed. Outputs at padded
-    positions are zero.
+    One :class:`Mamba2Block` (one set of weights) runs on ``norm(x)`` and on its per-sample reversal: one
+    ``in_proj`` of ``norm(x)`` (reversed for the backward direction), one conv + scan over the doubled batch,
+    the backward output reversed back, the two gated norms summed, one ``out_proj``. This equals the sum of
+    the block run on each direction. Outputs at padded positions are zero.
 
     Parameters
     ----------
@@ -127,6 +128,12 @@ class BiMamba2Layer(nn.Module):
     tile_len : int or None
         Passed to :class:`Mamba2Block` (inference-only tiling of long sequences). When it applies, the
         two directions also run one after the other instead of as one doubled batch, halving the peak.
+    recompute_tokens : int or None
+        Training memory: the conv, scan and gated norm (whose intermediates are most of a layer's
+        activation memory) run under activation checkpointing in slices of about this many tokens (whole
+        sequences), so the layer stores little more than its projections' inputs and outputs, and the
+        backward pass holds one slice's intermediates at a time. None stores everything (faster by the
+        recomputation, about a third of the layer's forward, at several times the memory).
     """
 
     mixer = "add"
@@ -143,8 +150,12 @@ class BiMamba2Layer(nn.Module):
         norm_eps: float = 1e-5,
         use_kernels: bool | None = None,
         tile_len: int | None = 4096,
+        recompute_tokens: int | None = 4096,
     ) -> None:
         super().__init__()
+        if recompute_tokens is not None and recompute_tokens < 1:
+            raise ValueError(f"recompute_tokens must be >= 1 or None, got {recompute_tokens}")
+        self.recompute_tokens = recompute_tokens
         self.norm = nn.RMSNorm(d_model, eps=norm_eps)
         self.block = Mamba2Block(
             d_model,
@@ -158,6 +169,38 @@ class BiMamba2Layer(nn.Module):
             tile_len=tile_len,
         )
         self.dropout = nn.Dropout(dropout)
+
+    def _mix_both(self, h: Tensor, lengths: Tensor) -> Tensor:
+        """``fwd(h) + reverse(fwd(reverse(h)))`` of the block, ``(b, l, d_model)``, with one ``in_proj`` and
+        one ``out_proj``.
+
+        Both projections act per position, so ``in_proj(reverse(h)) = reverse(in_proj(h))`` and the two
+        directions' ``out_proj`` outputs sum to ``out_proj`` of the summed inputs: the projections, most of
+        the block's arithmetic, run on ``b`` sequences rather than ``2b``. Only the conv, the scan and the
+        gated norm run on the doubled batch; under autograd they run in slices of about
+        ``recompute_tokens`` tokens that are recomputed in the backward pass
+        (:func:`torch.utils.checkpoint.checkpoint`), so their large intermediates are never stored for a
+        whole batch.
+        """
+        block = self.block
+        z, xbcdt = torch.split(block.in_proj(h), [block.d_inner, block.conv_dim + block.nheads], dim=-1)
+        recompute = self.recompute_tokens is not None and torch.is_grad_enabled() and (
+            h.requires_grad or any(p.requires_grad for p in block.parameters())
+        )
+        if not recompute:
+            mixed = _both_directions(block, z, xbcdt, lengths)
+        else:
+            batch, length = h.shape[:2]
+            per_slice = max(1, self.recompute_tokens // max(length, 1))
+            mixed = torch.cat([
+                checkpoint(_both_directions, block, z[s : s + per_slice], xbcdt[s : s + per_slice],
+                           lengths[s : s + per_slice], use_reentrant=False)
+                for s in range(0, batch, per_slice)
+            ]) if per_slice < batch else checkpoint(_both_directions, block, z, xbcdt, lengths, use_reentrant=False)
+        out = block.out_proj(mixed)
+        if block.out_proj.bias is not None:  # each direction's out_proj adds the bias once
+            out = out + block.out_proj.bias
+        return out
 
     def forward(self, x: Tensor, padding_mask: Tensor | None = None) -> Tensor:
         """Apply the layer.
@@ -186,12 +229,25 @@ class BiMamba2Layer(nn.Module):
             out += reverse_valid(self.block(reverse_valid(h, lengths)), lengths)
             out = x + self.dropout(out)
         else:
-            both = self.block(torch.cat([h, reverse_valid(h, lengths)], dim=0))  # (2b, l, d): one batched call
-            fwd, bwd = both[:batch], reverse_valid(both[batch:], lengths)
-            out = x + self.dropout(fwd + bwd)
+            out = x + self.dropout(self._mix_both(h, lengths))
         if padding_mask is not None:
             out = out.masked_fill(padding_mask.unsqueeze(-1), 0.0)
         return out
+
+
+def _both_directions(block: Mamba2Block, z: Tensor, xbcdt: Tensor, lengths: Tensor) -> Tensor:
+    """Scan ``xbcdt`` forwards and per-sample reversed in one doubled batch; gated norms of both, summed.
+
+    ``z`` ``(b, l, d_inner)`` and ``xbcdt`` ``(b, l, conv_dim + nheads)`` are the forward sequence's
+    ``in_proj`` output. Returns ``norm(y_fwd, z) + reverse(norm(y_bwd, reverse(z)))``, ``(b, l, d_inner)``:
+    the gate and the norm act per position, so the backward direction's norm is taken after reversing its
+    scan output back, with the forward sequence's ``z``.
+    """
+    batch = z.shape[0]
+    both = torch.cat([xbcdt, reverse_valid(xbcdt, lengths)], dim=0)  # (2b, l, conv_dim + nheads)
+    y, _ = block.conv_scan(*torch.split(both, [block.conv_dim, block.nheads], dim=-1))  # (2b, l, d_inner)
+    y = torch.stack([y[:batch], reverse_valid(y[batch:], lengths)])  # (2, b, l, d_inner), both in forward order
+    return block.norm(y, z).sum(0)
 
 
 class BiMamba2Encoder(nn.Module):
@@ -210,8 +266,11 @@ class BiMamba2Encoder(nn.Module):
         active in training mode with gradients enabled.
     tile_len : int or None
         Passed to every :class:`BiMamba2Layer`: inference-only tiling of long sequences (None = off).
+    recompute_tokens : int or None
+        Passed to every :class:`BiMamba2Layer`: training-time recomputation of the scan in slices of
+        about this many tokens (None = off).
     compile : bool
-        Wrap each block's pure-PyTorch mixer with :func:`maybe_compile` (``torch.compile``, eager fallback
+        Wrap each block's conv + scan (:meth:`Mamba2Block.conv_scan`) with :func:`maybe_compile` (``torch.compile``, eager fallback
         with a warning if compiling fails). Off by default; see ``benchmarks/results/backbone_profile.md``.
     """
 
@@ -230,6 +289,7 @@ class BiMamba2Encoder(nn.Module):
         use_kernels: bool | None = None,
         tile_len: int | None = 4096,
         compile: bool = False,
+        recompute_tokens: int | None = 4096,
     ) -> None:
         super().__init__()
         self.layers = nn.ModuleList(
@@ -244,12 +304,13 @@ class BiMamba2Encoder(nn.Module):
                 norm_eps=norm_eps,
                 use_kernels=use_kernels,
                 tile_len=tile_len,
+                recompute_tokens=recompute_tokens,
             )
             for _ in range(n_layers)
         )
         if compile:
             for layer in self.layers:  # an instance attribute: parameter names and state dicts are unchanged
-                layer.block._mix = maybe_compile(layer.block._mix)
+                layer.block.conv_scan = maybe_compile(layer.block.conv_scan)
         self.norm = nn.RMSNorm(d_model, eps=norm_eps)
         self.gradient_checkpointing = gradient_checkpointing
 

@@ -41,17 +41,20 @@ class GatedRMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, y: Tensor, z: Tensor) -> Tensor:
-        """Return ``rmsnorm(y * silu(z)) * weight`` in the dtype of ``y``; ``y, z`` are ``(..., dim)``."""
+        """Return ``rmsnorm(y * silu(z)) * weight`` in the dtype of ``y``; ``y, z`` are ``(..., dim)`` (``z`` may
+        broadcast against ``y``). Computed in float32 (float64 for float64 inputs)."""
         recording = torch.is_grad_enabled() and (y.requires_grad or z.requires_grad or self.weight.requires_grad)
-        if not recording:  # inference: the same arithmetic, in place on one float32 buffer
-            gated = F.silu(z.float()).mul_(y)
+        fp = torch.promote_types(y.dtype, torch.float32)  # float32, or float64 for float64 inputs
+        if not recording:  # inference: the same arithmetic, in place on one buffer
+            gated = F.silu(z.to(fp))
+            gated = gated.mul_(y) if gated.shape == y.shape else gated * y  # z may broadcast against y
             grouped = gated.unflatten(-1, (-1, self.group_size))  # (..., groups, group_size)
             inv_rms = grouped.square().mean(-1, keepdim=True).add_(self.eps).rsqrt_()
-            return grouped.mul_(inv_rms).flatten(-2).mul_(self.weight.float()).to(y.dtype)
-        gated = y.float() * F.silu(z.float())
+            return grouped.mul_(inv_rms).flatten(-2).mul_(self.weight.to(fp)).to(y.dtype)
+        gated = y.to(fp) * F.silu(z.to(fp))
         grouped = gated.unflatten(-1, (-1, self.group_size))  # (..., groups, group_size)
         normed = grouped * torch.rsqrt(grouped.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (normed.flatten(-2) * self.weight.float()).to(y.dtype)
+        return (normed.flatten(-2) * self.weight.to(fp)).to(y.dtype)
 
 
 class Mamba2Block(nn.Module):
@@ -201,23 +204,75 @@ class Mamba2Block(nn.Module):
 
     def _mix_fused(self, u: Tensor) -> Tensor:
         """The block on the fused CUDA kernels (same parameters as :meth:`_mix`)."""
-        batch, length, _ = u.shape
+        z, xbc, dt = torch.split(self.in_proj(u), [self.d_inner, self.conv_dim, self.nheads], dim=-1)
+        return self.out_proj(self.norm(self.conv_scan(xbc, dt)[0], z))
+
+    def conv_scan(
+        self, xbc: Tensor, dt: Tensor, state: tuple[Tensor, Tensor] | None = None
+    ) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
+        """The sequence-mixing middle of the block, on inputs already projected by ``in_proj``.
+
+        Parameters
+        ----------
+        xbc : Tensor
+            ``(b, l, conv_dim)``: the ``x, B, C`` channels of ``in_proj``'s output.
+        dt : Tensor
+            ``(b, l, nheads)``: the raw ``dt`` channels (before ``dt_bias`` and softplus).
+        state : tuple, optional
+            ``(conv_context, ssm_state)`` from the previous call (pure-PyTorch path only); None starts a
+            sequence.
+
+        Returns
+        -------
+        y : Tensor
+            ``(b, l, d_inner)``: the scan output with the ``D`` skip, before the gated norm.
+        new_state : tuple or None
+            The state after the last position (None on the fused path).
+
+        Notes
+        -----
+        ``in_proj`` acts on each position alone, so a caller that needs the block on a sequence and on its
+        reversal (the bidirectional layer) can project once and reverse the projection.
+        """
+        batch, length, _ = xbc.shape
         h, p, g, n = self.nheads, self.headdim, self.ngroups, self.d_state
-        z, xbc, dt = torch.split(self.in_proj(u), [self.d_inner, self.conv_dim, h], dim=-1)
-        xbc = _kernels.causal_conv_silu(xbc, self.conv1d.weight, self.conv1d.bias)
+        fp = torch.promote_types(xbc.dtype, torch.float32)  # decays in float32, or float64 for float64 inputs
+        A = -torch.exp(self.A_log.to(fp))  # (h,)
+        if state is None and self._fused(xbc):
+            xbc = _kernels.causal_conv_silu(xbc, self.conv1d.weight, self.conv1d.bias)
+            x, B, C = torch.split(xbc, [self.d_inner, g * n, g * n], dim=-1)
+            y = _kernels.chunk_scan(
+                x.reshape(batch, length, h, p),
+                dt,
+                A,
+                B.reshape(batch, length, g, n),
+                C.reshape(batch, length, g, n),
+                self.chunk_size,
+                D=self.D,
+                dt_bias=self.dt_bias,
+            )
+            return y.reshape(batch, length, self.d_inner), None
+        context, ssm_state = (None, None) if state is None else state
+        # Conv context for the next tile: the last d_conv - 1 inputs (with the previous context in front).
+        keep = self.d_conv - 1
+        recent = xbc if context is None else torch.cat([context, xbc[:, -keep:]], dim=1)
+        recent = F.pad(recent, (0, 0, max(keep - recent.shape[1], 0), 0))  # zeros before the sequence start
+        next_context = recent[:, recent.shape[1] - keep :].clone()  # (b, d_conv - 1, conv_dim)
+        xbc = self._causal_conv_silu(xbc, context)  # (b, l, conv_dim)
         x, B, C = torch.split(xbc, [self.d_inner, g * n, g * n], dim=-1)
-        A = -torch.exp(self.A_log.to(torch.promote_types(u.dtype, torch.float32)))  # (h,)
-        y = _kernels.chunk_scan(
+        dt = F.softplus(dt.to(fp) + self.dt_bias.to(fp))  # (b, l, h)
+        y, ssm_state = ssd_chunked(
             x.reshape(batch, length, h, p),
             dt,
             A,
             B.reshape(batch, length, g, n),
             C.reshape(batch, length, g, n),
             self.chunk_size,
+            initial_state=ssm_state,
+            return_final_state=True,
             D=self.D,
-            dt_bias=self.dt_bias,
-        )
-        return self.out_proj(self.norm(y.reshape(batch, length, self.d_inner), z))
+        )  # (b, l, h, p), D skip included
+        return y.reshape(batch, length, self.d_inner), (next_context, ssm_state)
 
     def _causal_conv_silu(self, xbc: Tensor, context: Tensor | None) -> Tensor:
         """``silu(causal depthwise conv(xbc))`` with ``context`` (``(b, d_conv - 1, conv_dim)``) as left input.
@@ -251,35 +306,9 @@ class Mamba2Block(nn.Module):
         ``state`` is ``(conv_context (b, d_conv - 1, conv_dim), ssm_state (b, h, p, n))`` as returned by
         the previous call on the preceding tokens; None starts a sequence. Returns ``(y, new_state)``.
         """
-        batch, length, _ = u.shape
-        h, p, g, n = self.nheads, self.headdim, self.ngroups, self.d_state
-        context, ssm_state = (None, None) if state is None else state
-
-        zxbcdt = self.in_proj(u)  # (b, l, d_inner + conv_dim + h)
-        z, xbc, dt = torch.split(zxbcdt, [self.d_inner, self.conv_dim, h], dim=-1)
-        # Conv context for the next tile: the last d_conv - 1 inputs (with the previous context in front).
-        keep = self.d_conv - 1
-        recent = xbc if context is None else torch.cat([context, xbc[:, -keep:]], dim=1)
-        recent = F.pad(recent, (0, 0, max(keep - recent.shape[1], 0), 0))  # zeros before the sequence start
-        next_context = recent[:, recent.shape[1] - keep :].clone()  # (b, d_conv - 1, conv_dim)
-        xbc = self._causal_conv_silu(xbc, context)  # (b, l, conv_dim)
-        x, B, C = torch.split(xbc, [self.d_inner, g * n, g * n], dim=-1)
-        fp = torch.promote_types(u.dtype, torch.float32)  # decays in float32, or float64 for float64 inputs
-        A = -torch.exp(self.A_log.to(fp))  # (h,)
-        dt = F.softplus(dt.to(fp) + self.dt_bias.to(fp))  # (b, l, h)
-        y, ssm_state = ssd_chunked(
-            x.reshape(batch, length, h, p),
-            dt,
-            A,
-            B.reshape(batch, length, g, n),
-            C.reshape(batch, length, g, n),
-            self.chunk_size,
-            initial_state=ssm_state,
-            return_final_state=True,
-            D=self.D,
-        )  # (b, l, h, p), D skip included
-        y = self.norm(y.reshape(batch, length, self.d_inner), z)
-        return self.out_proj(y), (next_context, ssm_state)
+        z, xbc, dt = torch.split(self.in_proj(u), [self.d_inner, self.conv_dim, self.nheads], dim=-1)
+        y, new_state = self.conv_scan(xbc, dt, state)
+        return self.out_proj(self.norm(y, z)), new_state
 
     def extra_repr(self) -> str:
         return (
