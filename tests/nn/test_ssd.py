@@ -111,3 +111,23 @@ def test_shape_errors():
         ssd_chunked(x, dt[:, :4], A, B, C, chunk_size=4)
     with pytest.raises(ValueError, match="initial_state"):
         ssd_chunked(x, dt, A, B, C, chunk_size=4, initial_state=torch.zeros(1, 3, 2, 5, dtype=x.dtype))
+
+
+def test_gradients_with_skip_and_state_only_losses():
+    # The hand-written backward: D's gradient, and losses that read only y or only the final state.
+    x, dt, A, B, C, s0 = random_inputs(2, 19, 4, 3, 1, 5, seed=9)
+    D = torch.randn(4, dtype=torch.float64)
+    for use in ("y", "state"):
+        grads = []
+        for fn in ("ref", "chunked"):
+            leaves = [t.clone().requires_grad_(True) for t in (x, dt, A, B, C, s0, D)]
+            if fn == "ref":
+                y, s = ssd_reference(*leaves[:6])
+                y = y + leaves[6][:, None] * leaves[0]
+            else:
+                y, s = ssd_chunked(*leaves[:5], chunk_size=8, initial_state=leaves[5], return_final_state=True,
+                                   D=leaves[6])
+            (y.sin().sum() if use == "y" else s.cos().sum()).backward()
+            grads.append([torch.zeros_like(t) if t.grad is None else t.grad for t in leaves])
+        for g_ref, g in zip(*grads):
+            assert (g - g_ref).abs().max() < 1e-8

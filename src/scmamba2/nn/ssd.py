@@ -94,38 +94,68 @@ def ssd_chunked(
     ``x`` (no copy), with the ``r`` heads of a group folded into the matmul's column dimension so that ``B``
     and ``C`` are never repeated per head. The only large permuted write is ``x * dt`` into head-major, done
     by the multiplication itself.
+
+    Under autograd the scan is one :class:`torch.autograd.Function` with a hand-written backward pass: it
+    stores its inputs and the state entering each chunk, and recomputes the decays and score blocks in the
+    backward pass (tested against the sequential recurrence in float64, ``tests/nn/test_ssd.py``).
     """
     _check_shapes(x, dt, A, B, C, chunk_size)
     batch, length, nheads, headdim = x.shape
-    ngroups, dstate = B.shape[2], B.shape[3]
-    per_group = nheads // ngroups  # heads sharing one (B, C) group: "r" in the shape comments
-    b, g, r, p, n, q = batch, ngroups, per_group, headdim, dstate, chunk_size
+    dstate = B.shape[3]
     out_dtype = x.dtype
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    if initial_state is not None and initial_state.shape != (batch, nheads, headdim, dstate):
+        raise ValueError(
+            f"initial_state must have shape {(batch, nheads, headdim, dstate)}, got {tuple(initial_state.shape)}"
+        )
     tensors = (x, dt, A, B, C, initial_state, D)
-    # In-place element-wise work is only safe when autograd is not recording.
-    inplace = not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors))
+    recording = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
     # 0. Pad the tail to a whole number of chunks: dt = 0 and x = 0 leave the state unchanged.
+    q = chunk_size
     pad = (-length) % q
     if pad:
         x = F.pad(x, (0, 0, 0, 0, 0, pad))
         dt = F.pad(dt, (0, 0, 0, pad))
         B = F.pad(B, (0, 0, 0, 0, 0, pad))
         C = F.pad(C, (0, 0, 0, 0, 0, pad))
-    c = (length + pad) // q  # number of chunks
-    x = x.to(dtype).reshape(b, c, q, g, r, p)  # token-major, a view
-    B = B.to(dtype).reshape(b, c, q, g, n).transpose(2, 3)  # (b, c, g, q, n), a view (contiguous when g == 1)
-    C = C.to(dtype).reshape(b, c, q, g, n).transpose(2, 3)  # (b, c, g, q, n)
-    dt = dt.to(dtype).transpose(1, 2).reshape(b, g, r, c, q)  # head-major (small copy)
+    x, dt, A, B, C = (t.to(dtype) for t in (x, dt, A, B, C))
+    D = None if D is None else D.to(dtype)
+    init = None if initial_state is None else initial_state.to(dtype)
+    if recording:  # hand-written backward: stores the inputs and the chunk states only
+        y, state = _SSDScan.apply(x, dt, A, B, C, D, init, q)
+    else:
+        y, state, _ = _forward(x, dt, A, B, C, D, init, q, inplace=True)
+    y = y.reshape(batch, length + pad, nheads, headdim)[:, :length].to(out_dtype)  # (b, l, h, p)
+    if return_final_state:
+        return y, state
+    return y
+
+
+def _forward(
+    x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None, init: Tensor | None, q: int,
+    inplace: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The chunked scan on padded inputs in the compute dtype, without autograd.
+
+    Returns ``y`` token-major ``(b, c, q, g, r, p)``, the final state ``(b, h, p, n)`` and the state entering
+    each chunk, ``(b, c, g, n, r * p)``. ``inplace`` overwrites intermediates (and may write into nothing
+    that the caller holds).
+    """
+    b, length, nheads, p = x.shape
+    g, n = B.shape[2], B.shape[3]
+    r = nheads // g  # heads sharing one (B, C) group
+    c = length // q  # number of chunks
+    x = x.reshape(b, c, q, g, r, p)  # token-major, a view
+    B = B.reshape(b, c, q, g, n).transpose(2, 3)  # (b, c, g, q, n), a view (contiguous when g == 1)
+    C = C.reshape(b, c, q, g, n).transpose(2, 3)  # (b, c, g, q, n)
+    dt = dt.transpose(1, 2).reshape(b, g, r, c, q)  # head-major (small copy)
 
     # 1. Log-decay per step, its running sum inside each chunk, and the decays derived from it:
     #    decay_ij = exp(cum_i - cum_j) (j <= i), from the chunk start exp(cum_i), to the chunk end
     #    exp(cum_last - cum_j) = decay_{last, j} (a row of decay_ij: no extra exp).
-    cum = (dt * A.to(dtype).reshape(g, r, 1, 1)).cumsum(dim=-1)  # (b, g, r, c, q)
-    causal = torch.ones(q, q, dtype=torch.bool, device=x.device).tril()
-    segsum = cum.unsqueeze(-1) - cum.unsqueeze(-2)  # (b, g, r, c, q_i, q_j)
-    decay_ij = segsum.masked_fill_(~causal, float("-inf")).exp_()  # (b, g, r, c, q_i, q_j), 0 above the diagonal
+    cum = (dt * A.reshape(g, r, 1, 1)).cumsum(dim=-1)  # (b, g, r, c, q)
+    decay_ij = _decay(cum)  # (b, g, r, c, q_i, q_j), 0 above the diagonal
     decay_from_start = cum.exp()  # (b, g, r, c, q)
     dt_to_end = dt * decay_ij[..., -1, :]  # (b, g, r, c, q): dt_j exp(cum_last - cum_j)
 
@@ -143,35 +173,143 @@ def ssd_chunked(
 
     # 4. Inter-chunk recurrence: carry the state across chunk boundaries (linear in the number of chunks).
     chunk_decay = decay_from_start[..., -1].permute(0, 3, 1, 2)[:, :, :, None, :, None]  # (b, c, g, 1, r, 1)
-    if initial_state is None:
+    if init is None:
         state = x.new_zeros(b, g, n, r, p)  # (b, g, n, r, p)
     else:
-        if initial_state.shape != (batch, nheads, headdim, dstate):
-            raise ValueError(
-                f"initial_state must have shape {(batch, nheads, headdim, dstate)}, got {tuple(initial_state.shape)}"
-            )
-        state = initial_state.to(dtype).reshape(b, g, r, p, n).permute(0, 1, 4, 2, 3)  # (b, g, n, r, p)
-    states_before = []
-    # unbind, not [:, k]: the backward of indexing would allocate a full-size gradient per chunk (O(c^2)).
-    for new_k, decay_k in zip(chunk_states.unbind(1), chunk_decay.unbind(1)):
-        states_before.append(state)
-        state = torch.addcmul(new_k, decay_k, state)  # (b, g, n, r, p)
-    states_before = torch.stack(states_before, dim=1).reshape(b, c, g, n, r * p)  # state entering each chunk
+        state = init.reshape(b, g, r, p, n).permute(0, 1, 4, 2, 3)  # (b, g, n, r, p)
+    states_before = torch.empty_like(chunk_states)  # (b, c, g, n, r, p): the state entering each chunk
+    for k in range(c):
+        states_before[:, k] = state
+        state = torch.addcmul(chunk_states[:, k], chunk_decay[:, k], state)  # (b, g, n, r, p)
+    states_before = states_before.view(b, c, g, n, r * p)
 
     # 5. State-to-output: the carried-in state read out by C_i, decayed to position i; plus the diagonal
     #    blocks and the D skip. The sum is written token-major.
-    y_off = (C @ states_before).transpose(2, 3).reshape(b, c, q, g, r, p)  # (b, c, q, g, r, p)
+    y = (C @ states_before).transpose(2, 3).reshape(b, c, q, g, r, p)  # (b, c, q, g, r, p)
     decay_tm = decay_from_start.permute(0, 3, 4, 1, 2).unsqueeze(-1)  # (b, c, q, g, r, 1)
-    y_diag = y_diag.permute(0, 3, 4, 1, 2, 5)  # (b, c, q, g, r, p), a view
-    if inplace:
-        y = y_off.mul_(decay_tm).add_(y_diag)
-        if D is not None:
-            y.addcmul_(x, D.to(dtype).reshape(g, r, 1))
-    else:
-        y = y_off * decay_tm + y_diag
-        if D is not None:
-            y = torch.addcmul(y, x, D.to(dtype).reshape(g, r, 1))
-    y = y.reshape(b, c * q, nheads, headdim)[:, :length].to(out_dtype)  # (b, l, h, p)
-    if return_final_state:
-        return y, state.permute(0, 1, 3, 4, 2).reshape(batch, nheads, headdim, dstate)  # (b, h, p, n)
-    return y
+    y = y.mul_(decay_tm).add_(y_diag.permute(0, 3, 4, 1, 2, 5))
+    if D is not None:
+        y.addcmul_(x, D.reshape(g, r, 1))
+    final = state.permute(0, 1, 3, 4, 2).reshape(b, nheads, p, n)  # (b, h, p, n)
+    return y, final, states_before
+
+
+def _decay(cum: Tensor) -> Tensor:
+    """``exp(cum_i - cum_j)`` for ``j <= i``, 0 above the diagonal: ``(..., q) -> (..., q, q)``.
+
+    The upper triangle is masked to ``-inf`` before the ``exp``, so no ``exp`` of a large positive number is
+    ever taken.
+    """
+    q = cum.shape[-1]
+    causal = torch.ones(q, q, dtype=torch.bool, device=cum.device).tril()
+    segsum = cum.unsqueeze(-1) - cum.unsqueeze(-2)  # (..., q_i, q_j)
+    return segsum.masked_fill_(~causal, float("-inf")).exp_()
+
+
+class _SSDScan(torch.autograd.Function):
+    """:func:`_forward` with a hand-written backward pass.
+
+    The forward stores its inputs and the states entering each chunk (the size of ``x`` when ``n == q``);
+    the backward recomputes the decays and the score blocks and applies the transposed products, so none of
+    the ``q x q`` intermediates are kept between the passes and autograd's per-operation overhead (many
+    element-wise products on the ``q x q`` blocks) is avoided.
+    """
+
+    @staticmethod
+    def forward(ctx, x, dt, A, B, C, D, init, q):
+        y, final, states_before = _forward(x, dt, A, B, C, D, init, q, inplace=True)
+        ctx.save_for_backward(x, dt, A, B, C, D, states_before)
+        ctx.q, ctx.has_init = q, init is not None
+        ctx.set_materialize_grads(False)
+        return y, final
+
+    @staticmethod
+    def backward(ctx, dy, dfinal):
+        x, dt, A, B, C, D, states_before = ctx.saved_tensors
+        q = ctx.q
+        b, length, nheads, p = x.shape
+        g, n = B.shape[2], B.shape[3]
+        r, c = nheads // g, length // q
+        X = x.reshape(b, c, q, g, r, p)  # token-major
+        Bt = B.reshape(b, c, q, g, n).transpose(2, 3)  # (b, c, g, q, n)
+        Ct = C.reshape(b, c, q, g, n).transpose(2, 3)
+        dth = dt.transpose(1, 2).reshape(b, g, r, c, q)  # head-major
+        if dy is None:
+            dY = x.new_zeros(b, c, q, g, r, p)
+        else:
+            dY = dy.to(x.dtype).reshape(b, c, q, g, r, p)
+        # Recompute the cheap parts of the forward.
+        cum = (dth * A.reshape(g, r, 1, 1)).cumsum(dim=-1)  # (b, g, r, c, q)
+        decay_ij = _decay(cum)  # (b, g, r, c, q, q)
+        E = cum.exp()  # exp(cum_i): decay from the chunk start
+        to_end = decay_ij[..., -1, :]  # (b, g, r, c, q): exp(cum_last - cum_j)
+        w = dth * to_end
+        scores = (Ct @ Bt.transpose(-1, -2)).transpose(1, 2).unsqueeze(2)  # (b, g, 1, c, q, q)
+        X_hm = X.permute(0, 3, 4, 1, 2, 5)  # (b, g, r, c, q, p), a view
+        dY_hm = dY.permute(0, 3, 4, 1, 2, 5)
+        E_tm = E.permute(0, 3, 4, 1, 2).unsqueeze(-1)  # (b, c, q, g, r, 1)
+        w_tm = w.permute(0, 3, 4, 1, 2).unsqueeze(-1)
+        dcum = torch.zeros_like(cum)
+        ddt = torch.zeros_like(cum)
+
+        # D skip.
+        dD = None if D is None else (dY * X).sum(dim=(0, 1, 2, 5)).reshape(nheads)
+        dX = dY * D.reshape(g, r, 1) if D is not None else torch.zeros_like(X)  # (b, c, q, g, r, p)
+
+        # 5. State-to-output: y_off = E_i * (C_i @ H_before).
+        Hb = states_before  # (b, c, g, n, r * p)
+        P = (Ct @ Hb).transpose(2, 3).reshape(b, c, q, g, r, p)  # (b, c, q, g, r, p)
+        dcum += (dY * P).sum(-1).permute(0, 3, 4, 1, 2) * E
+        dP = (dY * E_tm).transpose(2, 3).reshape(b, c, g, q, r * p)  # (b, c, g, q, r * p)
+        dCt = dP @ Hb.transpose(-1, -2)  # (b, c, g, q, n)
+        dHb = Ct.transpose(-1, -2) @ dP  # (b, c, g, n, r * p)
+
+        # 4. The recurrence, backwards: G_k = dL/d(state after chunk k).
+        dec = E[..., -1]  # (b, g, r, c)
+        dec_tm = dec.permute(0, 3, 1, 2)[:, :, :, None, :, None]  # (b, c, g, 1, r, 1)
+        dHb = dHb.view(b, c, g, n, r, p)
+        G = torch.empty_like(dHb)
+        gk = x.new_zeros(b, g, n, r, p) if dfinal is None else (
+            dfinal.to(x.dtype).reshape(b, g, r, p, n).permute(0, 1, 4, 2, 3))
+        for k in range(c - 1, -1, -1):
+            G[:, k] = gk
+            gk = torch.addcmul(dHb[:, k], dec_tm[:, k], gk)
+        dinit = gk.permute(0, 1, 3, 4, 2).reshape(b, nheads, p, n) if ctx.has_init else None
+        ddec = (G * Hb.view(b, c, g, n, r, p)).sum(dim=(3, 5))  # (b, c, g, r)
+        dcum[..., -1] += ddec.permute(0, 2, 3, 1) * dec
+
+        # 3. Chunk states: CS = B^T @ (w * x), gradient G.
+        G = G.view(b, c, g, n, r * p)
+        Xw = (X * w_tm).transpose(2, 3).reshape(b, c, g, q, r * p)
+        dBt = Xw @ G.transpose(-1, -2)  # (b, c, g, q, n)
+        dXw = (Bt @ G).view(b, c, g, q, r, p).transpose(2, 3)  # (b, c, q, g, r, p)
+        dX.addcmul_(dXw, w_tm)
+        dw = (dXw * X).sum(-1).permute(0, 3, 4, 1, 2)  # (b, g, r, c, q)
+        ddt += dw * to_end  # w = dt * exp(cum_last - cum)
+        dwl = dw * w
+        dcum[..., -1] += dwl.sum(-1)
+        dcum -= dwl
+
+        # 2. Diagonal blocks: y_diag = (decay * scores) @ (dt x).
+        x_dt = (dth.unsqueeze(-1) * X_hm).contiguous()  # (b, g, r, c, q, p)
+        mixer = decay_ij * scores
+        dM = dY_hm @ x_dt.transpose(-1, -2)  # (b, g, r, c, q, q)
+        dXd = mixer.transpose(-1, -2) @ dY_hm  # (b, g, r, c, q, p)
+        dX += (dXd * dth.unsqueeze(-1)).permute(0, 3, 4, 1, 2, 5)
+        ddt += (dXd * X_hm).sum(-1)
+        dS = (dM * decay_ij).sum(2).transpose(1, 2)  # (b, c, g, q, q), summed over the heads of a group
+        dseg = dM.mul_(scores).mul_(decay_ij)  # d/d(cum_i - cum_j), 0 above the diagonal
+        dcum += dseg.sum(-1) - dseg.sum(-2)
+        dCt += dS @ Bt
+        dBt += dS.transpose(-1, -2) @ Ct
+
+        # 1. cum = cumsum(dt * A) inside each chunk.
+        da = dcum.flip(-1).cumsum(-1).flip(-1)  # reverse cumulative sum
+        ddt += da * A.reshape(g, r, 1, 1)
+        dA = (da * dth).sum(dim=(0, 3, 4)).reshape(nheads)
+
+        dx = dX.reshape(b, length, nheads, p)
+        ddt = ddt.reshape(b, nheads, length).transpose(1, 2)
+        dB = dBt.transpose(2, 3).reshape(b, length, g, n)
+        dC = dCt.transpose(2, 3).reshape(b, length, g, n)
+        return dx, ddt, dA, dB, dC, dD, dinit, None
