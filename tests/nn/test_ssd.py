@@ -131,3 +131,17 @@ def test_gradients_with_skip_and_state_only_losses():
             grads.append([torch.zeros_like(t) if t.grad is None else t.grad for t in leaves])
         for g_ref, g in zip(*grads):
             assert (g - g_ref).abs().max() < 1e-8
+
+
+def test_autocast_keeps_the_scan_in_float32():
+    # Under bf16 autocast the scan still computes in float32 (forward and the hand-written backward).
+    x, dt, A, B, C, _ = random_inputs(2, 24, 4, 3, 1, 5, seed=10, dtype=torch.float32)
+    leaves = [t.clone().requires_grad_(True) for t in (x, dt, A, B, C)]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = ssd_chunked(*leaves, chunk_size=8)
+    y.square().sum().backward()
+    ref_leaves = [t.clone().requires_grad_(True) for t in (x, dt, A, B, C)]
+    ssd_chunked(*ref_leaves, chunk_size=8).square().sum().backward()
+    assert y.dtype == torch.float32
+    for a, b in zip(leaves, ref_leaves):
+        assert torch.allclose(a.grad, b.grad, rtol=1e-5, atol=1e-5)

@@ -122,10 +122,11 @@ def ssd_chunked(
     x, dt, A, B, C = (t.to(dtype) for t in (x, dt, A, B, C))
     D = None if D is None else D.to(dtype)
     init = None if initial_state is None else initial_state.to(dtype)
-    if recording:  # hand-written backward: stores the inputs and the chunk states only
-        y, state = _SSDScan.apply(x, dt, A, B, C, D, init, q)
-    else:
-        y, state, _ = _forward(x, dt, A, B, C, D, init, q, inplace=True)
+    with torch.autocast(x.device.type, enabled=False):  # the compute dtype holds under autocast too
+        if recording:  # hand-written backward: stores the inputs and the chunk states only
+            y, state = _SSDScan.apply(x, dt, A, B, C, D, init, q)
+        else:
+            y, state, _ = _forward(x, dt, A, B, C, D, init, q, inplace=True)
     y = y.reshape(batch, length + pad, nheads, headdim)[:, :length].to(out_dtype)  # (b, l, h, p)
     if return_final_state:
         return y, state
@@ -225,7 +226,13 @@ class _SSDScan(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy, dfinal):
-        x, dt, A, B, C, D, states_before = ctx.saved_tensors
+        saved = ctx.saved_tensors  # read once (activation checkpointing allows one unpack)
+        with torch.autocast(saved[0].device.type, enabled=False):  # the forward's compute dtype, here too
+            return _SSDScan._backward(ctx, saved, dy, dfinal)
+
+    @staticmethod
+    def _backward(ctx, saved, dy, dfinal):
+        x, dt, A, B, C, D, states_before = saved
         q = ctx.q
         b, length, nheads, p = x.shape
         g, n = B.shape[2], B.shape[3]
