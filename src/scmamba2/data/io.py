@@ -86,9 +86,9 @@ def read(
     elif fmt == "10x_h5":
         adata = _read_10x_h5(p)
     elif fmt == "h5ad":
-        import anndata as ad
+        from ._h5ad_fast import read_h5ad
 
-        adata = ad.read_h5ad(p)
+        adata = read_h5ad(p)  # anndata's reader, with gzip sparse matrices inflated in parallel
     elif fmt == "h5mu":
         adata = _read_h5mu(p, modality)
     else:
