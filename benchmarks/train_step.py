@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    .venv/bin/python benchmarks/train_step.py            # full grid (~30-40 min on 1 thread)
+    .venv/bin/python benchmarks/train_step.py            # full grid (~30 min on 1 busy thread)
     .venv/bin/python benchmarks/train_step.py --quick    # two small shapes, 1 round (a few minutes)
 
 Writes ``benchmarks/results/train_step.md``, ``.json`` and ``.png`` (``train_step_quick.*`` for ``--quick``).
@@ -20,10 +20,15 @@ Implementations, each in its own subprocess (so that peak memory is the step's o
 * ``scmamba2``: the model of this checkout.
 * ``before``: the same model from the ``src/`` of ``--before-commit`` (default: the commit before this
   issue's work), extracted with ``git archive`` into a temporary folder: "today's" step, same batches.
+  Today's step stores ~90 KB per token and layer, so it runs on at most ``BEFORE_MAX_TOKENS`` tokens per
+  batch (fewer cells of the same length; the table shows its batch): at the target shape it would need
+  ~14 GB, more than this shared machine has free.
 * ``transformer``: the same ScMamba2 (same embeddings, heads, losses, optimiser, batches) with its encoder
   replaced by an scGPT-style post-norm transformer (``benchmarks/_transformer.py``: PyTorch
   ``scaled_dot_product_attention`` with the padding mask, ReLU MLP of width d_model), same d_model and
-  layers, ``d_model // 32`` heads (8 at 256, scGPT's head count).
+  layers, ``d_model // 32`` heads (8 at 256, scGPT's head count). Its dropout is 0: with attention
+  dropout PyTorch's CPU attention falls back to the ``L x L`` math kernel (4x slower and 5x the memory at
+  batch 8 x 1,024 here), so dropout 0 is the transformer's strongest setting.
 
 Batches
 -------
@@ -40,8 +45,10 @@ Each worker sets ``torch.set_num_threads(--threads)`` (1 by default: the machine
 measured in one run are what to read), builds the model and the batch, measures the machine's fp32 GEMM
 rate (``torch.matmul`` 1024 x 1024, median of 10) in the same process, resets its peak RSS
 (``VmHWM`` via ``/proc/self/clear_refs``), runs 1 warm-up step and ``--steps`` timed steps (median).
+A step's time is the worker's CPU time (``time.process_time``) on its one thread: on shared cores other
+work inflates wall time (kept in the JSON) but not this. The GEMM rate is measured the same way.
 Peak = the process's peak RSS over the steps (everything: torch, model, optimiser state, activations);
-"+step" = peak minus the RSS before the first step. In the full run the implementations run in
+"+step" = peak minus the RSS before the first step. With ``--rounds`` > 1 the implementations run in
 interleaved rounds (A, B, C, A, B, C) and the medians are over all rounds.
 
 FLOPs (forward, per real token, 1 multiply-add = 2 FLOPs; backward counted as 2 x forward): one count
@@ -81,10 +88,13 @@ REPO = HERE.parent
 IMPLS = ("scmamba2", "before", "transformer")
 BEFORE_COMMIT = "18b4300"  # the branch point of issue 18: "today's" training step
 # (d_model, n_layers, batch, length): the issue's range; the target shape is (256, 4, 32, 1024).
-FULL_SHAPES = [(64, 2, 64, 256), (128, 4, 32, 512), (256, 4, 32, 1024), (256, 8, 8, 2048), (128, 2, 16, 2048)]
+FULL_SHAPES = [(64, 2, 64, 256), (128, 4, 32, 512), (256, 4, 32, 1024), (256, 8, 8, 2048)]
 QUICK_SHAPES = [(64, 2, 16, 256), (256, 4, 8, 1024)]
 TARGET = (256, 4, 32, 1024)
 GOAL_SPEEDUP, GOAL_PEAK_GB = 3.0, 3.0
+# Today's step stores ~90 KB per token per layer (~14 GB at the target shape): on a shared 23 GB machine it
+# runs on at most this many tokens per batch (fewer cells of the same length; tokens/s are per token).
+BEFORE_MAX_TOKENS = 8192
 
 
 # ----------------------------------------------------------------------------------------------- FLOPs
@@ -159,13 +169,14 @@ def run_worker(spec: dict, out: Path) -> None:
     from scmamba2.train.schedule import make_optimizer
 
     d, n_layers, d_batch, length = spec["shape"]
+    d_batch = spec.get("batch", d_batch)
     vocab_size = 20000
     model = ScMamba2(ModelConfig(vocab_size=vocab_size, d_model=d, n_layers=n_layers))
     if spec["impl"] == "transformer":
         sys.path.insert(0, str(HERE))
         from _transformer import TransformerEncoder
 
-        model.encoder = TransformerEncoder(d, n_layers, nhead=max(1, d // 32), dropout=0.1)
+        model.encoder = TransformerEncoder(d, n_layers, nhead=max(1, d // 32), dropout=0.0)
     model.train()
     opt = make_optimizer(model, 1e-4, 0.01)
     batch = make_batch(d_batch, length, vocab_size, model.config.n_bins, seed=spec["seed"])
@@ -187,20 +198,21 @@ def run_worker(spec: dict, out: Path) -> None:
         a @ b
     gemm = []
     for _ in range(10):
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         a @ b
-        gemm.append(2 * 1024**3 / (time.perf_counter() - t0) / 1e9)
+        gemm.append(2 * 1024**3 / (time.process_time() - t0) / 1e9)
     del a, b
     rss0 = _rss()
     _reset_hwm()
     t0 = time.perf_counter()
     step()
     warm = time.perf_counter() - t0
-    times = []
+    times, cpu_times = [], []
     for _ in range(spec["steps"]):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         step()
         times.append(time.perf_counter() - t0)
+        cpu_times.append(time.process_time() - c0)
     peak = _hwm()
     prof = None
     if spec.get("profile"):
@@ -213,7 +225,7 @@ def run_worker(spec: dict, out: Path) -> None:
         prof = [dict(name=e.key, self_ms=e.self_cpu_time_total / 1e3, share=e.self_cpu_time_total / total,
                      calls=e.count) for e in rows[:15]]
     res = dict(spec=spec, real_tokens=real_tokens, width=int(pad.shape[1]), padding=float(pad.float().mean()),
-               warmup_s=warm, times=times, gemm_gflops=statistics.median(gemm), rss_before_step=rss0,
+               warmup_s=warm, times=times, cpu_times=cpu_times, gemm_gflops=statistics.median(gemm), rss_before_step=rss0,
                peak_rss=peak, profile=prof)
     out.write_text(json.dumps(res))
 
@@ -238,14 +250,17 @@ def summarise(runs: list[dict], shape: tuple) -> dict:
         if not ok:
             rows[impl] = dict(error=mine[0]["error"] if mine else "not run")
             continue
-        t = statistics.median([s for r in ok for s in r["times"]])
+        t = statistics.median([s for r in ok for s in r["cpu_times"]])
+        wall = statistics.median([s for r in ok for s in r["times"]])
         gemm = statistics.median([r["gemm_gflops"] for r in ok])
         tok = ok[0]["real_tokens"]
+        cells = ok[0]["spec"].get("batch", shape[2])
         width = ok[0]["width"]
         enc = (transformer_flops_per_token(d, n_layers, width) if impl == "transformer"
                else mamba_flops_per_token(d, n_layers))
         gflops = 3 * (enc + heads_flops_per_token(d)) * tok / t / 1e9
-        rows[impl] = dict(step_s=t, tokens_per_s=tok / t, cells_per_s=shape[2] / t, gflops=gflops,
+        rows[impl] = dict(step_s=t, wall_s=wall, tokens_per_s=tok / t, cells_per_s=cells / t, batch=cells,
+                          gflops=gflops,
                           gemm_gflops=gemm, gemm_share=gflops / gemm,
                           peak_gb=max(r["peak_rss"] for r in ok) / 1e9,
                           step_gb=max(r["peak_rss"] - r["rss_before_step"] for r in ok) / 1e9,
@@ -265,6 +280,8 @@ def write_markdown(path: Path, args, meta: dict, shapes: list, summaries: dict) 
              "One step = embeddings, encoder, GEP + MVC heads, masked-MSE losses, backward, clip, AdamW "
              "(method and FLOP formulas: the docstring of `benchmarks/train_step.py`). "
              f"Median of {args.steps} step(s) after 1 warm-up, {args.rounds} round(s) of interleaved workers. "
+             "Times are the worker's CPU time per step (process time, 1 thread): other work on the shared cores "
+             "inflates wall time, not this; the wall-clock median is in the JSON. "
              "GEMM = fp32 1024x1024 matmul rate measured in each worker; % = the step's GFLOP/s as a share of it. "
              "Peak = the worker's peak RSS during the steps (process total); +step = above the RSS before the "
              "first step.", ""]
@@ -276,7 +293,7 @@ def write_markdown(path: Path, args, meta: dict, shapes: list, summaries: dict) 
         s = summaries[str(tuple(shape))]
         for impl in IMPLS:
             r = s[impl]
-            head = f"{shape[0]} x {shape[1]} | {shape[2]} x {r.get('width', '-')}"
+            head = f"{shape[0]} x {shape[1]} | {r.get('batch', shape[2])} x {r.get('width', '-')}"
             if "error" in r:
                 lines.append(f"| {head} | {impl} | failed | | | | | | | |")
                 continue
@@ -339,8 +356,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="two small shapes, 1 round, 2 steps")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--steps", type=int, default=None, help="timed steps per worker (default 3; quick 2)")
-    ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 2; quick 1)")
+    ap.add_argument("--steps", type=int, default=None, help="timed steps per worker (default 2)")
+    ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 1)")
     ap.add_argument("--before-commit", default=BEFORE_COMMIT)
     ap.add_argument("--out-dir", default=str(HERE / "results"))
     ap.add_argument("--worker", help=argparse.SUPPRESS)
@@ -349,8 +366,8 @@ def main(argv=None) -> int:
     if args.worker:
         run_worker(json.loads(args.worker), Path(args.worker_out))
         return 0
-    args.steps = args.steps or (2 if args.quick else 3)
-    args.rounds = args.rounds or (1 if args.quick else 2)
+    args.steps = args.steps or 2
+    args.rounds = args.rounds or 1
     shapes = QUICK_SHAPES if args.quick else FULL_SHAPES
     name = "train_step_quick" if args.quick else "train_step"
     out_dir = Path(args.out_dir)
@@ -374,8 +391,11 @@ def main(argv=None) -> int:
         for rnd in range(args.rounds):
             for shape in shapes:
                 for impl in IMPLS:
-                    spec = dict(impl=impl, shape=list(shape), threads=args.threads, steps=args.steps, seed=0,
-                                profile=(rnd == 0 and impl != "transformer"))
+                    batch = shape[2]
+                    if impl == "before":
+                        batch = max(1, min(batch, BEFORE_MAX_TOKENS // shape[3]))
+                    spec = dict(impl=impl, shape=list(shape), batch=batch, threads=args.threads,
+                                steps=args.steps, seed=0, profile=(rnd == 0 and impl == "scmamba2"))
                     r = run_config(spec, tmp, srcs[impl])
                     runs.append(r)
                     msg = r.get("error", "").splitlines()[-1:] if "error" in r else (
