@@ -270,8 +270,9 @@ class BiMamba2Encoder(nn.Module):
         Passed to every :class:`BiMamba2Layer`: training-time recomputation of the scan in slices of
         about this many tokens (None = off).
     compile : bool
-        Wrap each block's conv + scan (:meth:`Mamba2Block.conv_scan`) with :func:`maybe_compile` (``torch.compile``, eager fallback
-        with a warning if compiling fails). Off by default; see ``benchmarks/results/backbone_profile.md``.
+        Wrap each block's conv + scan (:meth:`Mamba2Block.conv_scan`) with :func:`maybe_compile`
+        (``torch.compile``, eager fallback with a warning if compiling fails). Off by default; see
+        ``benchmarks/results/backbone_profile.md``.
     """
 
     def __init__(
