@@ -232,3 +232,18 @@ def test_recompute_slices_store_less():
 def test_recompute_tokens_must_be_positive():
     with pytest.raises(ValueError, match="recompute_tokens"):
         BiMamba2Layer(D, recompute_tokens=0)
+
+
+def test_slices_without_autograd_match_the_whole_batch():
+    # Validation / inference also run the scan in slices of whole sequences: same output as one call.
+    x = torch.randn(5, 12, D, dtype=torch.float64)
+    mask = torch.zeros(5, 12, dtype=torch.bool)
+    mask[2, 8:] = True
+    outs = []
+    for tokens in (None, 20):  # 20 tokens = one sequence per slice
+        torch.manual_seed(0)
+        layer = BiMamba2Layer(D, d_state=8, headdim=16, chunk_size=8, use_kernels=False,
+                              recompute_tokens=tokens).double().eval()
+        with torch.no_grad():
+            outs.append(layer(x, mask))
+    assert torch.allclose(outs[0], outs[1], atol=1e-12)

@@ -132,8 +132,9 @@ class BiMamba2Layer(nn.Module):
         Training memory: the conv, scan and gated norm (whose intermediates are most of a layer's
         activation memory) run under activation checkpointing in slices of about this many tokens (whole
         sequences), so the layer stores little more than its projections' inputs and outputs, and the
-        backward pass holds one slice's intermediates at a time. None stores everything (faster by the
-        recomputation, about a third of the layer's forward, at several times the memory).
+        backward pass holds one slice's intermediates at a time. Without autograd the slices bound the
+        memory of a forward pass the same way. None runs the whole batch at once and stores everything
+        (faster by the recomputation, at several times the memory).
     """
 
     mixer = "add"
@@ -177,26 +178,32 @@ class BiMamba2Layer(nn.Module):
         Both projections act per position, so ``in_proj(reverse(h)) = reverse(in_proj(h))`` and the two
         directions' ``out_proj`` outputs sum to ``out_proj`` of the summed inputs: the projections, most of
         the block's arithmetic, run on ``b`` sequences rather than ``2b``. Only the conv, the scan and the
-        gated norm run on the doubled batch; under autograd they run in slices of about
-        ``recompute_tokens`` tokens that are recomputed in the backward pass
-        (:func:`torch.utils.checkpoint.checkpoint`), so their large intermediates are never stored for a
-        whole batch.
+        gated norm run on the doubled batch, in slices of about ``recompute_tokens`` tokens (whole
+        sequences), so their large intermediates exist for one slice at a time, also without autograd
+        (validation, inference); under autograd each slice is recomputed in the backward pass
+        (:func:`torch.utils.checkpoint.checkpoint`).
         """
         block = self.block
         z, xbcdt = torch.split(block.in_proj(h), [block.d_inner, block.conv_dim + block.nheads], dim=-1)
-        recompute = self.recompute_tokens is not None and torch.is_grad_enabled() and (
-            h.requires_grad or any(p.requires_grad for p in block.parameters())
-        )
-        if not recompute:
+        batch, length = h.shape[:2]
+        if self.recompute_tokens is None:
             mixed = _both_directions(block, z, xbcdt, lengths)
         else:
-            batch, length = h.shape[:2]
+            recording = torch.is_grad_enabled() and (
+                h.requires_grad or any(p.requires_grad for p in block.parameters())
+            )
+
+            def part(s: int, e: int) -> Tensor:
+                args = (block, z[s:e], xbcdt[s:e], lengths[s:e])
+                if recording:
+                    return checkpoint(_both_directions, *args, use_reentrant=False)
+                return _both_directions(*args)
+
             per_slice = max(1, self.recompute_tokens // max(length, 1))
-            mixed = torch.cat([
-                checkpoint(_both_directions, block, z[s : s + per_slice], xbcdt[s : s + per_slice],
-                           lengths[s : s + per_slice], use_reentrant=False)
-                for s in range(0, batch, per_slice)
-            ]) if per_slice < batch else checkpoint(_both_directions, block, z, xbcdt, lengths, use_reentrant=False)
+            if per_slice >= batch:
+                mixed = part(0, batch)
+            else:
+                mixed = torch.cat([part(s, s + per_slice) for s in range(0, batch, per_slice)])
         out = block.out_proj(mixed)
         if block.out_proj.bias is not None:  # each direction's out_proj adds the bias once
             out = out + block.out_proj.bias
