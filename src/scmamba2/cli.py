@@ -106,13 +106,15 @@ def pretrain(
     from .train.pretrain import pretrain as _pretrain
 
     with _user_errors():
-        run = load_run_config(config) if config else {"model": {}, "tokenizer": None, "train": TrainConfig(),
+        run = load_run_config(config) if config else {"model": {}, "tokenizer": None, "train": None,
                                                       "data": CorpusConfig()}
         train, dcfg, data = run["train"], run["data"], list(data or [])
-        if max_steps is not None:
-            train = replace(train, max_steps=max_steps)
-        if seed is not None:
-            train = replace(train, seed=seed)
+        overrides = {k: v for k, v in (("max_steps", max_steps), ("seed", seed)) if v is not None}
+        if overrides:
+            if train is None:  # pretrain()'s defaults: the profile objective in memory, GEP + MVC when streamed
+                no_masked = {} if dcfg.streams(data or []) else {"gep_weight": 0.0, "mvc_weight": 0.0}
+                train = TrainConfig(**no_masked)
+            train = replace(train, **overrides)
         if not data and not dcfg.sources:
             raise InputError("Give DATA (files, folders of h5ad shards, SOMA experiments) or data.sources in --config.")
         if dcfg.streams(data):
@@ -127,8 +129,12 @@ def pretrain(
                         use_raw=use_raw and isinstance(source, list),
                         gene_column=None if not isinstance(source, list) else gene_column,
                         n_top_genes=n_top_genes, resume=resume, data_config=dcfg)
-        if res.val_loss_start is not None:
-            out.print(f"held-out masked-expression loss: {res.val_loss_start:.4f} -> {res.val_loss_end:.4f}")
+        for name, ref in (("profile", "profile_gene_mean"), ("gep", "gep_gene_mean")):
+            if f"val/{name}" in res.val_end:
+                start, end = res.val_start.get(f"val/{name}", float("nan")), res.val_end[f"val/{name}"]
+                reference = res.val_end.get(f"val/{ref}")
+                out.print(f"held-out {name} loss: {start:.4f} -> {end:.4f}" + (
+                    f" (predicting each gene's mean: {reference:.4f})" if reference is not None else ""))
         out.print(f"model written to {out_dir}")
 
 
@@ -156,7 +162,8 @@ def import_checkpoint(
 @app.command()
 def embed(
     data: Path = typer.Argument(..., help="Data file to embed."),
-    model: Path = typer.Option(..., "--model", help="Checkpoint directory."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Checkpoint directory (default: the bundled "
+                                         "pretrained model, scmamba2-pbmc-small)."),
     out_path: Path = typer.Option(..., "--out", help="Output .h5ad with obsm['X_scmamba2']."),
     umap: Optional[Path] = typer.Option(None, "--umap", help="Also write a UMAP PNG of the embedding."),
     color: List[str] = typer.Option([], "--color", help="obs column(s) to colour the UMAP by."),
@@ -183,6 +190,9 @@ def embed(
         if batch_key is not None:
             from .tasks.integrate import META_FILE
 
+            if model is None:
+                raise InputError("--batch-key applies to a model trained with batches (scmamba2 integrate "
+                                 "--save-model DIR): pass it with --model DIR")
             meta = model / META_FILE
             if not meta.is_file():
                 raise InputError(f"--batch-key needs the batch names the model was trained with: {meta} is missing "

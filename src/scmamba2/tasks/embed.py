@@ -22,15 +22,19 @@ from ..model import ScMamba2
 log = logging.getLogger(__name__)
 
 
-def load_model(model: ScMamba2 | str | Path) -> ScMamba2:
-    """A model object as is, or one loaded from a checkpoint directory."""
+def load_model(model: ScMamba2 | str | Path | None) -> ScMamba2:
+    """A model object as is, one loaded from a checkpoint directory, or (None) the bundled pretrained model."""
+    if model is None:
+        from ..pretrained import load
+
+        return load()
     return model if isinstance(model, ScMamba2) else ScMamba2.from_pretrained(model)
 
 
 @torch.no_grad()
 def embed(
     adata,
-    model: ScMamba2 | str | Path,
+    model: ScMamba2 | str | Path | None = None,
     *,
     key_added: str = "X_scmamba2",
     batch_size: int = 64,
@@ -45,14 +49,15 @@ def embed(
     batch_categories: Sequence[str] | None = None,
     copy: bool = False,
 ):
-    """Embed every cell of ``adata`` with the ``<cls>`` output of ``model``.
+    """Embed every cell of ``adata`` with the cell embedding of ``model`` (its ``cell_pooling`` readout).
 
     Parameters
     ----------
     adata
         Cells x genes; raw counts (or log-normalised values) in ``X``, ``layers[layer]`` or ``raw``.
     model
-        An :class:`~scmamba2.ScMamba2` or the path of a checkpoint directory.
+        An :class:`~scmamba2.ScMamba2`, the path of a checkpoint directory, or None for the bundled pretrained
+        model (:mod:`scmamba2.pretrained`).
     key_added
         Key in ``obsm`` for the embedding.
     layer, use_raw, gene_column

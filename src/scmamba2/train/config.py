@@ -25,6 +25,7 @@ class TrainConfig:
     mask_ratio: float = 0.4
     gep_weight: float = 1.0
     mvc_weight: float = 1.0
+    profile_weight: float = 1.0
     cls_weight: float = 1.0
     ecs_weight: float = 0.0
     ecs_threshold: float = 0.6
@@ -77,7 +78,7 @@ def load_run_config(path) -> dict[str, Any]:
     """Read a YAML run configuration with the sections ``model``, ``tokenizer``, ``train`` and ``data``.
 
     Returns a dict with ``model`` (a dict of :class:`~scmamba2.ModelConfig` fields, ``vocab_size`` filled in
-    later), ``tokenizer`` (a :class:`~scmamba2.TokenizerConfig`), ``train`` (a :class:`TrainConfig`) and
+    later), ``tokenizer`` (a :class:`~scmamba2.TokenizerConfig`, None without the section), ``train`` (a :class:`TrainConfig`) and
     ``data`` (a :class:`~scmamba2.data.corpus.CorpusConfig`: corpus sources, obs filter, streaming settings).
     """
     from pathlib import Path
@@ -95,7 +96,8 @@ def load_run_config(path) -> dict[str, Any]:
         raise ValueError(f"{path}: unknown sections {unknown}; the sections are model, tokenizer, train and data")
     return {
         "model": dict(raw.get("model") or {}),
-        "tokenizer": TokenizerConfig.from_dict(raw.get("tokenizer") or {}),
+        # No section: None, so that each command uses its own default (pretraining: continuous values).
+        "tokenizer": TokenizerConfig.from_dict(raw["tokenizer"] or {}) if "tokenizer" in raw else None,
         "train": TrainConfig.from_dict(raw.get("train") or {}),
         "data": CorpusConfig.from_dict(raw.get("data") or {}),
     }

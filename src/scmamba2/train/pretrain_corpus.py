@@ -27,6 +27,7 @@ from ..errors import CheckpointError
 from ..model import ModelConfig, ScMamba2
 from .checkpoint import check_fits, last_checkpoint_path, read_checkpoint
 from .config import TrainConfig
+from .pretrain import check_order, report_losses
 from .resume import keep_metrics, restore_metrics, step_seed_callback
 from .throughput import throughput_callback
 
@@ -50,6 +51,7 @@ def pretrain_corpus(corpus: Corpus, *, out_dir=None, model_config: ModelConfig |
     tune_cpu_allocator()
     tcfg = train_config or TrainConfig()
     tok = tokenizer_config or TokenizerConfig()
+    check_order(tok, tcfg)
     dcfg = data_config or CorpusConfig()
     out = Path(out_dir) if out_dir is not None else None
     if vocab is None:
@@ -101,11 +103,12 @@ def pretrain_corpus(corpus: Corpus, *, out_dir=None, model_config: ModelConfig |
         log.info("resuming from %s (step %d)", ckpt_path, resume_step)
     val_start = val_end = None
     if val_batches is not None:
-        val_start = trainer.validate(plan, val_batches, verbose=False)[0]["val/gep"]
+        val_start = trainer.validate(plan, val_batches, verbose=False)[0]
     trainer.fit(plan, train_dataloaders=train_loader, val_dataloaders=val_batches,
                 ckpt_path=None if ckpt_path is None else str(ckpt_path))
     if val_batches is not None:
-        val_end = trainer.validate(plan, val_batches, verbose=False)[0]["val/gep"]
+        val_end = trainer.validate(plan, val_batches, verbose=False)[0]
+        report_losses(val_start, val_end)
     if ckpt_path is not None and trainer.is_global_zero:
         restore_metrics(out, kept, resume_step)
     model.eval()
@@ -115,9 +118,9 @@ def pretrain_corpus(corpus: Corpus, *, out_dir=None, model_config: ModelConfig |
         (out / "data_config.json").write_text(json.dumps(dcfg.to_dict(), indent=2))
         if aliases:
             (out / "gene_aliases.json").write_text(json.dumps(aliases, indent=1))
-        summary = {"val_gep_start": val_start, "val_gep_end": val_end, "n_train_cells": int(train_ds.n_cells),
+        summary = {"val_start": val_start, "val_end": val_end, "n_train_cells": int(train_ds.n_cells),
                    "n_val_cells": len(held), "n_shards": len(corpus), "steps": int(trainer.global_step)}
         (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
         log.info("model saved to %s", out)
-    return PretrainResult(model=model, out_dir=out, val_loss_start=val_start, val_loss_end=val_end,
+    return PretrainResult(model=model, out_dir=out, val_start=val_start or {}, val_end=val_end or {},
                           n_train_cells=int(train_ds.n_cells), n_val_cells=len(held))
