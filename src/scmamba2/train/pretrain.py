@@ -60,6 +60,23 @@ def _main_loss(losses: dict[str, float]) -> float | None:
     return None
 
 
+def _panel(train_cells, group, vocab, n_genes, measured_names, init):
+    """The gene panel (a new one, or ``init``'s with statistics refitted) and which panel genes each source
+    measured (None when every cell measured every gene)."""
+    measured_vocab = None
+    if group is not None:
+        measured_vocab = np.zeros((len(measured_names), len(vocab)), dtype=bool)
+        for k, names in enumerate(measured_names):
+            ids = vocab.lookup(sorted(names))
+            measured_vocab[k, ids[ids >= 0]] = True
+    if init is not None:
+        panel = refit_panel(train_cells, init.profile_head.gene_ids.numpy(), len(vocab), group=group,
+                            measured=measured_vocab)
+    else:
+        panel = select_panel(train_cells, len(vocab), n_genes, group=group, measured=measured_vocab)
+    return panel, None if measured_vocab is None else measured_vocab[:, panel.ids]
+
+
 def _load_init(init_model, model_config, tokenizer_config, vocab):
     """The model a fine-tune starts from (None for a new model); refuses settings that would contradict it."""
     if init_model is None:
@@ -255,24 +272,12 @@ def pretrain(
 
     panel = measured = None
     if mcfg.profile_genes:
-        measured_vocab = None
-        if source is not None:
-            measured_vocab = np.zeros((len(adatas), len(vocab)), dtype=bool)
-            for k, names in enumerate(measured_names):
-                ids = vocab.lookup(sorted(names))
-                measured_vocab[k, ids[ids >= 0]] = True
-        group = None if source is None else source[train_idx]
-        if init is not None:
-            panel = refit_panel(cells.subset(train_idx), init.profile_head.gene_ids.numpy(), len(vocab),
-                                group=group, measured=measured_vocab)
-        else:
-            panel = select_panel(cells.subset(train_idx), len(vocab), mcfg.profile_genes, group=group,
-                                 measured=measured_vocab)
+        panel, measured = _panel(cells.subset(train_idx), None if source is None else source[train_idx], vocab,
+                                 mcfg.profile_genes, measured_names, init)
         if len(panel) < mcfg.profile_genes:
             log.info("gene panel of the profile objective: %d genes qualify (asked for %d)", len(panel),
                      mcfg.profile_genes)
             mcfg = replace(mcfg, profile_genes=len(panel))
-        measured = None if measured_vocab is None else measured_vocab[:, panel.ids]
 
     pl.seed_everything(tcfg.seed, workers=True, verbose=False)
     model = ScMamba2(mcfg, vocab=vocab, tokenizer_config=tok)
@@ -280,12 +285,11 @@ def pretrain(
         model.load_weights(init.state_dict(), source="the model to fine-tune")
     if panel is not None:
         model.profile_head.set_panel(panel.ids, panel.mean, panel.std)
-    profile_args = dict(panel=panel, source=None, measured=None)
 
-    def with_source(idx):
-        if panel is None or source is None:
-            return profile_args
-        return {**profile_args, "source": source[idx], "measured": measured}
+    def with_source(idx):  # the profile targets of the cells idx
+        if panel is None:
+            return {}
+        return {"panel": panel, **({} if source is None else {"source": source[idx], "measured": measured})}
 
     train_ds = TokenizedDataset(cells.subset(train_idx), resample=True, seed=tcfg.seed, **with_source(train_idx))
     lengths = np.minimum(np.asarray(cells.lengths)[train_idx], tok.max_len)
