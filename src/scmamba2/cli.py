@@ -17,7 +17,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
                   context_settings={"help_option_names": ["-h", "--help"]},
                   help="SC-MAMBA2: a bidirectional Mamba2 foundation model for single-cell data.")
 err = Console(stderr=True)
-out = Console()
+out = Console(soft_wrap=True)  # a result line is never broken inside a path
 _STATE = {"verbose": True}  # the main callback's --verbose/--quiet, for commands that draw progress bars
 
 LayerOpt = typer.Option(None, "--layer", help="Take the matrix from this layer instead of X.")
