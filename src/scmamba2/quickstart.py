@@ -8,7 +8,6 @@ counts would). The report puts the 5-fold kNN label-transfer accuracy of our emb
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ def run_quickstart(out_dir: str | Path, *, max_steps: int | None = None, seed: i
     import scanpy as sc
     import torch
 
+    from .data.files import write_h5ad, write_json, write_text
     from .data.tokenize import TokenizerConfig
     from .eval.baselines import pca_embedding
     from .eval.knn import knn_label_transfer_accuracy
@@ -58,7 +58,7 @@ def run_quickstart(out_dir: str | Path, *, max_steps: int | None = None, seed: i
     adata.obsm["X_umap_scmamba2"] = umap_png(adata, use_rep="X_scmamba2", color=LABEL_KEY,
                                              path=out / "umap_scmamba2.png", seed=seed)
     umap_png(adata, use_rep="X_pca50_baseline", color=LABEL_KEY, path=out / "umap_pca50_baseline.png", seed=seed)
-    adata.write_h5ad(out / "pbmc68k_reduced_scmamba2.h5ad")
+    write_h5ad(adata, out / "pbmc68k_reduced_scmamba2.h5ad")
 
     wall = time.perf_counter() - t0
     lines = [
@@ -86,11 +86,11 @@ def run_quickstart(out_dir: str | Path, *, max_steps: int | None = None, seed: i
         "model: the PCA baseline is expected to be competitive here.",
     ]
     report = "\n".join(lines) + "\n"
-    (out / "report.md").write_text(report)
-    (out / "metrics.json").write_text(json.dumps({
+    write_text(out / "report.md", report)
+    write_json(out / "metrics.json", {
         "knn_accuracy_scmamba2": ours[0], "knn_accuracy_scmamba2_std": ours[1],
         "knn_accuracy_pca50": base[0], "knn_accuracy_pca50_std": base[1],
         "val_gep_start": res.val_loss_start, "val_gep_end": res.val_loss_end,
         "seconds_total": wall, "seconds_pretrain": t_train, "seconds_embed": t_embed,
-    }, indent=2))
+    }, indent=2)
     return report
