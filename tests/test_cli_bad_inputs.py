@@ -187,6 +187,8 @@ CASES = [
      "query"),
     ("annotate-continuous-label", ["annotate", "--reference", "counts.h5ad", "--label-key", "score", "--query",
                                    "counts.h5ad", "--out", "o.h5ad"], "continuous"),
+    ("annotate-annotator-and-save-model", ["annotate", "--annotator", M, "--query", "counts.h5ad", "--out", "o.h5ad",
+                                          "--save-model", "ann"], "--save-model"),
     ("annotate-missing-label", ["annotate", "--reference", "counts.h5ad", "--label-key", "nope", "--query",
                                 "counts.h5ad", "--out", "o.h5ad"], "nope"),
     ("annotate-zscored", ["annotate", "--reference", "zscored.h5ad", "--label-key", "label", "--query",

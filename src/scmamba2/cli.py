@@ -334,6 +334,9 @@ def annotate(
         if annotator is None and (reference is None or label_key is None):
             raise InputError("give --reference and --label-key to train an annotator, or --annotator DIR to use one "
                              "saved earlier")
+        if annotator is not None and save_model is not None:
+            raise InputError("--save-model saves an annotator trained by this command; with --annotator nothing is "
+                             "trained (it is saved already): leave out --save-model")
         if epochs <= 0:
             raise InputError(f"--epochs {epochs:g} must be above 0 (e.g. 10; early stopping may end sooner).")
         if threshold is not None and not 0.0 <= threshold <= 1.0:
