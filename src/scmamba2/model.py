@@ -6,7 +6,6 @@ A checkpoint directory holds ``config.json`` (model + tokenizer config, package 
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -316,6 +315,8 @@ class ScMamba2(nn.Module):
         """Write ``config.json``, ``model.safetensors`` and ``vocab.json`` into ``directory``."""
         from safetensors.torch import save_file
 
+        from .data.files import atomic_path, write_json
+
         if self.vocab is None:
             raise CheckpointError("the model has no vocabulary attached; build it with ScMamba2(config, vocab=...)")
         out = Path(directory)
@@ -327,9 +328,10 @@ class ScMamba2(nn.Module):
             "tokenizer": None if self.tokenizer_config is None else self.tokenizer_config.to_dict(),
         }
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        save_file(state, str(out / WEIGHTS_FILE), metadata={"scmamba2_version": __version__})
+        with atomic_path(out / WEIGHTS_FILE) as tmp:  # never a partial file; mode 0644 like the others
+            save_file(state, str(tmp), metadata={"scmamba2_version": __version__})
         self.vocab.save(out / VOCAB_FILE)
-        (out / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
+        write_json(out / CONFIG_FILE, meta, indent=2)
         return out
 
     @classmethod
@@ -347,7 +349,11 @@ class ScMamba2(nn.Module):
                 f"{src} is not a complete scmamba2 checkpoint: missing {', '.join(missing)} "
                 f"(a checkpoint directory holds {CONFIG_FILE}, {WEIGHTS_FILE} and {VOCAB_FILE})"
             )
-        meta = json.loads((src / CONFIG_FILE).read_text())
+        from .data.files import read_json
+
+        meta = read_json(src / CONFIG_FILE, fix=f"Copy the model folder again or train it again; {src} is unusable.")
+        if not isinstance(meta, dict) or not isinstance(meta.get("model"), dict):
+            raise CheckpointError(f"{src / CONFIG_FILE} is not an scmamba2 model config (no 'model' section)")
         fmt = meta.get("format_version")
         if fmt == 1 and meta.get("model", {}).get("batch_embedding"):
             raise CheckpointError(
@@ -362,7 +368,10 @@ class ScMamba2(nn.Module):
             )
         if meta.get("scmamba2_version") != __version__:
             log.warning("checkpoint written by scmamba2 %s, loading with %s", meta.get("scmamba2_version"), __version__)
-        config = ModelConfig.from_dict(meta["model"])
+        try:
+            config = ModelConfig.from_dict(meta["model"])
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"{src / CONFIG_FILE} holds a model config this version cannot build: {exc}") from None
         vocab = GeneVocab.load(src / VOCAB_FILE)
         if len(vocab) != config.vocab_size:
             raise CheckpointError(
@@ -370,7 +379,12 @@ class ScMamba2(nn.Module):
             )
         tok = meta.get("tokenizer")
         model = cls(config, vocab=vocab, tokenizer_config=None if tok is None else TokenizerConfig.from_dict(tok))
-        model.load_weights(load_file(str(src / WEIGHTS_FILE), device=map_location), source=str(src / WEIGHTS_FILE))
+        try:
+            weights = load_file(str(src / WEIGHTS_FILE), device=map_location)
+        except Exception as exc:  # safetensors raises its own error types for truncated or empty files
+            raise CheckpointError(f"{src / WEIGHTS_FILE} cannot be read ({exc}): the file is truncated or damaged. "
+                                  "Copy the model folder again or train it again.") from None
+        model.load_weights(weights, source=str(src / WEIGHTS_FILE))
         return model
 
     def load_weights(self, state: dict[str, torch.Tensor], source: str = "state dict") -> None:

@@ -9,7 +9,6 @@ matrix: the standard scanpy baseline.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ def run_quickstart(out_dir: str | Path, *, max_steps: int | None = None, seed: i
     import scanpy as sc
     import torch
 
+    from .data.files import write_h5ad, write_json, write_text
     from .eval.knn import knn_label_transfer_scores as knn_scores
     from .eval.baselines import pca_embedding
     from .eval.plots import umap_png
@@ -60,7 +60,7 @@ def run_quickstart(out_dir: str | Path, *, max_steps: int | None = None, seed: i
         rows[key] = (name, knn_scores(adata.obsm[key], labels, seed))
     for key in ("X_scmamba2_zeroshot", "X_scmamba2", "X_pca50_baseline"):
         umap_png(adata, use_rep=key, color=LABEL_KEY, path=out / f"umap_{key.removeprefix('X_')}.png", seed=seed)
-    adata.write_h5ad(out / "pbmc68k_reduced_scmamba2.h5ad")
+    write_h5ad(adata, out / "pbmc68k_reduced_scmamba2.h5ad")
 
     wall = time.perf_counter() - t0
     pca_acc = rows["X_pca50_baseline"][1]["kNN accuracy"]
@@ -95,10 +95,10 @@ def run_quickstart(out_dir: str | Path, *, max_steps: int | None = None, seed: i
         "checkpoint, with `logs/metrics.csv`).",
     ]
     report = "\n".join(lines) + "\n"
-    (out / "report.md").write_text(report)
-    (out / "metrics.json").write_text(json.dumps({
+    write_text(out / "report.md", report)
+    write_json(out / "metrics.json", {
         **{f"{k.removeprefix('X_')}": v[1] for k, v in rows.items()},
         "val_start": res.val_start, "val_end": res.val_end,
         "seconds_total": wall, "seconds_finetune": t_train, "seconds_zeroshot_embed": t_zero,
-    }, indent=2))
+    }, indent=2)
     return report

@@ -93,6 +93,12 @@ def embed(
         raise ValueError("the model has no vocabulary attached: load it with ScMamba2.from_pretrained")
     adata = adata.copy() if copy else adata
     tok = model.tokenizer_config or TokenizerConfig(n_bins=model.config.n_bins, value_mode=model.config.value_mode)
+    if batch_size < 1:
+        raise InputError(f"batch_size={batch_size} (--batch-size) must be at least 1 cell")
+    if max_tokens is not None and max_tokens < tok.max_len:
+        raise InputError(f"max_tokens={max_tokens} (--max-tokens) is less than one cell of this model ({tok.max_len} "
+                         f"tokens): every cell would be cut or embedded alone. Give at least {tok.max_len} (the default "
+                         "65536 suits most machines).")
     if all_genes:
         tok = replace(tok, include_zeros="all", max_len=len(model.vocab) + 1)
     prepared = prepare_cells(adata, model.vocab, tok, layer=layer, use_raw=use_raw, gene_column=gene_column,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -12,6 +11,7 @@ import numpy as np
 from torch.utils.data import DataLoader
 
 from ..data.collate import Collator, LengthBucketSampler, TokenizedDataset
+from ..data.files import write_json
 from ..data.io import select_matrix
 from ..data.panel import refit_panel, select_panel
 from ..data.prepare import prepare_cells
@@ -342,11 +342,11 @@ def pretrain(
 
     if out is not None and trainer.is_global_zero:
         model.save_pretrained(out)
-        (out / "train_config.json").write_text(json.dumps(tcfg.to_dict(), indent=2))
+        write_json(out / "train_config.json", tcfg.to_dict(), indent=2)
         summary = {"val_start": val_start, "val_end": val_end, "n_train_cells": int(len(train_idx)),
                    "n_val_cells": int(n_val), "n_empty_cells_dropped": prepared.n_empty,
                    "profile_genes": mcfg.profile_genes}
-        (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
+        write_json(out / "train_summary.json", summary, indent=2)
         log.info("model saved to %s", out)
     return PretrainResult(model=model, out_dir=out, val_start=val_start or {}, val_end=val_end or {},
                           n_train_cells=int(len(train_idx)), n_val_cells=int(n_val))

@@ -9,7 +9,6 @@ report in ``vocab_report.json``) unless one is given.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import replace
 from pathlib import Path
@@ -20,6 +19,7 @@ from .._malloc import tune_cpu_allocator
 from ..data.collate import Collator
 from ..data.corpus import Corpus, CorpusConfig
 from ..data.corpus_vocab import build_corpus_vocab
+from ..data.files import write_json
 from ..data.stream import CorpusDataset, CorpusLoader
 from ..data.tokenize import TokenizerConfig
 from ..data.vocab import GeneVocab
@@ -114,13 +114,13 @@ def pretrain_corpus(corpus: Corpus, *, out_dir=None, model_config: ModelConfig |
     model.eval()
     if out is not None and trainer.is_global_zero:
         model.save_pretrained(out)
-        (out / "train_config.json").write_text(json.dumps(tcfg.to_dict(), indent=2))
-        (out / "data_config.json").write_text(json.dumps(dcfg.to_dict(), indent=2))
+        write_json(out / "train_config.json", tcfg.to_dict(), indent=2)
+        write_json(out / "data_config.json", dcfg.to_dict(), indent=2)
         if aliases:
-            (out / "gene_aliases.json").write_text(json.dumps(aliases, indent=1))
+            write_json(out / "gene_aliases.json", aliases, indent=1)
         summary = {"val_start": val_start, "val_end": val_end, "n_train_cells": int(train_ds.n_cells),
                    "n_val_cells": len(held), "n_shards": len(corpus), "steps": int(trainer.global_step)}
-        (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
+        write_json(out / "train_summary.json", summary, indent=2)
         log.info("model saved to %s", out)
     return PretrainResult(model=model, out_dir=out, val_start=val_start or {}, val_end=val_end or {},
                           n_train_cells=int(train_ds.n_cells), n_val_cells=len(held))
