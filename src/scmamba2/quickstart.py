@@ -16,7 +16,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 # The fine-tune: the bundled model's own objective (the whole profile of its gene panel) on these cells.
-TRAIN = dict(max_steps=200, batch_size=32, lr=1e-3, warmup_steps=20, mask_ratio=0.4, gep_weight=0.0,
+TRAIN = dict(max_steps=100, batch_size=32, lr=1e-3, warmup_steps=10, mask_ratio=0.4, gep_weight=0.0,
              mvc_weight=0.0, val_fraction=0.1, val_every_n_steps=100)
 LABEL_KEY = "bulk_labels"
 
