@@ -84,7 +84,6 @@ def build(data_dir: Path, run_dir: Path, *, steps: int | None = None, resume: bo
     run_dir.mkdir(parents=True, exist_ok=True)
     table.to_csv(run_dir / "pool.csv", index=False)
     tcfg = TrainConfig(**{**TRAIN, "seed": seed, **({"max_steps": steps} if steps else {})})
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     t0 = time.perf_counter()
     res = pretrain(adatas, out_dir=run_dir, model_config=dict(MODEL), tokenizer_config=TokenizerConfig(**TOKENIZER),
                    train_config=tcfg, vocab=vocab, resume=resume)
@@ -164,8 +163,8 @@ def zero_shot_scores(model_dir: Path, data_dir: Path, seed: int = 0):
             pca_fit = load_pbmc3k(data_dir)[0]  # the scanpy recipe: 2,000 HVGs of the same cells
             pca_eval = pca_fit
         else:
-            pca_fit, evaluate = load_kang(data_dir)
-            pca_fit, pca_eval = evaluate, evaluate  # PCA fitted on the held-out cells themselves
+            evaluate = load_kang(data_dir)[1]
+            pca_fit = pca_eval = evaluate  # PCA fitted on the held-out cells themselves
         labels = evaluate.obs["cell_type"].astype(str).to_numpy()
         e = evaluate[:, evaluate.var_names.isin(model.vocab.genes)].copy()
         embed(e, model, progress=False)
@@ -233,44 +232,3 @@ def write_card(dest: Path, run_dir: Path, scores) -> Path:
     path.write_text("\n".join(lines) + "\n")
     return path
 
-
-INFERENCE_FILES = ("pbmc500_fullgenes.h5ad", "citefuse_eccite_pbmc500.h5ad", "pbmc_10k_protein_v3.h5ad",
-                   "pbmc_5k_protein_v3.h5ad")
-
-
-def inference_tokens_loss(model, data_dir: Path, settings: list[dict]) -> "pd.DataFrame":  # noqa: F821
-    """Held-in profile loss of ``model`` when it reads cells with other tokenizer settings (``max_len``,
-    ``subsample``), on the pool's whole-transcriptome files (:data:`INFERENCE_FILES`: long cells, where the
-    setting matters). No labels and no benchmark cells: a label-free way to choose how the shipped model reads
-    a cell at inference."""
-    import anndata as ad
-    import pandas as pd
-    import torch
-    from dataclasses import replace
-    from torch.utils.data import DataLoader
-
-    from .._keys import PROFILE
-    from ..data.collate import Collator, TokenizedDataset
-    from ..data.panel import GenePanel
-    from ..data.prepare import prepare_cells
-    from ..train.losses import nan_mse
-
-    head = model.profile_head
-    panel = GenePanel(ids=head.gene_ids.numpy(), mean=head.gene_mean.numpy(), std=head.gene_std.numpy())
-    rows = []
-    for s in settings:
-        tok = replace(model.tokenizer_config, **s)
-        total, n = 0.0, 0
-        for name in INFERENCE_FILES:
-            a = ad.read_h5ad(data_dir / name)
-            a = a[:, a.var_names.isin(model.vocab.genes)].copy()
-            cells = prepare_cells(a, model.vocab, tok, purpose="embed", drop_empty=True).cells
-            measured = np.isin(panel.ids, model.vocab.lookup(list(map(str, a.var_names))))[None, :]
-            ds = TokenizedDataset(cells, panel=panel, source=np.zeros(len(cells), dtype=np.int64), measured=measured)
-            loader = DataLoader(ds, batch_size=32, collate_fn=Collator(pad_id=model.vocab.pad_id))
-            with torch.no_grad():
-                for batch in loader:
-                    loss = nan_mse(model(batch).profile_pred, batch[PROFILE])
-                    total, n = total + float(loss) * len(batch[PROFILE]), n + len(batch[PROFILE])
-        rows.append({**s, "profile loss": total / n, "cells": n})
-    return pd.DataFrame(rows)

@@ -132,7 +132,7 @@ def scvi_train_eval(train, evaluate, seed: int = 0, max_epochs: int = 100) -> np
     return np.asarray(z, dtype=np.float32)
 
 
-def run_recipe(name: str, train, evaluate, work: Path, seed: int = 0, steps: int | None = None) -> dict:
+def run_recipe(name: str, train, evaluate, seed: int = 0, steps: int | None = None) -> dict:
     """Pretrain with recipe ``name`` on ``train``; returns the embedding of ``evaluate`` and the losses."""
     import torch
 
@@ -211,8 +211,7 @@ def run(data_dir: str | Path, out_dir: str | Path, *, seed: int = 0, quick: bool
                 add("baseline: scVI (30 latent, 100 epochs)", z, (time.perf_counter() - t0) / 60)
         for name in names:
             with res.step(f"{ds}: {name}"):
-                r = run_recipe(name, train, evaluate, out / f"{stem}_runs" / ds, seed=seed,
-                               steps=40 if quick else None)
+                r = run_recipe(name, train, evaluate, seed=seed, steps=40 if quick else None)
                 add(f"{name} ({r['steps']} steps)", r["X"], r["minutes"], loss_note(r["val"]))
         for label, path in (extra_models or {}).items():
             with res.step(f"{ds}: {label}"):
@@ -220,7 +219,6 @@ def run(data_dir: str | Path, out_dir: str | Path, *, seed: int = 0, quick: bool
 
                 model = ScMamba2.from_pretrained(path)
                 e = evaluate[:, evaluate.var_names.isin(model.vocab.genes)].copy()
-                t0 = time.perf_counter()
                 embed(e, model, progress=False)
                 add(label, e.obsm["X_scmamba2"], None, "zero-shot")
         res.tables[f"{ds}: {evaluate.n_obs} evaluation cells, {len(set(labels))} cell types"] = pd.DataFrame(rows)
