@@ -12,7 +12,6 @@ sample of control cells to predict from).
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ import torch
 from ..data.perturb import (PairCollator, PairDataset, control_pools, parse_condition, parse_perturbations,
                             perturbation_name, same_pools, split_perturbations)
 from ..data.vocab import GeneVocab
+from ..data.files import atomic_path, read_json, write_json
 from ..errors import CheckpointError, InputError
 from ..model import ModelConfig, ScMamba2
 
@@ -72,9 +72,11 @@ class PerturbationModel:
 
     def save(self, directory: str | Path) -> Path:
         out = self.model.save_pretrained(directory)
-        (out / META_FILE).write_text(json.dumps(asdict(self.meta), indent=1))
+        write_json(out / META_FILE, asdict(self.meta), indent=1)
         groups = self.control_groups if self.control_groups is not None else np.array([], dtype=str)
-        np.savez_compressed(out / CONTROLS_FILE, X=self.controls, groups=np.asarray(groups, dtype=str))
+        with atomic_path(out / CONTROLS_FILE) as tmp:
+            with open(tmp, "wb") as fh:  # a file object: np.savez would append .npz to a path
+                np.savez_compressed(fh, X=self.controls, groups=np.asarray(groups, dtype=str))
         return out
 
     @classmethod
@@ -84,8 +86,12 @@ class PerturbationModel:
             raise CheckpointError(f"{src} is not a perturbation model: {META_FILE} or {CONTROLS_FILE} is missing "
                                   "(train one with `scmamba2 perturb train`)")
         model = ScMamba2.from_pretrained(src)
-        meta = PerturbMeta(**json.loads((src / META_FILE).read_text()))
-        z = np.load(src / CONTROLS_FILE)
+        try:
+            meta = PerturbMeta(**read_json(src / META_FILE, fix="Train the model again (`scmamba2 perturb train`)."))
+            z = np.load(src / CONTROLS_FILE)
+        except (TypeError, ValueError, OSError) as exc:
+            raise CheckpointError(f"{src} holds a damaged perturbation model ({exc}); train it again with "
+                                  "`scmamba2 perturb train`") from None
         groups = z["groups"] if len(z["groups"]) else None
         return cls(model, meta, z["X"], groups)
 
@@ -225,7 +231,8 @@ def train_perturbation(
         Training target = the mean of this many cells of the same perturbation (and group): the same expected
         value as one cell, less noise (1 = single perturbed cells).
     n_top_genes
-        Panel = this many highly variable genes of the training cells (default: every gene).
+        Panel = this many highly variable genes of the training cells (default here: every gene; the CLI's
+        default is 2,000, as the other tasks). Targets outside the panel keep their vocabulary token.
     out_dir
         Save the model there.
     """
@@ -255,6 +262,9 @@ def train_perturbation(
         genes = list(select_hvg(select_matrix(data, layer=layer, use_raw=use_raw, gene_column=gene_column),
                                 n_top_genes, flavor="seurat").var_names)
     X, genes, _ = panel_matrix(data, genes, layer=layer, use_raw=use_raw, gene_column=gene_column)
+    log.info("gene panel: %s (%d genes)", "every gene" if n_top_genes is None else
+             f"the {n_top_genes} most variable genes (n_top_genes / --n-top-genes; 0 on the CLI = every gene)",
+             len(genes))
     if len(genes) > 2000:
         log.warning("the gene panel has %d genes: every cell becomes a sequence that long (slow); consider "
                     "n_top_genes (--n-top-genes) of 500-2000", len(genes))
