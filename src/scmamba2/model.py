@@ -52,6 +52,11 @@ class ModelConfig:
     width ``profile_hidden``, 0 = linear): the cell embedding alone reconstructs a fixed panel of genes, zeros
     included (:mod:`scmamba2.data.panel`); the pretraining default.
 
+    Training memory (both off by default; neither changes the result): ``gradient_checkpointing`` recomputes
+    each encoder layer in the backward pass; ``recompute_tokens`` recomputes only each layer's conv, scan and
+    gated norm, in slices of about that many tokens (~5x less activation memory per token; 0.7-0.8x the
+    step's speed, ``benchmarks/results/train_step.md``).
+
     ``cell_pooling`` makes the cell embedding (heads, :meth:`ScMamba2.cell_embedding`): ``"mean"`` (default)
     the mean over the valid positions (``<cls>`` included), ``"cls"`` the ``<cls>`` output (position 0). In the
     backward scan ``<cls>`` is reached last, so a gene far from it reaches it only through the decay of the
@@ -74,6 +79,7 @@ class ModelConfig:
     pad_id: int = 0
     mvc: bool = True  # build the cell-conditioned expression head
     gradient_checkpointing: bool = False
+    recompute_tokens: int | None = None
     n_batches: int = 0
     batch_embedding: bool = False
     dsbn: bool = False
@@ -101,6 +107,8 @@ class ModelConfig:
             raise ValueError(f"value_mode must be 'binned' or 'continuous', not {self.value_mode!r}")
         if self.n_bins < 3:
             raise ValueError(f"n_bins={self.n_bins}: need at least 3 (bin 0 for zeros and two expression bins)")
+        if self.recompute_tokens is not None and self.recompute_tokens < 1:
+            raise ValueError(f"recompute_tokens={self.recompute_tokens} must be >= 1 or None (no recomputation)")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout={self.dropout} must be in [0, 1)")
         uses_batches = [k for k in ("batch_embedding", "dsbn", "dab") if getattr(self, k)]
@@ -181,6 +189,7 @@ class ScMamba2(nn.Module):
             chunk_size=config.chunk_size,
             dropout=config.dropout,
             gradient_checkpointing=config.gradient_checkpointing,
+            recompute_tokens=config.recompute_tokens,
         )
         self.expr_head = ExpressionHead(d)
         self.mvc_head = MVCHead(d) if config.mvc else None

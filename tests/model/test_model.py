@@ -135,6 +135,22 @@ def test_config_validation():
         ModelConfig(vocab_size=50, d_model=30, headdim=16)
     with pytest.raises(ValueError, match="value_mode"):
         ModelConfig(vocab_size=50, value_mode="ranks")
+    with pytest.raises(ValueError, match="recompute_tokens"):
+        ModelConfig(vocab_size=50, recompute_tokens=0)
+
+
+def test_recompute_tokens_reaches_the_layers_and_keeps_the_gradients():
+    # Off by default (the faster step); opt-in recomputation gives the same loss and gradients.
+    genes, values, mask = pad_to(*one_cell(), 16)
+    grads = []
+    for tokens in (None, 8):
+        model = tiny_model(recompute_tokens=tokens).train()
+        assert [layer.recompute_tokens for layer in model.encoder.layers] == [tokens] * 2
+        model.encode(genes.repeat(3, 1), values.repeat(3, 1), mask.repeat(3, 1)).square().sum().backward()
+        grads.append([p.grad.clone() for p in model.parameters() if p.grad is not None])
+    assert len(grads[0]) == len(grads[1]) > 0
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
 
 
 def test_continuous_mode_runs():

@@ -229,9 +229,11 @@ def test_recompute_slices_store_less():
     assert saved_bytes(64) < 0.5 * saved_bytes(None)
 
 
-def test_recompute_tokens_must_be_positive():
+def test_recompute_and_slice_tokens_must_be_positive():
     with pytest.raises(ValueError, match="recompute_tokens"):
         BiMamba2Layer(D, recompute_tokens=0)
+    with pytest.raises(ValueError, match="slice_tokens"):
+        BiMamba2Layer(D, slice_tokens=0)
 
 
 def test_slices_without_autograd_match_the_whole_batch():
@@ -243,7 +245,7 @@ def test_slices_without_autograd_match_the_whole_batch():
     for tokens in (None, 20):  # 20 tokens = one sequence per slice
         torch.manual_seed(0)
         layer = BiMamba2Layer(D, d_state=8, headdim=16, chunk_size=8, use_kernels=False,
-                              recompute_tokens=tokens).double().eval()
+                              slice_tokens=tokens).double().eval()
         with torch.no_grad():
             outs.append(layer(x, mask))
     assert torch.allclose(outs[0], outs[1], atol=1e-12)

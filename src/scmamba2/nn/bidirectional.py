@@ -129,12 +129,16 @@ class BiMamba2Layer(nn.Module):
         Passed to :class:`Mamba2Block` (inference-only tiling of long sequences). When it applies, the
         two directions also run one after the other instead of as one doubled batch, halving the peak.
     recompute_tokens : int or None
-        Training memory: the conv, scan and gated norm (whose intermediates are most of a layer's
+        Training memory, opt-in: the conv, scan and gated norm (whose intermediates are most of a layer's
         activation memory) run under activation checkpointing in slices of about this many tokens (whole
-        sequences), so the layer stores little more than its projections' inputs and outputs, and the
-        backward pass holds one slice's intermediates at a time. Without autograd the slices bound the
-        memory of a forward pass the same way. None runs the whole batch at once and stores everything
-        (faster by the recomputation, at several times the memory).
+        sequences), so the layer stores little more than its projections' inputs and outputs (~5x less
+        per token), and the backward pass holds one slice's intermediates at a time. It costs the
+        recomputation: 0.7-0.8x the step's speed (``benchmarks/results/train_step.md``). None (default)
+        stores everything.
+    slice_tokens : int or None
+        Without autograd (validation, inference), the conv, scan and gated norm run in slices of about this
+        many tokens (whole sequences), so a forward pass holds one slice's intermediates at a time (same
+        result, no recomputation). None runs the whole batch at once.
     """
 
     mixer = "add"
@@ -151,12 +155,15 @@ class BiMamba2Layer(nn.Module):
         norm_eps: float = 1e-5,
         use_kernels: bool | None = None,
         tile_len: int | None = 4096,
-        recompute_tokens: int | None = 4096,
+        recompute_tokens: int | None = None,
+        slice_tokens: int | None = 4096,
     ) -> None:
         super().__init__()
-        if recompute_tokens is not None and recompute_tokens < 1:
-            raise ValueError(f"recompute_tokens must be >= 1 or None, got {recompute_tokens}")
+        for name, value in (("recompute_tokens", recompute_tokens), ("slice_tokens", slice_tokens)):
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1 or None, got {value}")
         self.recompute_tokens = recompute_tokens
+        self.slice_tokens = slice_tokens
         self.norm = nn.RMSNorm(d_model, eps=norm_eps)
         self.block = Mamba2Block(
             d_model,
@@ -178,20 +185,18 @@ class BiMamba2Layer(nn.Module):
         Both projections act per position, so ``in_proj(reverse(h)) = reverse(in_proj(h))`` and the two
         directions' ``out_proj`` outputs sum to ``out_proj`` of the summed inputs: the projections, most of
         the block's arithmetic, run on ``b`` sequences rather than ``2b``. Only the conv, the scan and the
-        gated norm run on the doubled batch, in slices of about ``recompute_tokens`` tokens (whole
-        sequences), so their large intermediates exist for one slice at a time, also without autograd
-        (validation, inference); under autograd each slice is recomputed in the backward pass
-        (:func:`torch.utils.checkpoint.checkpoint`).
+        gated norm run on the doubled batch: under autograd in slices of about ``recompute_tokens`` tokens
+        (whole sequences), each recomputed in the backward pass (:func:`torch.utils.checkpoint.checkpoint`),
+        when that is set; without autograd in slices of about ``slice_tokens`` tokens.
         """
         block = self.block
         z, xbcdt = torch.split(block.in_proj(h), [block.d_inner, block.conv_dim + block.nheads], dim=-1)
         batch, length = h.shape[:2]
-        if self.recompute_tokens is None:
+        recording = torch.is_grad_enabled() and (h.requires_grad or any(p.requires_grad for p in block.parameters()))
+        tokens = self.recompute_tokens if recording else self.slice_tokens
+        if tokens is None:
             mixed = _both_directions(block, z, xbcdt, lengths)
         else:
-            recording = torch.is_grad_enabled() and (
-                h.requires_grad or any(p.requires_grad for p in block.parameters())
-            )
 
             def part(s: int, e: int) -> Tensor:
                 args = (block, z[s:e], xbcdt[s:e], lengths[s:e])
@@ -199,7 +204,7 @@ class BiMamba2Layer(nn.Module):
                     return checkpoint(_both_directions, *args, use_reentrant=False)
                 return _both_directions(*args)
 
-            per_slice = max(1, self.recompute_tokens // max(length, 1))
+            per_slice = max(1, tokens // max(length, 1))
             if per_slice >= batch:
                 mixed = part(0, batch)
             else:
@@ -273,9 +278,10 @@ class BiMamba2Encoder(nn.Module):
         active in training mode with gradients enabled.
     tile_len : int or None
         Passed to every :class:`BiMamba2Layer`: inference-only tiling of long sequences (None = off).
-    recompute_tokens : int or None
+    recompute_tokens, slice_tokens : int or None
         Passed to every :class:`BiMamba2Layer`: training-time recomputation of the scan in slices of
-        about this many tokens (None = off).
+        about this many tokens (None = off, the default: faster, more memory), and the slices of a
+        forward pass without autograd.
     compile : bool
         Wrap each block's conv + scan (:meth:`Mamba2Block.conv_scan`) with :func:`maybe_compile`
         (``torch.compile``, eager fallback with a warning if compiling fails). Off by default; see
@@ -297,7 +303,8 @@ class BiMamba2Encoder(nn.Module):
         use_kernels: bool | None = None,
         tile_len: int | None = 4096,
         compile: bool = False,
-        recompute_tokens: int | None = 4096,
+        recompute_tokens: int | None = None,
+        slice_tokens: int | None = 4096,
     ) -> None:
         super().__init__()
         self.layers = nn.ModuleList(
@@ -313,6 +320,7 @@ class BiMamba2Encoder(nn.Module):
                 use_kernels=use_kernels,
                 tile_len=tile_len,
                 recompute_tokens=recompute_tokens,
+                slice_tokens=slice_tokens,
             )
             for _ in range(n_layers)
         )
