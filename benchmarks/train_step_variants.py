@@ -14,8 +14,9 @@ Variants, all in one process on one model (same parameters, same batch), switche
   differentiated by autograd) and main's bidirectional layer (the block called on the doubled batch
   ``cat(x, reverse(x))``: ``in_proj``/``out_proj`` on both directions).
 * ``a``: one ``in_proj``/``out_proj`` per bidirectional layer, only conv + scan + gated norm on the doubled
-  batch (this checkout's ``BiMamba2Layer``), with main's scan.
-* ``b``: main's layer with this checkout's scan (one autograd.Function, hand-written backward).
+  batch (this checkout's ``BiMamba2Layer``), the scan differentiated by autograd (as in main).
+* ``b``: main's layer with the scan as one autograd.Function with a hand-written backward
+  (``manual_backward=True``).
 * ``a+b``: both, no recomputation (``recompute_tokens=None``).
 * ``a+rc``, ``a+b+rc``: with conv + scan + gated norm recomputed in the backward pass in slices of
   ``recompute_tokens=4096`` tokens.
@@ -111,6 +112,9 @@ def main(argv=None) -> int:
     branch_ssd = mamba2.ssd_chunked
     branch_mix = bidi.BiMamba2Layer._mix_both
 
+    def main_scan(*args, manual_backward=False, **kwargs):  # main's ssd_chunked has no manual_backward
+        return main_ssd.ssd_chunked(*args, **kwargs)
+
     def main_mix(self, h, lengths):  # main's layer: the whole block on cat(h, reverse(h))
         batch = h.shape[0]
         both = self.block(torch.cat([h, bidi.reverse_valid(h, lengths)], dim=0))
@@ -122,10 +126,11 @@ def main(argv=None) -> int:
     layers = [m for m in model.modules() if isinstance(m, bidi.BiMamba2Layer)]
 
     def use(variant: str) -> None:
-        mamba2.ssd_chunked = branch_ssd if "b" in variant.split("+") else main_ssd.ssd_chunked
+        mamba2.ssd_chunked = main_scan if variant == "main" else branch_ssd
         bidi.BiMamba2Layer._mix_both = main_mix if variant in ("main", "b") else branch_mix
         for layer in layers:
             layer.recompute_tokens = 4096 if variant.endswith("+rc") else None
+            layer.block.manual_backward = "b" in variant.split("+")
 
     plan = TrainingPlan(model, TrainConfig(gep_weight=0.0, mvc_weight=0.0))
     opt = make_optimizer(model, 1e-4, 0.01)

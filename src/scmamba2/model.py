@@ -52,10 +52,10 @@ class ModelConfig:
     width ``profile_hidden``, 0 = linear): the cell embedding alone reconstructs a fixed panel of genes, zeros
     included (:mod:`scmamba2.data.panel`); the pretraining default.
 
-    Training memory (both off by default; neither changes the result): ``gradient_checkpointing`` recomputes
-    each encoder layer in the backward pass; ``recompute_tokens`` recomputes only each layer's conv, scan and
-    gated norm, in slices of about that many tokens (~5x less activation memory per token; 0.7-0.8x the
-    step's speed, ``benchmarks/results/train_step.md``).
+    Training memory (both off by default, for the fastest step; neither changes the result):
+    ``gradient_checkpointing`` recomputes each encoder layer in the backward pass; ``recompute_tokens``
+    recomputes only each layer's conv, scan and gated norm, in slices of about that many tokens (~3-4x less
+    activation memory per token, at 0.85-0.9x the step's speed: ``benchmarks/results/train_step.md``).
 
     ``cell_pooling`` makes the cell embedding (heads, :meth:`ScMamba2.cell_embedding`): ``"mean"`` (default)
     the mean over the valid positions (``<cls>`` included), ``"cls"`` the ``<cls>`` output (position 0). In the

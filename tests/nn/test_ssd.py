@@ -71,17 +71,20 @@ def test_strong_decay_is_stable():
     assert (y.double() - y_ref).abs().max() < 1e-3 * (1 + y_ref.abs().max())
 
 
-def test_gradcheck_tiny():
+@pytest.mark.parametrize("manual", [False, True])
+def test_gradcheck_tiny(manual):
     x, dt, A, B, C, s0 = random_inputs(1, 6, 2, 2, 1, 3, seed=5)
     inputs = [t.clone().requires_grad_(True) for t in (x, dt, A, B, C, s0)]
 
     def f(x, dt, A, B, C, s0):
-        return ssd_chunked(x, dt, A, B, C, chunk_size=4, initial_state=s0, return_final_state=True)
+        return ssd_chunked(x, dt, A, B, C, chunk_size=4, initial_state=s0, return_final_state=True,
+                           manual_backward=manual)
 
     assert torch.autograd.gradcheck(f, inputs)
 
 
-def test_gradients_match_reference():
+@pytest.mark.parametrize("manual", [False, True])
+def test_gradients_match_reference(manual):
     x, dt, A, B, C, s0 = random_inputs(2, 21, 4, 3, 2, 5, seed=6)
     grads = []
     for fn in ("ref", "chunked"):
@@ -89,7 +92,8 @@ def test_gradients_match_reference():
         if fn == "ref":
             y, s = ssd_reference(*leaves)
         else:
-            y, s = ssd_chunked(*leaves[:5], chunk_size=8, initial_state=leaves[5], return_final_state=True)
+            y, s = ssd_chunked(*leaves[:5], chunk_size=8, initial_state=leaves[5], return_final_state=True,
+                               manual_backward=manual)
         (y.sin().sum() + s.cos().sum()).backward()
         grads.append([t.grad for t in leaves])
     for g_ref, g in zip(*grads):
@@ -113,8 +117,9 @@ def test_shape_errors():
         ssd_chunked(x, dt, A, B, C, chunk_size=4, initial_state=torch.zeros(1, 3, 2, 5, dtype=x.dtype))
 
 
-def test_gradients_with_skip_and_state_only_losses():
-    # The hand-written backward: D's gradient, and losses that read only y or only the final state.
+@pytest.mark.parametrize("manual", [False, True])
+def test_gradients_with_skip_and_state_only_losses(manual):
+    # Both backward paths: D's gradient, and losses that read only y or only the final state.
     x, dt, A, B, C, s0 = random_inputs(2, 19, 4, 3, 1, 5, seed=9)
     D = torch.randn(4, dtype=torch.float64)
     for use in ("y", "state"):
@@ -126,22 +131,23 @@ def test_gradients_with_skip_and_state_only_losses():
                 y = y + leaves[6][:, None] * leaves[0]
             else:
                 y, s = ssd_chunked(*leaves[:5], chunk_size=8, initial_state=leaves[5], return_final_state=True,
-                                   D=leaves[6])
+                                   D=leaves[6], manual_backward=manual)
             (y.sin().sum() if use == "y" else s.cos().sum()).backward()
             grads.append([torch.zeros_like(t) if t.grad is None else t.grad for t in leaves])
         for g_ref, g in zip(*grads):
             assert (g - g_ref).abs().max() < 1e-8
 
 
-def test_autocast_keeps_the_scan_in_float32():
-    # Under bf16 autocast the scan still computes in float32 (forward and the hand-written backward).
+@pytest.mark.parametrize("manual", [False, True])
+def test_autocast_keeps_the_scan_in_float32(manual):
+    # Under bf16 autocast the scan still computes in float32 (forward and either backward path).
     x, dt, A, B, C, _ = random_inputs(2, 24, 4, 3, 1, 5, seed=10, dtype=torch.float32)
     leaves = [t.clone().requires_grad_(True) for t in (x, dt, A, B, C)]
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        y = ssd_chunked(*leaves, chunk_size=8)
+        y = ssd_chunked(*leaves, chunk_size=8, manual_backward=manual)
     y.square().sum().backward()
     ref_leaves = [t.clone().requires_grad_(True) for t in (x, dt, A, B, C)]
-    ssd_chunked(*ref_leaves, chunk_size=8).square().sum().backward()
+    ssd_chunked(*ref_leaves, chunk_size=8, manual_backward=manual).square().sum().backward()
     assert y.dtype == torch.float32
     for a, b in zip(leaves, ref_leaves):
         assert torch.allclose(a.grad, b.grad, rtol=1e-5, atol=1e-5)

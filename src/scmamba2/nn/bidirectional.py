@@ -131,10 +131,12 @@ class BiMamba2Layer(nn.Module):
     recompute_tokens : int or None
         Training memory, opt-in: the conv, scan and gated norm (whose intermediates are most of a layer's
         activation memory) run under activation checkpointing in slices of about this many tokens (whole
-        sequences), so the layer stores little more than its projections' inputs and outputs (~5x less
-        per token), and the backward pass holds one slice's intermediates at a time. It costs the
-        recomputation: 0.7-0.8x the step's speed (``benchmarks/results/train_step.md``). None (default)
-        stores everything.
+        sequences), so the layer stores little more than its projections' inputs and outputs (a training
+        step keeps ~3-4x fewer bytes per token), and the backward pass holds one slice's intermediates at a
+        time. It costs the recomputation: ~0.85x the step's speed (``benchmarks/results/train_step.md``).
+        None (default) stores everything.
+    manual_backward : bool
+        Passed to :class:`Mamba2Block`: the scan's hand-written backward pass (default; False = autograd).
     slice_tokens : int or None
         Without autograd (validation, inference), the conv, scan and gated norm run in slices of about this
         many tokens (whole sequences), so a forward pass holds one slice's intermediates at a time (same
@@ -157,6 +159,7 @@ class BiMamba2Layer(nn.Module):
         tile_len: int | None = 4096,
         recompute_tokens: int | None = None,
         slice_tokens: int | None = 4096,
+        manual_backward: bool = True,
     ) -> None:
         super().__init__()
         for name, value in (("recompute_tokens", recompute_tokens), ("slice_tokens", slice_tokens)):
@@ -175,6 +178,7 @@ class BiMamba2Layer(nn.Module):
             norm_eps=norm_eps,
             use_kernels=use_kernels,
             tile_len=tile_len,
+            manual_backward=manual_backward,
         )
         self.dropout = nn.Dropout(dropout)
 
@@ -282,6 +286,9 @@ class BiMamba2Encoder(nn.Module):
         Passed to every :class:`BiMamba2Layer`: training-time recomputation of the scan in slices of
         about this many tokens (None = off, the default: faster, more memory), and the slices of a
         forward pass without autograd.
+    manual_backward : bool
+        Passed to every :class:`BiMamba2Layer`: the scan's hand-written backward pass (default; False =
+        autograd).
     compile : bool
         Wrap each block's conv + scan (:meth:`Mamba2Block.conv_scan`) with :func:`maybe_compile`
         (``torch.compile``, eager fallback with a warning if compiling fails). Off by default; see
@@ -305,6 +312,7 @@ class BiMamba2Encoder(nn.Module):
         compile: bool = False,
         recompute_tokens: int | None = None,
         slice_tokens: int | None = 4096,
+        manual_backward: bool = True,
     ) -> None:
         super().__init__()
         self.layers = nn.ModuleList(
@@ -321,6 +329,7 @@ class BiMamba2Encoder(nn.Module):
                 tile_len=tile_len,
                 recompute_tokens=recompute_tokens,
                 slice_tokens=slice_tokens,
+                manual_backward=manual_backward,
             )
             for _ in range(n_layers)
         )

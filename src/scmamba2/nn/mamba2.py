@@ -94,6 +94,11 @@ class Mamba2Block(nn.Module):
         Inference only (no autograd recording, pure-PyTorch path): sequences longer than this run in tiles
         of ``tile_len`` tokens with the SSM and conv states carried across, so peak memory depends on
         ``tile_len``, not on the sequence length. None disables tiling. The output does not depend on it.
+    manual_backward : bool
+        The pure-PyTorch scan under autograd uses its hand-written backward pass
+        (:func:`~scmamba2.nn.ssd.ssd_chunked`; default): ~40 % fewer bytes per token kept for the backward
+        pass, and a faster training step at long cells. False lets autograd differentiate the scan (same
+        gradients up to rounding).
 
     Notes
     -----
@@ -118,8 +123,10 @@ class Mamba2Block(nn.Module):
         norm_eps: float = 1e-5,
         use_kernels: bool | None = None,
         tile_len: int | None = 4096,
+        manual_backward: bool = True,
     ) -> None:
         super().__init__()
+        self.manual_backward = manual_backward
         self.d_model = d_model
         self.d_state = d_state
         self.d_conv = d_conv
@@ -271,6 +278,7 @@ class Mamba2Block(nn.Module):
             initial_state=ssm_state,
             return_final_state=True,
             D=self.D,
+            manual_backward=self.manual_backward,
         )  # (b, l, h, p), D skip included
         return y.reshape(batch, length, self.d_inner), (next_context, ssm_state)
 

@@ -50,6 +50,7 @@ def ssd_chunked(
     initial_state: Tensor | None = None,
     return_final_state: bool = False,
     D: Tensor | None = None,
+    manual_backward: bool = True,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Run the SSD recurrence with the chunked (block-decomposed) algorithm.
 
@@ -73,6 +74,9 @@ def ssd_chunked(
         Also return the state after the last (real) position.
     D : Tensor, optional
         Skip weights, shape ``(h,)``: adds ``D[h] * x_t`` to the output (fused into the last addition).
+    manual_backward : bool
+        Under autograd, run the scan as one :class:`torch.autograd.Function` with a hand-written backward
+        pass (default; see Notes). False: autograd differentiates the operations (the reference path).
 
     Returns
     -------
@@ -95,9 +99,12 @@ def ssd_chunked(
     and ``C`` are never repeated per head. The only large permuted write is ``x * dt`` into head-major, done
     by the multiplication itself.
 
-    Under autograd the scan is one :class:`torch.autograd.Function` with a hand-written backward pass: it
-    stores its inputs and the state entering each chunk, and recomputes the decays and score blocks in the
-    backward pass (tested against the sequential recurrence in float64, ``tests/nn/test_ssd.py``).
+    With ``manual_backward`` the scan under autograd is one :class:`torch.autograd.Function` with a
+    hand-written backward pass: it stores its inputs and the state entering each chunk, and recomputes the
+    decays and score blocks in the backward pass (tested against the sequential recurrence in float64,
+    ``tests/nn/test_ssd.py``). It keeps ~40 % fewer bytes for the backward pass per token and avoids
+    autograd's per-operation overhead on the ``q x q`` blocks: the training step is as fast at 256 tokens per
+    cell and faster at ~1,000 (``benchmarks/results/train_step.md``).
     """
     _check_shapes(x, dt, A, B, C, chunk_size)
     batch, length, nheads, headdim = x.shape
@@ -123,8 +130,10 @@ def ssd_chunked(
     D = None if D is None else D.to(dtype)
     init = None if initial_state is None else initial_state.to(dtype)
     with torch.autocast(x.device.type, enabled=False):  # the compute dtype holds under autocast too
-        if recording:  # hand-written backward: stores the inputs and the chunk states only
+        if recording and manual_backward:  # hand-written backward: stores the inputs and the chunk states only
             y, state = _SSDScan.apply(x, dt, A, B, C, D, init, q)
+        elif recording:  # differentiated by autograd
+            y, state, _ = _forward(x, dt, A, B, C, D, init, q, inplace=False)
         else:
             y, state, _ = _forward(x, dt, A, B, C, D, init, q, inplace=True)
     y = y.reshape(batch, length + pad, nheads, headdim)[:, :length].to(out_dtype)  # (b, l, h, p)
@@ -137,11 +146,11 @@ def _forward(
     x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None, init: Tensor | None, q: int,
     inplace: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """The chunked scan on padded inputs in the compute dtype, without autograd.
+    """The chunked scan on padded inputs in the compute dtype.
 
     Returns ``y`` token-major ``(b, c, q, g, r, p)``, the final state ``(b, h, p, n)`` and the state entering
     each chunk, ``(b, c, g, n, r * p)``. ``inplace`` overwrites intermediates (and may write into nothing
-    that the caller holds).
+    that the caller holds): only without autograd recording, or inside :class:`_SSDScan`.
     """
     b, length, nheads, p = x.shape
     g, n = B.shape[2], B.shape[3]
@@ -178,19 +187,32 @@ def _forward(
         state = x.new_zeros(b, g, n, r, p)  # (b, g, n, r, p)
     else:
         state = init.reshape(b, g, r, p, n).permute(0, 1, 4, 2, 3)  # (b, g, n, r, p)
-    states_before = torch.empty_like(chunk_states)  # (b, c, g, n, r, p): the state entering each chunk
-    for k in range(c):
-        states_before[:, k] = state
-        state = torch.addcmul(chunk_states[:, k], chunk_decay[:, k], state)  # (b, g, n, r, p)
+    if inplace:
+        states_before = torch.empty_like(chunk_states)  # (b, c, g, n, r, p): the state entering each chunk
+        for k in range(c):
+            states_before[:, k] = state
+            state = torch.addcmul(chunk_states[:, k], chunk_decay[:, k], state)  # (b, g, n, r, p)
+    else:
+        before = []
+        # unbind, not [:, k]: the backward of indexing would allocate a full-size gradient per chunk (O(c^2)).
+        for new_k, decay_k in zip(chunk_states.unbind(1), chunk_decay.unbind(1)):
+            before.append(state)
+            state = torch.addcmul(new_k, decay_k, state)  # (b, g, n, r, p)
+        states_before = torch.stack(before, dim=1)
     states_before = states_before.view(b, c, g, n, r * p)
 
     # 5. State-to-output: the carried-in state read out by C_i, decayed to position i; plus the diagonal
     #    blocks and the D skip. The sum is written token-major.
     y = (C @ states_before).transpose(2, 3).reshape(b, c, q, g, r, p)  # (b, c, q, g, r, p)
     decay_tm = decay_from_start.permute(0, 3, 4, 1, 2).unsqueeze(-1)  # (b, c, q, g, r, 1)
-    y = y.mul_(decay_tm).add_(y_diag.permute(0, 3, 4, 1, 2, 5))
-    if D is not None:
-        y.addcmul_(x, D.reshape(g, r, 1))
+    if inplace:
+        y = y.mul_(decay_tm).add_(y_diag.permute(0, 3, 4, 1, 2, 5))
+        if D is not None:
+            y.addcmul_(x, D.reshape(g, r, 1))
+    else:
+        y = y * decay_tm + y_diag.permute(0, 3, 4, 1, 2, 5)
+        if D is not None:
+            y = torch.addcmul(y, x, D.reshape(g, r, 1))
     final = state.permute(0, 1, 3, 4, 2).reshape(b, nheads, p, n)  # (b, h, p, n)
     return y, final, states_before
 
