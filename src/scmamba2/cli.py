@@ -434,12 +434,14 @@ def perturb_train(
     max_steps: int = typer.Option(600, "--max-steps"),
     batch_size: int = typer.Option(32, "--batch-size"),
     n_top_genes: Optional[int] = typer.Option(None, "--n-top-genes", help="Gene panel = this many HVGs."),
+    gene_knowledge: str = typer.Option("pca", "--gene-knowledge", help="Target knowledge of the correction: pca (PCA gene embedding of the training effects) or none (the model's own gene embeddings)."),
     seed: int = typer.Option(0, "--seed"),
     layer: Optional[str] = LayerOpt,
     use_raw: bool = RawOpt,
     gene_column: Optional[str] = GeneColOpt,
 ) -> None:
-    """Train a perturbation-response model (control cell + perturbation flags -> perturbed expression)."""
+    """Train a perturbation-response model: the baseline (training effects) + a learned correction, kept only
+    when it beats the baseline on validation perturbations."""
     from .data.io import read
     from .tasks.perturb import train_perturbation
     from .train.config import TrainConfig
@@ -449,9 +451,12 @@ def perturb_train(
         pm = train_perturbation(read(data), perturbation_key=perturbation_key, control=control, kind=kind,
                                 holdout=_names(holdout) if holdout else None, match_key=match_key, model=model,
                                 train_config=tcfg, n_top_genes=n_top_genes, layer=layer, use_raw=use_raw,
-                                gene_column=gene_column, out_dir=out_dir)
+                                gene_column=gene_column, gene_knowledge=gene_knowledge, out_dir=out_dir)
+        rec = pm.meta.correction
+        verdict = "kept" if rec.get("accepted") else f"dropped ({rec.get('reason', 'no validation gain')})"
         out.print(f"{len(pm.meta.train_perturbations)} perturbations trained, "
-                  f"{len(pm.meta.perturbations) - len(pm.meta.train_perturbations)} held out; model -> {out_dir}")
+                  f"{len(pm.meta.perturbations) - len(pm.meta.train_perturbations)} held out; learned correction "
+                  f"{verdict}; model -> {out_dir}")
 
 
 @perturb_app.command("predict")
@@ -461,14 +466,16 @@ def perturb_predict(
     out_path: Path = typer.Option(..., "--out", help="Output .h5ad: one row per perturbation."),
     controls: Optional[Path] = typer.Option(None, "--controls", help="Control cells to predict from (default: the stored ones)."),
     n_controls: int = typer.Option(256, "--n-controls"),
+    baseline_only: bool = typer.Option(False, "--baseline-only", help="Leave out the learned correction."),
 ) -> None:
-    """Predict the mean log1p-normalised profile of each perturbation (obs['perturbation'], genes as var)."""
+    """Predict the mean log1p-normalised profile of each perturbation (obs['perturbation'], obs['source'],
+    genes as var)."""
     from .data.io import read
     from .tasks.perturb import predict_perturbation
 
     with _user_errors():
         pred = predict_perturbation(model, _names(perturbations), controls=read(controls) if controls else None,
-                                    n_controls=n_controls)
+                                    n_controls=n_controls, correction=not baseline_only)
         out_path.parent.mkdir(parents=True, exist_ok=True)
         pred.write_h5ad(out_path)
         out.print(f"{pred.n_obs} perturbations x {pred.n_vars} genes -> {out_path}")
