@@ -74,7 +74,7 @@ def test_correction_is_kept_only_when_it_beats_the_baseline_on_validation(traine
         assert rec["val_best"]["pearson_delta_de20"] >= rec["val_baseline"]["pearson_delta_de20"]
     else:  # dropped: the correction is exactly zero
         np.testing.assert_array_equal(with_corr, without)
-        assert pm.head.out.weight.abs().sum() == 0
+        assert pm.head.out_w.abs().sum() == 0 and pm.head.out_b.abs().sum() == 0
 
 
 def _fresh_model(data, train):
@@ -92,7 +92,7 @@ def _fresh_model(data, train):
                        perturbations=labels.perturbations, train_perturbations=list(train), targets=targets,
                        control_mean=X[labels.is_control].mean(0).tolist(), flagged_genes=["G0", "G1", "XOUT"],
                        correction={"accepted": True})
-    head = CorrectionHead(cfg.d_model, rng.normal(size=(N_GENES, 3)))
+    head = CorrectionHead(cfg.d_model, N_GENES, rng.normal(size=(N_GENES, 3)))
     pm = PerturbationModel(ScMamba2(cfg, vocab=vocab), meta, X[labels.is_control][:20], head=head, effects=effects)
     return pm, X, labels
 
@@ -219,3 +219,44 @@ def test_cli_train_predict_reverse(tmp_path):
     r = runner.invoke(app, ["perturb", "predict", "--model", str(tmp_path / "m"), "--perturbations", "NOPE",
                             "--out", str(tmp_path / "x.h5ad")])
     assert r.exit_code == 1 and "vocabulary" in r.output
+
+
+def _lineage_data(seed=0, n=40):
+    """Six cell types (marker genes 0-5) in two lineages (marker gene 6 or 7); stimulation raises genes 8-11 in lineage A and
+    genes 12-15 in lineage B, so the mean shift over cell types is wrong for every one of them."""
+    rng = np.random.default_rng(seed)
+    rows, cond, ctype = [], [], []
+    for t in range(6):
+        lineage_a = t < 3
+        for c in ("ctrl", "stim"):
+            rate = np.full((n, 16), 2.0)
+            rate[:, t] = 10.0
+            rate[:, 6 if lineage_a else 7] = 12.0
+            if c == "stim":
+                rate[:, 8:12 if lineage_a else 16] = 14.0 if lineage_a else 2.0
+                if not lineage_a:
+                    rate[:, 12:16] = 14.0
+            rows.append(rng.poisson(rate))
+            cond += [c] * n
+            ctype += [f"t{t}"] * n
+    X = np.vstack(rows).astype(np.float32)
+    obs = pd.DataFrame({"condition": cond, "cell_type": ctype}, index=[f"c{i}" for i in range(len(X))])
+    return ad.AnnData(X=X, obs=obs, var=pd.DataFrame(index=[f"g{j}" for j in range(16)]))
+
+
+def test_correction_learns_what_the_mean_shift_misses_for_a_new_cell_type():
+    data = _lineage_data()
+    held = (data.obs["cell_type"] == "t0").to_numpy()
+    train = data[~(held & (data.obs["condition"] == "stim").to_numpy())].copy()
+    pm = train_perturbation(train, perturbation_key="condition", kind="condition", match_key="cell_type",
+                            model_config=SMALL, val_fraction=0.25,
+                            train_config=TrainConfig(max_steps=150, batch_size=32, lr=3e-3, warmup_steps=10,
+                                                     val_every_n_steps=50, progress_bar=False, seed=0))
+    assert pm.meta.correction["accepted"], pm.meta.correction
+    ctrl = data[held & (data.obs["condition"] == "ctrl").to_numpy()]
+    X, _, _ = panel_matrix(data[held & (data.obs["condition"] == "stim").to_numpy()])
+    truth = X.mean(0)
+    ours = predict_perturbation(pm, ["stim"], controls=ctrl).X[0]
+    base = predict_perturbation(pm, ["stim"], controls=ctrl, correction=False).X[0]
+    err = lambda p: float(np.abs(p[8:16] - truth[8:16]).mean())  # noqa: E731
+    assert err(ours) < 0.7 * err(base)

@@ -67,15 +67,15 @@ def run(data_dir: str | Path | None = None, out_dir: str | Path = "benchmarks/re
 def _settings(quick: bool) -> dict:
     return {
         "papalexi_folds": 1 if quick else 2,
-        "papalexi_steps": 60 if quick else 250,
-        "kang_steps": 60 if quick else 300,
+        "papalexi_steps": 60 if quick else 120,
+        "kang_steps": 60 if quick else 200,
         "kang_genes": 300 if quick else 500,
         "norman_steps": 30,
         "batch_size": 32,
         "lr": 2e-3,
-        "val_every": 50,
+        "val_every": 40,
         "val_fraction": 0.25,
-        "n_controls": 64 if quick else 128,
+        "n_controls": 64,
         "model": {"d_model": 64, "n_layers": 2, "headdim": 16, "d_state": 32, "chunk_size": 32},
     }
 

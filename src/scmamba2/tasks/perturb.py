@@ -28,11 +28,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..data.perturb import (PairCollator, PairDataset, control_pools, parse_condition, parse_perturbations,
-                            perturbation_name, same_pools, split_perturbations)
+from ..data.perturb import parse_condition, perturbation_name
 from ..data.vocab import GeneVocab
 from ..errors import CheckpointError, InputError
-from ..model import ModelConfig, ScMamba2
+from ..model import ScMamba2
 from .perturb_correction import CorrectionHead
 from .perturb_effects import EffectTable
 
@@ -111,7 +110,7 @@ class PerturbationModel:
         groups = z["groups"] if len(z["groups"]) else None
         state = torch.load(src / HEAD_FILE, map_location="cpu", weights_only=True)
         knowledge = state["knowledge"].numpy() if "knowledge" in state else None
-        head = CorrectionHead(model.config.d_model, knowledge, hidden=meta.head_hidden)
+        head = CorrectionHead(model.config.d_model, len(meta.genes), knowledge, hidden=meta.head_hidden)
         head.load_state_dict(state)
         head.eval()
         return cls(model, meta, z["X"], groups, head=head, effects=EffectTable.from_arrays(z, meta.targets))

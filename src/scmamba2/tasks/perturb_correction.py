@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._keys import CELL_INDEX, CONDITION, TARGET_VALUES
+from .._keys import CELL_INDEX, CONDITION, TARGET_VALUES, VALUES
 from ..data.perturb import PairCollator, pair_item
 
 log = logging.getLogger(__name__)
@@ -35,22 +35,29 @@ __all__ = ["CorrectionHead", "train_correction", "mean_correction", "better"]
 class CorrectionHead(nn.Module):
     """``(B, n_panel, D)`` encoder states (+ ``(B, K)`` target knowledge) -> ``(B, n_panel)`` correction.
 
-    ``correction_g = w . gelu(A h_g + B z + C k_g) + k_g^T M z`` with ``h_g`` gene g's state, ``k_g`` its row of
-    the knowledge matrix and ``z`` the sum of the targets' rows; ``w`` (and its bias) and ``M`` start at zero.
+    ``correction_g = w_g . gelu(A h_g + C mean(h) + V x + B z + E k_g) + b_g + k_g^T M z`` with ``h_g`` gene g's
+    state, ``mean(h)`` and the control cell's panel values ``x`` its context (the values are a direct path: an
+    encoder trained from scratch carries them only weakly at first), ``k_g`` gene g's row of the knowledge matrix
+    and ``z`` the sum of the targets' rows. The per-gene output weights ``w_g``, biases ``b_g`` and ``M`` start
+    at zero.
 
     Parameters
     ----------
     d_model
         Width of the encoder states.
+    n_genes
+        Panel size.
     knowledge
         ``(n_panel, K)`` gene knowledge (PCA gene embedding), or None (the model's own gene embeddings only).
     hidden
         Width of the hidden layer.
     """
 
-    def __init__(self, d_model: int, knowledge: np.ndarray | None = None, hidden: int = 64):
+    def __init__(self, d_model: int, n_genes: int, knowledge: np.ndarray | None = None, hidden: int = 64):
         super().__init__()
         self.state = nn.Linear(d_model, hidden)
+        self.cell = nn.Linear(d_model, hidden, bias=False)
+        self.values = nn.Linear(n_genes, hidden, bias=False)
         self.k = 0 if knowledge is None else int(knowledge.shape[1])
         if self.k:
             K = torch.as_tensor(np.asarray(knowledge, np.float32))
@@ -58,14 +65,15 @@ class CorrectionHead(nn.Module):
             self.target = nn.Linear(self.k, hidden, bias=False)
             self.gene = nn.Linear(self.k, hidden, bias=False)
             self.bilinear = nn.Parameter(torch.zeros(self.k, self.k))
-        self.out = nn.Linear(hidden, 1)
+        self.out_w = nn.Parameter(torch.zeros(n_genes, hidden))
+        self.out_b = nn.Parameter(torch.zeros(n_genes))
         self.reset_correction()
 
     def reset_correction(self) -> None:
         """Set the output layer (and the bilinear term) to zero: the correction is then exactly zero."""
         with torch.no_grad():
-            self.out.weight.zero_()
-            self.out.bias.zero_()
+            self.out_w.zero_()
+            self.out_b.zero_()
             if self.k:
                 self.bilinear.zero_()
 
@@ -76,11 +84,12 @@ class CorrectionHead(nn.Module):
         idx = torch.as_tensor(np.asarray(flag_pos, np.int64), device=self.knowledge.device)
         return self.knowledge[idx].sum(0) if len(idx) else torch.zeros(self.k, device=self.knowledge.device)
 
-    def forward(self, states: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
-        a = self.state(states)  # (B, G, H)
+    def forward(self, states: torch.Tensor, values: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
+        """``states`` (B, G, D) of the panel genes, ``values`` (B, G) the control cell's, ``z`` (B, K)."""
+        a = self.state(states) + (self.cell(states.mean(1)) + self.values(values)).unsqueeze(1)  # (B, G, H)
         if self.k:
             a = a + self.target(z).unsqueeze(1) + self.gene(self.knowledge).unsqueeze(0)
-        corr = self.out(nn.functional.gelu(a)).squeeze(-1)  # (B, G)
+        corr = (nn.functional.gelu(a) * self.out_w).sum(-1) + self.out_b  # (B, G)
         if self.k:
             corr = corr + torch.einsum("gk,kl,bl->bg", self.knowledge, self.bilinear, z)
         return corr
@@ -88,7 +97,7 @@ class CorrectionHead(nn.Module):
 
 def _correction(net, head, batch: dict[str, torch.Tensor], n_panel: int, z: torch.Tensor | None) -> torch.Tensor:
     states = net.encode_batch(batch)[:, 1:1 + n_panel]  # (B, G, D): the panel genes
-    return head(states, z)
+    return head(states, batch[VALUES][:, 1:1 + n_panel], z)
 
 
 @torch.no_grad()

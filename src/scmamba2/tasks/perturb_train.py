@@ -169,7 +169,7 @@ def train_perturbation(
     if gene_knowledge == "pca" and kind == "genetic" and len(fit_perts) >= 2:
         knowledge = pca_gene_embedding(np.stack([fit_effects.effect(p) for p in fit_perts]), 10)
         meta.knowledge_dim = int(knowledge.shape[1])
-    head = CorrectionHead(net.config.d_model, knowledge, hidden=meta.head_hidden)
+    head = CorrectionHead(net.config.d_model, len(genes), knowledge, hidden=meta.head_hidden)
     ctrl_rows = np.flatnonzero(is_ctrl)
     stored = np.sort(rng.choice(ctrl_rows, min(n_stored_controls, len(ctrl_rows)), replace=False))
     pm = PerturbationModel(net, meta, X[stored], None if groups is None else groups[stored], head=head,
