@@ -250,7 +250,7 @@ def test_correction_learns_what_the_mean_shift_misses_for_a_new_cell_type():
     train = data[~(held & (data.obs["condition"] == "stim").to_numpy())].copy()
     pm = train_perturbation(train, perturbation_key="condition", kind="condition", match_key="cell_type",
                             model_config=SMALL, val_fraction=0.25,
-                            train_config=TrainConfig(max_steps=150, batch_size=32, lr=3e-3, warmup_steps=10,
+                            train_config=TrainConfig(max_steps=300, batch_size=32, lr=3e-3, warmup_steps=10,
                                                      val_every_n_steps=50, progress_bar=False, seed=0))
     assert pm.meta.correction["accepted"], pm.meta.correction
     ctrl = data[held & (data.obs["condition"] == "ctrl").to_numpy()]
