@@ -67,8 +67,8 @@ def run(data_dir: str | Path | None = None, out_dir: str | Path = "benchmarks/re
 def _settings(quick: bool) -> dict:
     return {
         "papalexi_folds": 1 if quick else 2,
-        "papalexi_steps": 60 if quick else 120,
-        "kang_steps": 60 if quick else 200,
+        "papalexi_steps": 60 if quick else 80,
+        "kang_steps": 60 if quick else 120,
         "kang_genes": 300 if quick else 500,
         "norman_steps": 30,
         "batch_size": 32,
