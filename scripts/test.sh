@@ -3,5 +3,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
-bash scripts/install_chromium.sh  # for the report rendering test; never fails, the test skips without a browser
+# The report rendering test needs a headless Chromium; it skips without one. Tests never change the system, so
+# the browser is installed (apt-get, through sudo when needed) only when asked: SCMAMBA2_INSTALL_CHROMIUM=1.
+if [ "${SCMAMBA2_INSTALL_CHROMIUM:-0}" = "1" ]; then
+  bash scripts/install_chromium.sh  # never fails
+fi
 exec .venv/bin/python -m pytest "$@"

@@ -89,3 +89,54 @@ def test_pretrain_embed_and_vocab_mismatch(tiny_counts, tmp_path):
 def test_missing_file(tmp_path):
     code, text = run("validate", tmp_path / "nope.h5ad")
     assert_clean_error(code, text, "nope.h5ad")
+
+
+def test_version_and_short_help():
+    from scmamba2 import __version__
+
+    code, text = run("--version")
+    assert code == 0 and text.strip() == f"scmamba2 {__version__}"
+    code, text = run("-h")
+    assert code == 0 and "pretrain" in text and "--version" in text
+    code, text = run("perturb", "predict", "-h")
+    assert code == 0 and "--n-controls" in text
+
+
+def test_quiet_training_prints_only_the_result(tiny_counts, tmp_path):
+    """A subprocess, so that Lightning's own handlers (bound to the real stderr) are seen too."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    p = tmp_path / "c.h5ad"
+    tiny_counts.write_h5ad(p)
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": src, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, "-m", "scmamba2.cli", "--quiet", "integrate", str(p), "--batch-key",
+                          "batch", "--steps", "2", "--out", str(tmp_path / "i.h5ad"), "--save-model",
+                          str(tmp_path / "m")], capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert res.stderr == ""  # no Lightning tips, GPU/TPU lines, deprecation warnings or progress bars
+    lines = res.stdout.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{tiny_counts.n_obs} cells integrated over 2 batches")
+    res = subprocess.run([sys.executable, "-m", "scmamba2.cli", "--quiet", "integrate", str(p), "--batch-key",
+                          "batch", "--steps", "1", "--out", str(tmp_path / "j.h5ad"), "--save-model",
+                          str(tmp_path / "m")], capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 1 and "--overwrite" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_overwrite_replaces_a_model_folder_whole(tiny_counts, tmp_path):
+    p = tmp_path / "c.h5ad"
+    tiny_counts.write_h5ad(p)
+    m = tmp_path / "m"
+    m.mkdir()
+    (m / "stale.txt").write_text("from another run")
+    code, text = run("--quiet", "integrate", p, "--batch-key", "batch", "--steps", 1, "--out", tmp_path / "i.h5ad",
+                     "--save-model", m, "--overwrite")
+    assert code == 0, text
+    names = {q.name for q in m.iterdir()}
+    assert "stale.txt" not in names and {"config.json", "model.safetensors", "integration.json"} <= names
+    assert sorted(q.name for q in tmp_path.iterdir()) == ["c.h5ad", "i.h5ad", "m"]  # no staging folder left
+    code, text = run("--quiet", "embed", p, "--model", m, "--out", tmp_path / "e.h5ad", "--batch-size", 8)
+    assert code == 0, text

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 from dataclasses import replace
 from pathlib import Path
@@ -15,17 +14,32 @@ from rich.console import Console
 from .errors import CheckpointError, InputError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  context_settings={"help_option_names": ["-h", "--help"]},
                   help="SC-MAMBA2: a bidirectional Mamba2 foundation model for single-cell data.")
 err = Console(stderr=True)
-out = Console()
+out = Console(soft_wrap=True)  # a result line is never broken inside a path
+_STATE = {"verbose": True}  # the main callback's --verbose/--quiet, for commands that draw progress bars
 
 LayerOpt = typer.Option(None, "--layer", help="Take the matrix from this layer instead of X.")
 RawOpt = typer.Option(False, "--use-raw", help="Take the matrix from .raw instead of X.")
 GeneColOpt = typer.Option(None, "--gene-column", help="Name genes by this var column instead of var_names.")
+OverwriteOpt = typer.Option(False, "--overwrite", help="Replace a model folder that is not empty (never the folder "
+                            "of the model this command starts from).")
 
 
 def _setup_logging(verbose: bool) -> None:
+    import warnings
+
     from rich.logging import RichHandler
+
+    from .train.trainer import set_quiet
+
+    _STATE["verbose"] = verbose
+    set_quiet(not verbose)
+    # Lightning's own deprecation notes (e.g. torch's pytree API it calls) are nothing a user can act on.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    if not verbose:
+        warnings.filterwarnings("ignore", module=r"lightning|torch|scanpy|anndata")
 
     handler = RichHandler(console=err, show_path=False, show_time=False)
     handler.addFilter(lambda record: not record.name.startswith("lightning"))  # Lightning prints its own
@@ -44,10 +58,53 @@ def _user_errors():
     except FileNotFoundError as e:
         err.print(f"[bold red]Error:[/bold red] file not found: {e.filename or e}", highlight=False)
         raise typer.Exit(1)
+    except (PermissionError, IsADirectoryError, NotADirectoryError) as e:
+        err.print(f"[bold red]Error:[/bold red] cannot use {e.filename or e}: {e.strerror or e}; check the path and "
+                  "its permissions.", soft_wrap=True, highlight=False)
+        raise typer.Exit(1)
+
+
+@contextlib.contextmanager
+def _removed_on_error(folder: Path):
+    """A folder this command creates is removed again when the command stops on a user error."""
+    existed = Path(folder).exists()
+    try:
+        yield
+    except (InputError, CheckpointError):
+        if not existed and Path(folder).is_dir():
+            import shutil
+
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
+def _staged(folder: Optional[Path]):
+    """The model folder is written beside its final place and moved there when the whole command succeeded."""
+    from .data.files import staged_dir
+
+    return staged_dir(folder) if folder is not None else contextlib.nullcontext(None)
+
+
+def _at_least(minimum: float, **options) -> None:
+    """Refuse an option below ``minimum`` (names as on the command line: max_steps -> --max-steps)."""
+    for name, value in options.items():
+        if value is not None and value < minimum:
+            raise InputError(f"--{name.replace('_', '-')} {value} must be at least {minimum:g}.")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        out.print(f"scmamba2 {__version__}", highlight=False)
+        raise typer.Exit()
 
 
 @app.callback()
-def main(verbose: bool = typer.Option(True, "--verbose/--quiet", help="Show progress messages.")) -> None:
+def main(verbose: bool = typer.Option(True, "--verbose/--quiet", help="Show progress messages (--quiet: only the "
+                                      "result and errors)."),
+         version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                      help="Print the version and exit.")) -> None:
     _setup_logging(verbose)
 
 
@@ -90,6 +147,12 @@ def pretrain(
     n_top_genes: Optional[int] = typer.Option(None, "--n-top-genes", help="Keep only this many HVGs."),
     resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in --out from its "
                                 "checkpoints/last.ckpt (same data and settings)."),
+    overwrite: bool = OverwriteOpt,
+    soma_layer: Optional[str] = typer.Option(None, "--soma-layer", help="X layer of TileDB-SOMA experiments "
+                                             "(default: Census's 'raw', else the experiment's only layer)."),
+    soma_gene_column: Optional[str] = typer.Option(None, "--soma-gene-column", help="var column naming the genes "
+                                                   "of TileDB-SOMA experiments (default: Census's "
+                                                   "'feature_name', else e.g. 'var_id' of tiledbsoma.io.from_h5ad)."),
     layer: Optional[str] = LayerOpt,
     use_raw: bool = RawOpt,
     gene_column: Optional[str] = GeneColOpt,
@@ -101,20 +164,31 @@ def pretrain(
     shows cells/s and tokens/s. Logs go to OUT/logs/metrics.csv and OUT/tensorboard (tensorboard --logdir OUT).
     """
     from .data.corpus import CorpusConfig
+    from .data.files import check_model_dir, clear_dir
     from .data.io import read
     from .train.config import TrainConfig, load_run_config
     from .train.pretrain import pretrain as _pretrain
 
-    with _user_errors():
-        run = load_run_config(config) if config else {"model": {}, "tokenizer": None, "train": TrainConfig(),
+    with _user_errors(), _removed_on_error(out_dir):
+        _at_least(1, max_steps=max_steps, n_top_genes=n_top_genes)
+        if resume and overwrite:
+            raise InputError("--resume continues the run in --out and --overwrite replaces it: give one of them.")
+        check_model_dir(out_dir, overwrite=overwrite or resume, sources=[Path(d) for d in data or []
+                                                                          if "://" not in d])
+        run = load_run_config(config) if config else {"model": {}, "tokenizer": None, "train": None,
                                                       "data": CorpusConfig()}
         train, dcfg, data = run["train"], run["data"], list(data or [])
-        if max_steps is not None:
-            train = replace(train, max_steps=max_steps)
-        if seed is not None:
-            train = replace(train, seed=seed)
+        overrides = {k: v for k, v in (("max_steps", max_steps), ("seed", seed)) if v is not None}
+        if overrides:
+            if train is None:  # pretrain()'s defaults: the profile objective in memory, GEP + MVC when streamed
+                no_masked = {} if dcfg.streams(data or []) else {"gep_weight": 0.0, "mvc_weight": 0.0}
+                train = TrainConfig(**no_masked)
+            train = replace(train, **overrides)
         if not data and not dcfg.sources:
             raise InputError("Give DATA (files, folders of h5ad shards, SOMA experiments) or data.sources in --config.")
+        if soma_layer is not None or soma_gene_column is not None:
+            dcfg = replace(dcfg, soma_layer=soma_layer or dcfg.soma_layer,
+                           soma_gene_column=soma_gene_column or dcfg.soma_gene_column)
         if dcfg.streams(data):
             if layer is not None or use_raw or gene_column is not None:
                 dcfg = replace(dcfg, layer="raw" if use_raw else (layer or dcfg.layer),
@@ -122,13 +196,20 @@ def pretrain(
             source = dcfg.open(data)
         else:
             source = [read(p) for p in data]
+        if overwrite and out_dir.is_dir():
+            clear_dir(out_dir)
         res = _pretrain(source, out_dir=out_dir, model_config=run["model"], tokenizer_config=run["tokenizer"],
                         train_config=train, layer=None if not isinstance(source, list) else layer,
                         use_raw=use_raw and isinstance(source, list),
                         gene_column=None if not isinstance(source, list) else gene_column,
                         n_top_genes=n_top_genes, resume=resume, data_config=dcfg)
-        if res.val_loss_start is not None:
-            out.print(f"held-out masked-expression loss: {res.val_loss_start:.4f} -> {res.val_loss_end:.4f}")
+        for name, ref in (("profile", "profile_gene_mean"), ("gep", "gep_gene_mean")):
+            if f"val/{name}" in res.val_end:
+                start, end = res.val_start.get(f"val/{name}", float("nan")), res.val_end[f"val/{name}"]
+                reference = res.val_end.get(f"val/{ref}")
+                out.print(f"held-out {name} loss before -> after training: {start:.4f} -> {end:.4f}" + (
+                    f" (predicting each gene's mean: {reference:.4f})" if reference is not None else ""),
+                    soft_wrap=True)
         out.print(f"model written to {out_dir}")
 
 
@@ -138,16 +219,18 @@ def import_checkpoint(
     out_dir: Path = typer.Option(..., "--out", help="scmamba2 checkpoint directory to write."),
     allow_partial: bool = typer.Option(False, "--allow-partial", help="Import the tensors that fit; start the "
                                        "rest from initialisation (listed in import_report.json)."),
+    overwrite: bool = OverwriteOpt,
 ) -> None:
     """Convert an SC-MAMBA2 / scGPT-layout release checkpoint into an scmamba2 checkpoint directory."""
-    import json
-
+    from .data.files import check_model_dir, write_json
     from .train.import_checkpoint import import_checkpoint as _import
 
     with _user_errors():
+        check_model_dir(out_dir, overwrite=overwrite, sources=[source])
         model, report = _import(source, allow_partial=allow_partial)
-        model.save_pretrained(out_dir)
-        (out_dir / "import_report.json").write_text(json.dumps(report.to_dict(), indent=2))
+        with _staged(out_dir) as stage:
+            model.save_pretrained(stage)
+            write_json(stage / "import_report.json", report.to_dict(), indent=2)
         out.print(f"{len(report.mapped)} tensors mapped, {len(report.converted)} converted, "
                   f"{len(report.not_mapped)} not mapped, {len(report.uninitialised)} left at initialisation "
                   f"-> {out_dir} (details in import_report.json)")
@@ -156,7 +239,8 @@ def import_checkpoint(
 @app.command()
 def embed(
     data: Path = typer.Argument(..., help="Data file to embed."),
-    model: Path = typer.Option(..., "--model", help="Checkpoint directory."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Checkpoint directory (default: the bundled "
+                                         "pretrained model, scmamba2-pbmc-small)."),
     out_path: Path = typer.Option(..., "--out", help="Output .h5ad with obsm['X_scmamba2']."),
     umap: Optional[Path] = typer.Option(None, "--umap", help="Also write a UMAP PNG of the embedding."),
     color: List[str] = typer.Option([], "--color", help="obs column(s) to colour the UMAP by."),
@@ -169,10 +253,15 @@ def embed(
     gene_column: Optional[str] = GeneColOpt,
 ) -> None:
     """Embed cells with a trained model into obsm['X_scmamba2']."""
+    from .data.files import check_output, read_json, write_h5ad
     from .data.io import read
     from .tasks.embed import embed as _embed
 
     with _user_errors():
+        check_output(out_path, [data, model])
+        if umap is not None:
+            check_output(umap, [data, model, out_path], option="--umap")
+        _at_least(1, batch_size=batch_size, max_tokens=max_tokens)
         if umap is not None and not color:
             raise InputError("--umap needs at least one --color KEY (an obs column) to colour the cells by")
         adata = read(data)
@@ -183,15 +272,18 @@ def embed(
         if batch_key is not None:
             from .tasks.integrate import META_FILE
 
+            if model is None:
+                raise InputError("--batch-key applies to a model trained with batches (scmamba2 integrate "
+                                 "--save-model DIR): pass it with --model DIR")
             meta = model / META_FILE
             if not meta.is_file():
                 raise InputError(f"--batch-key needs the batch names the model was trained with: {meta} is missing "
                                  "(it is written by `scmamba2 integrate --save-model DIR`)")
-            categories = json.loads(meta.read_text())["batch_categories"]
+            categories = read_json(meta)["batch_categories"]
         _embed(adata, model, batch_size=batch_size, max_tokens=max_tokens, layer=layer, use_raw=use_raw,
-               gene_column=gene_column, all_genes=all_genes, batch_key=batch_key, batch_categories=categories)
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        adata.write_h5ad(out_path)
+               gene_column=gene_column, all_genes=all_genes, batch_key=batch_key, batch_categories=categories,
+               progress=_STATE["verbose"])
+        write_h5ad(adata, out_path)
         out.print(f"{adata.n_obs} cells embedded -> {out_path} (obsm['X_scmamba2'])")
         if umap is not None:
             from .eval.plots import umap_png
@@ -210,6 +302,7 @@ def quickstart(
     from .quickstart import run_quickstart
 
     with _user_errors():
+        _at_least(1, max_steps=max_steps)
         summary = run_quickstart(out_dir, max_steps=max_steps, seed=seed)
         out.print(summary)
 
@@ -231,31 +324,47 @@ def annotate(
     gep_weight: float = typer.Option(0.0, "--gep-weight", help="Weight of the masked-expression regulariser (0: off)."),
     pretrain_steps: int = typer.Option(0, "--pretrain-steps", help="Self-supervised steps on reference + query expression first (no labels)."),
     n_top_genes: int = typer.Option(2000, "--n-top-genes", help="Genes of a new model (highly variable in the reference)."),
+    overwrite: bool = OverwriteOpt,
     layer: Optional[str] = LayerOpt,
     use_raw: bool = RawOpt,
     gene_column: Optional[str] = GeneColOpt,
 ) -> None:
     """Transfer cell-type labels from a labelled reference to a query (fine-tunes a classifier)."""
+    from .data.files import check_model_dir, check_output, write_h5ad
     from .data.io import read
     from .tasks.annotate import AnnotationConfig, default_train_config, fit_annotator
     from .tasks.annotate_predict import predict
 
     with _user_errors():
+        inputs = [reference, query, model, annotator]
+        check_output(out_path, inputs)
+        if save_model is not None:
+            check_model_dir(save_model, overwrite=overwrite, sources=inputs + [out_path], option="--save-model")
         if annotator is None and (reference is None or label_key is None):
             raise InputError("give --reference and --label-key to train an annotator, or --annotator DIR to use one "
                              "saved earlier")
+        if annotator is not None and save_model is not None:
+            raise InputError("--save-model saves an annotator trained by this command; with --annotator nothing is "
+                             "trained (it is saved already): leave out --save-model")
+        if epochs <= 0:
+            raise InputError(f"--epochs {epochs:g} must be above 0 (e.g. 10; early stopping may end sooner).")
+        if threshold is not None and not 0.0 <= threshold <= 1.0:
+            raise InputError(f"--unknown-threshold {threshold:g} is a confidence and must lie in [0, 1] (e.g. 0.5).")
+        _at_least(1, n_top_genes=n_top_genes)
+        _at_least(0, pretrain_steps=pretrain_steps)
         q = read(query)
-        if annotator is None:
-            cfg = AnnotationConfig(gep_weight=gep_weight, pretrain_steps=pretrain_steps)
-            ann = fit_annotator(read(reference), label_key, model=model, unlabeled=q if pretrain_steps else None,
-                                config=cfg, train_config=default_train_config(seed=seed), epochs=epochs,
-                                n_top_genes=n_top_genes, layer=layer, use_raw=use_raw, gene_column=gene_column,
-                                out_dir=save_model)
-        else:
-            ann = annotator
-        predict(q, ann, threshold=threshold, layer=layer, use_raw=use_raw, gene_column=gene_column)
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        q.write_h5ad(out_path)
+        with _staged(save_model) as stage:
+            if annotator is None:
+                cfg = AnnotationConfig(gep_weight=gep_weight, pretrain_steps=pretrain_steps)
+                ann = fit_annotator(read(reference), label_key, model=model, unlabeled=q if pretrain_steps else None,
+                                    query=q, config=cfg, train_config=default_train_config(seed=seed), epochs=epochs,
+                                    n_top_genes=n_top_genes, layer=layer, use_raw=use_raw, gene_column=gene_column,
+                                    out_dir=stage)
+            else:
+                ann = annotator
+            predict(q, ann, threshold=threshold, layer=layer, use_raw=use_raw, gene_column=gene_column,
+                    progress=_STATE["verbose"])
+            write_h5ad(q, out_path)
         info = q.uns["scmamba2_annotation"]
         out.print(f"{q.n_obs} cells labelled ({info['n_unknown']} unknown) -> {out_path}")
         if label_key is not None and label_key in q.obs:
@@ -300,24 +409,32 @@ def integrate(
     dsbn: bool = typer.Option(False, "--dsbn/--no-dsbn", help="Domain-specific batch norm."),
     batch_decoder: bool = typer.Option(True, "--batch-decoder/--no-batch-decoder", help="Give the expression heads a learned batch vector (the embedding need not carry the batch)."),
     n_top_genes: int = typer.Option(2000, "--n-top-genes", help="Genes of a new model (highly variable)."),
+    overwrite: bool = OverwriteOpt,
     layer: Optional[str] = LayerOpt,
     use_raw: bool = RawOpt,
     gene_column: Optional[str] = GeneColOpt,
 ) -> None:
     """Integrate batches: fine-tune with GEP + MVC (batch-conditioned decoders) (+ ECS) + DAB (+ DSBN), embed into obsm."""
+    from .data.files import check_model_dir, check_output, write_h5ad
     from .data.io import read
     from .tasks.integrate import IntegrationConfig
     from .tasks.integrate import integrate as _integrate
     from .train.config import TrainConfig
 
     with _user_errors():
+        check_output(out_path, [data, model])
+        if umap is not None:
+            check_output(umap, [data, model, out_path], option="--umap")
+        if save_model is not None:
+            check_model_dir(save_model, overwrite=overwrite, sources=[data, model, out_path], option="--save-model")
+        _at_least(1, steps=steps, n_top_genes=n_top_genes)
         adata = read(data)
         cfg = IntegrationConfig(ecs=ecs, dab=dab, dsbn=dsbn, batch_decoder=batch_decoder)
         tcfg = TrainConfig(max_steps=steps, batch_size=32, lr=1e-3, warmup_steps=min(100, steps // 5), seed=seed)
-        _integrate(adata, batch_key, model=model, label_key=label_key, config=cfg, train_config=tcfg,
-                   n_top_genes=n_top_genes, layer=layer, use_raw=use_raw, gene_column=gene_column, out_dir=save_model)
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        adata.write_h5ad(out_path)
+        with _staged(save_model) as stage:
+            _integrate(adata, batch_key, model=model, label_key=label_key, config=cfg, train_config=tcfg,
+                       n_top_genes=n_top_genes, layer=layer, use_raw=use_raw, gene_column=gene_column, out_dir=stage)
+            write_h5ad(adata, out_path)
         info = adata.uns["scmamba2"]["X_scmamba2"]["integration"]
         asw = f" (label ASW {info['asw_label']:.3f}, batch ASW {info['asw_batch']:.3f})" if label_key else ""
         out.print(f"{adata.n_obs} cells integrated over {len(info['batch_categories'])} batches -> {out_path}{asw}")
@@ -359,25 +476,32 @@ def multiomics_train(
     seed: int = typer.Option(0, "--seed"),
     n_top_genes: int = typer.Option(2000, "--n-top-genes", help="RNA genes of a new model (highly variable)."),
     n_top_peaks: int = typer.Option(1000, "--n-top-peaks", help="ATAC peaks kept (most variable)."),
+    overwrite: bool = OverwriteOpt,
 ) -> None:
     """Train a joint model of paired modalities; write the joint embedding and save the model."""
     from .tasks.multiomics import MultiomicsConfig, multiomics
     from .train.config import TrainConfig
 
+    from .data.files import check_model_dir, check_output, write_h5ad
+
     with _user_errors():
         from .data.multiomics import read_multiomics, to_container
 
+        check_output(out_path, [data, model])
+        if umap is not None:
+            check_output(umap, [data, model, out_path], option="--umap")
+        check_model_dir(model_out, overwrite=overwrite, sources=[data, model, out_path], option="--model-out")
+        _at_least(1, steps=steps, n_top_genes=n_top_genes, n_top_peaks=n_top_peaks)
         color = [k for k in (batch_key, label_key) if k]
         if umap is not None and not color:
             raise InputError("--umap needs --batch-key or --label-key: the obs column(s) to colour the cells by")
         md = read_multiomics(data, protein_key=protein_key)
         cfg = MultiomicsConfig(n_top_genes=n_top_genes, n_top_peaks=n_top_peaks)
         tcfg = TrainConfig(max_steps=steps, batch_size=32, lr=1e-3, warmup_steps=min(100, steps // 5), seed=seed)
-        mm = multiomics(md, batch_key=batch_key, label_key=label_key, model=model, config=cfg, train_config=tcfg,
-                        protein_key=protein_key, out_dir=model_out)
-        result = to_container(md, out_path)
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        result.write(str(out_path)) if hasattr(result, "mod") else result.write_h5ad(out_path)
+        with _staged(model_out) as stage:
+            mm = multiomics(md, batch_key=batch_key, label_key=label_key, model=model, config=cfg,
+                            train_config=tcfg, protein_key=protein_key, out_dir=stage)
+            write_h5ad(to_container(md, out_path), out_path)
         out.print(f"{md.n_obs} cells, modalities {', '.join(mm.spec.modalities)} -> {out_path} (obsm['X_scmamba2']); "
                   f"model -> {model_out}")
         if umap is not None:
@@ -399,15 +523,16 @@ def multiomics_predict(
     batch_key: Optional[str] = typer.Option(None, "--batch-key", help="obs column of each cell's batch, for a model trained with --batch-key (other batches: the mean batch vector)."),
 ) -> None:
     """Predict a modality from RNA alone (the target modality's tokens are read with their values masked)."""
+    from .data.files import check_output, write_h5ad
     from .data.io import read
     from .tasks.multiomics import predict_modality
 
     with _user_errors():
+        check_output(out_path, [query, model])
         q = read(query, modality="rna")
         predict_modality(q, model, modality, layer=layer, use_raw=use_raw, gene_column=gene_column,
                          batch_key=batch_key)
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        q.write_h5ad(out_path)
+        write_h5ad(q, out_path)
         key = next(k for k in q.obsm if k.startswith("scmamba2_pred_"))
         out.print(f"{q.n_obs} cells x {q.obsm[key].shape[1]} features predicted -> {out_path} (obsm[{key!r}])")
 
@@ -417,8 +542,14 @@ perturb_app = typer.Typer(no_args_is_help=True, help="Perturbation response: tra
 app.add_typer(perturb_app, name="perturb")
 
 
-def _names(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
+def _names(text: str, option: str) -> list[str]:
+    """Comma-separated names; an empty name or an empty part of a combination (``A,,B``, ``A+``) is refused."""
+    names = [t.strip() for t in text.split(",")]
+    bad = [t for t in names if not t or any(not part.strip() for part in t.split("+"))]
+    if bad:
+        raise InputError(f"{option} {text!r} has an empty name (between two commas, or beside a '+'): give names "
+                         "separated by commas, combinations joined by '+', e.g. A,B+C.")
+    return names
 
 
 @perturb_app.command("train")
@@ -433,25 +564,37 @@ def perturb_train(
     model: Optional[Path] = typer.Option(None, "--model", help="Pretrained model to start from."),
     max_steps: int = typer.Option(600, "--max-steps"),
     batch_size: int = typer.Option(32, "--batch-size"),
-    n_top_genes: Optional[int] = typer.Option(None, "--n-top-genes", help="Gene panel = this many HVGs."),
+    n_top_genes: int = typer.Option(2000, "--n-top-genes", help="Gene panel = this many highly variable genes, "
+                                    "as the other tasks (targets outside it keep their token); 0 = every gene."),
     gene_knowledge: str = typer.Option("pca", "--gene-knowledge", help="Target knowledge of the correction: pca (PCA gene embedding of the training effects) or none (the model's own gene embeddings)."),
     seed: int = typer.Option(0, "--seed"),
+    overwrite: bool = OverwriteOpt,
     layer: Optional[str] = LayerOpt,
     use_raw: bool = RawOpt,
     gene_column: Optional[str] = GeneColOpt,
 ) -> None:
     """Train a perturbation-response model: the baseline (training effects) + a learned correction, kept only
     when it beats the baseline on validation perturbations."""
+    from .data.files import check_model_dir
     from .data.io import read
-    from .tasks.perturb import train_perturbation
+    from .tasks.perturb import KNOWLEDGE, train_perturbation
     from .train.config import TrainConfig
 
     with _user_errors():
+        check_model_dir(out_dir, overwrite=overwrite, sources=[data, model])
+        _at_least(1, max_steps=max_steps, batch_size=batch_size)
+        _at_least(0, n_top_genes=n_top_genes)
+        if gene_knowledge not in KNOWLEDGE:
+            raise InputError(f"--gene-knowledge {gene_knowledge!r} is not known: use pca (the PCA gene embedding of "
+                             "the training effects) or none (the model's own gene embeddings only).")
+        held = _names(holdout, "--holdout") if holdout else None
         tcfg = TrainConfig(max_steps=max_steps, batch_size=batch_size, warmup_steps=min(50, max_steps // 5), seed=seed)
-        pm = train_perturbation(read(data), perturbation_key=perturbation_key, control=control, kind=kind,
-                                holdout=_names(holdout) if holdout else None, match_key=match_key, model=model,
-                                train_config=tcfg, n_top_genes=n_top_genes, layer=layer, use_raw=use_raw,
-                                gene_column=gene_column, gene_knowledge=gene_knowledge, out_dir=out_dir)
+        adata = read(data)
+        with _staged(out_dir) as stage:
+            pm = train_perturbation(adata, perturbation_key=perturbation_key, control=control, kind=kind,
+                                    holdout=held, match_key=match_key, model=model, train_config=tcfg,
+                                    n_top_genes=n_top_genes or None, layer=layer, use_raw=use_raw,
+                                    gene_column=gene_column, gene_knowledge=gene_knowledge, out_dir=stage)
         rec = pm.meta.correction
         verdict = "kept" if rec.get("accepted") else f"dropped ({rec.get('reason', 'no validation gain')})"
         out.print(f"{len(pm.meta.train_perturbations)} perturbations trained, "
@@ -470,14 +613,17 @@ def perturb_predict(
 ) -> None:
     """Predict the mean log1p-normalised profile of each perturbation (obs['perturbation'], obs['source'],
     genes as var)."""
+    from .data.files import check_output, write_h5ad
     from .data.io import read
     from .tasks.perturb import predict_perturbation
 
     with _user_errors():
-        pred = predict_perturbation(model, _names(perturbations), controls=read(controls) if controls else None,
+        check_output(out_path, [model, controls])
+        _at_least(1, n_controls=n_controls)
+        names = _names(perturbations, "--perturbations")
+        pred = predict_perturbation(model, names, controls=read(controls) if controls else None,
                                     n_controls=n_controls, correction=not baseline_only)
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        pred.write_h5ad(out_path)
+        write_h5ad(pred, out_path)
         out.print(f"{pred.n_obs} perturbations x {pred.n_vars} genes -> {out_path}")
 
 
@@ -494,14 +640,17 @@ def perturb_reverse(
     gene_column: Optional[str] = GeneColOpt,
 ) -> None:
     """Rank the perturbations whose predicted profile best matches each query (cell or group mean)."""
+    from .data.files import check_output, write_csv
     from .data.io import read
     from .tasks.perturb import reverse_perturbation
 
     with _user_errors():
+        check_output(out_path, [model, query])
+        _at_least(1, top_k=top_k)
+        names = _names(candidates, "--candidates") if candidates else None
         ranks = reverse_perturbation(read(query), model, groupby=groupby, top_k=top_k, layer=layer, use_raw=use_raw,
-                                     gene_column=gene_column, candidates=_names(candidates) if candidates else None)
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        ranks.to_csv(out_path, index=False)
+                                     gene_column=gene_column, candidates=names)
+        write_csv(ranks, out_path, index=False)
         out.print(f"{ranks['query'].nunique()} queries ranked -> {out_path}")
 
 # --- datasets and bench (issue: datasets registry and report) ---

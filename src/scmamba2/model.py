@@ -6,7 +6,6 @@ A checkpoint directory holds ``config.json`` (model + tokenizer config, package 
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -20,7 +19,7 @@ from ._keys import BATCH, CONDITION, GENES, MODALITY, PADDING_MASK, PERT_FLAGS, 
 from .errors import CheckpointError
 from .nn.bidirectional import BiMamba2Encoder
 from .nn.embeddings import BinnedValueEncoder, ContinuousValueEncoder, DomainSpecificBatchNorm, GeneEncoder
-from .nn.heads import BatchDiscriminator, ClassifierHead, ExpressionHead, MVCHead
+from .nn.heads import BatchDiscriminator, ClassifierHead, ExpressionHead, MVCHead, ProfileHead
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +48,15 @@ class ModelConfig:
       ``n_conditions > 0``: a per-cell condition embedding (drug, cytokine);
     - ``n_modalities > 0``: a per-token modality embedding (multi-omics; modality 0 = RNA).
 
-    ``cell_pooling`` makes the cell embedding (heads, :meth:`ScMamba2.cell_embedding`): ``"cls"`` the
-    ``<cls>`` output (position 0), ``"mean"`` the mean over the valid positions (``<cls>`` included). In the
+    ``profile_genes > 0`` builds the whole-profile decoder (:class:`~scmamba2.nn.heads.ProfileHead`, hidden
+    width ``profile_hidden``, 0 = linear): the cell embedding alone reconstructs a fixed panel of genes, zeros
+    included (:mod:`scmamba2.data.panel`); the pretraining default.
+
+    ``cell_pooling`` makes the cell embedding (heads, :meth:`ScMamba2.cell_embedding`): ``"mean"`` (default)
+    the mean over the valid positions (``<cls>`` included), ``"cls"`` the ``<cls>`` output (position 0). In the
     backward scan ``<cls>`` is reached last, so a gene far from it reaches it only through the decay of the
-    state; the mean gives every gene a direct path.
+    state: measured on pbmc3k, 96 % of the ``<cls>`` output's input gradient came from the 10 nearest genes.
+    The mean gives every gene a direct path.
     """
 
     vocab_size: int
@@ -79,7 +83,9 @@ class ModelConfig:
     n_pert_flags: int = 0
     n_conditions: int = 0
     n_modalities: int = 0
-    cell_pooling: Literal["cls", "mean"] = "cls"
+    cell_pooling: Literal["cls", "mean"] = "mean"
+    profile_genes: int = 0
+    profile_hidden: int = 0
 
     def __post_init__(self) -> None:
         if self.vocab_size < 5:
@@ -100,7 +106,8 @@ class ModelConfig:
         uses_batches = [k for k in ("batch_embedding", "dsbn", "dab") if getattr(self, k)]
         if uses_batches and self.n_batches < 1:
             raise ValueError(f"{', '.join(uses_batches)} need the number of batches: set n_batches >= 1")
-        for k in ("n_batches", "n_classes", "n_pert_flags", "n_conditions", "n_modalities"):
+        for k in ("n_batches", "n_classes", "n_pert_flags", "n_conditions", "n_modalities", "profile_genes",
+                  "profile_hidden"):
             if getattr(self, k) < 0:
                 raise ValueError(f"{k}={getattr(self, k)} must be >= 0")
 
@@ -113,6 +120,8 @@ class ModelConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise CheckpointError(f"config.json has model fields this version of scmamba2 does not know: {unknown}")
+        d = dict(d)
+        d.setdefault("cell_pooling", "cls")  # configs written before the field existed read <cls>
         return cls(**d)
 
 
@@ -126,6 +135,7 @@ class ModelOutput:
     mvc_pred: torch.Tensor | None = field(default=None)  # (B, L) MVC prediction per token
     class_logits: torch.Tensor | None = field(default=None)  # (B, n_classes), when built with n_classes > 0
     batch_logits: torch.Tensor | None = field(default=None)  # (B, n_batches) DAB, through gradient reversal
+    profile_pred: torch.Tensor | None = field(default=None)  # (B, profile_genes) standardised panel expression
 
 
 class ScMamba2(nn.Module):
@@ -174,6 +184,8 @@ class ScMamba2(nn.Module):
         )
         self.expr_head = ExpressionHead(d)
         self.mvc_head = MVCHead(d) if config.mvc else None
+        self.profile_head = (ProfileHead(d, config.profile_genes, config.profile_hidden)
+                             if config.profile_genes else None)
         self.classifier = ClassifierHead(d, config.n_classes, config.dropout) if config.n_classes else None
         self.batch_discriminator = BatchDiscriminator(d, config.n_batches, config.dab_alpha) if config.dab else None
 
@@ -264,6 +276,7 @@ class ScMamba2(nn.Module):
             mvc_pred = self.mvc_head(dec_cell, self.gene_encoder(batch[GENES]))
         return ModelOutput(
             states=states, cell_emb=cell_emb, expr_pred=self.expr_head(dec_states), mvc_pred=mvc_pred,
+            profile_pred=None if self.profile_head is None else self.profile_head(dec_cell),
             class_logits=None if self.classifier is None else self.classifier(cell_emb),
             batch_logits=None if self.batch_discriminator is None else self.batch_discriminator(cell_emb),
         )
@@ -302,6 +315,8 @@ class ScMamba2(nn.Module):
         """Write ``config.json``, ``model.safetensors`` and ``vocab.json`` into ``directory``."""
         from safetensors.torch import save_file
 
+        from .data.files import atomic_path, write_json
+
         if self.vocab is None:
             raise CheckpointError("the model has no vocabulary attached; build it with ScMamba2(config, vocab=...)")
         out = Path(directory)
@@ -313,9 +328,10 @@ class ScMamba2(nn.Module):
             "tokenizer": None if self.tokenizer_config is None else self.tokenizer_config.to_dict(),
         }
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        save_file(state, str(out / WEIGHTS_FILE), metadata={"scmamba2_version": __version__})
+        with atomic_path(out / WEIGHTS_FILE) as tmp:  # never a partial file; mode 0644 like the others
+            save_file(state, str(tmp), metadata={"scmamba2_version": __version__})
         self.vocab.save(out / VOCAB_FILE)
-        (out / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
+        write_json(out / CONFIG_FILE, meta, indent=2)
         return out
 
     @classmethod
@@ -333,7 +349,11 @@ class ScMamba2(nn.Module):
                 f"{src} is not a complete scmamba2 checkpoint: missing {', '.join(missing)} "
                 f"(a checkpoint directory holds {CONFIG_FILE}, {WEIGHTS_FILE} and {VOCAB_FILE})"
             )
-        meta = json.loads((src / CONFIG_FILE).read_text())
+        from .data.files import read_json
+
+        meta = read_json(src / CONFIG_FILE, fix=f"Copy the model folder again or train it again; {src} is unusable.")
+        if not isinstance(meta, dict) or not isinstance(meta.get("model"), dict):
+            raise CheckpointError(f"{src / CONFIG_FILE} is not an scmamba2 model config (no 'model' section)")
         fmt = meta.get("format_version")
         if fmt == 1 and meta.get("model", {}).get("batch_embedding"):
             raise CheckpointError(
@@ -348,7 +368,10 @@ class ScMamba2(nn.Module):
             )
         if meta.get("scmamba2_version") != __version__:
             log.warning("checkpoint written by scmamba2 %s, loading with %s", meta.get("scmamba2_version"), __version__)
-        config = ModelConfig.from_dict(meta["model"])
+        try:
+            config = ModelConfig.from_dict(meta["model"])
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"{src / CONFIG_FILE} holds a model config this version cannot build: {exc}") from None
         vocab = GeneVocab.load(src / VOCAB_FILE)
         if len(vocab) != config.vocab_size:
             raise CheckpointError(
@@ -356,7 +379,12 @@ class ScMamba2(nn.Module):
             )
         tok = meta.get("tokenizer")
         model = cls(config, vocab=vocab, tokenizer_config=None if tok is None else TokenizerConfig.from_dict(tok))
-        model.load_weights(load_file(str(src / WEIGHTS_FILE), device=map_location), source=str(src / WEIGHTS_FILE))
+        try:
+            weights = load_file(str(src / WEIGHTS_FILE), device=map_location)
+        except Exception as exc:  # safetensors raises its own error types for truncated or empty files
+            raise CheckpointError(f"{src / WEIGHTS_FILE} cannot be read ({exc}): the file is truncated or damaged. "
+                                  "Copy the model folder again or train it again.") from None
+        model.load_weights(weights, source=str(src / WEIGHTS_FILE))
         return model
 
     def load_weights(self, state: dict[str, torch.Tensor], source: str = "state dict") -> None:

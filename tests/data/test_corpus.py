@@ -260,3 +260,24 @@ def test_streamed_pretraining_resumes_exactly(tmp_path, monkeypatch):
     resumed = pretrain(corpus, out_dir=tmp_path / "b", train_config=tcfg, resume=True, **kw).model
     for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
         assert torch.equal(a, b), name
+
+
+def test_soma_experiment_written_by_from_h5ad_is_read_with_its_own_names(tmp_path, tiny_counts, caplog):
+    """tiledbsoma.io.from_h5ad writes X layer 'data' and genes in 'var_id', not Census's 'raw' / 'feature_name':
+    the only candidates are used (and logged); an explicit wrong name is still an error naming the options."""
+    tio = pytest.importorskip("tiledbsoma.io")
+    import logging
+
+    h5ad = tmp_path / "c.h5ad"
+    tiny_counts.write_h5ad(h5ad)
+    uri = tio.from_h5ad(str(tmp_path / "exp"), str(h5ad), "RNA")
+    with caplog.at_level(logging.INFO, logger="scmamba2.data.soma"):
+        corpus = open_corpus([f"soma://{uri}"])
+    assert corpus.n_cells == tiny_counts.n_obs
+    assert list(corpus.shards[0].var().index) == list(tiny_counts.var_names)
+    assert (corpus.shards[0].read(np.arange(5)) != tiny_counts.X[:5]).nnz == 0
+    assert "'data'" in caplog.text and "'var_id'" in caplog.text
+    with pytest.raises(InputError, match="--soma-layer"):
+        open_corpus([f"soma://{uri}"], soma_layer="counts")
+    with pytest.raises(InputError, match="--soma-gene-column"):
+        open_corpus([f"soma://{uri}"], soma_gene_column="symbols")

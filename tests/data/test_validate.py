@@ -215,9 +215,18 @@ def test_vocab_overlap_threshold(tiny_counts):
     ok = validate(tiny_counts, vocab=TinyVocab(genes[:40]))  # 80%: fine, but says what is dropped
     assert ok.ok and ok.vocab_overlap == pytest.approx(0.8) and ok.n_vocab_matched == 40
     assert any("10 of 50 genes" in w for w in ok.warnings)
-    low = validate(tiny_counts, vocab=TinyVocab(genes[:10]), raise_on_error=False)  # 20% < 50%
-    assert not low.ok and "20.0%" in low.error_message() and "GENE10" in low.error_message()
-    assert validate(tiny_counts, vocab=TinyVocab(genes[:10]), min_overlap=0.1).ok
+    other = [f"OTHER{i}" for i in range(30)]
+    low = validate(tiny_counts, vocab=TinyVocab(genes[:10] + other), raise_on_error=False)  # 20% and 25% < 50%
+    assert not low.ok and "20.0%" in low.error_message() and "25.0%" in low.error_message()
+    assert "GENE10" in low.error_message()
+    assert validate(tiny_counts, vocab=TinyVocab(genes[:10] + other), min_overlap=0.1).ok
+
+
+def test_vocab_overlap_counts_the_model_side_too(tiny_counts):
+    """A model built on 10 of the data's 50 genes (e.g. its HVGs) finds all of them: accepted (issue 17.5)."""
+    genes = list(tiny_counts.var_names)
+    rep = validate(tiny_counts, vocab=TinyVocab(genes[:10]))
+    assert rep.ok and rep.vocab_overlap == pytest.approx(0.2) and rep.n_vocab_matched == 10
 
 
 def test_several_errors_one_paragraph(tiny_counts):

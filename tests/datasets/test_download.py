@@ -110,3 +110,28 @@ def test_cache_dir_order(monkeypatch, tmp_path):
     assert cache_dir(tmp_path / "x") == tmp_path / "x"
     monkeypatch.delenv("SCMAMBA2_DATA")
     assert cache_dir().parts[-2:] == (".cache", "scmamba2")
+
+
+def test_archive_with_an_absolute_link_is_a_clear_error(tmp_path):
+    """tarfile's data filter refuses a link to /etc/passwd (AbsoluteLinkError): one InputError naming the archive."""
+    import io
+    import tarfile
+
+    from scmamba2.datasets.convert import _extract
+    from scmamba2.errors import InputError
+
+    archive = tmp_path / "release.tar.gz"
+    with tarfile.open(archive, "w:gz") as tf:
+        data = b"gene,value\n"
+        info = tarfile.TarInfo("release/table.csv")
+        info.size = len(data)
+        tf.addfile(info, io.BytesIO(data))
+        link = tarfile.TarInfo("release/passwd")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tf.addfile(link)
+    if not hasattr(tarfile, "data_filter"):
+        pytest.skip("this Python has no tarfile extraction filters")
+    with pytest.raises(InputError, match="release.tar.gz") as info:
+        _extract(archive, tmp_path / "out")
+    assert "download it again" in str(info.value)
+    assert not (tmp_path / "out" / ".done").exists()

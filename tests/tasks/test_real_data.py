@@ -41,3 +41,27 @@ def test_whole_transcriptome_embedding(shared_data):
     info = pbmc.uns["scmamba2"]["X_scmamba2"]["tokenizer"]
     assert info["include_zeros"] == "all" and info["max_len"] >= pbmc.n_vars + 1
     assert np.isfinite(pbmc.obsm["X_scmamba2"]).all()
+
+
+def test_default_hvg_model_accepts_its_own_data(shared_data, tmp_path):
+    """integrate and annotate without --model build the model on 2,000 HVGs of ifnb1k's 14,053 genes and then
+    read the same data (issue 17, item 5: it was refused, 2,000 of 14,053 genes being below 50 %)."""
+    import anndata as ad
+    from typer.testing import CliRunner
+
+    from scmamba2.cli import app
+
+    data = shared_data / "ifnb1k.h5ad"
+    runner = CliRunner()
+    res = runner.invoke(app, ["--quiet", "integrate", str(data), "--batch-key", "condition", "--steps", "2",
+                              "--out", str(tmp_path / "i.h5ad"), "--save-model", str(tmp_path / "im")])
+    assert res.exit_code == 0, res.output
+    from scmamba2.data.vocab import GeneVocab
+
+    assert len(GeneVocab.load(tmp_path / "im" / "vocab.json").genes) == 2000
+    emb = ad.read_h5ad(tmp_path / "i.h5ad").obsm["X_scmamba2"]
+    assert emb.shape[0] == 832 and np.isfinite(emb).all()
+    res = runner.invoke(app, ["--quiet", "annotate", "--reference", str(data), "--label-key", "cell_type",
+                              "--query", str(data), "--epochs", "0.05", "--out", str(tmp_path / "a.h5ad")])
+    assert res.exit_code == 0, res.output
+    assert ad.read_h5ad(tmp_path / "a.h5ad").obs["scmamba2_label"].notna().all()

@@ -43,8 +43,49 @@ def test_heldout_masked_loss_drops(tmp_path):
         assert (tmp_path / f).is_file(), f
     assert (tmp_path / "logs" / "metrics.csv").is_file()
     summary = json.loads((tmp_path / "train_summary.json").read_text())
-    assert summary["val_gep_end"] == pytest.approx(res.val_loss_end)
+    assert summary["val_end"]["val/gep"] == pytest.approx(res.val_loss_end)
+    # Beside the loss, what predicting each gene's mean value scores: the model must beat it.
+    assert res.val_loss_end < 0.8 * res.val_end["val/gep_gene_mean"]
     ScMamba2.from_pretrained(tmp_path)
+
+
+def test_profile_objective_learns_cell_state(tmp_path):
+    """The default recipe (continuous values, profile decoder): the held-out profile loss falls well below
+    what predicting each gene's mean scores, and the embedding separates the cell types."""
+    adata = programme_counts(n_cells=200)
+    train = TrainConfig(max_steps=150, batch_size=16, lr=3e-3, warmup_steps=10, val_fraction=0.15,
+                        val_every_n_steps=150, gep_weight=0.0, mvc_weight=0.0, progress_bar=False, seed=0)
+    res = pretrain(adata, out_dir=tmp_path, model_config=TINY_MODEL, train_config=train)
+    model = res.model
+    assert model.config.profile_genes == 60 and model.config.value_mode == "continuous"
+    assert res.val_end["val/profile_gene_mean"] == pytest.approx(1.0, abs=0.3)
+    # Most genes are Poisson noise here (48 of 60): 0.8 of the reference is far from gene means.
+    assert res.val_loss_end < 0.8 * res.val_end["val/profile_gene_mean"], res.val_end
+    assert res.val_loss_end < 0.8 * res.val_loss_start
+    from scmamba2 import embed
+    from scmamba2.eval.knn import knn_label_transfer_accuracy
+
+    embed(adata, tmp_path, progress=False)
+    acc, _ = knn_label_transfer_accuracy(adata.obsm["X_scmamba2"], adata.obs["label"], n_neighbors=5)
+    assert acc > 0.9
+
+
+def test_binned_values_with_a_profile_decoder_are_refused():
+    from scmamba2 import InputError
+
+    with pytest.raises(InputError, match="continuous"):
+        pretrain(programme_counts(n_cells=40), model_config={**TINY_MODEL, "profile_genes": 10},
+                 tokenizer_config=TokenizerConfig(n_bins=11, max_len=32),
+                 train_config=TrainConfig(max_steps=1, progress_bar=False))
+
+
+def test_expression_order_with_a_masked_value_loss_is_refused():
+    from scmamba2 import InputError
+
+    with pytest.raises(InputError, match="gene_order"):
+        pretrain(programme_counts(n_cells=40), model_config=TINY_MODEL,
+                 tokenizer_config=TokenizerConfig(n_bins=11, max_len=32, gene_order="expression"),
+                 train_config=TrainConfig(max_steps=1, progress_bar=False))
 
 
 def test_same_seed_same_weights():
@@ -55,3 +96,25 @@ def test_same_seed_same_weights():
     b = pretrain(adata, model_config=TINY_MODEL, tokenizer_config=tok, train_config=train).model.state_dict()
     for k in a:
         assert np.array_equal(a[k].numpy(), b[k].numpy()), k
+
+
+def test_fine_tune_starts_from_a_model_and_skips_unmeasured_panel_genes():
+    import torch
+
+    adata = programme_counts(n_cells=120)
+    train = TrainConfig(max_steps=8, batch_size=16, warmup_steps=1, val_fraction=0.2, val_every_n_steps=8,
+                        gep_weight=0.0, mvc_weight=0.0, progress_bar=False, seed=0)
+    base = pretrain(adata, model_config=TINY_MODEL, train_config=train).model
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    part = adata[:, 10:].copy()  # a dataset that never measured the first 10 genes
+    tuned = pretrain(part, init_model=base, train_config=train)
+    for k, v in base.state_dict().items():  # the model we started from is untouched
+        assert torch.equal(v, before[k]), k
+    assert torch.equal(tuned.model.profile_head.gene_ids, base.profile_head.gene_ids)
+    assert np.isfinite(tuned.val_loss_end)
+    # The panel keeps the genes this data set did not measure (their targets are NaN: tests/data/test_panel.py).
+    unmeasured = set(base.vocab.lookup([f"g{j}" for j in range(10)]).tolist())
+    missing = [i in unmeasured for i in tuned.model.profile_head.gene_ids.tolist()]
+    assert sum(missing) == 10
+    with pytest.raises(Exception, match="fine-tune keeps"):
+        pretrain(part, init_model=base, model_config=TINY_MODEL, train_config=train)

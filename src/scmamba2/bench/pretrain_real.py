@@ -157,7 +157,8 @@ def run(data_dir: str | Path, out_dir: str | Path, *, seed: int = 0, quick: bool
     res.figures["Masked-expression loss (train and held-out cells)"] = out / f"{stem}_loss.png"
     res.tables["Held-out masked-expression loss"] = pd.DataFrame([
         {"cells": "held-out (never trained on)", "n": pre.n_val_cells, "before training": pre.val_loss_start,
-         "after training": pre.val_loss_end},
+         "after training": pre.val_loss_end,
+         "predicting each gene's mean value": pre.val_end.get("val/gep_gene_mean")},
     ])
 
     with res.step("embed pbmc3k"):

@@ -11,7 +11,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from .._keys import BATCH, CELL_INDEX, GENES, LABELS, MASK, PAD_VALUE, PADDING_MASK, TARGET_VALUES, VALUES
+from .._keys import (BATCH, CELL_INDEX, GENES, LABELS, MASK, PAD_VALUE, PADDING_MASK, PROFILE, TARGET_VALUES,
+                     VALUES)
 from .tokenize import TokenizedCells, mask_values
 
 logger = logging.getLogger(__name__)
@@ -123,6 +124,8 @@ class Collator:
                 batch[key] = torch.tensor([int(it[key]) for it in items], dtype=torch.int64)
             elif any(present):
                 raise ValueError(f"key {key!r} is present in some items of the batch but not all")
+        if PROFILE in items[0]:
+            batch[PROFILE] = torch.from_numpy(np.stack([it[PROFILE] for it in items]))
         return batch
 
 
@@ -143,11 +146,17 @@ class TokenizedDataset(Dataset):
         ``(seed, epoch, cells.content_key(i))``; call :meth:`set_epoch` every epoch.
     seed : int, default 0
         Seed for ``resample=True``.
+    panel : GenePanel, optional
+        Add each cell's whole-profile target ``PROFILE`` (see :mod:`scmamba2.data.panel`), computed from all
+        its stored tokens (before any ``max_len`` subsampling). Needs continuous values.
+    source, measured : optional
+        For pooled sources: ``source`` (N,) index of each cell's source, ``measured`` (n_sources, P) bool
+        whether that source measured each panel gene (unmeasured targets are NaN).
 
     Notes
     -----
     Items are dicts with ``GENES`` and ``VALUES`` (numpy arrays), ``CELL_INDEX`` (the cell's row in
-    its source data) and ``BATCH``/``LABELS`` when given.
+    its source data) and ``BATCH``/``LABELS``/``PROFILE`` when given.
     """
 
     def __init__(
@@ -158,6 +167,9 @@ class TokenizedDataset(Dataset):
         *,
         resample: bool = False,
         seed: int = 0,
+        panel=None,
+        source: Any = None,
+        measured: Any = None,
     ) -> None:
         self.cells = cells
         self.batch = self._per_cell(batch, "batch")
@@ -165,6 +177,17 @@ class TokenizedDataset(Dataset):
         self.resample = bool(resample)
         self.seed = int(seed)
         self.epoch = 0
+        self.panel = panel
+        self.source = self._per_cell(source, "source")
+        self.measured = None if measured is None else np.asarray(measured, dtype=bool)
+        if panel is not None:
+            from .panel import _check_continuous, panel_index
+
+            _check_continuous(cells)
+            vocab_size = max(int(cells.gene_ids.max(initial=0)), int(np.max(panel.ids, initial=0))) + 1
+            self._panel_index = panel_index(panel.ids, vocab_size)
+        if (self.source is None) != (self.measured is None):
+            raise ValueError("source and measured go together")
 
     def _per_cell(self, arr: Any, name: str) -> np.ndarray | None:
         if arr is None:
@@ -191,6 +214,14 @@ class TokenizedDataset(Dataset):
             item[BATCH] = int(self.batch[i])
         if self.labels is not None:
             item[LABELS] = int(self.labels[i])
+        if self.panel is not None:
+            from .panel import panel_targets
+
+            c = self.cells
+            start, end = c.offsets[i], c.offsets[i + 1]
+            item[PROFILE] = panel_targets(c.gene_ids[start:end], c.values[start:end], self._panel_index,
+                                          self.panel.mean, self.panel.std,
+                                          None if self.source is None else self.measured[self.source[i]])
         return item
 
 

@@ -15,7 +15,6 @@ shards.
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -115,7 +114,9 @@ class VocabReport:
         return "\n".join(lines)
 
     def write(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2))
+        from .files import write_json
+
+        write_json(path, self.to_dict(), indent=2)
 
 
 @dataclass

@@ -81,23 +81,39 @@ def read(
                          f"from the current directory, {Path.cwd()}).")
     fmt = _detect_format(p)
     logger.info("Reading %s (%s)", p, fmt)
-    if fmt == "10x_mtx":
-        adata = _read_10x_mtx(p)
-    elif fmt == "10x_h5":
-        adata = _read_10x_h5(p)
-    elif fmt == "h5ad":
-        import anndata as ad
-
-        adata = ad.read_h5ad(p)
-    elif fmt == "h5mu":
-        adata = _read_h5mu(p, modality)
-    else:
-        adata = _read_table(p)
+    try:
+        adata = _read_format(p, fmt, modality)
+    except (InputError, MemoryError):
+        raise
+    except Exception as exc:  # whatever h5py, anndata, pandas or scanpy raise for a damaged file
+        msg = " ".join(str(exc).split())[:300]
+        raise InputError(f"Cannot read {str(p)!r} as {_FORMAT_NAMES[fmt]} ({type(exc).__name__}: {msg}): the file "
+                         "is truncated, damaged or not in that format. Check that it was copied or downloaded "
+                         "completely (compare its size or checksum with the source) and that its extension "
+                         f"matches its content. Supported formats: {_supported()}.") from None
     adata = select_matrix(adata, layer=layer, use_raw=use_raw)
     adata.X = _standardise_matrix(adata.X)
     adata.uns[SOURCE_KEY] = {"path": str(p.resolve()), "matrix": _matrix_name(layer, use_raw)}
     logger.info("Read %d cells x %d genes from %s (%s)", adata.n_obs, adata.n_vars, p, adata.uns[SOURCE_KEY]["matrix"])
     return adata
+
+
+_FORMAT_NAMES = {"10x_mtx": "a 10x matrix folder", "10x_h5": "a 10x Cell Ranger .h5 file", "h5ad": "an AnnData .h5ad file",
+                 "h5mu": "a MuData .h5mu file", "table": "a text table (csv/tsv)"}
+
+
+def _read_format(p: Path, fmt: str, modality: str) -> anndata.AnnData:
+    if fmt == "10x_mtx":
+        return _read_10x_mtx(p)
+    if fmt == "10x_h5":
+        return _read_10x_h5(p)
+    if fmt == "h5ad":
+        import anndata as ad
+
+        return ad.read_h5ad(p)
+    if fmt == "h5mu":
+        return _read_h5mu(p, modality)
+    return _read_table(p)
 
 
 def select_matrix(

@@ -158,9 +158,15 @@ def _read_path(p: Path):
 
         import mudata
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            return mudata.read_h5mu(str(p))
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                return mudata.read_h5mu(str(p))
+        except MemoryError:
+            raise
+        except Exception as exc:  # h5py / mudata errors of a damaged file
+            raise InputError(f"Cannot read {str(p)!r} as a MuData .h5mu file ({type(exc).__name__}: {exc}): the "
+                             "file is truncated, damaged or not in that format; copy or download it again.") from None
     from .io import read
 
     return read(p)

@@ -113,6 +113,12 @@ def select_hvg(
     if n_top_genes >= adata.n_vars:
         logger.info("n_top_genes=%d >= %d genes: keeping all genes", n_top_genes, adata.n_vars)
         return adata.copy()
+    from .validate import validate
+
+    # Scaled values, negative counts or NaN make scanpy fail with an obscure message ("Bin edges must be
+    # unique"): refuse them first, with the paragraph every other command gives.
+    a = adata if layer is None else sc.AnnData(X=adata.layers[layer], obs=adata.obs[[]], var=adata.var[[]])
+    validate(a, purpose="gene selection")
     if flavor.startswith("seurat_v3"):
         try:
             import skmisc  # noqa: F401

@@ -9,6 +9,8 @@ corpus vocabulary can harmonise identifiers. ``tiledbsoma`` is imported inside t
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
@@ -17,6 +19,13 @@ from ..errors import InputError
 from .corpus import Shard, _Lazy
 
 __all__ = ["SomaShard", "import_tiledbsoma"]
+
+log = logging.getLogger(__name__)
+
+#: Census's defaults; an experiment written by ``tiledbsoma.io.from_h5ad`` has ``data`` and ``var_id`` instead.
+CENSUS_LAYER, CENSUS_GENE_COLUMN = "raw", "feature_name"
+#: var columns that name genes, in the converters' spellings (used when ``feature_name`` is absent).
+GENE_COLUMN_CANDIDATES = ("var_id", "gene_name", "gene_names", "gene_symbol", "gene_symbols", "symbol", "gene")
 
 
 def import_tiledbsoma():
@@ -58,18 +67,29 @@ class SomaShard(_Lazy, Shard):
             if measurement not in exp.ms:
                 raise InputError(f"{uri} has no measurement {measurement!r} (it has {list(exp.ms.keys())}).")
             ms = exp.ms[measurement]
+            layers = list(ms.X.keys())
+            if layer not in ms.X and layer == CENSUS_LAYER and len(layers) == 1:
+                log.info("%s: no X layer %r (Census's default); reading its only layer %r (data.soma_layer / "
+                         "--soma-layer to choose)", uri, layer, layers[0])
+                layer = self.layer = layers[0]
             if layer not in ms.X:
                 raise InputError(f"{uri}: measurement {measurement!r} has no X layer {layer!r} "
-                                 f"(it has {list(ms.X.keys())}); pick one with soma_layer.")
+                                 f"(it has {layers}); pick one with --soma-layer (data.soma_layer in the YAML).")
             var = ms.var.read().concat().to_pandas()
             try:
                 obs = exp.obs.read(value_filter=obs_filter, column_names=["soma_joinid"]).concat()
             except Exception as exc:
                 raise InputError(f"obs filter {obs_filter!r} does not apply to {uri}: {exc}") from exc
             self._joinids = np.sort(obs.column("soma_joinid").to_numpy().astype(np.int64))
+        found = [c for c in GENE_COLUMN_CANDIDATES if c in var.columns]
+        if gene_column not in var.columns and gene_column == CENSUS_GENE_COLUMN and len(found) == 1:
+            log.info("%s: var has no column %r (Census's default); naming genes by %r (data.soma_gene_column / "
+                     "--soma-gene-column to choose)", uri, gene_column, found[0])
+            gene_column = found[0]
         if gene_column not in var.columns:
             raise InputError(f"{uri}: var has no column {gene_column!r} (columns: {list(var.columns)}); "
-                             "pass the column that names genes (Census: feature_name).")
+                             "pass the column that names genes with --soma-gene-column (data.soma_gene_column "
+                             "in the YAML; Census: feature_name).")
         var = var.sort_values("soma_joinid")
         self._var_joinids = var["soma_joinid"].to_numpy().astype(np.int64)
         self._var = var.drop(columns=["soma_joinid"]).set_index(var[gene_column].astype(str).to_numpy())

@@ -42,7 +42,7 @@ class ValidationReport:
 
     n_cells: int = 0
     n_genes: int = 0
-    value_kind: str = "raw_counts"  # raw_counts | log_normalized | normalized | scaled
+    value_kind: str = "raw_counts"  # raw_counts | log_normalized | normalized | scaled | negative_counts
     has_nan: bool = False
     has_inf: bool = False
     n_nan: int = 0
@@ -183,7 +183,8 @@ def validate(
     purpose
         What the data is for (``"pretrain"``, ``"embed"``, ...); recorded and used in messages.
     min_overlap
-        Smallest acceptable fraction of the data's genes found in ``vocab``.
+        Smallest acceptable overlap: the fraction of the data's genes found in ``vocab`` or of the vocabulary's
+        genes found in the data (the larger counts; a model built on a dataset's HVGs matches it).
     raise_on_error
         Raise :class:`~scmamba2.errors.InputError` when an error is found (the report is ``exc.report``).
 
@@ -219,6 +220,10 @@ def validate(
         rep.errors.append(f"X holds scaled values ({rep.n_negative:,} negative entries, e.g. after sc.pp.scale or "
                           "z-scoring): per-cell ranks and zeros are lost, so the values cannot be tokenised. Give "
                           f"the model raw counts instead. {_alternatives(rep)}")
+    if rep.value_kind == "negative_counts":
+        rep.errors.append(f"X holds integer counts with {rep.n_negative:,} negative entries: counts cannot be "
+                          "negative, so the matrix is damaged or was changed after counting (e.g. a subtraction). "
+                          f"Give the model the raw counts. {_alternatives(rep)}")
     if rep.n_empty_cells == rep.n_cells:
         rep.errors.append(f"all {rep.n_cells:,} cells are empty (no non-zero value); check that the right matrix "
                           f"was selected. {_alternatives(rep)}")
@@ -367,12 +372,12 @@ def _value_kind(x, rep: ValidationReport) -> None:
     else:
         sample = x
     rep.n_sampled_cells = int(sample.shape[0])
-    if rep.n_negative:
-        rep.value_kind = "scaled"
-        return
     sample = sp.csr_matrix(sample, dtype=np.float64) if sp.issparse(sample) else np.asarray(sample, np.float64)
     vals = sample.data if sp.issparse(sample) else sample.ravel()
     vals = vals[np.isfinite(vals)]
+    if rep.n_negative:  # integers with a few negatives are damaged counts; z-scores are not integers
+        rep.value_kind = "negative_counts" if np.array_equal(vals, np.round(vals)) else "scaled"
+        return
     if np.array_equal(vals, np.round(vals)):
         rep.value_kind = "raw_counts"
         return
@@ -412,7 +417,10 @@ def _vocab_overlap(adata, stripped: list[str], vocab, min_overlap: float, rep: V
     rep.n_vocab_matched = int(found.sum())
     rep.vocab_overlap = rep.n_vocab_matched / len(genes) if genes else 0.0
     rep.unmatched_examples = [g for g, f in zip(genes, found) if not f][:5]
-    if rep.n_vocab_matched and rep.vocab_overlap >= min_overlap:
+    # Either side counts: data with many more genes than a model built on its HVGs matches most of the vocabulary.
+    n_vocab_genes = len(getattr(vocab, "genes", vocab))
+    vocab_side = rep.n_vocab_matched / n_vocab_genes if n_vocab_genes else 0.0
+    if rep.n_vocab_matched and max(rep.vocab_overlap, vocab_side) >= min_overlap:
         if rep.vocab_overlap < 0.9:
             rep.warnings.append(f"{len(genes) - rep.n_vocab_matched:,} of {len(genes):,} genes "
                                 f"({1 - rep.vocab_overlap:.0%}) are not in the vocabulary and will be ignored "
@@ -431,7 +439,8 @@ def _vocab_overlap(adata, stripped: list[str], vocab, min_overlap: float, rep: V
                " If var has a column with gene symbols, pass it with --gene-column NAME (gene_column= in Python).")
     rep.errors.append(
         f"only {rep.n_vocab_matched:,} of {len(genes):,} genes ({rep.vocab_overlap:.1%}) are in the model's "
-        f"vocabulary{prefix_txt}, below the minimum of {min_overlap:.0%}; genes not found, e.g. "
+        f"vocabulary{prefix_txt} ({vocab_side:.1%} of its {n_vocab_genes:,} genes), below the minimum of "
+        f"{min_overlap:.0%} on either side; genes not found, e.g. "
         f"{', '.join(rep.unmatched_examples)}{vocab_txt}. The data's gene names look like "
         f"{_KIND_TXT[rep.gene_id_kind]}: "
         "check that data and model use the same species and the same kind of identifier (symbols vs Ensembl "

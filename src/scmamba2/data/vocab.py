@@ -195,10 +195,9 @@ class GeneVocab:
         path : str or Path
             Destination file.
         """
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "w", encoding="utf-8") as fh:
-            json.dump(self.to_dict(), fh, ensure_ascii=False)
+        from .files import write_json
+
+        write_json(path, self.to_dict(), ensure_ascii=False)
         logger.info("Saved a vocabulary of %d tokens to %s", len(self), path)
 
     @classmethod
@@ -232,7 +231,7 @@ class GeneVocab:
         try:
             with open(path, encoding="utf-8") as fh:
                 mapping = json.load(fh)
-        except (OSError, json.JSONDecodeError) as exc:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise InputError(f"Cannot read the vocabulary file {path}: {exc}.") from exc
         if not isinstance(mapping, dict) or not all(type(v) is int for v in mapping.values()):
             raise InputError(f"The vocabulary file {path} must hold a JSON object mapping each token to an integer id.")

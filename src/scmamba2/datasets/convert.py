@@ -199,7 +199,12 @@ def _extract(archive: Path, dest: Path) -> Path:
         with tf:
             _check_members(archive, dest, tf.getnames())
             if hasattr(tarfile, "data_filter"):
-                tf.extractall(dest, filter="data")
+                try:
+                    tf.extractall(dest, filter="data")
+                except tarfile.FilterError as e:  # an absolute or escaping link, a device file, ...
+                    raise InputError(f"{archive}: the archive holds a member the safe extraction refuses ({e}); "
+                                     "it is damaged or not the expected release: delete it and download it "
+                                     "again, or report the source") from None
             else:  # pragma: no cover - older Python; members were checked above
                 tf.extractall(dest)
     marker.touch()

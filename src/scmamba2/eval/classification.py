@@ -7,6 +7,8 @@ from typing import Sequence
 
 import numpy as np
 
+from ..data.files import atomic_path
+
 
 def classification_metrics(y_true, y_pred, *, labels: Sequence[str] | None = None) -> dict:
     """Accuracy, macro-F1 and per-class F1 of predicted labels (scikit-learn).
@@ -82,6 +84,7 @@ def confusion_png(y_true, y_pred, path: str | Path, *, labels: Sequence[str] | N
     fig.tight_layout()
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
     return out

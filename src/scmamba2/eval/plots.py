@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .._threads import keep_torch_threads
+from ..data.files import atomic_path
 
 
 @keep_torch_threads()
@@ -32,7 +33,8 @@ def umap_png(adata, *, use_rep: str, color: str | list[str], path: str | Path, s
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
     return a.obsm["X_umap"]
 
@@ -68,6 +70,7 @@ def umap_panels(adata, *, reps: dict[str, str], color: list[str], path: str | Pa
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=90)
     plt.close(fig)
     return coords

@@ -139,3 +139,27 @@ def _exact_neighbors(n_jobs: int):
         return NeighborsResults(indices=idx, distances=dist)
 
     return compute
+
+
+def bio_conservation(X: np.ndarray, labels, seed: int = 0) -> dict[str, float]:
+    """scib-metrics' bio-conservation metrics that need no batch: KMeans NMI/ARI, label silhouette, cLISI;
+    ``scIB bio`` is their mean (scIB's aggregation without the batch-dependent isolated-label score)."""
+    try:
+        import scib_metrics
+        from scib_metrics.nearest_neighbors import NeighborsResults
+    except ImportError:
+        return {}
+    from sklearn.neighbors import NearestNeighbors
+
+    X = np.asarray(X, dtype=np.float32)
+    y = np.asarray(labels).astype(str)
+    codes = np.unique(y, return_inverse=True)[1]
+    with keep_torch_threads():
+        nmi_ari = scib_metrics.nmi_ari_cluster_labels_kmeans(X, codes)
+        sil = float(scib_metrics.silhouette_label(X, codes))
+        dist, idx = NearestNeighbors(n_neighbors=90).fit(X).kneighbors(X)
+        clisi = float(scib_metrics.clisi_knn(NeighborsResults(indices=idx, distances=dist), codes))
+    out = {"KMeans NMI": float(nmi_ari["nmi"]), "KMeans ARI": float(nmi_ari["ari"]), "silhouette": sil,
+           "cLISI": clisi}
+    out["scIB bio"] = float(np.mean(list(out.values())))
+    return out

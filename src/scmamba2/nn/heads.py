@@ -3,6 +3,8 @@
 - :class:`ExpressionHead` (GEP): predicts each token's value from its own contextual state.
 - :class:`MVCHead` (MVC / GEPC): predicts each gene's value from the cell embedding and the gene's identity
   alone, so the cell embedding must carry the cell's expression programme.
+- :class:`ProfileHead`: the whole expression profile of a fixed gene panel (zeros included, standardised per
+  gene) from the cell embedding alone; the main pretraining objective (see :mod:`scmamba2.data.panel`).
 - :class:`ClassifierHead`: class logits from the cell embedding (annotation).
 - :class:`BatchDiscriminator` (DAB): batch logits from the cell embedding behind a gradient-reversal layer,
   so that minimising its loss trains the discriminator while pushing the encoder to hide the batch.
@@ -51,6 +53,38 @@ class MVCHead(nn.Module):
     def forward(self, cell_emb: torch.Tensor, gene_emb: torch.Tensor) -> torch.Tensor:
         query = torch.sigmoid(self.gene_query(gene_emb))  # (B, L, D)
         return torch.einsum("bld,bd->bl", query, self.cell_proj(cell_emb))
+
+
+class ProfileHead(nn.Module):
+    """``(B, D) -> (B, P)``: the cell's standardised expression of ``P`` panel genes.
+
+    ``n_hidden = 0`` is a linear decoder (a loading per gene, like PCA's, plus a per-gene bias); otherwise an
+    MLP with one hidden layer of ``n_hidden`` units. The panel (vocabulary ids) and its per-gene mean and
+    standard deviation are buffers, saved with the weights, so a checkpoint says what it reconstructs.
+    """
+
+    def __init__(self, d_model: int, n_genes: int, n_hidden: int = 0):
+        super().__init__()
+        if n_hidden:
+            self.decoder = nn.Sequential(nn.Linear(d_model, n_hidden), nn.GELU(), nn.LayerNorm(n_hidden),
+                                         nn.Linear(n_hidden, n_genes))
+        else:
+            self.decoder = nn.Linear(d_model, n_genes)
+        self.register_buffer("gene_ids", torch.zeros(n_genes, dtype=torch.long))
+        self.register_buffer("gene_mean", torch.zeros(n_genes))
+        self.register_buffer("gene_std", torch.ones(n_genes))
+
+    def set_panel(self, ids, mean, std) -> None:
+        """Store the panel: ``(P,)`` vocabulary ids, per-gene mean and standard deviation."""
+        with torch.no_grad():
+            for buf, v in ((self.gene_ids, ids), (self.gene_mean, mean), (self.gene_std, std)):
+                t = torch.as_tensor(v)
+                if t.shape != buf.shape:
+                    raise ValueError(f"panel of {tuple(t.shape)} values for a head of {tuple(buf.shape)} genes")
+                buf.copy_(t)
+
+    def forward(self, cell_emb: torch.Tensor) -> torch.Tensor:
+        return self.decoder(cell_emb)
 
 
 class ClassifierHead(nn.Module):

@@ -105,6 +105,8 @@ def reference_labels(reference, label_key: str) -> tuple[list[str], np.ndarray]:
     if label_key not in reference.obs:
         raise InputError(f"label_key {label_key!r} is not an obs column of the reference; available: "
                          f"{list(reference.obs.columns)}")
+    import pandas as pd
+
     col = reference.obs[label_key]
     missing = col.isna().to_numpy()
     values = col.astype(object).where(~missing, None).to_numpy()
@@ -112,6 +114,13 @@ def reference_labels(reference, label_key: str) -> tuple[list[str], np.ndarray]:
     if len(classes) < 2:
         raise InputError(f"obs[{label_key!r}] has {len(classes)} class(es) among the labelled cells: a classifier "
                          "needs at least two")
+    n_labelled = int((~missing).sum())
+    fractional = pd.api.types.is_float_dtype(col) and not np.array_equal(col[~missing], np.round(col[~missing]))
+    if fractional or (len(classes) > 20 and len(classes) > n_labelled / 2):
+        raise InputError(f"obs[{label_key!r}] looks like a continuous value, not cell types: {len(classes):,} "
+                         f"distinct values among {n_labelled:,} labelled cells (e.g. {', '.join(classes[:3])}). "
+                         "Give --label-key (label_key=) a column of categories such as 'cell_type'; columns: "
+                         f"{list(reference.obs.columns)}.")
     index = {c: i for i, c in enumerate(classes)}
     codes = np.array([-1 if m else index[str(v)] for v, m in zip(values, missing)], dtype=np.int64)
     return classes, codes
@@ -150,6 +159,7 @@ def fit_annotator(
     gene_column: str | None = None,
     out_dir: str | Path | None = None,
     device: str | None = None,
+    query=None,
 ) -> Annotator:
     """Fine-tune a cell-type classifier on a labelled reference.
 
@@ -180,6 +190,9 @@ def fit_annotator(
         Save the annotator there (:meth:`Annotator.save`) with the training logs.
     device
         Torch device for the temperature fit; training follows ``train_config.accelerator``.
+    query
+        The cells to be labelled afterwards, if known: their genes are checked against the model's before
+        training (an :class:`~scmamba2.InputError` now rather than after the training).
     """
     import lightning.pytorch as pl
 
@@ -205,6 +218,9 @@ def fit_annotator(
                                 use_raw, gene_column)
     else:
         net, genes = _adapted(base, labelled, len(classes), layer, use_raw, gene_column, cfg.min_gene_overlap)
+    if query is not None:
+        match_genes(query, genes, layer=layer, use_raw=use_raw, gene_column=gene_column,
+                    min_overlap=cfg.min_gene_overlap, what="query")
     sub, ref_overlap = match_genes(labelled, genes, layer=layer, use_raw=use_raw, gene_column=gene_column,
                                    min_overlap=0.0, what="reference")
     tok = net.tokenizer_config
@@ -283,7 +299,7 @@ def annotate(
     ann = fit_annotator(reference, label_key, model=model, unlabeled=query if cfg.pretrain_steps else None,
                         config=cfg, train_config=train_config, epochs=epochs, model_config=model_config,
                         tokenizer_config=tokenizer_config, n_top_genes=n_top_genes, layer=layer, use_raw=use_raw,
-                        gene_column=gene_column, out_dir=out_dir, device=device)
+                        gene_column=gene_column, out_dir=out_dir, device=device, query=query)
     query = query.copy() if copy else query
     predict(query, ann, threshold=threshold, key_added=key_added, min_gene_overlap=cfg.min_gene_overlap,
             layer=layer, use_raw=use_raw, gene_column=gene_column, device=device, progress=progress)

@@ -6,7 +6,6 @@ are matched to it, and :func:`predict` (labels, calibrated confidence, class pro
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from ..data.files import read_json, write_json
 from ..errors import CheckpointError, InputError
 from ..model import ScMamba2
 from ._annotate_typicality import Typicality
@@ -73,7 +73,7 @@ class Annotator:
         meta = {"classes": self.classes, "label_key": self.label_key, "temperature": self.temperature,
                 "genes": self.genes, "info": self.info,
                 "typicality": None if self.typicality is None else self.typicality.to_dict()}
-        (out / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
+        write_json(out / META_FILE, meta, indent=2, default=str)
         return out
 
     @classmethod
@@ -83,7 +83,7 @@ class Annotator:
         if not (src / META_FILE).is_file():
             raise CheckpointError(f"{src} has no {META_FILE}: it is not an annotation model (write one with "
                                   "scmamba2.annotate(..., out_dir=DIR) or `scmamba2 annotate --save-model DIR`)")
-        meta = json.loads((src / META_FILE).read_text())
+        meta = read_json(src / META_FILE, fix="Save the annotator again (`scmamba2 annotate --save-model DIR`).")
         typ = meta.get("typicality")
         return cls(model=ScMamba2.from_pretrained(src), classes=list(meta["classes"]), genes=list(meta["genes"]),
                    label_key=str(meta["label_key"]), temperature=float(meta["temperature"]),

@@ -22,15 +22,19 @@ from ..model import ScMamba2
 log = logging.getLogger(__name__)
 
 
-def load_model(model: ScMamba2 | str | Path) -> ScMamba2:
-    """A model object as is, or one loaded from a checkpoint directory."""
+def load_model(model: ScMamba2 | str | Path | None) -> ScMamba2:
+    """A model object as is, one loaded from a checkpoint directory, or (None) the bundled pretrained model."""
+    if model is None:
+        from ..pretrained import load
+
+        return load()
     return model if isinstance(model, ScMamba2) else ScMamba2.from_pretrained(model)
 
 
 @torch.no_grad()
 def embed(
     adata,
-    model: ScMamba2 | str | Path,
+    model: ScMamba2 | str | Path | None = None,
     *,
     key_added: str = "X_scmamba2",
     batch_size: int = 64,
@@ -45,14 +49,15 @@ def embed(
     batch_categories: Sequence[str] | None = None,
     copy: bool = False,
 ):
-    """Embed every cell of ``adata`` with the ``<cls>`` output of ``model``.
+    """Embed every cell of ``adata`` with the cell embedding of ``model`` (its ``cell_pooling`` readout).
 
     Parameters
     ----------
     adata
         Cells x genes; raw counts (or log-normalised values) in ``X``, ``layers[layer]`` or ``raw``.
     model
-        An :class:`~scmamba2.ScMamba2` or the path of a checkpoint directory.
+        An :class:`~scmamba2.ScMamba2`, the path of a checkpoint directory, or None for the bundled pretrained
+        model (:mod:`scmamba2.pretrained`).
     key_added
         Key in ``obsm`` for the embedding.
     layer, use_raw, gene_column
@@ -88,6 +93,12 @@ def embed(
         raise ValueError("the model has no vocabulary attached: load it with ScMamba2.from_pretrained")
     adata = adata.copy() if copy else adata
     tok = model.tokenizer_config or TokenizerConfig(n_bins=model.config.n_bins, value_mode=model.config.value_mode)
+    if batch_size < 1:
+        raise InputError(f"batch_size={batch_size} (--batch-size) must be at least 1 cell")
+    if max_tokens is not None and max_tokens < tok.max_len:
+        raise InputError(f"max_tokens={max_tokens} (--max-tokens) is less than one cell of this model ({tok.max_len} "
+                         f"tokens): every cell would be cut or embedded alone. Give at least {tok.max_len} (the default "
+                         "65536 suits most machines).")
     if all_genes:
         tok = replace(tok, include_zeros="all", max_len=len(model.vocab) + 1)
     prepared = prepare_cells(adata, model.vocab, tok, layer=layer, use_raw=use_raw, gene_column=gene_column,

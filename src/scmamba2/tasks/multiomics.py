@@ -17,7 +17,6 @@ belong to which modality (checked on loading), the batches and the settings.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -30,6 +29,7 @@ import pandas as pd
 from ..data.multiomics import (ATAC, ATAC_VALUES, PROT, RNA, ModalitySpec, MultiomicCollator, MultiomicData,
                                modality_values, read_multiomics, top_variable_peaks)
 from ..data.tokenize import TokenizedCells, TokenizerConfig
+from ..data.files import read_json, write_json
 from ..errors import CheckpointError, InputError
 from ..model import ModelConfig, ScMamba2
 from .multiomics_predict import model_cells, predict_modality, run_model
@@ -126,7 +126,7 @@ class MultiomicModel:
         vocab = self.model.vocab
         meta = {"spec": self.spec.to_dict(), **self.info,
                 "token_ids": {m: self.spec.token_ids(vocab, m).tolist() for m in self.spec.others}}
-        (out / META_FILE).write_text(json.dumps(meta, indent=1))
+        write_json(out / META_FILE, meta, indent=1)
         return out
 
     @classmethod
@@ -137,7 +137,7 @@ class MultiomicModel:
             raise CheckpointError(f"{src} is not a multi-omics model: {META_FILE} is missing (train one with "
                                   "`scmamba2 multiomics DATA --model-out DIR`)")
         model = ScMamba2.from_pretrained(src)
-        meta = json.loads((src / META_FILE).read_text())
+        meta = read_json(src / META_FILE, fix="Train the model again (`scmamba2 multiomics DATA --model-out DIR`).")
         spec = ModalitySpec.from_dict(meta.pop("spec"))
         spec.check(model.vocab, model.config.n_modalities, source=str(src))
         recorded = meta.pop("token_ids")

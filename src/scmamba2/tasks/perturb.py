@@ -18,8 +18,8 @@ and ``perturb_head.pt`` (the correction head).
 
 from __future__ import annotations
 
-import json
 import logging
+import pickle
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -30,6 +30,7 @@ import torch
 
 from ..data.perturb import parse_condition, perturbation_name
 from ..data.vocab import GeneVocab
+from ..data.files import atomic_path, read_json, write_json
 from ..errors import CheckpointError, InputError
 from ..model import ScMamba2
 from .perturb_correction import CorrectionHead
@@ -91,11 +92,14 @@ class PerturbationModel:
 
     def save(self, directory: str | Path) -> Path:
         out = self.model.save_pretrained(directory)
-        (out / META_FILE).write_text(json.dumps(asdict(self.meta), indent=1))
+        write_json(out / META_FILE, asdict(self.meta), indent=1)
         groups = self.control_groups if self.control_groups is not None else np.array([], dtype=str)
-        np.savez_compressed(out / CONTROLS_FILE, X=self.controls, groups=np.asarray(groups, dtype=str),
-                            **self.effects.arrays())
-        torch.save(self.head.state_dict(), out / HEAD_FILE)
+        with atomic_path(out / CONTROLS_FILE) as tmp:
+            with open(tmp, "wb") as fh:  # a file object: np.savez would append .npz to a path
+                np.savez_compressed(fh, X=self.controls, groups=np.asarray(groups, dtype=str),
+                                    **self.effects.arrays())
+        with atomic_path(out / HEAD_FILE) as tmp:
+            torch.save(self.head.state_dict(), tmp)
         return out
 
     @classmethod
@@ -105,15 +109,17 @@ class PerturbationModel:
             raise CheckpointError(f"{src} is not a perturbation model of this version: {META_FILE}, {CONTROLS_FILE} "
                                   f"or {HEAD_FILE} is missing (train one with `scmamba2 perturb train`)")
         model = ScMamba2.from_pretrained(src)
-        meta = PerturbMeta(**json.loads((src / META_FILE).read_text()))
-        z = np.load(src / CONTROLS_FILE)
+        fix = "Train the model again (`scmamba2 perturb train`)."
+        meta = _checked(src, lambda: PerturbMeta(**read_json(src / META_FILE, fix=fix)))
+        z = _checked(src, lambda: np.load(src / CONTROLS_FILE))
         groups = z["groups"] if len(z["groups"]) else None
-        state = torch.load(src / HEAD_FILE, map_location="cpu", weights_only=True)
+        state = _checked(src, lambda: torch.load(src / HEAD_FILE, map_location="cpu", weights_only=True))
         knowledge = state["knowledge"].numpy() if "knowledge" in state else None
         head = CorrectionHead(model.config.d_model, len(meta.genes), knowledge, hidden=meta.head_hidden)
-        head.load_state_dict(state)
+        _checked(src, lambda: head.load_state_dict(state))
         head.eval()
-        return cls(model, meta, z["X"], groups, head=head, effects=EffectTable.from_arrays(z, meta.targets))
+        effects = _checked(src, lambda: EffectTable.from_arrays(z, meta.targets))
+        return cls(model, meta, z["X"], groups, head=head, effects=effects)
 
     # ------------------------------------------------------------------------------------------ encoding
     def canonical(self, name: str) -> str:
@@ -195,6 +201,17 @@ def panel_matrix(adata, genes: Sequence[str] | None = None, *, layer: str | None
     sub = X[:, idx[present]]
     out[:, present] = sub.toarray() if sp.issparse(sub) else sub
     return out, genes, present
+
+
+def _checked(src: Path, read):
+    """``read()``, a damaged file of the model folder ``src`` raised as one :class:`CheckpointError`."""
+    try:
+        return read()
+    except CheckpointError:
+        raise
+    except (TypeError, ValueError, KeyError, OSError, EOFError, RuntimeError, pickle.UnpicklingError) as exc:
+        raise CheckpointError(f"{src} holds a damaged perturbation model ({exc}); train it again with "
+                              "`scmamba2 perturb train`") from None
 
 
 def _vocab(genes: list[str], targets: list[str], base: ScMamba2 | None) -> GeneVocab:

@@ -94,7 +94,8 @@ def train_perturbation(
     n_val_controls
         Control cells per validation unit.
     n_top_genes
-        Panel = this many highly variable genes of the training cells (default: every gene).
+        Panel = this many highly variable genes of the training cells (default here: every gene; the CLI's
+        default is 2,000, as the other tasks). Targets outside the panel keep their vocabulary token.
     out_dir
         Save the model there.
     """
@@ -122,6 +123,9 @@ def train_perturbation(
         genes = list(select_hvg(select_matrix(data, layer=layer, use_raw=use_raw, gene_column=gene_column),
                                 n_top_genes, flavor="seurat").var_names)
     X, genes, _ = panel_matrix(data, genes, layer=layer, use_raw=use_raw, gene_column=gene_column)
+    log.info("gene panel: %s (%d genes)", "every gene" if n_top_genes is None else
+             f"the {n_top_genes} most variable genes (n_top_genes / --n-top-genes; 0 on the CLI = every gene)",
+             len(genes))
     if len(genes) > 2000:
         log.warning("the gene panel has %d genes: every cell becomes a sequence that long (slow); consider "
                     "n_top_genes (--n-top-genes) of 500-2000", len(genes))

@@ -12,6 +12,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import RichProgressBar
 
 from .checkpoint import _unreadable, atomic_torch_save
 from .resume import ResumableLoader, derive_seed
@@ -54,3 +55,17 @@ class StepSeed(pl.Callback):
         else:
             where = (trainer.current_epoch, batch_idx)
         torch.manual_seed(derive_seed(self.seed, *where, trainer.global_rank))
+
+
+class StepProgressBar(RichProgressBar):
+    """Lightning's rich progress bar for a run bounded by steps: it described the epoch as ``Epoch 0/-2``
+    (``max_epochs=-1`` minus one); here ``Epoch 0 (1000 steps)``."""
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        trainer = self.trainer
+        text = f"Epoch {current_epoch}"
+        if trainer.max_epochs is not None and trainer.max_epochs > 0:
+            text += f"/{trainer.max_epochs - 1}"
+        if trainer.max_steps and trainer.max_steps > 0:
+            text += f" ({trainer.max_steps} steps)"
+        return f"{text:{len(self.validation_description)}}"

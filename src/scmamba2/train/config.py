@@ -25,6 +25,7 @@ class TrainConfig:
     mask_ratio: float = 0.4
     gep_weight: float = 1.0
     mvc_weight: float = 1.0
+    profile_weight: float = 1.0
     cls_weight: float = 1.0
     ecs_weight: float = 0.0
     ecs_threshold: float = 0.6
@@ -73,12 +74,34 @@ class TrainConfig:
         return cls(**d)
 
 
+def _did_you_mean(word: str, known) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(word, sorted(known), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _check_keys(path, section: str, d, known) -> None:
+    """Refuse a section that is not a mapping or has unknown keys, with a "did you mean ...?" for each."""
+    from ..errors import InputError
+
+    if not isinstance(d, dict):
+        raise InputError(f"{path}: the section {section!r} must be a mapping of option: value, got {d!r}.")
+    unknown = [k for k in d if k not in known]
+    if unknown:
+        named = "; ".join(f"{k!r}{_did_you_mean(str(k), known)}" for k in unknown)
+        raise InputError(f"{path}: unknown option(s) in the {section!r} section: {named}. Its options are: "
+                         f"{', '.join(sorted(known))}.")
+
+
 def load_run_config(path) -> dict[str, Any]:
     """Read a YAML run configuration with the sections ``model``, ``tokenizer``, ``train`` and ``data``.
 
     Returns a dict with ``model`` (a dict of :class:`~scmamba2.ModelConfig` fields, ``vocab_size`` filled in
-    later), ``tokenizer`` (a :class:`~scmamba2.TokenizerConfig`), ``train`` (a :class:`TrainConfig`) and
+    later), ``tokenizer`` (a :class:`~scmamba2.TokenizerConfig`, None without the section), ``train`` (a :class:`TrainConfig`) and
     ``data`` (a :class:`~scmamba2.data.corpus.CorpusConfig`: corpus sources, obs filter, streaming settings).
+    Every problem (unreadable file, broken YAML, unknown section or key, with a "did you mean ...?", a value
+    out of range) is an :class:`~scmamba2.InputError` that names the file, before any data is read.
     """
     from pathlib import Path
 
@@ -86,16 +109,35 @@ def load_run_config(path) -> dict[str, Any]:
 
     from ..data.corpus import CorpusConfig
     from ..data.tokenize import TokenizerConfig
+    from ..errors import InputError
+    from ..model import ModelConfig
 
-    raw = yaml.safe_load(Path(path).read_text()) or {}
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"Cannot read the run configuration {path}: {exc}. Give --config a YAML file.") from None
+    except yaml.YAMLError as exc:
+        raise InputError(f"{path} is not valid YAML: {' '.join(str(exc).split())}. Fix the line it names "
+                         "(indentation, a missing ':' or an unclosed bracket are the usual causes).") from None
+    sections = {"model": ModelConfig, "tokenizer": TokenizerConfig, "train": TrainConfig, "data": CorpusConfig}
     if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a mapping with sections model/tokenizer/train/data")
-    unknown = sorted(set(raw) - {"model", "tokenizer", "train", "data"})
-    if unknown:
-        raise ValueError(f"{path}: unknown sections {unknown}; the sections are model, tokenizer, train and data")
-    return {
-        "model": dict(raw.get("model") or {}),
-        "tokenizer": TokenizerConfig.from_dict(raw.get("tokenizer") or {}),
-        "train": TrainConfig.from_dict(raw.get("train") or {}),
-        "data": CorpusConfig.from_dict(raw.get("data") or {}),
-    }
+        raise InputError(f"{path}: expected a mapping with the sections {', '.join(sections)}, got {type(raw).__name__}.")
+    _check_keys(path, "top level", raw, sections)
+    parts = {}
+    for name, cls in sections.items():
+        part = raw.get(name) or {}
+        _check_keys(path, name, part, {f.name for f in fields(cls)})
+        parts[name] = part
+    try:
+        ModelConfig(**{"vocab_size": 8, **parts["model"]})  # values checked now, not after the data was read
+        return {
+            "model": dict(parts["model"]),
+            # No section: None, so that each command uses its own default (pretraining: continuous values).
+            "tokenizer": TokenizerConfig.from_dict(parts["tokenizer"]) if "tokenizer" in raw else None,
+            "train": TrainConfig.from_dict(parts["train"]),
+            "data": CorpusConfig.from_dict(parts["data"]),
+        }
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, InputError):
+            raise InputError(f"{path}: {exc}") from None
+        raise InputError(f"{path}: {exc}. Fix the value in the file.") from None

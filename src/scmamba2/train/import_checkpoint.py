@@ -44,7 +44,6 @@ tensor of our model left without a source is named in one :class:`~scmamba2.Chec
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from dataclasses import dataclass, field
@@ -52,6 +51,7 @@ from pathlib import Path
 
 import torch
 
+from ..data.files import read_json
 from ..errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -204,12 +204,15 @@ def import_checkpoint(source: str | Path, *, allow_partial: bool = False):
     if missing:
         raise CheckpointError(f"{folder} lacks {', '.join(missing)}: a release folder holds {WEIGHTS}, {ARGS} "
                               f"and {VOCAB}")
-    args = json.loads((folder / ARGS).read_text()) if (folder / ARGS).is_file() else {}
+    args = read_json(folder / ARGS, fix="Restore it from the release.") if (folder / ARGS).is_file() else {}
+    if not isinstance(args, dict):
+        raise CheckpointError(f"{folder / ARGS} must hold a JSON object of training arguments; restore it from "
+                              "the release (or delete it: the defaults are then used)")
     if not args:
         log.warning("%s has no %s: the settings that tensor shapes cannot tell (n_bins, max_seq_len, ...) take "
                     "our defaults; check them in the imported config.json", folder, ARGS)
     state = _load_state(weights)
-    n_file = len(json.loads((folder / VOCAB).read_text()))
+    n_file = len(read_json(folder / VOCAB, fix="Restore it from the release."))
     vocab = GeneVocab.load(folder / VOCAB, add_missing_specials=True)
     report = ImportReport(added_tokens=vocab.tokens[n_file:])
     emb = state.get("encoder.embedding.weight")

@@ -15,6 +15,16 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> 
     return (diff * diff).sum() / n
 
 
+def nan_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over the entries where ``target`` is not NaN (0 when there are none)."""
+    ok = ~torch.isnan(target)
+    n = ok.sum()
+    if n == 0:
+        return pred.sum() * 0.0
+    diff = torch.where(ok, pred - target, torch.zeros_like(pred))
+    return (diff * diff).sum() / n
+
+
 def elastic_cell_similarity(cell_emb: torch.Tensor, threshold: float = 0.6) -> torch.Tensor:
     """ECS: pushes pairwise cosine similarities of the cells in a batch away from ``threshold``.
 

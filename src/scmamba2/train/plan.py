@@ -7,6 +7,8 @@ and the batch has the targets, and weighted by the :class:`~scmamba2.train.confi
 - ``gep``: masked expression, MSE on the positions in ``MASK`` (pretraining: the hidden values; perturbation:
   every gene of the perturbed cell);
 - ``mvc``: the same targets predicted from the cell embedding alone;
+- ``profile``: the whole standardised expression of the model's gene panel, zeros included, predicted from
+  the cell embedding alone (``PROFILE`` targets; NaN entries are skipped);
 - ``cls``: cross-entropy of the classifier on ``LABELS`` (optionally class-weighted);
 - ``ecs``: elastic cell similarity of the cell embeddings (``ecs_weight > 0``);
 - ``dab``: cross-entropy of the batch discriminator on ``BATCH`` (its gradient reaches the encoder reversed).
@@ -18,10 +20,10 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 
-from .._keys import BATCH, LABELS, MASK, TARGET_VALUES
+from .._keys import BATCH, GENES, LABELS, MASK, PROFILE, TARGET_VALUES
 from ..model import ScMamba2
 from .config import TrainConfig
-from .losses import elastic_cell_similarity, masked_mse
+from .losses import elastic_cell_similarity, masked_mse, nan_mse
 from .schedule import make_optimizer, warmup_cosine
 
 
@@ -29,7 +31,10 @@ class TrainingPlan(pl.LightningModule):
     """Trains ``model`` on the losses its heads and the batches allow.
 
     Logged metrics: ``train/<loss>`` and ``val/<loss>`` for each loss above plus ``loss`` (the weighted total),
-    ``val/acc`` when there is a classifier, and ``lr``.
+    ``val/acc`` when there is a classifier, and ``lr``. Beside each expression loss, validation logs what a
+    model that ignores the cell scores: ``val/profile_gene_mean`` (predicting each panel gene's mean, i.e. 0
+    in standardised units) and, when ``gene_means`` is given, ``val/gep_gene_mean`` (predicting each masked
+    gene's mean value). A loss that falls only to these is learning gene averages, not cell state.
 
     Parameters
     ----------
@@ -39,13 +44,17 @@ class TrainingPlan(pl.LightningModule):
         Optimiser, schedule and loss weights.
     class_weights
         ``(n_classes,)`` weights of the classification loss (e.g. inverse class frequencies).
+    gene_means
+        ``(vocab_size,)`` mean value of each gene over the training tokens, for ``val/gep_gene_mean``.
     """
 
-    def __init__(self, model: ScMamba2, config: TrainConfig, class_weights: torch.Tensor | None = None):
+    def __init__(self, model: ScMamba2, config: TrainConfig, class_weights: torch.Tensor | None = None,
+                 gene_means: torch.Tensor | None = None):
         super().__init__()
         self.model = model
         self.config = config
         self.register_buffer("class_weights", class_weights, persistent=False)
+        self.register_buffer("gene_means", gene_means, persistent=False)
 
     def _losses(self, batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], object]:
         c = self.config
@@ -58,6 +67,9 @@ class TrainingPlan(pl.LightningModule):
         if MASK in batch and out.mvc_pred is not None and c.mvc_weight > 0:
             losses["mvc"] = masked_mse(out.mvc_pred, batch[TARGET_VALUES], batch[MASK])
             total = total + c.mvc_weight * losses["mvc"]
+        if out.profile_pred is not None and PROFILE in batch and c.profile_weight > 0:
+            losses["profile"] = nan_mse(out.profile_pred, batch[PROFILE])
+            total = total + c.profile_weight * losses["profile"]
         if out.class_logits is not None and LABELS in batch and c.cls_weight > 0:
             losses["cls"] = F.cross_entropy(out.class_logits, batch[LABELS], weight=self.class_weights)
             total = total + c.cls_weight * losses["cls"]
@@ -84,7 +96,17 @@ class TrainingPlan(pl.LightningModule):
         n_cells = out.cell_emb.shape[0]
         n = int(batch[MASK].sum()) if MASK in batch else n_cells
         for k, v in losses.items():
-            self.log(f"val/{k}", v, prog_bar=(k == "loss"), batch_size=max(n, 1), sync_dist=True)
+            per_cell = k == "profile"  # a per-cell loss: weight batches by cells
+            self.log(f"val/{k}", v, prog_bar=(k == "loss"), batch_size=n_cells if per_cell else max(n, 1),
+                     sync_dist=True)
+        if "profile" in losses:
+            target = batch[PROFILE]
+            self.log("val/profile_gene_mean", nan_mse(torch.zeros_like(target), target), batch_size=n_cells,
+                     sync_dist=True)
+        if "gep" in losses and self.gene_means is not None:
+            guess = self.gene_means[batch[GENES]]
+            self.log("val/gep_gene_mean", masked_mse(guess, batch[TARGET_VALUES], batch[MASK]),
+                     batch_size=max(n, 1), sync_dist=True)
         if out.class_logits is not None and LABELS in batch:
             acc = (out.class_logits.argmax(-1) == batch[LABELS]).float().mean()
             self.log("val/acc", acc, prog_bar=True, batch_size=n_cells, sync_dist=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -12,7 +11,9 @@ import numpy as np
 from torch.utils.data import DataLoader
 
 from ..data.collate import Collator, LengthBucketSampler, TokenizedDataset
+from ..data.files import write_json
 from ..data.io import select_matrix
+from ..data.panel import refit_panel, select_panel
 from ..data.prepare import prepare_cells
 from ..data.tokenize import TokenizerConfig
 from ..data.vocab import GeneVocab
@@ -26,6 +27,9 @@ from .throughput import throughput_callback
 
 log = logging.getLogger(__name__)
 
+# Genes in the panel of the whole-profile objective, by default (fewer when fewer qualify).
+DEFAULT_PROFILE_GENES = 2000
+
 
 @dataclass
 class PretrainResult:
@@ -33,10 +37,91 @@ class PretrainResult:
 
     model: ScMamba2
     out_dir: Path | None
-    val_loss_start: float | None  # masked-expression (GEP) loss on held-out cells before training
-    val_loss_end: float | None  # ... and after
+    val_start: dict[str, float]  # held-out losses before training (val/gep, val/profile, ...), with the
+    val_end: dict[str, float]  # per-gene-mean references (val/gep_gene_mean, val/profile_gene_mean); after
     n_train_cells: int
     n_val_cells: int
+
+    @property
+    def val_loss_start(self) -> float | None:
+        """The main held-out loss before training (profile when the model has the profile decoder, else GEP)."""
+        return _main_loss(self.val_start)
+
+    @property
+    def val_loss_end(self) -> float | None:
+        """... and after training."""
+        return _main_loss(self.val_end)
+
+
+def _main_loss(losses: dict[str, float]) -> float | None:
+    for k in ("val/profile", "val/gep"):
+        if k in losses:
+            return float(losses[k])
+    return None
+
+
+def _panel(train_cells, group, vocab, n_genes, measured_names, init):
+    """The gene panel (a new one, or ``init``'s with statistics refitted) and which panel genes each source
+    measured (None when every cell measured every gene)."""
+    measured_vocab = None
+    if group is not None:
+        measured_vocab = np.zeros((len(measured_names), len(vocab)), dtype=bool)
+        for k, names in enumerate(measured_names):
+            ids = vocab.lookup(sorted(names))
+            measured_vocab[k, ids[ids >= 0]] = True
+    if init is not None:
+        panel = refit_panel(train_cells, init.profile_head.gene_ids.numpy(), len(vocab), group=group,
+                            measured=measured_vocab)
+    else:
+        panel = select_panel(train_cells, len(vocab), n_genes, group=group, measured=measured_vocab)
+    return panel, None if measured_vocab is None else measured_vocab[:, panel.ids]
+
+
+def _load_init(init_model, model_config, tokenizer_config, vocab):
+    """The model a fine-tune starts from (None for a new model); refuses settings that would contradict it."""
+    if init_model is None:
+        return None
+    given = [k for k, v in (("model_config", model_config), ("tokenizer_config", tokenizer_config),
+                            ("vocab", vocab)) if v is not None]
+    if given:
+        raise InputError(f"A fine-tune keeps the architecture, tokenizer and vocabulary of the model it starts "
+                         f"from: leave out {', '.join(given)} (or drop init_model to pretrain a new model).")
+    from ..tasks.embed import load_model
+
+    init = load_model(None if isinstance(init_model, str) and init_model == "bundled" else init_model)
+    if init.vocab is None or init.tokenizer_config is None:
+        raise CheckpointError("the model to fine-tune has no vocabulary or tokenizer config attached; load it with "
+                              "ScMamba2.from_pretrained")
+    return init
+
+
+def check_order(tok: TokenizerConfig, tcfg: TrainConfig) -> None:
+    """Refuse expression-sorted tokens with a masked-value loss: the order tells the model the hidden value."""
+    if tok.gene_order == "expression" and (tcfg.gep_weight > 0 or tcfg.mvc_weight > 0):
+        raise InputError(
+            "gene_order='expression' sorts each cell's genes by value, so a masked value can be read off its "
+            "neighbours (held-out GEP loss 68 -> 1.7 on pbmc3k without learning anything about the cell). Use "
+            "gene_order='vocab' or 'random' with the masked-value losses, or set gep_weight=0 and mvc_weight=0 "
+            "(the whole-profile objective does not read token values at masked positions)."
+        )
+
+
+def gene_value_means(cells, vocab_size: int):
+    """``(vocab_size,)`` mean stored value of each gene over ``cells`` (0 for genes without tokens)."""
+    import torch
+
+    total = np.bincount(cells.gene_ids, weights=cells.values, minlength=vocab_size)
+    count = np.bincount(cells.gene_ids, minlength=vocab_size)
+    return torch.from_numpy((total / np.maximum(count, 1)).astype(np.float32))
+
+
+def report_losses(start: dict[str, float], end: dict[str, float]) -> None:
+    """Log each held-out expression loss before and after training next to its per-gene-mean reference."""
+    for name, ref in (("profile", "profile_gene_mean"), ("gep", "gep_gene_mean"), ("mvc", "gep_gene_mean")):
+        if f"val/{name}" in end:
+            log.info("held-out %s loss: %.4f before training, %.4f after; predicting per-gene means scores %s",
+                     name, start.get(f"val/{name}", float("nan")), end[f"val/{name}"],
+                     f"{end[f'val/{ref}']:.4f}" if f"val/{ref}" in end else "n/a")
 
 
 def _concat(adatas: Sequence):
@@ -62,8 +147,17 @@ def pretrain(
     n_top_genes: int | None = None,
     resume: bool = False,
     data_config=None,
+    init_model=None,
 ) -> PretrainResult:
-    """Pretrain an SC-MAMBA2 model with masked expression (GEP) and cell-conditioned expression (MVC).
+    """Pretrain an SC-MAMBA2 model (or fine-tune one self-supervised, with ``init_model``).
+
+    The default recipe: continuous values (``log1p`` of normalised counts), the mean-pooled cell embedding, and
+    the whole-profile objective: a decoder reconstructs, from the cell embedding alone, the standardised
+    expression of the ``DEFAULT_PROFILE_GENES`` most variable genes, zeros included (:mod:`scmamba2.data.panel`).
+    Without ``train_config`` the masked-value losses (GEP, MVC) are off with the profile decoder (they cost
+    kNN accuracy: ``benchmarks/results/representation.md``); a given ``TrainConfig`` is used as it is (its
+    ``gep_weight``/``mvc_weight`` default to 1). A binned tokenizer keeps the masked-value recipe (GEP + MVC)
+    without the profile decoder.
 
     Parameters
     ----------
@@ -95,6 +189,12 @@ def pretrain(
         checkpoint raises :class:`~scmamba2.CheckpointError`.
     data_config
         For a corpus: a :class:`~scmamba2.data.corpus.CorpusConfig` (block and buffer sizes, held-out cells).
+    init_model
+        Fine-tune instead: start from this :class:`~scmamba2.ScMamba2` (or checkpoint directory, or ``"bundled"``
+        for the bundled pretrained model), keeping its architecture, vocabulary, tokenizer and gene panel (whose
+        per-gene statistics are recomputed on ``adata``; panel genes ``adata`` does not measure are skipped by the
+        loss). ``model_config``, ``tokenizer_config`` and ``vocab`` must then be None. The given model is not
+        modified.
     """
     import lightning.pytorch as pl
 
@@ -112,9 +212,18 @@ def pretrain(
         return pretrain_corpus(adata, out_dir=out_dir, model_config=model_config, tokenizer_config=tokenizer_config,
                                train_config=train_config, vocab=vocab, resume=resume, data_config=data_config)
     tune_cpu_allocator()
-    tcfg = train_config or TrainConfig()
-    tok = tokenizer_config or TokenizerConfig()
+    tcfg = train_config or TrainConfig()  # the loss weights are settled below, once the objective is known
+    init = _load_init(init_model, model_config, tokenizer_config, vocab)
+    if init is not None:
+        vocab, tokenizer_config = init.vocab, init.tokenizer_config
+    tok = tokenizer_config or TokenizerConfig(value_mode="continuous")
+    check_order(tok, tcfg)
     adatas = list(adata) if isinstance(adata, (list, tuple)) else [adata]
+    # Which genes each source measured: pooled sources, or a fine-tune whose panel may reach unmeasured genes.
+    several = len(adatas) > 1 or (init is not None and init.profile_head is not None)
+    source = np.repeat(np.arange(len(adatas)), [a.n_obs for a in adatas]) if several else None
+    measured_names = ([set(map(str, select_matrix(a, layer=layer, use_raw=use_raw, gene_column=gene_column).var_names))
+                       for a in adatas] if source is not None else None)
     data = _concat(adatas)
     if n_top_genes is not None:
         from ..data.preprocess import select_hvg
@@ -122,20 +231,33 @@ def pretrain(
         data = select_hvg(select_matrix(data, layer=layer, use_raw=use_raw, gene_column=gene_column), n_top_genes,
                           flavor="seurat")
         layer, use_raw, gene_column = None, False, None
+        if measured_names is not None:  # genes left out are not measured as far as training goes
+            kept = set(map(str, data.var_names))
+            measured_names = [names & kept for names in measured_names]
     if vocab is None:
         names = select_matrix(data, layer=layer, use_raw=use_raw, gene_column=gene_column).var_names
         vocab = GeneVocab(list(dict.fromkeys(map(str, names))))
     prepared = prepare_cells(data, vocab, tok, layer=layer, use_raw=use_raw, gene_column=gene_column,
                              purpose="pretrain", drop_empty=True, seed=tcfg.seed)
     cells = prepared.cells
+    if source is not None:
+        source = source[prepared.obs_index]
 
-    mcfg = model_config if isinstance(model_config, ModelConfig) else ModelConfig(
-        vocab_size=len(vocab), **(model_config or {})
-    )
+    # The whole-profile objective reads log-normalised values: it is the default with continuous values; a
+    # binned tokenizer keeps the masked-value recipe unless profile_genes is asked for (then a clear error).
+    default_profile = DEFAULT_PROFILE_GENES if tok.value_mode == "continuous" else 0
+    if init is not None:
+        mcfg = init.config
+    elif isinstance(model_config, ModelConfig):
+        mcfg = model_config
+    else:
+        mcfg = ModelConfig(vocab_size=len(vocab), **{"profile_genes": default_profile, **(model_config or {})})
     mcfg = replace(mcfg, vocab_size=len(vocab), n_bins=tok.n_bins, max_len=tok.max_len, value_mode=tok.value_mode)
 
-    pl.seed_everything(tcfg.seed, workers=True, verbose=False)
-    model = ScMamba2(mcfg, vocab=vocab, tokenizer_config=tok)
+    if train_config is None and mcfg.profile_genes:
+        tcfg = replace(tcfg, gep_weight=0.0, mvc_weight=0.0)
+    log.info("losses: %s", ", ".join(f"{k} x {w:g}" for k, w in (("profile", tcfg.profile_weight if mcfg.profile_genes
+             else 0.0), ("GEP", tcfg.gep_weight), ("MVC", tcfg.mvc_weight if mcfg.mvc else 0.0)) if w > 0) or "none")
 
     # Held-out cells, chosen by a seeded generator.
     rng = np.random.default_rng(tcfg.seed)
@@ -148,7 +270,28 @@ def pretrain(
     if len(train_idx) == 0:
         raise ValueError(f"no training cells left ({n} cells, val_fraction={tcfg.val_fraction})")
 
-    train_ds = TokenizedDataset(cells.subset(train_idx), resample=True, seed=tcfg.seed)
+    panel = measured = None
+    if mcfg.profile_genes:
+        panel, measured = _panel(cells.subset(train_idx), None if source is None else source[train_idx], vocab,
+                                 mcfg.profile_genes, measured_names, init)
+        if len(panel) < mcfg.profile_genes:
+            log.info("gene panel of the profile objective: %d genes qualify (asked for %d)", len(panel),
+                     mcfg.profile_genes)
+            mcfg = replace(mcfg, profile_genes=len(panel))
+
+    pl.seed_everything(tcfg.seed, workers=True, verbose=False)
+    model = ScMamba2(mcfg, vocab=vocab, tokenizer_config=tok)
+    if init is not None:
+        model.load_weights(init.state_dict(), source="the model to fine-tune")
+    if panel is not None:
+        model.profile_head.set_panel(panel.ids, panel.mean, panel.std)
+
+    def with_source(idx):  # the profile targets of the cells idx
+        if panel is None:
+            return {}
+        return {"panel": panel, **({} if source is None else {"source": source[idx], "measured": measured})}
+
+    train_ds = TokenizedDataset(cells.subset(train_idx), resample=True, seed=tcfg.seed, **with_source(train_idx))
     lengths = np.minimum(np.asarray(cells.lengths)[train_idx], tok.max_len)
     sampler = LengthBucketSampler(lengths, batch_size=tcfg.batch_size, shuffle=True, seed=tcfg.seed)
     collate = Collator(pad_id=vocab.pad_id, mask_ratio=tcfg.mask_ratio, seed=tcfg.seed)
@@ -158,7 +301,7 @@ def pretrain(
     val_batches = None
     if n_val:
         # Masks of the held-out cells are drawn once, so every validation sees the same task.
-        val_ds = TokenizedDataset(cells.subset(val_idx), seed=tcfg.seed)
+        val_ds = TokenizedDataset(cells.subset(val_idx), seed=tcfg.seed, **with_source(val_idx))
         val_collate = Collator(pad_id=vocab.pad_id, mask_ratio=tcfg.mask_ratio, seed=tcfg.seed + 1)
         val_batches = DataLoader(
             [val_collate([val_ds[i] for i in range(s, min(s + tcfg.batch_size, n_val))])
@@ -180,28 +323,30 @@ def pretrain(
                     "it instead)", last_checkpoint_path(out))
     trainer = make_trainer(tcfg, out, validate=bool(n_val), tensorboard=True,
                            callbacks=[step_seed_callback(tcfg.seed), throughput_callback()])
-    plan = TrainingPlan(model, tcfg)
+    plan = TrainingPlan(model, tcfg, gene_means=gene_value_means(cells.subset(train_idx), len(vocab)))
     if ckpt_path is not None:
         check_fits(ckpt, plan, ckpt_path)
         del ckpt
         log.info("resuming from %s (step %d)", ckpt_path, resume_step)
     val_start = val_end = None
     if val_batches is not None:
-        val_start = trainer.validate(plan, val_batches, verbose=False)[0]["val/gep"]
+        val_start = trainer.validate(plan, val_batches, verbose=False)[0]
     trainer.fit(plan, train_dataloaders=train_loader, val_dataloaders=val_batches,
                 ckpt_path=None if ckpt_path is None else str(ckpt_path))
     if val_batches is not None:
-        val_end = trainer.validate(plan, val_batches, verbose=False)[0]["val/gep"]
+        val_end = trainer.validate(plan, val_batches, verbose=False)[0]
+        report_losses(val_start, val_end)
     if ckpt_path is not None and trainer.is_global_zero:
         restore_metrics(out, kept_metrics, resume_step)  # the CSV logger started a new file
     model.eval()
 
     if out is not None and trainer.is_global_zero:
         model.save_pretrained(out)
-        (out / "train_config.json").write_text(json.dumps(tcfg.to_dict(), indent=2))
-        summary = {"val_gep_start": val_start, "val_gep_end": val_end, "n_train_cells": int(len(train_idx)),
-                   "n_val_cells": int(n_val), "n_empty_cells_dropped": prepared.n_empty}
-        (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
+        write_json(out / "train_config.json", tcfg.to_dict(), indent=2)
+        summary = {"val_start": val_start, "val_end": val_end, "n_train_cells": int(len(train_idx)),
+                   "n_val_cells": int(n_val), "n_empty_cells_dropped": prepared.n_empty,
+                   "profile_genes": mcfg.profile_genes}
+        write_json(out / "train_summary.json", summary, indent=2)
         log.info("model saved to %s", out)
-    return PretrainResult(model=model, out_dir=out, val_loss_start=val_start, val_loss_end=val_end,
+    return PretrainResult(model=model, out_dir=out, val_start=val_start or {}, val_end=val_end or {},
                           n_train_cells=int(len(train_idx)), n_val_cells=int(n_val))

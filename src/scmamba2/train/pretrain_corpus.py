@@ -9,7 +9,6 @@ report in ``vocab_report.json``) unless one is given.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import replace
 from pathlib import Path
@@ -20,6 +19,7 @@ from .._malloc import tune_cpu_allocator
 from ..data.collate import Collator
 from ..data.corpus import Corpus, CorpusConfig
 from ..data.corpus_vocab import build_corpus_vocab
+from ..data.files import write_json
 from ..data.stream import CorpusDataset, CorpusLoader
 from ..data.tokenize import TokenizerConfig
 from ..data.vocab import GeneVocab
@@ -27,6 +27,7 @@ from ..errors import CheckpointError
 from ..model import ModelConfig, ScMamba2
 from .checkpoint import check_fits, last_checkpoint_path, read_checkpoint
 from .config import TrainConfig
+from .pretrain import check_order, report_losses
 from .resume import keep_metrics, restore_metrics, step_seed_callback
 from .throughput import throughput_callback
 
@@ -50,6 +51,7 @@ def pretrain_corpus(corpus: Corpus, *, out_dir=None, model_config: ModelConfig |
     tune_cpu_allocator()
     tcfg = train_config or TrainConfig()
     tok = tokenizer_config or TokenizerConfig()
+    check_order(tok, tcfg)
     dcfg = data_config or CorpusConfig()
     out = Path(out_dir) if out_dir is not None else None
     if vocab is None:
@@ -101,23 +103,24 @@ def pretrain_corpus(corpus: Corpus, *, out_dir=None, model_config: ModelConfig |
         log.info("resuming from %s (step %d)", ckpt_path, resume_step)
     val_start = val_end = None
     if val_batches is not None:
-        val_start = trainer.validate(plan, val_batches, verbose=False)[0]["val/gep"]
+        val_start = trainer.validate(plan, val_batches, verbose=False)[0]
     trainer.fit(plan, train_dataloaders=train_loader, val_dataloaders=val_batches,
                 ckpt_path=None if ckpt_path is None else str(ckpt_path))
     if val_batches is not None:
-        val_end = trainer.validate(plan, val_batches, verbose=False)[0]["val/gep"]
+        val_end = trainer.validate(plan, val_batches, verbose=False)[0]
+        report_losses(val_start, val_end)
     if ckpt_path is not None and trainer.is_global_zero:
         restore_metrics(out, kept, resume_step)
     model.eval()
     if out is not None and trainer.is_global_zero:
         model.save_pretrained(out)
-        (out / "train_config.json").write_text(json.dumps(tcfg.to_dict(), indent=2))
-        (out / "data_config.json").write_text(json.dumps(dcfg.to_dict(), indent=2))
+        write_json(out / "train_config.json", tcfg.to_dict(), indent=2)
+        write_json(out / "data_config.json", dcfg.to_dict(), indent=2)
         if aliases:
-            (out / "gene_aliases.json").write_text(json.dumps(aliases, indent=1))
-        summary = {"val_gep_start": val_start, "val_gep_end": val_end, "n_train_cells": int(train_ds.n_cells),
+            write_json(out / "gene_aliases.json", aliases, indent=1)
+        summary = {"val_start": val_start, "val_end": val_end, "n_train_cells": int(train_ds.n_cells),
                    "n_val_cells": len(held), "n_shards": len(corpus), "steps": int(trainer.global_step)}
-        (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
+        write_json(out / "train_summary.json", summary, indent=2)
         log.info("model saved to %s", out)
-    return PretrainResult(model=model, out_dir=out, val_loss_start=val_start, val_loss_end=val_end,
+    return PretrainResult(model=model, out_dir=out, val_start=val_start or {}, val_end=val_end or {},
                           n_train_cells=int(train_ds.n_cells), n_val_cells=len(held))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 import lightning.pytorch as pl
@@ -9,6 +10,11 @@ import lightning.pytorch as pl
 from .._keys import GENES, PADDING_MASK
 
 __all__ = ["Throughput", "throughput_callback"]
+
+log = logging.getLogger(__name__)
+
+#: A run estimated to take longer than this (seconds) gets a warning after its first step.
+LONG_RUN_S = 3600.0
 
 
 class Throughput(pl.Callback):
@@ -24,6 +30,14 @@ class Throughput(pl.Callback):
         self.smoothing = smoothing
         self._t = None
         self._cells = self._tokens = None
+        self._estimated = False
+
+    def on_train_start(self, trainer, pl_module):
+        """Say what is being trained before the first step: parameters, layers, tokens per batch."""
+        n = sum(p.numel() for p in pl_module.parameters())
+        cfg = getattr(getattr(pl_module, "model", None), "config", None)
+        shape = f", d_model {cfg.d_model} x {cfg.n_layers} layers, up to {cfg.max_len} tokens a cell" if cfg else ""
+        log.info("training a model of %.2f M parameters%s for %d steps", n / 1e6, shape, trainer.max_steps)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if self._t is None:
@@ -42,11 +56,33 @@ class Throughput(pl.Callback):
             s = self.smoothing
             self._cells = s * self._cells + (1 - s) * cells
             self._tokens = s * self._tokens + (1 - s) * tokens
+        if not self._estimated and trainer.max_steps and trainer.max_steps > 0:
+            self._estimated = True
+            self._estimate(dt, trainer)
         n = batch[GENES].shape[0]
         pl_module.log("cells_per_s", self._cells, prog_bar=True, on_step=True, batch_size=n)
         pl_module.log("tokens_per_s", self._tokens, prog_bar=True, on_step=True, batch_size=n)
+
+    def _estimate(self, first_step_s: float, trainer) -> None:
+        """The first step's time and what it means for the run (an over-estimate: it includes start-up)."""
+        left = max(trainer.max_steps - trainer.global_step, 0) * first_step_s * trainer.accumulate_grad_batches
+        text = (f"first step: {first_step_s:.2f} s; {trainer.max_steps} steps take about {_duration(left)} at this "
+                "rate")
+        if left > LONG_RUN_S:
+            log.warning("%s: a long run. A smaller model (model: d_model, n_layers), fewer genes (--n-top-genes), "
+                        "shorter cells (tokenizer: max_len) or a GPU make it shorter.", text)
+        else:
+            log.info(text)
 
 
 def throughput_callback(smoothing: float = 0.9) -> Throughput:
     """A :class:`Throughput` callback."""
     return Throughput(smoothing)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

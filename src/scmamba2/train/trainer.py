@@ -6,6 +6,17 @@ from pathlib import Path
 
 from .config import TrainConfig
 
+#: The CLI's ``--quiet``: no progress bars and no Lightning info lines in every trainer (see :func:`set_quiet`).
+_QUIET = False
+
+
+def set_quiet(quiet: bool) -> None:
+    """``True``: every trainer built afterwards shows no progress bar and Lightning logs only warnings (its GPU/TPU
+    lines, tips and "stopped" notes are left out). Lightning resets its loggers' levels when it is imported, so
+    they are set here, when a trainer is built."""
+    global _QUIET
+    _QUIET = bool(quiet)
+
 
 def make_trainer(tcfg: TrainConfig, out_dir: str | Path | None = None, *, validate: bool = False,
                  callbacks: list | None = None, tensorboard: bool = False):
@@ -18,10 +29,19 @@ def make_trainer(tcfg: TrainConfig, out_dir: str | Path | None = None, *, valida
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
 
+    from ._lightning_parts import StepProgressBar
     from .checkpoint import atomic_checkpoint_io
     from .distributed import make_strategy
 
     callbacks = list(callbacks or [])
+    if _QUIET:
+        import logging
+
+        for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    progress = tcfg.progress_bar and not _QUIET
+    if progress:
+        callbacks.append(StepProgressBar())
     out = Path(out_dir) if out_dir is not None else None
     logger = False
     if out is not None:
@@ -48,7 +68,7 @@ def make_trainer(tcfg: TrainConfig, out_dir: str | Path | None = None, *, valida
         val_check_interval=(min(tcfg.val_every_n_steps, tcfg.max_steps) * tcfg.accumulate_grad_batches
                             if validate else None),
         check_val_every_n_epoch=None, num_sanity_val_steps=0,
-        enable_progress_bar=tcfg.progress_bar, enable_model_summary=False, enable_checkpointing=out is not None,
+        enable_progress_bar=progress, enable_model_summary=False, enable_checkpointing=out is not None,
         deterministic=False, default_root_dir=str(out) if out else None,
         plugins=[atomic_checkpoint_io()],
     )

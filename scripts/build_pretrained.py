@@ -1,0 +1,34 @@
+"""Rebuild the pretrained model that ships in the package (src/scmamba2/pretrained/scmamba2-pbmc-small/).
+
+    .venv/bin/python scripts/build_pretrained.py [--data-dir ../shared/data] [--run-dir out/bundled_run]
+                                                 [--steps N] [--seed 0] [--resume] [--export-only]
+
+Pretrains (resumable across sittings with --resume), then writes the fp16 copy into the package. The model
+card (MODEL_CARD.md beside it) records the data, steps, wall time and zero-shot scores of the shipped build.
+See scmamba2.bench.bundled for the pool and the recipe.
+"""
+
+import argparse
+import logging
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    ap.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "data")
+    ap.add_argument("--run-dir", type=Path, default=REPO / "out" / "bundled_run")
+    ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--export-only", action="store_true")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    import torch
+
+    torch.set_num_threads(1)
+    from scmamba2.bench.bundled import NAME, build, export
+
+    if not args.export_only:
+        build(args.data_dir, args.run_dir, steps=args.steps, resume=args.resume, seed=args.seed)
+    print("exported to", export(args.run_dir, REPO / "src" / "scmamba2" / "pretrained" / NAME))

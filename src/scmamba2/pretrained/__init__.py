@@ -1,0 +1,38 @@
+"""The pretrained model that ships with the package.
+
+``scmamba2-pbmc-small`` (folder beside this file, fp16 weights, with ``MODEL_CARD.md``) is what
+:func:`scmamba2.embed` and ``scmamba2 embed`` use when no model is given. ``scripts/build_pretrained.py``
+rebuilds it; the card says from what, for how long, and how it scores.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import CheckpointError
+
+DEFAULT_MODEL = "scmamba2-pbmc-small"
+
+
+def available() -> list[str]:
+    """Names of the bundled models."""
+    here = Path(__file__).parent
+    return sorted(p.name for p in here.iterdir() if (p / "model.safetensors").is_file())
+
+
+def model_path(name: str = DEFAULT_MODEL) -> Path:
+    """The folder of the bundled model ``name`` (a checkpoint directory :meth:`ScMamba2.from_pretrained` reads)."""
+    path = Path(__file__).parent / name
+    if not (path / "model.safetensors").is_file():
+        raise CheckpointError(
+            f"no bundled model {name!r} in this installation of scmamba2 (bundled: {available() or 'none'}); "
+            "pass a checkpoint directory with --model / model=, or rebuild it with scripts/build_pretrained.py"
+        )
+    return path
+
+
+def load(name: str = DEFAULT_MODEL):
+    """The bundled model ``name`` as an :class:`~scmamba2.ScMamba2` (float32, eval mode)."""
+    from ..model import ScMamba2
+
+    return ScMamba2.from_pretrained(model_path(name)).eval()

@@ -1,0 +1,95 @@
+"""The gene panel of the whole-profile objective: its statistics, its targets and unmeasured genes."""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from scmamba2 import TokenizerConfig
+from scmamba2._keys import PROFILE
+from scmamba2.data.collate import Collator, TokenizedDataset
+from scmamba2.data.panel import panel_index, panel_targets, select_panel
+from scmamba2.data.tokenize import tokenize
+from scmamba2.data.vocab import GeneVocab
+from scmamba2.errors import InputError
+
+
+def counts(n_cells=80, n_genes=30, seed=0):
+    rng = np.random.default_rng(seed)
+    rate = rng.gamma(0.5, 2.0, size=n_genes) * rng.uniform(0.2, 3.0, size=(n_cells, 1))
+    X = rng.poisson(rate).astype(np.float32)
+    X[:, 0] += 1  # no empty cell
+    return X
+
+
+def log_norm(X, target_sum=1e4):
+    return np.log1p(X / X.sum(1, keepdims=True) * target_sum)
+
+
+def setup(n_genes=30):
+    X = counts(n_genes=n_genes)
+    names = [f"g{j}" for j in range(n_genes)]
+    vocab = GeneVocab(names)
+    cells = tokenize(sp.csr_matrix(X), vocab, TokenizerConfig(value_mode="continuous"), gene_names=names)
+    return X, vocab, cells
+
+
+def test_panel_is_the_most_variable_genes_with_their_moments():
+    X, vocab, cells = setup()
+    panel = select_panel(cells, len(vocab), 10, min_cells=1)
+    L = log_norm(X)
+    var = L.var(0)
+    expected = np.sort(vocab.lookup([f"g{j}" for j in np.argsort(-var)[:10]]))
+    assert np.array_equal(panel.ids, expected)
+    cols = [int(np.flatnonzero(vocab.lookup([f"g{j}" for j in range(X.shape[1])]) == i)[0]) for i in panel.ids]
+    np.testing.assert_allclose(panel.mean, L[:, cols].mean(0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(panel.std, L[:, cols].std(0), rtol=1e-4, atol=1e-5)
+
+
+def test_targets_are_the_standardised_profile_zeros_included():
+    X, vocab, cells = setup()
+    panel = select_panel(cells, len(vocab), 12, min_cells=1)
+    ds = TokenizedDataset(cells, panel=panel)
+    L = log_norm(X)
+    cols = [int(vocab.genes.index(vocab.tokens[i])) for i in panel.ids]
+    z = (L[:, cols] - panel.mean) / panel.std
+    for i in (0, 5, 79):
+        np.testing.assert_allclose(ds[i][PROFILE], z[i], rtol=1e-4, atol=1e-4)
+    batch = Collator(pad_id=vocab.pad_id)([ds[i] for i in range(4)])
+    assert batch[PROFILE].shape == (4, 12)
+    # Targets come from all of the cell's genes, not the max_len subsample the model reads.
+    short = tokenize(sp.csr_matrix(X), vocab, TokenizerConfig(value_mode="continuous", max_len=4),
+                     gene_names=vocab.genes)
+    np.testing.assert_allclose(TokenizedDataset(short, panel=panel)[5][PROFILE], z[5], rtol=1e-4, atol=1e-4)
+
+
+def test_unmeasured_genes_are_nan_and_left_out_of_the_statistics():
+    X, vocab, cells = setup()
+    n = len(cells)
+    group = (np.arange(n) >= n // 2).astype(np.int64)
+    measured = np.ones((2, len(vocab)), dtype=bool)
+    gid = int(vocab.lookup(["g3"])[0])
+    measured[1, gid] = False  # source 1 never measured g3
+    panel = select_panel(cells, len(vocab), len(vocab.genes), group=group, measured=measured, min_cells=1)
+    pos = int(np.flatnonzero(panel.ids == gid)[0])
+    L = log_norm(X)
+    np.testing.assert_allclose(panel.mean[pos], L[: n // 2, 3].mean(), rtol=1e-5)
+    ds = TokenizedDataset(cells, panel=panel, source=group, measured=measured[:, panel.ids])
+    assert np.isnan(ds[n - 1][PROFILE][pos]) and not np.isnan(ds[0][PROFILE][pos])
+    assert np.isnan(ds[n - 1][PROFILE]).sum() == 1
+
+
+def test_binned_values_are_refused_with_a_clear_message():
+    X = counts()
+    names = [f"g{j}" for j in range(X.shape[1])]
+    vocab = GeneVocab(names)
+    cells = tokenize(sp.csr_matrix(X), vocab, TokenizerConfig(value_mode="binned"), gene_names=names)
+    with pytest.raises(InputError, match="continuous"):
+        select_panel(cells, len(vocab), 5)
+
+
+def test_panel_index_maps_ids_to_positions():
+    idx = panel_index(np.array([5, 9, 7]), 12)
+    assert idx[5] == 0 and idx[9] == 1 and idx[7] == 2 and (np.delete(idx, [5, 7, 9]) == -1).all()
+    v = panel_targets(np.array([9, 4]), np.array([2.0, 3.0], dtype=np.float32), idx,
+                      np.zeros(3, np.float32), np.ones(3, np.float32))
+    assert v.tolist() == [0.0, 2.0, 0.0]
