@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..data.files import atomic_path
 from .perturb import METRICS, correction_row, train_config
 from .result import BenchResult
 
@@ -150,7 +151,7 @@ def figure(res: BenchResult, path: Path) -> Path | None:
             ax.set_title(f"{title}: {metric}", fontsize=9)
             ax.tick_params(labelsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     return path

@@ -44,6 +44,8 @@ __all__ = ["PerturbationModel", "train_perturbation", "predict_perturbation", "r
 META_FILE, CONTROLS_FILE, HEAD_FILE = "perturb.json", "perturb_controls.npz", "perturb_head.pt"
 KNOWLEDGE = ("pca", "none")
 SMALL_MODEL = dict(d_model=64, n_layers=2, headdim=16, d_state=32, chunk_size=64, dropout=0.0)
+# No cell_pooling here: the correction reads the panel genes' encoder states, never the cell embedding, so the
+# readout (ModelConfig's default, "mean") does not change a prediction (checked: "cls" and "mean" predict the same).
 
 
 @dataclass
