@@ -245,6 +245,11 @@ def embed(
     umap: Optional[Path] = typer.Option(None, "--umap", help="Also write a UMAP PNG of the embedding."),
     color: List[str] = typer.Option([], "--color", help="obs column(s) to colour the UMAP by."),
     all_genes: bool = typer.Option(False, "--all-genes", help="Read every measured gene, zeros included."),
+    max_len: Optional[int] = typer.Option(None, "--max-len", help="Tokens per cell (<cls> included): a random "
+                                          "subset of that many genes. Default: every expressed gene."),
+    readout: Optional[str] = typer.Option(None, "--readout", help="'profile' (the default for a model with a "
+                                          "linear profile decoder: distances as between the decoded profiles) or "
+                                          "'raw' (the pooled encoder output)."),
     batch_size: int = typer.Option(64, "--batch-size", help="At most this many cells per batch."),
     max_tokens: int = typer.Option(65536, "--max-tokens", help="At most this many (padded) tokens per batch."),
     batch_key: Optional[str] = typer.Option(None, "--batch-key", help="obs column of each cell's batch, for a model integrated with --dsbn (its batch names are read from the model's integration.json)."),
@@ -281,8 +286,8 @@ def embed(
                                  "(it is written by `scmamba2 integrate --save-model DIR`)")
             categories = read_json(meta)["batch_categories"]
         _embed(adata, model, batch_size=batch_size, max_tokens=max_tokens, layer=layer, use_raw=use_raw,
-               gene_column=gene_column, all_genes=all_genes, batch_key=batch_key, batch_categories=categories,
-               progress=_STATE["verbose"])
+               gene_column=gene_column, all_genes=all_genes, max_len=max_len, readout=readout,
+               batch_key=batch_key, batch_categories=categories, progress=_STATE["verbose"])
         write_h5ad(adata, out_path)
         out.print(f"{adata.n_obs} cells embedded -> {out_path} (obsm['X_scmamba2'])")
         if umap is not None:

@@ -73,8 +73,48 @@ def test_embed_follows_the_models_cell_pooling(tiny_counts, model):
     cls = embed(tiny_counts, cls_model.eval(), copy=True, progress=False).obsm["X_scmamba2"]
     assert not np.allclose(a, cls, atol=1e-3)
     # Reference for cell 0, alone and unpadded: the mean over all of its positions.
-    cells = prepare_cells(tiny_counts[:1].copy(), model.vocab, model.tokenizer_config, purpose="embed").cells
+    whole = replace(model.tokenizer_config, max_len=len(model.vocab) + 1)  # embed reads the whole cell
+    cells = prepare_cells(tiny_counts[:1].copy(), model.vocab, whole, purpose="embed").cells
     one = Collator(pad_id=model.vocab.pad_id)([TokenizedDataset(cells)[0]])
     with torch.no_grad():
         states = mean_model.encode(one["genes"], one["values"], one["padding_mask"])
     np.testing.assert_allclose(a[0], states[0].mean(0).numpy(), atol=1e-5)
+
+
+def test_embed_reads_the_whole_cell_by_default(tiny_counts, model):
+    """Default: every expressed gene, whatever the model's training length; max_len subsamples (seeded)."""
+    longest = int((np.asarray(tiny_counts.X.todense() if hasattr(tiny_counts.X, "todense") else tiny_counts.X) > 0)
+                  .sum(1).max())
+    assert longest + 1 > model.tokenizer_config.max_len  # the fixture has cells longer than the training length
+    whole = embed(tiny_counts, model, copy=True, progress=False).obsm["X_scmamba2"]
+    long_enough = embed(tiny_counts, model, copy=True, max_len=longest + 1, progress=False).obsm["X_scmamba2"]
+    np.testing.assert_allclose(whole, long_enough, atol=1e-6)
+    short = embed(tiny_counts, model, copy=True, max_len=6, progress=False).obsm["X_scmamba2"]
+    assert not np.allclose(short, whole, atol=1e-3)
+    again = embed(tiny_counts, model, copy=True, max_len=6, batch_size=4, progress=False).obsm["X_scmamba2"]
+    np.testing.assert_allclose(short, again, atol=1e-5)
+
+
+def test_profile_readout_keeps_the_decoders_distances(tiny_counts, model):
+    """readout='profile' (the default with a linear profile decoder): distances between embedded cells equal the
+    distances between the profiles the decoder predicts from the raw embeddings."""
+    from scipy.spatial.distance import pdist
+
+    torch.manual_seed(1)
+    cfg = replace_config(model.config, profile_genes=12, cell_pooling="mean")
+    m = ScMamba2(cfg, vocab=model.vocab, tokenizer_config=model.tokenizer_config).eval()
+    prof = embed(tiny_counts, m, copy=True, progress=False)
+    raw = embed(tiny_counts, m, copy=True, readout="raw", progress=False).obsm["X_scmamba2"]
+    assert prof.uns["scmamba2"]["X_scmamba2"]["readout"] == "profile"
+    with torch.no_grad():
+        decoded = m.profile_head(torch.as_tensor(raw)).numpy()
+    np.testing.assert_allclose(pdist(prof.obsm["X_scmamba2"]), pdist(decoded), rtol=1e-4, atol=1e-5)
+    assert not np.allclose(pdist(raw), pdist(decoded), rtol=1e-2)
+    with pytest.raises(InputError, match="readout"):
+        embed(tiny_counts, model, copy=True, readout="profile", progress=False)  # no profile decoder
+
+
+def replace_config(cfg, **kw):
+    from dataclasses import replace
+
+    return replace(cfg, **kw)

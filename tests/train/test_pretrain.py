@@ -118,3 +118,17 @@ def test_fine_tune_starts_from_a_model_and_skips_unmeasured_panel_genes():
     assert sum(missing) == 10
     with pytest.raises(Exception, match="fine-tune keeps"):
         pretrain(part, init_model=base, model_config=TINY_MODEL, train_config=train)
+
+
+def test_training_with_the_contrastive_term_logs_it_and_it_falls(tmp_path):
+    adata = programme_counts(n_cells=160)
+    train = TrainConfig(max_steps=80, batch_size=16, lr=3e-3, warmup_steps=5, val_fraction=0.1,
+                        val_every_n_steps=80, log_every_n_steps=5, gep_weight=0.0, mvc_weight=0.0,
+                        contrastive_weight=0.5, progress_bar=False, seed=0)
+    pretrain(adata, out_dir=tmp_path, model_config=TINY_MODEL, train_config=train)
+    import pandas as pd
+
+    m = pd.read_csv(tmp_path / "logs" / "metrics.csv").dropna(subset=["train/contrastive"])
+    first, last = m["train/contrastive"].iloc[:3].mean(), m["train/contrastive"].iloc[-3:].mean()
+    assert last < 0.8 * first, (first, last)
+    assert first < np.log(16) + 1.0

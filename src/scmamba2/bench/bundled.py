@@ -31,7 +31,7 @@ NAME = "scmamba2-pbmc-small"
 MODEL = dict(d_model=128, n_layers=2, headdim=32, chunk_size=64, dropout=0.1, profile_genes=2000)
 TOKENIZER = dict(value_mode="continuous", max_len=256)
 TRAIN = dict(max_steps=1800, batch_size=32, lr=3e-3, warmup_steps=100, mask_ratio=0.4, gep_weight=0.0,
-             mvc_weight=0.0, val_fraction=0.03, val_every_n_steps=250, log_every_n_steps=25)
+             mvc_weight=0.0, profile_min_measured=0.15, val_fraction=0.03, val_every_n_steps=250, log_every_n_steps=25)
 MIN_CELLS = 10  # vocabulary: genes detected in at least this many pooled cells
 
 
@@ -175,6 +175,10 @@ def zero_shot_scores(model_dir: Path, data_dir: Path, seed: int = 0):
     return pd.DataFrame(rows)
 
 
+def _threads(info) -> str:
+    return "/".join(sorted({str(s.get("threads", 1)) for s in info["sittings"]}))
+
+
 def write_card(dest: Path, run_dir: Path, scores) -> Path:
     """``MODEL_CARD.md``: data, cells, genes, steps, wall time, seed, rebuild command, zero-shot scores."""
     import pandas as pd
@@ -199,12 +203,16 @@ def write_card(dest: Path, run_dir: Path, scores) -> Path:
         f"- Architecture: `{json.dumps(MODEL)}`, {n_params:,} parameters ({size_mb:.1f} MB as fp16 safetensors).",
         "- Readout: mean over the encoder outputs of all tokens. Objective: the whole-profile decoder "
         f"(a linear map from the cell embedding to the standardised log-normalised expression of "
-        f"{model.config.profile_genes:,} panel genes, zeros included); GEP and MVC off.",
+        f"{model.config.profile_genes:,} panel genes, zeros included; a panel gene that a file did not measure "
+        f"is no target for that file's cells); GEP and MVC off.",
+        "- Inference (`embed`'s defaults): every expressed gene of a cell is read, and the embedding is returned "
+        "in the metric of the profile decoder (distances between cells = distances between their decoded "
+        "profiles); chosen on cells the model was trained on, see `benchmarks/results/readout.md`.",
         f"- Tokens: `{json.dumps(TOKENIZER)}` (expressed genes, a random subset of at most "
         f"{TOKENIZER['max_len'] - 1} re-drawn each epoch).",
         f"- Training: `{json.dumps({k: v for k, v in TRAIN.items() if k != 'max_steps'})}`, {info['steps']} steps, "
         f"seed {info['seed']}, {minutes:.0f} min wall time on a shared 2-core CPU "
-        f"({len(info['sittings'])} sitting(s), one thread).",
+        f"({len(info['sittings'])} sitting(s), {_threads(info)} torch thread(s)).",
         f"- Vocabulary: {info['n_vocab_genes']:,} genes (detected in >= {MIN_CELLS} pooled cells, of "
         f"{info['n_union_genes']:,} in the union).", "",
         "## Data", "",
@@ -223,7 +231,8 @@ def write_card(dest: Path, run_dir: Path, scores) -> Path:
         markdown_table(scores), "",
         "## Rebuild", "",
         "```bash",
-        f".venv/bin/python scripts/build_pretrained.py --steps {info['steps']} --seed {info['seed']}"
+        f".venv/bin/python scripts/build_pretrained.py --steps {info['steps']} --seed {info['seed']} "
+        f"--threads {_threads(info)}"
         "   # add --resume to continue an interrupted run",
         "```", "",
         "The build needs `../shared/data`; it writes the run to `out/bundled_run/` and this folder from it.",

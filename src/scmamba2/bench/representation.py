@@ -50,6 +50,8 @@ RECIPES: dict[str, tuple[dict, dict, dict]] = {
         ({}, {}, dict(gep_weight=1.0, mvc_weight=0.0)),
     "default with an MLP profile decoder (256 hidden)":
         (dict(profile_hidden=256), {}, dict(gep_weight=0.0, mvc_weight=0.0)),
+    "default + contrastive term (two views, weight 0.2)":
+        ({}, {}, dict(gep_weight=0.0, mvc_weight=0.0, contrastive_weight=0.2)),
     "default at 2x steps":
         ({}, {}, dict(gep_weight=0.0, mvc_weight=0.0, max_steps=500)),
 }

@@ -32,6 +32,7 @@ TASKS: dict[str, tuple[str, ...]] = {
     "pretrain": ("scmamba2.bench.pretrain",),  # streaming data path vs training throughput
     "pretrain_real": ("scmamba2.bench.pretrain_real",),  # pretraining on the pooled real files, kNN vs PCA
     "representation": ("scmamba2.bench.representation",),  # pretraining recipes' embeddings vs PCA and scVI
+    "readout": ("scmamba2.bench.readout",),  # the bundled model's inference readout, chosen on seen sets
     "annotate": ("scmamba2.bench.annotate",),
     "integrate": ("scmamba2.bench.integrate",),
     "multiomics": ("scmamba2.bench.multiomics",),

@@ -43,6 +43,8 @@ def embed(
     use_raw: bool = False,
     gene_column: str | None = None,
     all_genes: bool = False,
+    max_len: int | None = None,
+    readout: str | None = None,
     device: str | None = None,
     progress: bool = True,
     batch_key: str | None = None,
@@ -67,7 +69,16 @@ def embed(
         batch. A cell longer than ``max_tokens`` is embedded alone.
     all_genes
         Read each cell with all of its measured vocabulary genes, zeros included (whole-transcriptome mode),
-        instead of the model's tokenizer setting (expressed genes, up to ``max_len``).
+        instead of the model's tokenizer setting (expressed genes).
+    max_len
+        Tokens per cell, ``<cls>`` included. None (default): every expressed gene of the cell, however many
+        the model was trained with; a number: a random subset of that many genes (seeded by the cell's own
+        contents), e.g. the model's training length ``model.tokenizer_config.max_len``.
+    readout
+        ``"profile"``: the pooled encoder output mapped into the metric of the model's linear profile decoder
+        (:class:`~scmamba2.nn.heads.ProfileHead`), so that distances between cells equal distances between the
+        expression profiles the model decodes for them; ``"raw"``: the pooled encoder output itself.
+        None (default): ``"profile"`` for a model with a linear profile decoder, else ``"raw"``.
     device
         Torch device; default CUDA when available, else CPU.
     batch_key, batch_categories
@@ -95,17 +106,25 @@ def embed(
     tok = model.tokenizer_config or TokenizerConfig(n_bins=model.config.n_bins, value_mode=model.config.value_mode)
     if batch_size < 1:
         raise InputError(f"batch_size={batch_size} (--batch-size) must be at least 1 cell")
-    if max_tokens is not None and max_tokens < tok.max_len:
-        raise InputError(f"max_tokens={max_tokens} (--max-tokens) is less than one cell of this model ({tok.max_len} "
-                         f"tokens): every cell would be cut or embedded alone. Give at least {tok.max_len} (the default "
-                         "65536 suits most machines).")
-    if all_genes:
-        tok = replace(tok, include_zeros="all", max_len=len(model.vocab) + 1)
+    one_cell = max(tok.max_len, max_len or 0)  # the model's training length, or the longer one asked for
+    if max_tokens is not None and max_tokens < one_cell:
+        raise InputError(f"max_tokens={max_tokens} (--max-tokens) is less than one cell of {one_cell} tokens: every "
+                         f"cell would be cut or embedded alone. Give at least {one_cell} (the default 65536 suits most "
+                         "machines).")
+    if max_len is not None and max_len < 2:
+        raise InputError(f"max_len={max_len} (--max-len) must be at least 2 (<cls> and one gene), or None for "
+                         "every expressed gene")
+    metric = _readout_metric(model, readout)
+    if all_genes or max_len is None:
+        tok = replace(tok, max_len=len(model.vocab) + 1, **({"include_zeros": "all"} if all_genes else {}))
+    else:
+        tok = replace(tok, max_len=max_len)
     prepared = prepare_cells(adata, model.vocab, tok, layer=layer, use_raw=use_raw, gene_column=gene_column,
                              purpose="embed")
     cells = prepared.cells
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = model.to(dev).eval()
+    metric = None if metric is None else metric.float().to(dev)
 
     ds = TokenizedDataset(cells, batch=_batch_codes(adata, model, batch_key, batch_categories))
     lengths = np.minimum(np.asarray(cells.lengths), tok.max_len)
@@ -122,16 +141,36 @@ def embed(
             rows = batch.pop(CELL_INDEX).numpy()  # rows of adata
             batch = {k: v.to(dev) for k, v in batch.items()}
             states = model.encode(batch[GENES], batch[VALUES], batch[PADDING_MASK], batch.get(BATCH))
-            emb[rows] = model.cell_embedding(states, batch[PADDING_MASK]).float().cpu().numpy()
+            z = model.cell_embedding(states, batch[PADDING_MASK]).float()
+            emb[rows] = (z if metric is None else z @ metric).cpu().numpy()
             bar.update(len(rows))
     adata.obsm[key_added] = emb
     adata.uns.setdefault("scmamba2", {})[key_added] = _without_none({
         "model": model.config.to_dict(),
         "tokenizer": tok.to_dict(),
+        "readout": "raw" if metric is None else "profile",
         "vocab_overlap": prepared.report.vocab_overlap,
         "n_cells_without_vocab_genes": prepared.n_empty,
     })
     return adata if copy else None
+
+
+def _readout_metric(model: ScMamba2, readout: str | None) -> torch.Tensor | None:
+    """``(D, D)`` map S with ``|S^T z| = |W z|`` for the linear profile decoder ``W`` (None for the raw readout)."""
+    head = model.profile_head
+    linear = head is not None and isinstance(head.decoder, torch.nn.Linear)
+    if readout is None:
+        readout = "profile" if linear else "raw"
+    if readout not in ("profile", "raw"):
+        raise InputError(f"readout={readout!r} (--readout) must be 'profile' or 'raw'")
+    if readout == "raw":
+        return None
+    if not linear:
+        raise InputError("readout='profile' needs a model with a linear profile decoder (profile_genes > 0, "
+                         "profile_hidden 0); use readout='raw' for this model")
+    w = head.decoder.weight.detach().double().cpu()  # (P, D)
+    evals, evecs = torch.linalg.eigh(w.T @ w)  # W^T W = V diag(e) V^T; S = V diag(sqrt e) V^T
+    return (evecs * evals.clamp_min(0).sqrt()) @ evecs.T
 
 
 def _batch_codes(adata, model: ScMamba2, batch_key: str | None, categories: Sequence[str] | None):

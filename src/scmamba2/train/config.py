@@ -26,6 +26,9 @@ class TrainConfig:
     gep_weight: float = 1.0
     mvc_weight: float = 1.0
     profile_weight: float = 1.0
+    profile_min_measured: float = 0.5  # pooled sources: panel genes must be measured in this share of the cells
+    contrastive_weight: float = 0.0  # InfoNCE between a cell and a view of half its tokens (training only)
+    contrastive_temperature: float = 0.1
     cls_weight: float = 1.0
     ecs_weight: float = 0.0
     ecs_threshold: float = 0.6
@@ -56,6 +59,10 @@ class TrainConfig:
             raise ValueError(f"val_fraction={self.val_fraction} must be in [0, 1)")
         if self.warmup_steps < 0 or self.lr <= 0:
             raise ValueError("warmup_steps must be >= 0 and lr > 0")
+        if self.contrastive_weight < 0 or self.contrastive_temperature <= 0:
+            raise ValueError("contrastive_weight must be >= 0 and contrastive_temperature > 0")
+        if not 0.0 < self.profile_min_measured <= 1.0:
+            raise ValueError(f"profile_min_measured={self.profile_min_measured} must be in (0, 1]")
         if self.num_nodes < 1:
             raise ValueError(f"num_nodes={self.num_nodes} must be >= 1")
         if self.accumulate_grad_batches < 1:

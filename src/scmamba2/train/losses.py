@@ -38,3 +38,12 @@ def elastic_cell_similarity(cell_emb: torch.Tensor, threshold: float = 0.6) -> t
     cos = e @ e.T  # (B, B)
     off = ~torch.eye(n, dtype=torch.bool, device=cell_emb.device)
     return (1.0 - (cos[off] - threshold) ** 2).mean()
+
+
+def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
+    """Symmetric InfoNCE: row ``i`` of ``a`` and of ``b`` are two views of one cell, the other rows negatives."""
+    if a.shape[0] < 2:
+        return a.sum() * 0.0
+    logits = F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T / temperature
+    target = torch.arange(a.shape[0], device=a.device)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))

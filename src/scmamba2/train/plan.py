@@ -11,7 +11,9 @@ and the batch has the targets, and weighted by the :class:`~scmamba2.train.confi
   the cell embedding alone (``PROFILE`` targets; NaN entries are skipped);
 - ``cls``: cross-entropy of the classifier on ``LABELS`` (optionally class-weighted);
 - ``ecs``: elastic cell similarity of the cell embeddings (``ecs_weight > 0``);
-- ``dab``: cross-entropy of the batch discriminator on ``BATCH`` (its gradient reaches the encoder reversed).
+- ``dab``: cross-entropy of the batch discriminator on ``BATCH`` (its gradient reaches the encoder reversed);
+- ``contrastive`` (training steps only): InfoNCE between each cell's embedding and the embedding of a view
+  that keeps a random half of its gene tokens (:func:`half_view`), the other cells of the batch as negatives.
 """
 
 from __future__ import annotations
@@ -20,10 +22,10 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 
-from .._keys import BATCH, GENES, LABELS, MASK, PROFILE, TARGET_VALUES
+from .._keys import BATCH, GENES, LABELS, MASK, PADDING_MASK, PROFILE, TARGET_VALUES, VALUES
 from ..model import ScMamba2
 from .config import TrainConfig
-from .losses import elastic_cell_similarity, masked_mse, nan_mse
+from .losses import elastic_cell_similarity, info_nce, masked_mse, nan_mse
 from .schedule import make_optimizer, warmup_cosine
 
 
@@ -56,7 +58,7 @@ class TrainingPlan(pl.LightningModule):
         self.register_buffer("class_weights", class_weights, persistent=False)
         self.register_buffer("gene_means", gene_means, persistent=False)
 
-    def _losses(self, batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], object]:
+    def _losses(self, batch: dict[str, torch.Tensor], train: bool = False) -> tuple[dict[str, torch.Tensor], object]:
         c = self.config
         out = self.model(batch)
         losses: dict[str, torch.Tensor] = {}
@@ -79,11 +81,17 @@ class TrainingPlan(pl.LightningModule):
         if out.batch_logits is not None and BATCH in batch and c.dab_weight > 0:
             losses["dab"] = F.cross_entropy(out.batch_logits, batch[BATCH])
             total = total + c.dab_weight * losses["dab"]
+        if train and c.contrastive_weight > 0:
+            view = half_view(batch)
+            states = self.model.encode(view[GENES], view[VALUES], view[PADDING_MASK], view.get(BATCH))
+            z = self.model.cell_embedding(states, view[PADDING_MASK])
+            losses["contrastive"] = info_nce(out.cell_emb, z, c.contrastive_temperature)
+            total = total + c.contrastive_weight * losses["contrastive"]
         losses["loss"] = total
         return losses, out
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        losses, _ = self._losses(batch)
+        losses, _ = self._losses(batch, train=True)
         n = batch[TARGET_VALUES].shape[0] if TARGET_VALUES in batch else len(next(iter(batch.values())))
         for k, v in losses.items():
             self.log(f"train/{k}", v, prog_bar=(k == "loss"), batch_size=n)
@@ -124,3 +132,26 @@ class TrainingPlan(pl.LightningModule):
             opt, lambda step: warmup_cosine(step, c.warmup_steps, c.max_steps, c.min_lr_ratio)
         )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def half_view(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The batch with each cell reduced to ``<cls>`` and a random half (at least one) of its gene tokens, kept in
+    order and right-padded (unmasked values: the view sees the cell's expression, not the GEP input).
+
+    Draws from torch's generator, which the training loop seeds at every step.
+    """
+    pad, genes = batch[PADDING_MASK], batch[GENES]
+    values = batch.get(TARGET_VALUES, batch[VALUES])  # TARGET_VALUES: the values before GEP masking
+    valid = ~pad
+    keep = valid & (torch.rand(genes.shape, device=genes.device) < 0.5)
+    keep[:, 0] = valid[:, 0]  # <cls>
+    if genes.shape[1] > 1:
+        keep[:, 1] |= valid[:, 1] & ~keep[:, 1:].any(1)  # at least one gene
+    order = torch.sort((~keep).to(torch.int8), dim=1, stable=True).indices  # kept tokens first, in order
+    n = int(keep.sum(1).max())
+    order = order[:, :n]
+    view = {GENES: genes.gather(1, order), VALUES: values.gather(1, order),
+            PADDING_MASK: ~keep.gather(1, order)}
+    if BATCH in batch:
+        view[BATCH] = batch[BATCH]
+    return view

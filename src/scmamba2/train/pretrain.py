@@ -60,7 +60,7 @@ def _main_loss(losses: dict[str, float]) -> float | None:
     return None
 
 
-def _panel(train_cells, group, vocab, n_genes, measured_names, init):
+def _panel(train_cells, group, vocab, n_genes, measured_names, init, min_measured=0.5):
     """The gene panel (a new one, or ``init``'s with statistics refitted) and which panel genes each source
     measured (None when every cell measured every gene)."""
     measured_vocab = None
@@ -73,7 +73,8 @@ def _panel(train_cells, group, vocab, n_genes, measured_names, init):
         panel = refit_panel(train_cells, init.profile_head.gene_ids.numpy(), len(vocab), group=group,
                             measured=measured_vocab)
     else:
-        panel = select_panel(train_cells, len(vocab), n_genes, group=group, measured=measured_vocab)
+        panel = select_panel(train_cells, len(vocab), n_genes, group=group, measured=measured_vocab,
+                             min_measured=min_measured)
     return panel, None if measured_vocab is None else measured_vocab[:, panel.ids]
 
 
@@ -273,7 +274,7 @@ def pretrain(
     panel = measured = None
     if mcfg.profile_genes:
         panel, measured = _panel(cells.subset(train_idx), None if source is None else source[train_idx], vocab,
-                                 mcfg.profile_genes, measured_names, init)
+                                 mcfg.profile_genes, measured_names, init, tcfg.profile_min_measured)
         if len(panel) < mcfg.profile_genes:
             log.info("gene panel of the profile objective: %d genes qualify (asked for %d)", len(panel),
                      mcfg.profile_genes)
