@@ -8,7 +8,7 @@ import scipy.sparse as sp
 
 from scmamba2.data.perturb import parse_perturbations
 from scmamba2.data.vocab import GeneVocab
-from scmamba2.errors import InputError
+from scmamba2.errors import CheckpointError, InputError
 from scmamba2.eval.perturb_metrics import perturbation_metrics, top_de_genes, topk_accuracy
 from scmamba2.model import ModelConfig, ScMamba2
 from scmamba2.tasks.perturb import (SMALL_MODEL, PerturbationModel, PerturbMeta, panel_matrix, predict_perturbation,
@@ -131,6 +131,28 @@ def test_save_load_round_trip_and_unknown_target(trained, tmp_path):
     assert again.meta.genes == pm.meta.genes
     with pytest.raises(InputError, match="not in the model's vocabulary"):
         predict_perturbation(again, ["NOTAGENE"])
+
+
+@pytest.mark.parametrize("name", ["perturb_head.pt", "perturb_controls.npz"])
+def test_a_damaged_model_file_is_one_checkpoint_error(trained, tmp_path, name):
+    import os
+
+    pm, _ = trained
+    out = pm.save(tmp_path / "m")
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".tmp-")]  # the writer left no temporary file
+    assert oct(os.stat(out / name).st_mode & 0o777) == oct(0o666 & ~_umask())
+    data = (out / name).read_bytes()
+    (out / name).write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="damaged perturbation model"):
+        PerturbationModel.load(out)
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def test_held_out_perturbations_never_reach_training(monkeypatch):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -113,15 +114,16 @@ class PerturbationModel:
         model = ScMamba2.from_pretrained(src)
         fix = "Train the model again (`scmamba2 perturb train`)."
         meta = _checked(src, lambda: PerturbMeta(**read_json(src / META_FILE, fix=fix)))
-        z = _checked(src, lambda: np.load(src / CONTROLS_FILE))
-        groups = z["groups"] if len(z["groups"]) else None
+        z = _checked(src, lambda: _load_npz(src / CONTROLS_FILE))
+        X, groups = _checked(src, lambda: (z["X"], z["groups"]))
+        groups = groups if len(groups) else None
         state = _checked(src, lambda: torch.load(src / HEAD_FILE, map_location="cpu", weights_only=True))
         knowledge = state["knowledge"].numpy() if "knowledge" in state else None
         head = CorrectionHead(model.config.d_model, len(meta.genes), knowledge, hidden=meta.head_hidden)
         _checked(src, lambda: head.load_state_dict(state))
         head.eval()
         effects = _checked(src, lambda: EffectTable.from_arrays(z, meta.targets))
-        return cls(model, meta, z["X"], groups, head=head, effects=effects)
+        return cls(model, meta, X, groups, head=head, effects=effects)
 
     # ------------------------------------------------------------------------------------------ encoding
     def canonical(self, name: str) -> str:
@@ -205,13 +207,19 @@ def panel_matrix(adata, genes: Sequence[str] | None = None, *, layer: str | None
     return out, genes, present
 
 
+def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path) as z:  # every array read here, so that a damaged member fails inside _checked
+        return {k: z[k] for k in z.files}
+
+
 def _checked(src: Path, read):
     """``read()``, a damaged file of the model folder ``src`` raised as one :class:`CheckpointError`."""
     try:
         return read()
     except CheckpointError:
         raise
-    except (TypeError, ValueError, KeyError, OSError, EOFError, RuntimeError, pickle.UnpicklingError) as exc:
+    except (TypeError, ValueError, KeyError, OSError, EOFError, RuntimeError, pickle.UnpicklingError,
+            zipfile.BadZipFile) as exc:
         raise CheckpointError(f"{src} holds a damaged perturbation model ({exc}); train it again with "
                               "`scmamba2 perturb train`") from None
 
