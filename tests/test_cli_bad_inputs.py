@@ -207,6 +207,8 @@ CASES = [
                                     "--out", "pm", "--batch-size", "0"], "--batch-size"),
     ("perturb-train-holdout-empty", ["perturb", "train", "counts.h5ad", "--perturbation-key", "condition",
                                      "--out", "pm", "--holdout", "GENE5,"], "--holdout"),
+    ("perturb-train-gene-knowledge", ["perturb", "train", "counts.h5ad", "--perturbation-key", "condition",
+                                      "--out", "pm", "--gene-knowledge", "pcaa"], "--gene-knowledge"),
     ("perturb-predict-n-controls-0", ["perturb", "predict", "--model", M, "--perturbations", "GENE1",
                                       "--out", "p.h5ad", "--n-controls", "0"], "--n-controls"),
     ("perturb-predict-empty-names", ["perturb", "predict", "--model", M, "--perturbations", "MEIS1,,+",

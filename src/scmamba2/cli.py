@@ -571,22 +571,27 @@ def perturb_train(
     batch_size: int = typer.Option(32, "--batch-size"),
     n_top_genes: int = typer.Option(2000, "--n-top-genes", help="Gene panel = this many highly variable genes, "
                                     "as the other tasks (targets outside it keep their token); 0 = every gene."),
+    gene_knowledge: str = typer.Option("pca", "--gene-knowledge", help="Target knowledge of the correction: pca (PCA gene embedding of the training effects) or none (the model's own gene embeddings)."),
     seed: int = typer.Option(0, "--seed"),
     overwrite: bool = OverwriteOpt,
     layer: Optional[str] = LayerOpt,
     use_raw: bool = RawOpt,
     gene_column: Optional[str] = GeneColOpt,
 ) -> None:
-    """Train a perturbation-response model (control cell + perturbation flags -> perturbed expression)."""
+    """Train a perturbation-response model: the baseline (training effects) + a learned correction, kept only
+    when it beats the baseline on validation perturbations."""
     from .data.files import check_model_dir
     from .data.io import read
-    from .tasks.perturb import train_perturbation
+    from .tasks.perturb import KNOWLEDGE, train_perturbation
     from .train.config import TrainConfig
 
     with _user_errors():
         check_model_dir(out_dir, overwrite=overwrite, sources=[data, model])
         _at_least(1, max_steps=max_steps, batch_size=batch_size)
         _at_least(0, n_top_genes=n_top_genes)
+        if gene_knowledge not in KNOWLEDGE:
+            raise InputError(f"--gene-knowledge {gene_knowledge!r} is not known: use pca (the PCA gene embedding of "
+                             "the training effects) or none (the model's own gene embeddings only).")
         held = _names(holdout, "--holdout") if holdout else None
         tcfg = TrainConfig(max_steps=max_steps, batch_size=batch_size, warmup_steps=min(50, max_steps // 5), seed=seed)
         adata = read(data)
@@ -594,9 +599,12 @@ def perturb_train(
             pm = train_perturbation(adata, perturbation_key=perturbation_key, control=control, kind=kind,
                                     holdout=held, match_key=match_key, model=model, train_config=tcfg,
                                     n_top_genes=n_top_genes or None, layer=layer, use_raw=use_raw,
-                                    gene_column=gene_column, out_dir=stage)
+                                    gene_column=gene_column, gene_knowledge=gene_knowledge, out_dir=stage)
+        rec = pm.meta.correction
+        verdict = "kept" if rec.get("accepted") else f"dropped ({rec.get('reason', 'no validation gain')})"
         out.print(f"{len(pm.meta.train_perturbations)} perturbations trained, "
-                  f"{len(pm.meta.perturbations) - len(pm.meta.train_perturbations)} held out; model -> {out_dir}")
+                  f"{len(pm.meta.perturbations) - len(pm.meta.train_perturbations)} held out; learned correction "
+                  f"{verdict}; model -> {out_dir}")
 
 
 @perturb_app.command("predict")
@@ -606,8 +614,10 @@ def perturb_predict(
     out_path: Path = typer.Option(..., "--out", help="Output .h5ad: one row per perturbation."),
     controls: Optional[Path] = typer.Option(None, "--controls", help="Control cells to predict from (default: the stored ones)."),
     n_controls: int = typer.Option(256, "--n-controls"),
+    baseline_only: bool = typer.Option(False, "--baseline-only", help="Leave out the learned correction."),
 ) -> None:
-    """Predict the mean log1p-normalised profile of each perturbation (obs['perturbation'], genes as var)."""
+    """Predict the mean log1p-normalised profile of each perturbation (obs['perturbation'], obs['source'],
+    genes as var)."""
     from .data.files import check_output, write_h5ad
     from .data.io import read
     from .tasks.perturb import predict_perturbation
@@ -617,7 +627,7 @@ def perturb_predict(
         _at_least(1, n_controls=n_controls)
         names = _names(perturbations, "--perturbations")
         pred = predict_perturbation(model, names, controls=read(controls) if controls else None,
-                                    n_controls=n_controls)
+                                    n_controls=n_controls, correction=not baseline_only)
         write_h5ad(pred, out_path)
         out.print(f"{pred.n_obs} perturbations x {pred.n_vars} genes -> {out_path}")
 

@@ -6,11 +6,15 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from scmamba2.errors import InputError
-from scmamba2.eval.perturb_baselines import LinearPerturbation
+from scmamba2.data.perturb import parse_perturbations
+from scmamba2.data.vocab import GeneVocab
+from scmamba2.errors import CheckpointError, InputError
 from scmamba2.eval.perturb_metrics import perturbation_metrics, top_de_genes, topk_accuracy
-from scmamba2.tasks.perturb import (PerturbationModel, predict_perturbation, reverse_perturbation,
-                                    train_perturbation)
+from scmamba2.model import ModelConfig, ScMamba2
+from scmamba2.tasks.perturb import (SMALL_MODEL, PerturbationModel, PerturbMeta, panel_matrix, predict_perturbation,
+                                    reverse_perturbation, train_perturbation)
+from scmamba2.tasks.perturb_correction import CorrectionHead
+from scmamba2.tasks.perturb_effects import EffectTable
 from scmamba2.train.config import TrainConfig
 
 N_GENES = 24
@@ -46,16 +50,65 @@ def trained():
     return pm, data[data.obs["half"] == "1"].copy()
 
 
-def test_flags_change_the_prediction_toward_the_effect(trained):
+def test_seen_perturbations_get_their_own_effect(trained):
     pm, _ = trained
     pred = predict_perturbation(pm, ["ctrl", "G1", "XOUT"], n_controls=32)
     X = pred.X
     assert pred.obs["perturbation"].tolist() == ["ctrl", "G1", "XOUT"]
+    assert pred.obs["source"].tolist() == ["seen"] * 3
     assert list(pred.var_names) == [f"G{j}" for j in range(N_GENES)]
-    # Flag on the in-panel gene G1 raises block 8..11; the out-of-panel target's token raises block 12..15.
+    # G1 raises block 8..11; the out-of-panel target XOUT raises block 12..15.
     assert X[1, 8:12].mean() - X[0, 8:12].mean() > 0.5
     assert X[2, 12:16].mean() - X[0, 12:16].mean() > 0.5
     assert abs(X[1, 20:24].mean() - X[0, 20:24].mean()) < 0.3
+
+
+def test_correction_is_kept_only_when_it_beats_the_baseline_on_validation(trained):
+    pm, _ = trained
+    rec = pm.meta.correction
+    assert pm.meta.validation and rec["val_baseline"]["n_units"] == len(pm.meta.validation)
+    with_corr = predict_perturbation(pm, ["G2+XOUT"], n_controls=16).X
+    without = predict_perturbation(pm, ["G2+XOUT"], correction=False).X
+    if rec["accepted"]:
+        assert rec["val_best"]["wmse"] < rec["val_baseline"]["wmse"]
+        assert rec["val_best"]["pearson_delta_de20"] >= rec["val_baseline"]["pearson_delta_de20"]
+    else:  # dropped: the correction is exactly zero
+        np.testing.assert_array_equal(with_corr, without)
+        assert pm.head.out_w.abs().sum() == 0 and pm.head.out_b.abs().sum() == 0
+
+
+def _fresh_model(data, train):
+    """A perturbation model with freshly initialised network and correction head (the correction marked kept)."""
+    X, genes, _ = panel_matrix(data)
+    labels = parse_perturbations(data, "condition", "ctrl")
+    keep = labels.is_control | np.isin(labels.names, train)
+    targets = {p: list(labels.targets(p)) for p in labels.perturbations}
+    effects = EffectTable.from_cells(X[keep], labels.names[keep], None, "ctrl", targets=targets)
+    vocab = GeneVocab(genes + ["XOUT"])
+    cfg = ModelConfig(vocab_size=len(vocab), **{**SMALL_MODEL, **SMALL}, value_mode="continuous", mvc=False,
+                      n_pert_flags=2, max_len=N_GENES + 3)
+    rng = np.random.default_rng(0)
+    meta = PerturbMeta(key="condition", control="ctrl", kind="genetic", genes=genes,
+                       perturbations=labels.perturbations, train_perturbations=list(train), targets=targets,
+                       control_mean=X[labels.is_control].mean(0).tolist(), flagged_genes=["G0", "G1", "XOUT"],
+                       correction={"accepted": True})
+    head = CorrectionHead(cfg.d_model, N_GENES, rng.normal(size=(N_GENES, 3)))
+    pm = PerturbationModel(ScMamba2(cfg, vocab=vocab), meta, X[labels.is_control][:20], head=head, effects=effects)
+    return pm, X, labels
+
+
+def test_fresh_model_predicts_exactly_the_baseline():
+    data = _synthetic(n_per=10)
+    pm, X, labels = _fresh_model(data, ["G0", "G1", "XOUT"])
+    ctrl = X[labels.is_control].mean(0).astype(np.float64)
+    eff = {p: X[labels.names == p].mean(0) - ctrl for p in ("G0", "G1", "XOUT")}
+    expected = np.stack([ctrl + (eff["G0"] + eff["G1"] + eff["XOUT"]) / 3,  # unseen single: training mean effect
+                         ctrl + eff["G0"] + eff["G1"],  # combination of seen singles: additive
+                         ctrl + eff["G1"], ctrl])  # seen: its own effect; the control
+    pred = predict_perturbation(pm, ["G2", "G1+G0", "G1", "ctrl"], n_controls=8)
+    assert pred.obs["source"].tolist() == ["baseline+correction", "baseline+correction", "seen", "seen"]
+    np.testing.assert_allclose(pred.X, np.maximum(expected, 0), rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(pred.X, predict_perturbation(pm, ["G2", "G0+G1", "G1", "ctrl"], correction=False).X)
 
 
 def test_reverse_ranks_the_true_perturbation_first(trained):
@@ -80,8 +133,30 @@ def test_save_load_round_trip_and_unknown_target(trained, tmp_path):
         predict_perturbation(again, ["NOTAGENE"])
 
 
+@pytest.mark.parametrize("name", ["perturb_head.pt", "perturb_controls.npz"])
+def test_a_damaged_model_file_is_one_checkpoint_error(trained, tmp_path, name):
+    import os
+
+    pm, _ = trained
+    out = pm.save(tmp_path / "m")
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".tmp-")]  # the writer left no temporary file
+    assert oct(os.stat(out / name).st_mode & 0o777) == oct(0o666 & ~_umask())
+    data = (out / name).read_bytes()
+    (out / name).write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="damaged perturbation model"):
+        PerturbationModel.load(out)
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def test_held_out_perturbations_never_reach_training(monkeypatch):
-    import scmamba2.tasks.perturb as tp
+    import scmamba2.tasks.perturb_train as tp
 
     seen = {}
 
@@ -124,7 +199,7 @@ def test_condition_kind_with_matched_controls():
         predict_perturbation(pm, ["drugX"])
 
 
-def test_metrics_and_linear_baseline():
+def test_top_de_genes_and_metrics():
     rng = np.random.default_rng(0)
     ctrl = rng.random((50, 30))
     pert = ctrl + 0.0
@@ -133,12 +208,6 @@ def test_metrics_and_linear_baseline():
     assert set(range(3)) <= set(de.tolist())
     m = perturbation_metrics(pert.mean(0), pert.mean(0), ctrl.mean(0), de)
     assert m["pearson_delta_de20"] == pytest.approx(1.0) and m["mse"] == 0.0
-    genes = [f"g{j}" for j in range(30)]
-    # Perturbing gene j raises gene j: the linear model learns it from 20 genes and predicts 5 unseen ones.
-    Y = np.stack([np.eye(30)[j] * 3 + 1 for j in range(20)])
-    lin = LinearPerturbation(n_components=15, ridge=0.01).fit(Y, [[g] for g in genes[:20]], genes)
-    assert lin.predict(["g3"])[3] > lin.predict(["g3"])[10]
-    assert np.allclose(lin.predict(["absent"]), lin.b)
 
 
 def test_cli_train_predict_reverse(tmp_path):
@@ -152,11 +221,17 @@ def test_cli_train_predict_reverse(tmp_path):
     r = runner.invoke(app, ["--quiet", "perturb", "train", str(tmp_path / "d.h5ad"), "--perturbation-key", "condition",
                             "--control", "ctrl", "--out", str(tmp_path / "m"), "--holdout", "G2", "--max-steps", "3"])
     assert r.exit_code == 0, r.output
+    assert "learned correction" in r.output
     r = runner.invoke(app, ["perturb", "predict", "--model", str(tmp_path / "m"), "--perturbations", "G2,G1+G0",
                             "--out", str(tmp_path / "p.h5ad")])
     assert r.exit_code == 0, r.output
     pred = ad.read_h5ad(tmp_path / "p.h5ad")
     assert pred.obs["perturbation"].tolist() == ["G2", "G0+G1"] and pred.n_vars == N_GENES
+    src = pred.obs["source"].tolist()  # G2 held out (baseline, + correction if kept); G0+G1 trained
+    assert src[0] in ("baseline", "baseline+correction") and src[1] == "seen"
+    r = runner.invoke(app, ["perturb", "predict", "--model", str(tmp_path / "m"), "--perturbations", "G2",
+                            "--baseline-only", "--out", str(tmp_path / "b.h5ad")])
+    assert r.exit_code == 0 and ad.read_h5ad(tmp_path / "b.h5ad").obs["source"].tolist() == ["baseline"]
     r = runner.invoke(app, ["perturb", "reverse", "--model", str(tmp_path / "m"), "--query", str(tmp_path / "d.h5ad"),
                             "--groupby", "condition", "--top-k", "2", "--out", str(tmp_path / "r.csv")])
     assert r.exit_code == 0, r.output
@@ -166,3 +241,44 @@ def test_cli_train_predict_reverse(tmp_path):
     r = runner.invoke(app, ["perturb", "predict", "--model", str(tmp_path / "m"), "--perturbations", "NOPE",
                             "--out", str(tmp_path / "x.h5ad")])
     assert r.exit_code == 1 and "vocabulary" in r.output
+
+
+def _lineage_data(seed=0, n=40):
+    """Six cell types (marker genes 0-5) in two lineages (marker gene 6 or 7); stimulation raises genes 8-11 in lineage A and
+    genes 12-15 in lineage B, so the mean shift over cell types is wrong for every one of them."""
+    rng = np.random.default_rng(seed)
+    rows, cond, ctype = [], [], []
+    for t in range(6):
+        lineage_a = t < 3
+        for c in ("ctrl", "stim"):
+            rate = np.full((n, 16), 2.0)
+            rate[:, t] = 10.0
+            rate[:, 6 if lineage_a else 7] = 12.0
+            if c == "stim":
+                rate[:, 8:12 if lineage_a else 16] = 14.0 if lineage_a else 2.0
+                if not lineage_a:
+                    rate[:, 12:16] = 14.0
+            rows.append(rng.poisson(rate))
+            cond += [c] * n
+            ctype += [f"t{t}"] * n
+    X = np.vstack(rows).astype(np.float32)
+    obs = pd.DataFrame({"condition": cond, "cell_type": ctype}, index=[f"c{i}" for i in range(len(X))])
+    return ad.AnnData(X=X, obs=obs, var=pd.DataFrame(index=[f"g{j}" for j in range(16)]))
+
+
+def test_correction_learns_what_the_mean_shift_misses_for_a_new_cell_type():
+    data = _lineage_data()
+    held = (data.obs["cell_type"] == "t0").to_numpy()
+    train = data[~(held & (data.obs["condition"] == "stim").to_numpy())].copy()
+    pm = train_perturbation(train, perturbation_key="condition", kind="condition", match_key="cell_type",
+                            model_config=SMALL, val_fraction=0.25,
+                            train_config=TrainConfig(max_steps=300, batch_size=32, lr=3e-3, warmup_steps=10,
+                                                     val_every_n_steps=50, progress_bar=False, seed=0))
+    assert pm.meta.correction["accepted"], pm.meta.correction
+    ctrl = data[held & (data.obs["condition"] == "ctrl").to_numpy()]
+    X, _, _ = panel_matrix(data[held & (data.obs["condition"] == "stim").to_numpy()])
+    truth = X.mean(0)
+    ours = predict_perturbation(pm, ["stim"], controls=ctrl).X[0]
+    base = predict_perturbation(pm, ["stim"], controls=ctrl, correction=False).X[0]
+    err = lambda p: float(np.abs(p[8:16] - truth[8:16]).mean())  # noqa: E731
+    assert err(ours) < 0.7 * err(base)

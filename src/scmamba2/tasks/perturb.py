@@ -1,18 +1,26 @@
 """Perturbation response (predict a perturbation's expression profile) and reverse perturbation (rank the
 perturbations most likely to lead to an observed or desired profile).
 
-The model reads a control cell (every gene of a fixed panel, log1p-normalised, zeros included) with a flag on
-each perturbed gene (a target outside the panel gets its own token from the vocabulary, value unmeasured)
-or a condition index (drug, cytokine), and is trained to output a perturbed cell's expression over the panel
-(expression loss on every panel gene). A perturbation's predicted profile is the mean output over many
-control cells. The trained model is saved with :meth:`~scmamba2.ScMamba2.save_pretrained` plus
-``perturb.json`` (panel, perturbations, conditions, control mean) and ``perturb_controls.npz`` (a seeded
-sample of control cells to predict from).
+A prediction is the strongest simple baseline plus a learned correction (:mod:`.perturb_effects`,
+:mod:`.perturb_correction`): for a control cell ``c`` and a perturbation ``P`` the model outputs
+``c + baseline(P) + correction(c, P)``, where the baseline is the perturbation's own training effect when it was
+seen, the sum of the single-gene effects for a combination, and the training mean of the perturbation effects for
+an unseen target (drug, cytokine; with control matching, a group the condition was not measured in gets the mean
+of its effects over the other groups). The correction reads the :class:`~scmamba2.ScMamba2` encoder on the control
+cell with the target genes flagged (a target outside the panel gets its own token, value unmeasured; a condition
+gets a condition embedding) and, optionally, the targets' PCA gene embedding; it starts at exactly zero and is kept
+only when it beats the baseline on validation perturbations (or groups) held out of its training. A
+perturbation's predicted profile is the mean over many control cells. The trained model is saved with
+:meth:`~scmamba2.ScMamba2.save_pretrained` plus ``perturb.json`` (panel, perturbations, conditions, control mean,
+the correction's validation record), ``perturb_controls.npz`` (a seeded sample of control cells, the effect table)
+and ``perturb_head.pt`` (the correction head).
 """
 
 from __future__ import annotations
 
 import logging
+import pickle
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -21,20 +29,24 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..data.perturb import (PairCollator, PairDataset, control_pools, parse_condition, parse_perturbations,
-                            perturbation_name, same_pools, split_perturbations)
+from ..data.perturb import parse_condition, perturbation_name
 from ..data.vocab import GeneVocab
 from ..data.files import atomic_path, read_json, write_json
 from ..errors import CheckpointError, InputError
-from ..model import ModelConfig, ScMamba2
+from ..model import ScMamba2
+from .perturb_correction import CorrectionHead
+from .perturb_effects import EffectTable
 
 log = logging.getLogger(__name__)
 
 __all__ = ["PerturbationModel", "train_perturbation", "predict_perturbation", "reverse_perturbation",
            "panel_matrix"]
 
-META_FILE, CONTROLS_FILE = "perturb.json", "perturb_controls.npz"
+META_FILE, CONTROLS_FILE, HEAD_FILE = "perturb.json", "perturb_controls.npz", "perturb_head.pt"
+KNOWLEDGE = ("pca", "none")
 SMALL_MODEL = dict(d_model=64, n_layers=2, headdim=16, d_state=32, chunk_size=64, dropout=0.0)
+# No cell_pooling here: the correction reads the panel genes' encoder states, never the cell embedding, so the
+# readout (ModelConfig's default, "mean") does not change a prediction (checked: "cls" and "mean" predict the same).
 
 
 @dataclass
@@ -55,14 +67,20 @@ class PerturbMeta:
     split: dict[str, str] = field(default_factory=dict)
     flagged_genes: list[str] = field(default_factory=list)  # genes perturbed in some training perturbation
     untrained_genes: list[str] = field(default_factory=list)  # a new model's tokens never trained (see tokens())
+    gene_knowledge: str = "pca"  # the correction's target knowledge: "pca" gene embedding or "none"
+    knowledge_dim: int = 0  # K of the PCA gene embedding (0: none)
+    head_hidden: int = 64
+    validation: list[list[str]] = field(default_factory=list)  # [perturbation, group] units the correction skipped
+    correction: dict = field(default_factory=dict)  # train_correction's record (accepted, validation figures)
 
 
 class PerturbationModel:
-    """A trained :class:`~scmamba2.ScMamba2` with its perturbation metadata and stored control cells."""
+    """A trained :class:`~scmamba2.ScMamba2` with its correction head, effect table (the baseline), perturbation
+    metadata and stored control cells."""
 
     def __init__(self, model: ScMamba2, meta: PerturbMeta, controls: np.ndarray,
-                 control_groups: np.ndarray | None = None):
-        self.model, self.meta = model, meta
+                 control_groups: np.ndarray | None = None, *, head: CorrectionHead, effects: EffectTable):
+        self.model, self.meta, self.head, self.effects = model, meta, head, effects
         self.controls = np.asarray(controls, dtype=np.float32)
         self.control_groups = control_groups
 
@@ -70,30 +88,42 @@ class PerturbationModel:
     def control_mean(self) -> np.ndarray:
         return np.asarray(self.meta.control_mean, dtype=np.float32)
 
+    @property
+    def corrected(self) -> bool:
+        """Whether the learned correction was accepted (else predictions are the baseline)."""
+        return bool(self.meta.correction.get("accepted", False))
+
     def save(self, directory: str | Path) -> Path:
         out = self.model.save_pretrained(directory)
         write_json(out / META_FILE, asdict(self.meta), indent=1)
         groups = self.control_groups if self.control_groups is not None else np.array([], dtype=str)
         with atomic_path(out / CONTROLS_FILE) as tmp:
             with open(tmp, "wb") as fh:  # a file object: np.savez would append .npz to a path
-                np.savez_compressed(fh, X=self.controls, groups=np.asarray(groups, dtype=str))
+                np.savez_compressed(fh, X=self.controls, groups=np.asarray(groups, dtype=str),
+                                    **self.effects.arrays())
+        with atomic_path(out / HEAD_FILE) as tmp:
+            torch.save(self.head.state_dict(), tmp)
         return out
 
     @classmethod
     def load(cls, directory: str | Path) -> "PerturbationModel":
         src = Path(directory)
-        if not (src / META_FILE).is_file() or not (src / CONTROLS_FILE).is_file():
-            raise CheckpointError(f"{src} is not a perturbation model: {META_FILE} or {CONTROLS_FILE} is missing "
-                                  "(train one with `scmamba2 perturb train`)")
+        if not all((src / f).is_file() for f in (META_FILE, CONTROLS_FILE, HEAD_FILE)):
+            raise CheckpointError(f"{src} is not a perturbation model of this version: {META_FILE}, {CONTROLS_FILE} "
+                                  f"or {HEAD_FILE} is missing (train one with `scmamba2 perturb train`)")
         model = ScMamba2.from_pretrained(src)
-        try:
-            meta = PerturbMeta(**read_json(src / META_FILE, fix="Train the model again (`scmamba2 perturb train`)."))
-            z = np.load(src / CONTROLS_FILE)
-        except (TypeError, ValueError, OSError) as exc:
-            raise CheckpointError(f"{src} holds a damaged perturbation model ({exc}); train it again with "
-                                  "`scmamba2 perturb train`") from None
-        groups = z["groups"] if len(z["groups"]) else None
-        return cls(model, meta, z["X"], groups)
+        fix = "Train the model again (`scmamba2 perturb train`)."
+        meta = _checked(src, lambda: PerturbMeta(**read_json(src / META_FILE, fix=fix)))
+        z = _checked(src, lambda: _load_npz(src / CONTROLS_FILE))
+        X, groups = _checked(src, lambda: (z["X"], z["groups"]))
+        groups = groups if len(groups) else None
+        state = _checked(src, lambda: torch.load(src / HEAD_FILE, map_location="cpu", weights_only=True))
+        knowledge = state["knowledge"].numpy() if "knowledge" in state else None
+        head = CorrectionHead(model.config.d_model, len(meta.genes), knowledge, hidden=meta.head_hidden)
+        _checked(src, lambda: head.load_state_dict(state))
+        head.eval()
+        effects = _checked(src, lambda: EffectTable.from_arrays(z, meta.targets))
+        return cls(model, meta, X, groups, head=head, effects=effects)
 
     # ------------------------------------------------------------------------------------------ encoding
     def canonical(self, name: str) -> str:
@@ -177,145 +207,21 @@ def panel_matrix(adata, genes: Sequence[str] | None = None, *, layer: str | None
     return out, genes, present
 
 
-# ------------------------------------------------------------------------------------------------- train
-def train_perturbation(
-    adata,
-    *,
-    perturbation_key: str,
-    control: str = "ctrl",
-    kind: str = "genetic",
-    holdout: Sequence[str] | None = None,
-    test_fraction: float = 0.0,
-    match_key: str | None = None,
-    model: ScMamba2 | str | Path | None = None,
-    model_config: dict | None = None,
-    train_config=None,
-    n_top_genes: int | None = None,
-    layer: str | None = None,
-    use_raw: bool = False,
-    gene_column: str | None = None,
-    n_stored_controls: int = 512,
-    anonymise: float = 0.2,
-    target_cells: int = 8,
-    extra_targets: Sequence[str] = (),
-    out_dir: str | Path | None = None,
-) -> PerturbationModel:
-    """Train a perturbation-response model on control and perturbed cells.
+def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path) as z:  # every array read here, so that a damaged member fails inside _checked
+        return {k: z[k] for k in z.files}
 
-    Parameters
-    ----------
-    adata
-        Cells x genes, raw counts or log-normalised, with the perturbation of each cell in ``obs``.
-    perturbation_key, control, kind
-        See :func:`~scmamba2.data.perturb.parse_perturbations` (GEARS: ``condition``, ``ctrl``).
-    holdout, test_fraction
-        Perturbations left out of training: exactly ``holdout``, or a seeded ``test_fraction`` of them (see
-        :func:`~scmamba2.data.perturb.split_perturbations`); their cells are never trained on.
-    match_key
-        ``obs`` column for control matching: a perturbed cell is paired with controls of its own group
-        (cell type, replicate).
-    model
-        A pretrained model (object or checkpoint directory) to start from; every target gene must be in its
-        vocabulary. Default: a small new model (vocabulary = panel + target genes).
-    model_config
-        :class:`~scmamba2.ModelConfig` fields for a new model (default ``SMALL_MODEL``).
-    train_config
-        :class:`~scmamba2.train.config.TrainConfig` (steps, batch size, learning rate, seed).
-    extra_targets
-        Genes to give a token in a new model's vocabulary besides the panel and the data's targets (the
-        targets of perturbations you will predict later; with a pretrained model they must be in its vocabulary).
-    anonymise
-        Fraction of training pairs whose targets enter as flagged ``<mask>`` tokens (no gene identity), so
-        the model learns a generic perturbation for targets whose token it never trained.
-    target_cells
-        Training target = the mean of this many cells of the same perturbation (and group): the same expected
-        value as one cell, less noise (1 = single perturbed cells).
-    n_top_genes
-        Panel = this many highly variable genes of the training cells (default here: every gene; the CLI's
-        default is 2,000, as the other tasks). Targets outside the panel keep their vocabulary token.
-    out_dir
-        Save the model there.
-    """
-    import lightning.pytorch as pl
 
-    from ..train.config import TrainConfig
-    from ..train.plan import TrainingPlan
-    from ..train.trainer import make_trainer
-    from .embed import load_model
-
-    tcfg = train_config or TrainConfig(max_steps=600, batch_size=32, lr=1e-3, warmup_steps=50)
-    labels = parse_perturbations(adata, perturbation_key, control, kind=kind)
-    split = split_perturbations(labels, test_fraction=test_fraction, holdout=holdout, seed=tcfg.seed)
-    train_perts = split.index[split["split"] == "train"].tolist()
-    keep = labels.is_control | np.isin(labels.names, train_perts)
-    if match_key is not None and match_key not in adata.obs.columns:
-        raise InputError(f"match_key {match_key!r} is not an obs column; obs has: {list(adata.obs.columns)}")
-    log.info("%d perturbations in training, %d held out; %d of %d cells used", len(train_perts),
-             len(split) - len(train_perts), int(keep.sum()), adata.n_obs)
-
-    data = adata[keep]
-    genes = None
-    if n_top_genes is not None:
-        from ..data.io import select_matrix
-        from ..data.preprocess import select_hvg
-
-        genes = list(select_hvg(select_matrix(data, layer=layer, use_raw=use_raw, gene_column=gene_column),
-                                n_top_genes, flavor="seurat").var_names)
-    X, genes, _ = panel_matrix(data, genes, layer=layer, use_raw=use_raw, gene_column=gene_column)
-    log.info("gene panel: %s (%d genes)", "every gene" if n_top_genes is None else
-             f"the {n_top_genes} most variable genes (n_top_genes / --n-top-genes; 0 on the CLI = every gene)",
-             len(genes))
-    if len(genes) > 2000:
-        log.warning("the gene panel has %d genes: every cell becomes a sequence that long (slow); consider "
-                    "n_top_genes (--n-top-genes) of 500-2000", len(genes))
-    names = labels.names[keep]
-    is_ctrl = names == control
-
-    targets = {p: list(labels.targets(p)) for p in labels.perturbations} if kind == "genetic" else {}
-    all_targets = sorted({g for t in targets.values() for g in t} | set(map(str, extra_targets)))
-    base = load_model(model) if model is not None else None
-    vocab = _vocab(genes, all_targets, base)
-    conditions = [control] + labels.perturbations if kind == "condition" else []
-    changes = dict(value_mode="continuous", mvc=False, batch_embedding=False, dsbn=False, dab=False, n_pert_flags=2 if kind == "genetic" else 0,
-                   n_conditions=len(conditions), max_len=len(genes) + 1 + max([len(t) for t in targets.values()] + [0]))
-    pl.seed_everything(tcfg.seed, workers=True, verbose=False)
-    if base is None:
-        cfg = ModelConfig(vocab_size=len(vocab), **{**SMALL_MODEL, **(model_config or {}), **changes})
-        net = ScMamba2(cfg, vocab=vocab)
-    else:
-        net = base.adapt(vocab=vocab, **changes)
-
-    meta = PerturbMeta(key=perturbation_key, control=control, kind=kind, genes=genes,
-                       perturbations=labels.perturbations, train_perturbations=train_perts, targets=targets,
-                       conditions=conditions, control_mean=X[is_ctrl].mean(0).tolist(),
-                       match_key=match_key, split=split["split"].to_dict())
-    meta.flagged_genes = sorted({g for p in train_perts for g in targets.get(p, [])})
-    if base is None:
-        meta.untrained_genes = sorted(set(all_targets) - set(genes) - set(meta.flagged_genes))
-    groups = None if match_key is None else data.obs[match_key].astype(str).to_numpy()
-    rng = np.random.default_rng(tcfg.seed)
-    ctrl_rows = np.flatnonzero(is_ctrl)
-    stored = np.sort(rng.choice(ctrl_rows, min(n_stored_controls, len(ctrl_rows)), replace=False))
-    pm = PerturbationModel(net, meta, X[stored], None if groups is None else groups[stored])
-
-    order = [control] + train_perts
-    tokens = [pm.tokens(p)[:2] if kind == "genetic" else (np.zeros(0, np.int64),) * 2 for p in order]
-    pert_index = pd.Index(order).get_indexer(names)
-    condition = pd.Index(conditions).get_indexer(names) if kind == "condition" else None
-    ds = PairDataset(X, pert_index, tokens, control_pools(is_ctrl, groups), vocab.lookup(genes), vocab.cls_id,
-                     condition=condition, seed=tcfg.seed, anonymise=anonymise if kind == "genetic" else 0.0,
-                     mask_id=vocab.mask_id, target_cells=target_cells,
-                     target_pool=same_pools(names if groups is None else np.char.add(names.astype(str), "|" + groups)))
-    loader = torch.utils.data.DataLoader(ds, batch_size=tcfg.batch_size, shuffle=True,
-                                         drop_last=len(ds) > tcfg.batch_size,
-                                         collate_fn=PairCollator(vocab.pad_id),
-                                         generator=torch.Generator().manual_seed(tcfg.seed))
-    plan = TrainingPlan(net, TrainConfig(**{**tcfg.to_dict(), "mvc_weight": 0.0}))
-    make_trainer(tcfg).fit(plan, train_dataloaders=loader)
-    net.eval()
-    if out_dir is not None:
-        pm.save(out_dir)
-    return pm
+def _checked(src: Path, read):
+    """``read()``, a damaged file of the model folder ``src`` raised as one :class:`CheckpointError`."""
+    try:
+        return read()
+    except CheckpointError:
+        raise
+    except (TypeError, ValueError, KeyError, OSError, EOFError, RuntimeError, pickle.UnpicklingError,
+            zipfile.BadZipFile) as exc:
+        raise CheckpointError(f"{src} holds a damaged perturbation model ({exc}); train it again with "
+                              "`scmamba2 perturb train`") from None
 
 
 def _vocab(genes: list[str], targets: list[str], base: ScMamba2 | None) -> GeneVocab:
@@ -330,5 +236,7 @@ def _vocab(genes: list[str], targets: list[str], base: ScMamba2 | None) -> GeneV
     return base.vocab.extend(missing)
 
 
-# predict_perturbation and reverse_perturbation live in perturb_predict.py (imported last: they use the above).
+# train_perturbation lives in perturb_train.py, predict_perturbation and reverse_perturbation in
+# perturb_predict.py (imported last: they use the above).
+from .perturb_train import train_perturbation  # noqa: E402
 from .perturb_predict import predict_perturbation, reverse_perturbation  # noqa: E402

@@ -10,10 +10,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .._keys import CONDITION
-from ..data.perturb import PairCollator, pair_item
 from ..errors import InputError
 from .perturb import PerturbationModel, panel_matrix
+from .perturb_correction import mean_correction
 
 __all__ = ["predict_perturbation", "reverse_perturbation"]
 
@@ -27,42 +26,53 @@ def predict_perturbation(
     controls=None,
     control_group: str | None = None,
     n_controls: int = 256,
+    correction: bool = True,
     relative_to_control: bool = True,
     generic_unseen: bool = False,
     batch_size: int = 64,
     seed: int = 0,
     device: str | None = None,
 ):
-    """Predicted mean log1p-normalised expression of each perturbation.
+    """Predicted mean log1p-normalised expression of each perturbation: control level + baseline change +
+    learned correction (see :mod:`scmamba2.tasks.perturb`).
 
     Parameters
     ----------
     model
         A :class:`PerturbationModel` or its directory.
     perturbations
-        Names (``A``, ``A+B``, a condition; the control's label gives the model's unperturbed prediction).
+        Names (``A``, ``A+B``, a condition; the control's label gives the control level).
     controls
-        AnnData of control cells to predict from (e.g. a held-out cell type's controls); default the model's
-        stored control cells, restricted to ``control_group`` under control matching.
+        AnnData of control cells to predict from (e.g. a held-out cell type's controls): the control level is
+        their mean, and with a model trained with control matching on conditions every perturbation counts as
+        unmeasured in their group. Default: the model's stored control cells and the training control mean
+        (of ``control_group`` under control matching).
     n_controls
-        At most this many control cells (seeded sample) per perturbation.
+        At most this many control cells (seeded sample) to average the correction over.
+    correction
+        Add the learned correction (when training accepted it, at the scale validation chose) to perturbations
+        the baseline has not seen; ``False``: the baseline alone (a seen perturbation always gets its own
+        training effect).
     relative_to_control
-        Report the observed mean of the control cells used plus the model's predicted change,
-        ``mean(model(P)) - mean(model(control))`` over the same cells (the model's own bias cancels);
-        ``False``: the raw mean model output.
+        The correction is ``mean(correction(P)) - mean(correction(control))`` over the same cells (the
+        correction's own bias on unperturbed cells cancels); ``False``: ``mean(correction(P))``.
     generic_unseen
         Targets never perturbed in training enter as the generic perturbation (see
         :meth:`PerturbationModel.tokens`) instead of their own token.
 
     Returns
     -------
-    AnnData with one row per perturbation (``obs['perturbation']``, ``obs['n_controls']``), the panel genes
-    as ``var`` and the mean prediction in ``X``; ``uns['scmamba2_perturb']`` holds the control mean.
+    AnnData with one row per perturbation (``obs['perturbation']``, ``obs['n_controls']``, ``obs['source']``:
+    ``seen`` (own training effect), ``baseline`` or ``baseline+correction``), the panel genes as ``var`` and
+    the mean prediction in ``X``; ``uns['scmamba2_perturb']`` holds the control mean and the correction record.
     """
     import anndata as ad
 
     pm = model if isinstance(model, PerturbationModel) else PerturbationModel.load(model)
     names = [pm.canonical(p) for p in perturbations]
+    for name in names:  # unknown targets / conditions fail before any work
+        pm.tokens(name)
+    group = None
     if controls is None:
         C = pm.controls
         if control_group is not None:
@@ -72,45 +82,46 @@ def predict_perturbation(
             if not len(C):
                 raise InputError(f"no stored control cell in group {control_group!r}; groups: "
                                  f"{sorted(set(pm.control_groups.tolist()))}")
+            group = str(control_group)
+        level = pm.effects.control_mean(group)
     else:
         C, _, present = panel_matrix(controls, pm.meta.genes, target_sum=pm.meta.target_sum)
         _check_overlap(present, "controls")
+        level = C.mean(0).astype(np.float64)
     rng = np.random.default_rng(seed)
     if len(C) > n_controls:
         C = C[np.sort(rng.choice(len(C), n_controls, replace=False))]
-    net = pm.model
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    net = net.to(dev).eval()
-    vocab = net.vocab
-    panel_ids = vocab.lookup(pm.meta.genes)
-    collate = PairCollator(vocab.pad_id)
-    out = np.zeros((len(names), len(pm.meta.genes)), dtype=np.float32)
-    n_panel = len(panel_ids)
+    net, head = pm.model.to(dev).eval(), pm.head.to(dev).eval()
+    panel_ids = net.vocab.lookup(pm.meta.genes)
+    use_correction = correction and pm.corrected
 
-    def mean_output(name: str) -> np.ndarray:
+    def mean_corr(name: str) -> np.ndarray:
         flag_pos, extra, cond = pm.tokens(name, generic_unseen)
-        total = np.zeros(n_panel, dtype=np.float64)
-        for s in range(0, len(C), batch_size):
-            items = [pair_item(c, panel_ids, vocab.cls_id, flag_pos=flag_pos, extra_ids=extra)
-                     for c in C[s:s + batch_size]]
-            for it in items if cond is not None else ():
-                it[CONDITION] = cond
-            batch = {k: v.to(dev) for k, v in collate(items).items()}
-            total += net(batch).expr_pred[:, 1:1 + n_panel].double().sum(0).cpu().numpy()
-        return total / len(C)
+        return mean_correction(net, head, C, panel_ids, flag_pos=flag_pos, extra_ids=extra, condition=cond,
+                               batch_size=batch_size, device=dev)
 
-    if relative_to_control:
-        base = C.mean(0).astype(np.float64) - mean_output(pm.meta.control)
-    else:
-        base = np.zeros(n_panel)
+    out = np.zeros((len(names), len(pm.meta.genes)), dtype=np.float32)
+    source = []
+    ctrl_corr = None
     for r, name in enumerate(names):
-        out[r] = np.maximum(mean_output(name) + base, 0.0)
-    obs = pd.DataFrame({"perturbation": names, "n_controls": len(C)}, index=pd.Index(names).astype(str))
+        new_context = controls is not None and pm.effects.by == "group"  # user's cells: a group never measured
+        seen = name == pm.meta.control or (not new_context and pm.effects.is_seen(name, group))
+        pred = level + (pm.effects.baseline(name, group) if seen else pm.effects.baseline(name, group, honest=new_context))
+        if use_correction and not seen:
+            if relative_to_control and ctrl_corr is None:
+                ctrl_corr = mean_corr(pm.meta.control)
+            scale = float(pm.meta.correction.get("scale", 1.0))
+            pred = pred + scale * (mean_corr(name) - (ctrl_corr if relative_to_control else 0.0))
+        source.append("seen" if seen else "baseline+correction" if use_correction else "baseline")
+        out[r] = np.maximum(pred, 0.0)
+    obs = pd.DataFrame({"perturbation": names, "n_controls": len(C), "source": source},
+                       index=pd.Index(names).astype(str))
     if obs.index.has_duplicates:
         obs.index = [f"{n}-{i}" for i, n in enumerate(names)]
     res = ad.AnnData(X=out, obs=obs, var=pd.DataFrame(index=pd.Index(pm.meta.genes, dtype=str)))
     res.uns["scmamba2_perturb"] = {"control": pm.meta.control, "control_mean": pm.control_mean,
-                                   "kind": pm.meta.kind}
+                                   "kind": pm.meta.kind, "correction_accepted": pm.corrected}
     return res
 
 
