@@ -300,10 +300,11 @@ def embed(
 @app.command()
 def quickstart(
     out_dir: Path = typer.Option(Path("out/quickstart"), "--out", help="Where to write the results."),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Training steps (default: the demo's)."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Fine-tuning steps (default: the demo's 100)."),
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
-    """The demo: pretrain on scanpy's pbmc68k_reduced, embed, compare with PCA by kNN label transfer."""
+    """The demo: the bundled model on scanpy's pbmc68k_reduced, zero-shot and after a short self-supervised
+    fine-tune, each compared with PCA by kNN label transfer."""
     from .quickstart import run_quickstart
 
     with _user_errors():
