@@ -52,10 +52,12 @@ class ModelConfig:
     width ``profile_hidden``, 0 = linear): the cell embedding alone reconstructs a fixed panel of genes, zeros
     included (:mod:`scmamba2.data.panel`); the pretraining default.
 
-    Training memory (both off by default, for the fastest step; neither changes the result):
-    ``gradient_checkpointing`` recomputes each encoder layer in the backward pass; ``recompute_tokens``
-    recomputes only each layer's conv, scan and gated norm, in slices of about that many tokens (~3-4x less
-    activation memory per token, at 0.85-0.9x the step's speed: ``benchmarks/results/train_step.md``).
+    Training memory (neither changes the result): ``gradient_checkpointing`` (off by default) recomputes each
+    encoder layer in the backward pass; ``recompute_tokens`` (default 8,192) recomputes only each layer's conv,
+    scan and gated norm, in slices of about that many tokens, for batches of more tokens than that (~3-4x less
+    activation memory per token, at 0.85-0.9x the step's speed: ``benchmarks/results/train_step.md``). Batches
+    within it (e.g. 32 cells of 256 tokens) keep the fastest step; the default ``pretrain`` of pbmc3k (32 cells
+    of up to 1,200 tokens) peaked at 9.8 GB without it and 3.2 GB with slices of 4,096 tokens. None turns it off.
 
     ``cell_pooling`` makes the cell embedding (heads, :meth:`ScMamba2.cell_embedding`): ``"mean"`` (default)
     the mean over the valid positions (``<cls>`` included), ``"cls"`` the ``<cls>`` output (position 0). In the
@@ -79,7 +81,7 @@ class ModelConfig:
     pad_id: int = 0
     mvc: bool = True  # build the cell-conditioned expression head
     gradient_checkpointing: bool = False
-    recompute_tokens: int | None = None
+    recompute_tokens: int | None = 8192
     n_batches: int = 0
     batch_embedding: bool = False
     dsbn: bool = False
