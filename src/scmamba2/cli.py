@@ -180,9 +180,10 @@ def pretrain(
         train, dcfg, data = run["train"], run["data"], list(data or [])
         overrides = {k: v for k, v in (("max_steps", max_steps), ("seed", seed)) if v is not None}
         if overrides:
-            if train is None:  # pretrain()'s defaults: the profile objective in memory, GEP + MVC when streamed
-                no_masked = {} if dcfg.streams(data or []) else {"gep_weight": 0.0, "mvc_weight": 0.0}
-                train = TrainConfig(**no_masked)
+            if train is None:  # pretrain()'s defaults: the profile objective with continuous values, else GEP + MVC
+                tok = run["tokenizer"]
+                profile = tok is None or tok.value_mode == "continuous"
+                train = TrainConfig(**({"gep_weight": 0.0, "mvc_weight": 0.0} if profile else {}))
             train = replace(train, **overrides)
         if not data and not dcfg.sources:
             raise InputError("Give DATA (files, folders of h5ad shards, SOMA experiments) or data.sources in --config.")
