@@ -23,6 +23,7 @@ _LAZY = {
     "embed": "scmamba2.tasks.embed",
     "annotate": "scmamba2.tasks.annotate",
     "integrate": "scmamba2.tasks.integrate",
+    "integrate_harmony": "scmamba2.tasks.integrate_harmony",
     "multiomics": "scmamba2.tasks.multiomics",
     "predict_modality": "scmamba2.tasks.multiomics_predict",
     "train_perturbation": "scmamba2.tasks.perturb",

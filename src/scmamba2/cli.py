@@ -416,12 +416,14 @@ def integrate(
     dsbn: bool = typer.Option(False, "--dsbn/--no-dsbn", help="Domain-specific batch norm."),
     batch_decoder: bool = typer.Option(True, "--batch-decoder/--no-batch-decoder", help="Give the expression heads a learned batch vector (the embedding need not carry the batch)."),
     n_top_genes: int = typer.Option(2000, "--n-top-genes", help="Genes of a new model (highly variable)."),
+    method: str = typer.Option("finetune", "--method", help="finetune: train a model with the losses above; harmony: the pretrained model's embedding (--model, default the bundled one) corrected by Harmony, nothing trained."),
     overwrite: bool = OverwriteOpt,
     layer: Optional[str] = LayerOpt,
     use_raw: bool = RawOpt,
     gene_column: Optional[str] = GeneColOpt,
 ) -> None:
-    """Integrate batches: fine-tune with GEP + MVC (batch-conditioned decoders) (+ ECS) + DAB (+ DSBN), embed into obsm."""
+    """Integrate batches: fine-tune with GEP + MVC (batch-conditioned decoders) (+ ECS) + DAB (+ DSBN), or
+    correct a pretrained model's embedding with Harmony (--method harmony); embed into obsm."""
     from .data.files import check_model_dir, check_output, write_h5ad
     from .data.io import read
     from .tasks.integrate import IntegrationConfig
@@ -429,6 +431,10 @@ def integrate(
     from .train.config import TrainConfig
 
     with _user_errors():
+        if method not in ("finetune", "harmony"):
+            raise InputError(f"--method {method!r}: choose finetune or harmony.")
+        if method == "harmony" and save_model is not None:
+            raise InputError("--method harmony trains nothing, so there is no model to save: leave out --save-model.")
         check_output(out_path, [data, model])
         if umap is not None:
             check_output(umap, [data, model, out_path], option="--umap")
@@ -436,20 +442,34 @@ def integrate(
             check_model_dir(save_model, overwrite=overwrite, sources=[data, model, out_path], option="--save-model")
         _at_least(1, steps=steps, n_top_genes=n_top_genes)
         adata = read(data)
+        if method == "harmony":
+            from .tasks.integrate_harmony import integrate_harmony
+
+            integrate_harmony(adata, batch_key, model=model, label_key=label_key, layer=layer, use_raw=use_raw,
+                              gene_column=gene_column, seed=seed)
+            write_h5ad(adata, out_path)
+            _integrate_summary(adata, out_path, umap, batch_key, label_key, seed)
+            return
         cfg = IntegrationConfig(ecs=ecs, dab=dab, dsbn=dsbn, batch_decoder=batch_decoder)
         tcfg = TrainConfig(max_steps=steps, batch_size=32, lr=1e-3, warmup_steps=min(100, steps // 5), seed=seed)
         with _staged(save_model) as stage:
             _integrate(adata, batch_key, model=model, label_key=label_key, config=cfg, train_config=tcfg,
                        n_top_genes=n_top_genes, layer=layer, use_raw=use_raw, gene_column=gene_column, out_dir=stage)
             write_h5ad(adata, out_path)
-        info = adata.uns["scmamba2"]["X_scmamba2"]["integration"]
-        asw = f" (label ASW {info['asw_label']:.3f}, batch ASW {info['asw_batch']:.3f})" if label_key else ""
-        out.print(f"{adata.n_obs} cells integrated over {len(info['batch_categories'])} batches -> {out_path}{asw}")
-        if umap is not None:
-            from .eval.plots import umap_png
+        _integrate_summary(adata, out_path, umap, batch_key, label_key, seed)
 
-            umap_png(adata, use_rep="X_scmamba2", color=[batch_key] + ([label_key] if label_key else []), path=umap)
-            out.print(f"UMAP -> {umap}")
+
+def _integrate_summary(adata, out_path, umap, batch_key, label_key, seed) -> None:
+    info = adata.uns["scmamba2"]["X_scmamba2"]["integration"]
+    asw = (f" (label ASW {info['asw_label']:.3f}, batch ASW {info['asw_batch']:.3f})"
+           if "asw_label" in info and "asw_batch" in info else "")
+    out.print(f"{adata.n_obs} cells integrated over {len(info['batch_categories'])} batches -> {out_path}{asw}")
+    if umap is not None:
+        from .eval.plots import umap_png
+
+        umap_png(adata, use_rep="X_scmamba2", color=[batch_key] + ([label_key] if label_key else []), path=umap,
+                 seed=seed)
+        out.print(f"UMAP -> {umap}")
 
 
 # --- multiomics (issue: multi-omics) ---

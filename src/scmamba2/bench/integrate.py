@@ -25,7 +25,8 @@ DATASETS = {  # name -> (batch key, label key)
     "kang_muscat_8donors": ("donor", "cell_type"),
     "ifnb1k": ("condition", "cell_type"),
 }
-METHODS = {"Unintegrated PCA": "X_pca", "Harmony": "X_harmony", "scVI": "X_scvi", "scmamba2": "X_scmamba2"}
+METHODS = {"Unintegrated PCA": "X_pca", "Harmony": "X_harmony", "scVI": "X_scvi", "scmamba2": "X_scmamba2",
+           "scmamba2 bundled model + Harmony": "X_scmamba2_harmony"}
 
 
 def accepts(record) -> bool:
@@ -98,6 +99,7 @@ def _dataset(res: BenchResult, path: Path, name: str, out: Path, seed: int, s: d
     if adata.n_obs > s["max_cells"]:
         rng = np.random.default_rng(seed)
         adata = adata[np.sort(rng.choice(adata.n_obs, s["max_cells"], replace=False))].copy()
+    full = adata  # every gene: what the pretrained model reads
     if adata.n_vars > s["n_top_genes"]:
         a = adata.copy()
         with keep_torch_threads():  # scanpy's numba kernels reset torch's OpenMP threads
@@ -117,6 +119,12 @@ def _dataset(res: BenchResult, path: Path, name: str, out: Path, seed: int, s: d
         adata.obsm["X_scvi"] = _scvi(adata, batch_key, seed, s)
     with res.step(f"{name}: scmamba2 ({s['steps']} steps)"):
         _ours(adata, batch_key, label_key, seed, s)
+    with res.step(f"{name}: scmamba2 bundled model + Harmony (nothing trained)"):
+        from ..tasks.integrate_harmony import integrate_harmony
+
+        e = full.copy()
+        integrate_harmony(e, batch_key, seed=seed)
+        adata.obsm["X_scmamba2_harmony"] = e.obsm["X_scmamba2"]
     with res.step(f"{name}: scIB metrics"):
         df = scib_benchmark(adata, batch_key, label_key, list(METHODS.values()), pre_integrated_key="X_pca",
                             metrics=s["scib_metrics"])
@@ -168,20 +176,21 @@ def _ours(adata, batch_key: str, label_key: str, seed: int, s: dict) -> None:
 
 
 def _verdict(table: pd.DataFrame) -> list[str]:
-    """Where scmamba2 has the best total, and where not: by how much and which term loses."""
+    """Each scmamba2 row against the best baseline: ahead or behind on the total, and which term."""
     notes = []
     for name, df in table.groupby("dataset", sort=False):
         df = df.set_index("method")
-        best = df["Total"].idxmax()
-        ours = df.loc["scmamba2"]
-        if best == "scmamba2":
-            notes.append(f"{name}: scmamba2 has the best total ({ours['Total']:.3f}).")
-            continue
+        ours = [m for m in df.index if m.startswith("scmamba2")]
+        best = df.drop(index=ours)["Total"].idxmax()
         b = df.loc[best]
-        gaps = {t: ours[t] - b[t] for t in ("Bio conservation", "Batch correction")}
-        worse = [f"{t.lower()} {v:+.3f}" for t, v in gaps.items()]
-        notes.append(f"{name}: {best} has the best total ({b['Total']:.3f}); scmamba2 {ours['Total']:.3f} "
-                     f"({ours['Total'] - b['Total']:+.3f}); scmamba2 minus {best}: {', '.join(worse)} "
-                     f"(weighted: bio {0.6 * gaps['Bio conservation']:+.3f}, "
-                     f"batch {0.4 * gaps['Batch correction']:+.3f} of the total).")
+        for m in ours:
+            o = df.loc[m]
+            gaps = {t: o[t] - b[t] for t in ("Bio conservation", "Batch correction")}
+            verdict = "at or above" if o["Total"] >= b["Total"] else "below"
+            notes.append(f"{name}: {m} total {o['Total']:.3f} is {verdict} the best baseline, {best} "
+                         f"({b['Total']:.3f}; {o['Total'] - b['Total']:+.3f}): bio conservation "
+                         f"{gaps['Bio conservation']:+.3f}, batch correction {gaps['Batch correction']:+.3f}.")
+    notes.append("The bundled model was pretrained, without labels, on cells of these experiments (the Kang training "
+                  "donors and ifnb1k; see its model card), so its rows are not those of a model that never saw the "
+                  "data; every method here is fitted to each dataset without labels anyway.")
     return notes
