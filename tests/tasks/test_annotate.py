@@ -291,3 +291,27 @@ def test_start_options_that_do_not_go_together(tmp_path):
     renamed.var_names = [f"ENSG{j:011d}" for j in range(ref.n_vars)]
     with pytest.raises(InputError, match="shares only 0 genes"):
         fit_annotator(renamed, "cell_type", model=model_dir)
+
+
+def test_cli_probe_from_a_model_folder_saves_and_reloads(tmp_path):
+    from typer.testing import CliRunner
+
+    import anndata as ad
+
+    from scmamba2.cli import app
+
+    model_dir = _tiny_pretrained(tmp_path / "base", seed=1)
+    cells(96, [0, 1, 2], seed=22).write_h5ad(tmp_path / "ref.h5ad")
+    cells(48, [0, 1, 2], seed=23).write_h5ad(tmp_path / "query.h5ad")
+    runner = CliRunner()
+    r = runner.invoke(app, ["--quiet", "annotate", "--reference", str(tmp_path / "ref.h5ad"), "--label-key",
+                            "cell_type", "--query", str(tmp_path / "query.h5ad"), "--out", str(tmp_path / "a.h5ad"),
+                            "--model", str(model_dir), "--save-model", str(tmp_path / "ann")])
+    assert r.exit_code == 0, r.output
+    assert "macro-F1" in r.output
+    r2 = runner.invoke(app, ["--quiet", "annotate", "--annotator", str(tmp_path / "ann"), "--query",
+                             str(tmp_path / "query.h5ad"), "--out", str(tmp_path / "b.h5ad")])
+    assert r2.exit_code == 0, r2.output
+    a, b = ad.read_h5ad(tmp_path / "a.h5ad"), ad.read_h5ad(tmp_path / "b.h5ad")
+    np.testing.assert_allclose(b.obsm["scmamba2_probs"], a.obsm["scmamba2_probs"], atol=1e-6)
+    assert Annotator.load(tmp_path / "ann").info["method"] == "probe"
