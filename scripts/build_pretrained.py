@@ -29,8 +29,12 @@ if __name__ == "__main__":
     import torch
 
     torch.set_num_threads(args.threads)
-    from scmamba2.bench.bundled import NAME, build, export
+    from scmamba2.bench.bundled import NAME, build, export, record_reference, write_card, zero_shot_scores
 
     if not args.export_only:
         build(args.data_dir, args.run_dir, steps=args.steps, resume=args.resume, seed=args.seed)
-    print("exported to", export(args.run_dir, REPO / "src" / "scmamba2" / "pretrained" / NAME))
+    dest = export(args.run_dir, REPO / "src" / "scmamba2" / "pretrained" / NAME)
+    record_reference(dest)  # the few cells tests/pretrained checks the shipped embedding on
+    scores = zero_shot_scores(dest, args.data_dir, seed=args.seed)
+    print(scores.to_string())
+    print("exported to", dest, "with", write_card(dest, args.run_dir, scores))

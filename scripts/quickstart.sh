@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job: pretrain a small SC-MAMBA2 on scanpy's bundled pbmc68k_reduced, embed it, report.
+# The main job: the bundled pretrained model on scanpy's pbmc68k_reduced, zero-shot and after a short fine-tune, vs PCA.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh

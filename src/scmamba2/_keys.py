@@ -12,6 +12,7 @@ CELL_INDEX = "cell_index"  # (B,) int64: row of the cell in its AnnData
 PERT_FLAGS = "pert_flags"  # (B, L) int64: per-token perturbation flag (0 = not perturbed)
 CONDITION = "condition"  # (B,) int64: non-genetic perturbation / condition index (drug, cytokine)
 MODALITY = "modality"  # (B, L) int64: modality of each token (0 = RNA)
+LIBRARY = "library"  # (B,) float32: the cell's total raw counts (count likelihood of the profile decoder)
 PROFILE = "profile"  # (B, P) float32: the cell's standardised panel expression (NaN = not measured)
 
 # Special values in VALUES.

@@ -180,9 +180,10 @@ def pretrain(
         train, dcfg, data = run["train"], run["data"], list(data or [])
         overrides = {k: v for k, v in (("max_steps", max_steps), ("seed", seed)) if v is not None}
         if overrides:
-            if train is None:  # pretrain()'s defaults: the profile objective in memory, GEP + MVC when streamed
-                no_masked = {} if dcfg.streams(data or []) else {"gep_weight": 0.0, "mvc_weight": 0.0}
-                train = TrainConfig(**no_masked)
+            if train is None:  # pretrain()'s defaults: the profile objective with continuous values, else GEP + MVC
+                tok = run["tokenizer"]
+                profile = tok is None or tok.value_mode == "continuous"
+                train = TrainConfig(**({"gep_weight": 0.0, "mvc_weight": 0.0} if profile else {}))
             train = replace(train, **overrides)
         if not data and not dcfg.sources:
             raise InputError("Give DATA (files, folders of h5ad shards, SOMA experiments) or data.sources in --config.")
@@ -300,10 +301,11 @@ def embed(
 @app.command()
 def quickstart(
     out_dir: Path = typer.Option(Path("out/quickstart"), "--out", help="Where to write the results."),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Training steps (default: the demo's)."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Fine-tuning steps (default: the demo's 100)."),
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
-    """The demo: pretrain on scanpy's pbmc68k_reduced, embed, compare with PCA by kNN label transfer."""
+    """The demo: the bundled model on scanpy's pbmc68k_reduced, zero-shot and after a short self-supervised
+    fine-tune, each compared with PCA by kNN label transfer."""
     from .quickstart import run_quickstart
 
     with _user_errors():

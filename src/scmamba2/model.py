@@ -50,12 +50,17 @@ class ModelConfig:
 
     ``profile_genes > 0`` builds the whole-profile decoder (:class:`~scmamba2.nn.heads.ProfileHead`, hidden
     width ``profile_hidden``, 0 = linear): the cell embedding alone reconstructs a fixed panel of genes, zeros
-    included (:mod:`scmamba2.data.panel`); the pretraining default.
+    included (:mod:`scmamba2.data.panel`); the pretraining default. ``profile_likelihood``: ``"mse"`` (default)
+    on the standardised log-normalised values, or ``"nb"``, a negative binomial on the panel genes' raw counts
+    with the cell's library size and a dispersion per gene, as scVI's decoder (the head then predicts the log of
+    the expression per ``target_sum`` counts, relative to ``expm1`` of the panel's gene mean; needs raw counts).
 
-    Training memory (both off by default, for the fastest step; neither changes the result):
-    ``gradient_checkpointing`` recomputes each encoder layer in the backward pass; ``recompute_tokens``
-    recomputes only each layer's conv, scan and gated norm, in slices of about that many tokens (~3-4x less
-    activation memory per token, at 0.85-0.9x the step's speed: ``benchmarks/results/train_step.md``).
+    Training memory (neither changes the result): ``gradient_checkpointing`` (off by default) recomputes each
+    encoder layer in the backward pass; ``recompute_tokens`` (default 8,192) recomputes only each layer's conv,
+    scan and gated norm, in slices of about that many tokens, for batches of more tokens than that (~3-4x less
+    activation memory per token, at 0.85-0.9x the step's speed: ``benchmarks/results/train_step.md``). Batches
+    within it (e.g. 32 cells of 256 tokens) keep the fastest step; the default ``pretrain`` of pbmc3k (32 cells
+    of up to 1,200 tokens) peaked at 9.8 GB without it and 3.2 GB with slices of 4,096 tokens. None turns it off.
 
     ``cell_pooling`` makes the cell embedding (heads, :meth:`ScMamba2.cell_embedding`): ``"mean"`` (default)
     the mean over the valid positions (``<cls>`` included), ``"cls"`` the ``<cls>`` output (position 0). In the
@@ -79,7 +84,7 @@ class ModelConfig:
     pad_id: int = 0
     mvc: bool = True  # build the cell-conditioned expression head
     gradient_checkpointing: bool = False
-    recompute_tokens: int | None = None
+    recompute_tokens: int | None = 8192
     n_batches: int = 0
     batch_embedding: bool = False
     dsbn: bool = False
@@ -92,6 +97,7 @@ class ModelConfig:
     cell_pooling: Literal["cls", "mean"] = "mean"
     profile_genes: int = 0
     profile_hidden: int = 0
+    profile_likelihood: Literal["mse", "nb"] = "mse"
 
     def __post_init__(self) -> None:
         if self.vocab_size < 5:
@@ -103,6 +109,8 @@ class ModelConfig:
             )
         if self.cell_pooling not in ("cls", "mean"):
             raise ValueError(f"cell_pooling must be 'cls' or 'mean', not {self.cell_pooling!r}")
+        if self.profile_likelihood not in ("mse", "nb"):
+            raise ValueError(f"profile_likelihood must be 'mse' or 'nb', not {self.profile_likelihood!r}")
         if self.value_mode not in ("binned", "continuous"):
             raise ValueError(f"value_mode must be 'binned' or 'continuous', not {self.value_mode!r}")
         if self.n_bins < 3:
@@ -193,8 +201,8 @@ class ScMamba2(nn.Module):
         )
         self.expr_head = ExpressionHead(d)
         self.mvc_head = MVCHead(d) if config.mvc else None
-        self.profile_head = (ProfileHead(d, config.profile_genes, config.profile_hidden)
-                             if config.profile_genes else None)
+        self.profile_head = (ProfileHead(d, config.profile_genes, config.profile_hidden,
+                                         nb=config.profile_likelihood == "nb") if config.profile_genes else None)
         self.classifier = ClassifierHead(d, config.n_classes, config.dropout) if config.n_classes else None
         self.batch_discriminator = BatchDiscriminator(d, config.n_batches, config.dab_alpha) if config.dab else None
 

@@ -77,7 +77,7 @@ def run_quickstart(out_dir: str | Path, *, max_steps: int | None = None, seed: i
         f"Model: the bundled `{DEFAULT_MODEL}` ({sum(p.numel() for p in bundled.parameters()):,} parameters; see its "
         "MODEL_CARD.md), then fine-tuned on these cells with its own objective (the whole profile of its gene "
         f"panel): {train.max_steps} steps of batch {train.batch_size}, lr {train.lr}, seed {seed}, torch "
-        f"{torch.__version__}, {torch.get_num_threads()} threads.",
+        f"{torch.__version__}, torch threads: {torch.get_num_threads()}.",
         f"Held-out profile loss of the fine-tune: {res.val_start.get('val/profile', float('nan')):.3f} -> "
         f"{end.get('val/profile', float('nan')):.3f} (predicting each gene's mean: "
         f"{end.get('val/profile_gene_mean', float('nan')):.3f}).",

@@ -227,6 +227,8 @@ def test_recompute_slices_store_less():
         return sum(seen.values())
 
     assert saved_bytes(64) < 0.5 * saved_bytes(None)
+    # a batch within the budget (4 x 64 = 256 tokens) stores everything: the fastest step
+    assert saved_bytes(256) == saved_bytes(None)
 
 
 def test_recompute_and_slice_tokens_must_be_positive():

@@ -31,7 +31,7 @@ NAME = "scmamba2-pbmc-small"
 MODEL = dict(d_model=128, n_layers=2, headdim=32, chunk_size=64, dropout=0.1, profile_genes=2000)
 TOKENIZER = dict(value_mode="continuous", max_len=256)
 TRAIN = dict(max_steps=1800, batch_size=32, lr=3e-3, warmup_steps=100, mask_ratio=0.4, gep_weight=0.0,
-             mvc_weight=0.0, profile_min_measured=0.15, val_fraction=0.03, val_every_n_steps=250, log_every_n_steps=25)
+             mvc_weight=0.0, profile_min_measured=0.5, val_fraction=0.03, val_every_n_steps=250, log_every_n_steps=25)
 MIN_CELLS = 10  # vocabulary: genes detected in at least this many pooled cells
 
 

@@ -52,6 +52,8 @@ RECIPES: dict[str, tuple[dict, dict, dict]] = {
         (dict(profile_hidden=256), {}, dict(gep_weight=0.0, mvc_weight=0.0)),
     "default + contrastive term (two views, weight 0.2)":
         ({}, {}, dict(gep_weight=0.0, mvc_weight=0.0, contrastive_weight=0.2)),
+    "default with a negative-binomial likelihood (counts, library size, per-gene dispersion)":
+        (dict(profile_likelihood="nb"), {}, dict(gep_weight=0.0, mvc_weight=0.0)),
     "default at 2x steps":
         ({}, {}, dict(gep_weight=0.0, mvc_weight=0.0, max_steps=500)),
 }

@@ -11,8 +11,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from .._keys import (BATCH, CELL_INDEX, GENES, LABELS, MASK, PAD_VALUE, PADDING_MASK, PROFILE, TARGET_VALUES,
-                     VALUES)
+from .._keys import (BATCH, CELL_INDEX, GENES, LABELS, LIBRARY, MASK, PAD_VALUE, PADDING_MASK, PROFILE,
+                     TARGET_VALUES, VALUES)
 from .tokenize import TokenizedCells, mask_values
 
 logger = logging.getLogger(__name__)
@@ -126,6 +126,8 @@ class Collator:
                 raise ValueError(f"key {key!r} is present in some items of the batch but not all")
         if PROFILE in items[0]:
             batch[PROFILE] = torch.from_numpy(np.stack([it[PROFILE] for it in items]))
+        if LIBRARY in items[0]:
+            batch[LIBRARY] = torch.tensor([it[LIBRARY] for it in items], dtype=torch.float32)
         return batch
 
 
@@ -222,6 +224,8 @@ class TokenizedDataset(Dataset):
             item[PROFILE] = panel_targets(c.gene_ids[start:end], c.values[start:end], self._panel_index,
                                           self.panel.mean, self.panel.std,
                                           None if self.source is None else self.measured[self.source[i]])
+            if c.library is not None:
+                item[LIBRARY] = float(c.library[i])
         return item
 
 

@@ -19,7 +19,8 @@ import numpy as np
 from ..errors import InputError
 from .tokenize import TokenizedCells
 
-__all__ = ["GenePanel", "select_panel", "refit_panel", "panel_targets", "panel_index"]
+__all__ = ["GenePanel", "select_panel", "refit_panel", "panel_targets", "panel_index", "gene_moments",
+           "panel_from_moments"]
 
 
 @dataclass
@@ -59,6 +60,41 @@ def _gene_moments(cells: TokenizedCells, vocab_size: int, group: np.ndarray | No
     return n, s1, s2
 
 
+def gene_moments(cells: TokenizedCells, vocab_size: int, group: np.ndarray | None = None,
+                 measured: np.ndarray | None = None) -> np.ndarray:
+    """``(4, vocab_size)`` float64 sums over ``cells`` that :func:`panel_from_moments` chooses from: per
+    vocabulary id the cells that measured it, the sum and sum of squares of its values there, and the cells
+    that expressed it. Sums of disjoint sets of cells add up (a streamed corpus, block by block)."""
+    _check_continuous(cells)
+    n, s1, s2 = _gene_moments(cells, vocab_size, group, measured)
+    expressed = np.bincount(cells.gene_ids[cells.values > 0], minlength=vocab_size).astype(np.float64)
+    return np.stack([n, s1, s2, expressed])
+
+
+def panel_from_moments(moments: np.ndarray, n_cells: int, n_genes: int, *, min_cells: int = 10,
+                       min_measured: float = 0.5) -> GenePanel:
+    """The ``n_genes`` most variable genes by :func:`gene_moments` sums over ``n_cells`` cells (the rule of
+    :func:`select_panel`)."""
+    if n_genes < 1:
+        raise ValueError(f"n_genes={n_genes} must be >= 1")
+    n, s1, s2, expressed = moments
+    ok = (expressed >= min_cells) & (n >= min_measured * n_cells) & (n > 1)
+    ok[:4] = False  # special tokens
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(n > 0, s1 / np.maximum(n, 1), 0.0)
+        var = np.where(n > 1, s2 / np.maximum(n, 1) - mean**2, 0.0)
+    score = np.where(ok, var, -np.inf)
+    cand = np.flatnonzero(ok)
+    if len(cand) == 0:
+        raise InputError(f"No gene is expressed in at least {min_cells} training cells: cannot choose a gene panel "
+                         "for the profile objective (use more cells, or profile_genes=0).")
+    top = cand[np.lexsort((cand, -score[cand]))][:n_genes]
+    ids = np.sort(top)
+    std = np.sqrt(np.maximum(var[ids], 0.0))
+    return GenePanel(ids=ids.astype(np.int64), mean=mean[ids].astype(np.float32),
+                     std=np.maximum(std, 1e-3).astype(np.float32))
+
+
 def select_panel(cells: TokenizedCells, vocab_size: int, n_genes: int, *, group: np.ndarray | None = None,
                  measured: np.ndarray | None = None, min_cells: int = 10,
                  min_measured: float = 0.5) -> GenePanel:
@@ -81,26 +117,10 @@ def select_panel(cells: TokenizedCells, vocab_size: int, n_genes: int, *, group:
     min_measured
         Genes measured in fewer than this share of the cells are left out.
     """
-    _check_continuous(cells)
     if n_genes < 1:
         raise ValueError(f"n_genes={n_genes} must be >= 1")
-    n, s1, s2 = _gene_moments(cells, vocab_size, group, measured)
-    expressed = np.bincount(cells.gene_ids[cells.values > 0], minlength=vocab_size)
-    ok = (expressed >= min_cells) & (n >= min_measured * len(cells)) & (n > 1)
-    ok[:4] = False  # special tokens
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.where(n > 0, s1 / np.maximum(n, 1), 0.0)
-        var = np.where(n > 1, s2 / np.maximum(n, 1) - mean**2, 0.0)
-    score = np.where(ok, var, -np.inf)
-    cand = np.flatnonzero(ok)
-    if len(cand) == 0:
-        raise InputError(f"No gene is expressed in at least {min_cells} training cells: cannot choose a gene panel "
-                         "for the profile objective (use more cells, or profile_genes=0).")
-    top = cand[np.lexsort((cand, -score[cand]))][:n_genes]
-    ids = np.sort(top)
-    std = np.sqrt(np.maximum(var[ids], 0.0))
-    return GenePanel(ids=ids.astype(np.int64), mean=mean[ids].astype(np.float32),
-                     std=np.maximum(std, 1e-3).astype(np.float32))
+    return panel_from_moments(gene_moments(cells, vocab_size, group, measured), len(cells), n_genes,
+                              min_cells=min_cells, min_measured=min_measured)
 
 
 def panel_targets(gene_ids: np.ndarray, values: np.ndarray, panel_index: np.ndarray, mean: np.ndarray,

@@ -192,6 +192,7 @@ class CorpusDataset(IterableDataset):
         self.aliases = dict(aliases or {})
         self.world_size, self.rank = world_size, rank
         self.epoch, self.start_batch = 0, 0
+        self.panel, self._panel_measured = None, None  # set_panel: whole-profile targets
         self._n_empty = 0  # cells read without any vocabulary gene (kept as <cls>-only sequences)
         self._tokens = [shard_tokens(s.var(), self.aliases) for s in corpus.shards]
         # Binned values depend only on the kept genes, so columns outside the vocabulary can be cut before
@@ -255,16 +256,39 @@ class CorpusDataset(IterableDataset):
 
     # --- reading -------------------------------------------------------------------------------------
 
-    def _read(self, piece: _Piece) -> TokenizedDataset:
+    def measured(self, shard: int) -> np.ndarray:
+        """``(len(vocab),)`` bool: the vocabulary genes that shard ``shard`` measured."""
+        ids = self.vocab.lookup(self._tokens[shard])
+        out = np.zeros(len(self.vocab), dtype=bool)
+        out[ids[ids >= 0]] = True
+        return out
+
+    def set_panel(self, panel, measured: np.ndarray) -> None:
+        """Give every cell its whole-profile target (:mod:`scmamba2.data.panel`): ``measured`` (n_shards, P)
+        bool, whether each shard measured each panel gene (unmeasured targets are NaN)."""
+        self.panel, self._panel_measured = panel, np.asarray(measured, dtype=bool)
+
+    def training_pieces(self) -> list[_Piece]:
+        """The training blocks (held-out ones excluded), in corpus order."""
+        return list(self._blocks)
+
+    def tokens(self, piece: _Piece):
+        """The :class:`~scmamba2.data.tokenize.TokenizedCells` of one block."""
         shard = self.corpus.shards[piece.shard]
         x = shard.read(np.arange(piece.lo, piece.hi))
         names, cols = self._tokens[piece.shard], self._columns[piece.shard]
         if cols is not None and len(cols) < x.shape[1]:
             x, names = x[:, cols], names[cols]
         with _quiet_tokenizer():
-            cells = tokenize(x, self.vocab, self.config, gene_names=names, seed=self.seed)
+            return tokenize(x, self.vocab, self.config, gene_names=names, seed=self.seed)
+
+    def _read(self, piece: _Piece) -> TokenizedDataset:
+        cells = self.tokens(piece)
         self._n_empty += int((cells.lengths <= 1).sum())
-        ds = TokenizedDataset(cells, resample=True, seed=self.seed)
+        targets = {} if self.panel is None else {
+            "panel": self.panel, "source": np.zeros(len(cells), dtype=np.int64),
+            "measured": self._panel_measured[piece.shard][None]}
+        ds = TokenizedDataset(cells, resample=True, seed=self.seed, **targets)
         ds.set_epoch(self.epoch)
         return ds
 

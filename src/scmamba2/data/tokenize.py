@@ -129,6 +129,9 @@ class TokenizedCells:
         Seed of the per-cell random choices when :meth:`cell` gets no generator.
     cell_index : numpy.ndarray of int64, optional
         Row of each cell in its source matrix; default ``arange(N)``. Kept by :meth:`subset`.
+    library : numpy.ndarray of float32, optional
+        Each cell's total raw counts over all its columns (continuous values of raw counts; None otherwise),
+        for a count likelihood. Kept by :meth:`subset`.
     """
 
     def __init__(
@@ -141,6 +144,7 @@ class TokenizedCells:
         cls_id: int = 1,
         seed: int = 0,
         cell_index: np.ndarray | None = None,
+        library: np.ndarray | None = None,
     ) -> None:
         self.gene_ids = np.asarray(gene_ids, dtype=np.int64)
         self.values = np.asarray(values, dtype=np.float32)
@@ -158,6 +162,9 @@ class TokenizedCells:
         self.cell_index = np.arange(n, dtype=np.int64) if cell_index is None else np.asarray(cell_index, dtype=np.int64)
         if len(self.cell_index) != n:
             raise ValueError("cell_index must have one entry per cell")
+        self.library = None if library is None else np.asarray(library, dtype=np.float32)
+        if self.library is not None and len(self.library) != n:
+            raise ValueError("library must have one entry per cell")
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -239,6 +246,7 @@ class TokenizedCells:
         return TokenizedCells(
             self.gene_ids[flat], self.values[flat], offsets, self.config,
             cls_id=self.cls_id, seed=self.seed, cell_index=self.cell_index[idx],
+            library=None if self.library is None else self.library[idx],
         )  # fmt: skip
 
 
@@ -339,11 +347,14 @@ def tokenize(
         gid, data = gid[order], data[order]
     if data.dtype.kind == "f" and np.isnan(data).any():
         raise InputError("The expression matrix contains NaN values; tokenising needs finite raw counts.")
+    library = None
     if cfg.value_mode == "binned":
         values = _bin_entries(indptr, data, cfg.n_bins).astype(np.float32)
     else:
         scale = _row_scale(X, cfg.target_sum)
         values = np.log1p(data * scale[row]).astype(np.float32)
+        if not log_normalized:  # raw counts: each cell's total, for count likelihoods
+            library = np.asarray(X.sum(axis=1), dtype=np.float64).ravel().astype(np.float32)
     gid = gid.astype(np.int64, copy=False)
 
     if cfg.include_zeros != "none":
@@ -366,7 +377,7 @@ def tokenize(
             gid, values = gid[order], values[order]
             indptr = np.concatenate([[0], np.cumsum(np.bincount(all_rows, minlength=n_cells))])
 
-    cells = TokenizedCells(gid, values, indptr, cfg, cls_id=vocab.cls_id, seed=seed)
+    cells = TokenizedCells(gid, values, indptr, cfg, cls_id=vocab.cls_id, seed=seed, library=library)
     n_empty = int(np.sum(np.diff(indptr) == 0))
     if n_empty:
         logger.warning("%d of %d cells have no expressed vocabulary gene (only <cls>)", n_empty, n_cells)

@@ -129,12 +129,12 @@ class BiMamba2Layer(nn.Module):
         Passed to :class:`Mamba2Block` (inference-only tiling of long sequences). When it applies, the
         two directions also run one after the other instead of as one doubled batch, halving the peak.
     recompute_tokens : int or None
-        Training memory, opt-in: the conv, scan and gated norm (whose intermediates are most of a layer's
-        activation memory) run under activation checkpointing in slices of about this many tokens (whole
-        sequences), so the layer stores little more than its projections' inputs and outputs (a training
-        step keeps ~3-4x fewer bytes per token), and the backward pass holds one slice's intermediates at a
-        time. It costs the recomputation: ~0.85x the step's speed (``benchmarks/results/train_step.md``).
-        None (default) stores everything.
+        Training memory: a batch of more than this many tokens (padding included) runs the conv, scan and
+        gated norm (whose intermediates are most of a layer's activation memory) under activation
+        checkpointing in slices of about this many tokens (whole sequences), so the layer stores little more
+        than its projections' inputs and outputs (~3-4x fewer bytes per token) and the backward pass holds one
+        slice's intermediates at a time, at ~0.85x the step's speed (``benchmarks/results/train_step.md``). A
+        batch within it stores everything. None (default) never recomputes.
     manual_backward : bool
         Passed to :class:`Mamba2Block`: the scan's hand-written backward pass (default; False = autograd).
     slice_tokens : int or None
@@ -198,7 +198,7 @@ class BiMamba2Layer(nn.Module):
         batch, length = h.shape[:2]
         recording = torch.is_grad_enabled() and (h.requires_grad or any(p.requires_grad for p in block.parameters()))
         tokens = self.recompute_tokens if recording else self.slice_tokens
-        if tokens is None:
+        if tokens is None or batch * length <= tokens:  # a batch within the budget stores everything (fastest)
             mixed = _both_directions(block, z, xbcdt, lengths)
         else:
 

@@ -63,8 +63,11 @@ class ProfileHead(nn.Module):
     standard deviation are buffers, saved with the weights, so a checkpoint says what it reconstructs.
     """
 
-    def __init__(self, d_model: int, n_genes: int, n_hidden: int = 0):
+    def __init__(self, d_model: int, n_genes: int, n_hidden: int = 0, nb: bool = False):
         super().__init__()
+        # a negative-binomial likelihood (train.plan): the output is the log expression per target_sum counts
+        # relative to expm1(gene_mean), and each gene has a dispersion (log theta; theta = 1 at initialisation)
+        self.log_theta = nn.Parameter(torch.zeros(n_genes)) if nb else None
         if n_hidden:
             self.decoder = nn.Sequential(nn.Linear(d_model, n_hidden), nn.GELU(), nn.LayerNorm(n_hidden),
                                          nn.Linear(n_hidden, n_genes))

@@ -25,6 +25,26 @@ def nan_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (diff * diff).sum() / n
 
 
+def nb_nll(log_rate: torch.Tensor, counts: torch.Tensor, library: torch.Tensor, log_theta: torch.Tensor,
+           target_sum: float) -> torch.Tensor:
+    """Mean negative log-likelihood of a negative binomial over the entries where ``counts`` is not NaN.
+
+    ``log_rate`` (B, P): log expression per ``target_sum`` counts; ``library`` (B,): each cell's total counts,
+    so the mean is ``library / target_sum * exp(log_rate)``; ``log_theta`` (P,): per-gene inverse dispersion.
+    """
+    ok = ~torch.isnan(counts)
+    n = ok.sum()
+    if n == 0:
+        return log_rate.sum() * 0.0
+    x = torch.where(ok, counts, torch.zeros_like(counts))
+    log_mu = log_rate.clamp(max=20.0) + torch.log(library / target_sum).unsqueeze(1)
+    theta = log_theta.exp().unsqueeze(0)
+    log_theta_mu = torch.logaddexp(log_theta.unsqueeze(0), log_mu)  # log(theta + mu)
+    ll = (torch.lgamma(x + theta) - torch.lgamma(theta) - torch.lgamma(x + 1.0)
+          + theta * (log_theta.unsqueeze(0) - log_theta_mu) + x * (log_mu - log_theta_mu))
+    return -torch.where(ok, ll, torch.zeros_like(ll)).sum() / n
+
+
 def elastic_cell_similarity(cell_emb: torch.Tensor, threshold: float = 0.6) -> torch.Tensor:
     """ECS: pushes pairwise cosine similarities of the cells in a batch away from ``threshold``.
 

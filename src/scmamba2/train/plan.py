@@ -22,10 +22,11 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 
-from .._keys import BATCH, GENES, LABELS, MASK, PADDING_MASK, PROFILE, TARGET_VALUES, VALUES
+from .._keys import BATCH, GENES, LABELS, LIBRARY, MASK, PADDING_MASK, PROFILE, TARGET_VALUES, VALUES
+from ..errors import InputError
 from ..model import ScMamba2
 from .config import TrainConfig
-from .losses import elastic_cell_similarity, info_nce, masked_mse, nan_mse
+from .losses import elastic_cell_similarity, info_nce, masked_mse, nan_mse, nb_nll
 from .schedule import make_optimizer, warmup_cosine
 
 
@@ -70,7 +71,7 @@ class TrainingPlan(pl.LightningModule):
             losses["mvc"] = masked_mse(out.mvc_pred, batch[TARGET_VALUES], batch[MASK])
             total = total + c.mvc_weight * losses["mvc"]
         if out.profile_pred is not None and PROFILE in batch and c.profile_weight > 0:
-            losses["profile"] = nan_mse(out.profile_pred, batch[PROFILE])
+            losses["profile"] = self._profile_loss(out.profile_pred, batch)
             total = total + c.profile_weight * losses["profile"]
         if out.class_logits is not None and LABELS in batch and c.cls_weight > 0:
             losses["cls"] = F.cross_entropy(out.class_logits, batch[LABELS], weight=self.class_weights)
@@ -89,6 +90,31 @@ class TrainingPlan(pl.LightningModule):
             total = total + c.contrastive_weight * losses["contrastive"]
         losses["loss"] = total
         return losses, out
+
+    def _target_sum(self) -> float:
+        tok = getattr(self.model, "tokenizer_config", None)
+        return float(tok.target_sum) if tok is not None else 1e4
+
+    def _counts(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The panel genes' raw counts (NaN = not measured) and library sizes, from the standardised targets."""
+        if LIBRARY not in batch:
+            raise InputError("profile_likelihood='nb' models raw counts with each cell's library size, but these "
+                             "cells carry none (their values were log-normalised, not raw counts): give raw "
+                             "counts (e.g. --layer counts / --use-raw), or use profile_likelihood='mse'.")
+        head = self.model.profile_head
+        library = batch[LIBRARY]
+        value = batch[PROFILE] * head.gene_std + head.gene_mean  # log1p of counts per target_sum
+        return torch.expm1(value) * (library.unsqueeze(1) / self._target_sum()), library
+
+    def _profile_loss(self, pred: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        head = self.model.profile_head
+        if head.log_theta is None:
+            return nan_mse(pred, batch[PROFILE])
+        counts, library = self._counts(batch)
+        # the head predicts the log expression relative to exp(gene_mean) - 1 (about each gene's typical level
+        # per target_sum counts), so that a fresh head starts near the gene means, as the MSE head starts at 0
+        offset = torch.log(torch.expm1(head.gene_mean).clamp(min=1e-4))
+        return nb_nll(pred + offset, counts, library, head.log_theta, self._target_sum())
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         losses, _ = self._losses(batch, train=True)
@@ -109,8 +135,15 @@ class TrainingPlan(pl.LightningModule):
                      sync_dist=True)
         if "profile" in losses:
             target = batch[PROFILE]
-            self.log("val/profile_gene_mean", nan_mse(torch.zeros_like(target), target), batch_size=n_cells,
-                     sync_dist=True)
+            if self.model.profile_head.log_theta is None:
+                reference = nan_mse(torch.zeros_like(target), target)
+            else:  # each gene's mean expression per target_sum counts over these cells
+                counts, library = self._counts(batch)
+                norm = counts / library.unsqueeze(1)
+                mean = torch.nanmean(norm, dim=0, keepdim=True) * self._target_sum()
+                offset = torch.log(torch.expm1(self.model.profile_head.gene_mean).clamp(min=1e-4))
+                reference = self._profile_loss(torch.log(mean.clamp(min=1e-8)).expand_as(target) - offset, batch)
+            self.log("val/profile_gene_mean", reference, batch_size=n_cells, sync_dist=True)
         if "gep" in losses and self.gene_means is not None:
             guess = self.gene_means[batch[GENES]]
             self.log("val/gep_gene_mean", masked_mse(guess, batch[TARGET_VALUES], batch[MASK]),

@@ -257,6 +257,10 @@ def pretrain(
 
     if train_config is None and mcfg.profile_genes:
         tcfg = replace(tcfg, gep_weight=0.0, mvc_weight=0.0)
+    if mcfg.profile_genes and mcfg.profile_likelihood == "nb" and cells.library is None:
+        raise InputError("profile_likelihood='nb' models raw counts with each cell's library size, but the data are "
+                         "log-normalised: give raw counts (e.g. --layer counts or --use-raw), or keep "
+                         "profile_likelihood='mse'.")
     log.info("losses: %s", ", ".join(f"{k} x {w:g}" for k, w in (("profile", tcfg.profile_weight if mcfg.profile_genes
              else 0.0), ("GEP", tcfg.gep_weight), ("MVC", tcfg.mvc_weight if mcfg.mvc else 0.0)) if w > 0) or "none")
 

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 from .._malloc import tune_cpu_allocator
 from ..data.collate import Collator
 from ..data.corpus import Corpus, CorpusConfig
+from ..data.corpus_panel import corpus_panel
 from ..data.corpus_vocab import build_corpus_vocab
 from ..data.files import write_json
 from ..data.stream import CorpusDataset, CorpusLoader
@@ -27,7 +28,7 @@ from ..errors import CheckpointError
 from ..model import ModelConfig, ScMamba2
 from .checkpoint import check_fits, last_checkpoint_path, read_checkpoint
 from .config import TrainConfig
-from .pretrain import check_order, report_losses
+from .pretrain import DEFAULT_PROFILE_GENES, check_order, report_losses
 from .resume import keep_metrics, restore_metrics, step_seed_callback
 from .throughput import throughput_callback
 
@@ -50,7 +51,7 @@ def pretrain_corpus(corpus: Corpus, *, out_dir=None, model_config: ModelConfig |
 
     tune_cpu_allocator()
     tcfg = train_config or TrainConfig()
-    tok = tokenizer_config or TokenizerConfig()
+    tok = tokenizer_config or TokenizerConfig(value_mode="continuous")  # as pretrain's in-memory default
     check_order(tok, tcfg)
     dcfg = data_config or CorpusConfig()
     out = Path(out_dir) if out_dir is not None else None
@@ -68,6 +69,26 @@ def pretrain_corpus(corpus: Corpus, *, out_dir=None, model_config: ModelConfig |
                              aliases=aliases, block_size=dcfg.block_size, buffer_size=dcfg.buffer_size,
                              heldout_cells=n_val, seed=tcfg.seed)
     train_loader = CorpusLoader(train_ds, num_workers=tcfg.num_workers)
+    # As in memory: continuous values default to the whole-profile objective (GEP/MVC off without a
+    # train_config); its panel and per-gene statistics come from one streamed pass over the training cells.
+    default_profile = DEFAULT_PROFILE_GENES if tok.value_mode == "continuous" else 0
+    mcfg = model_config if isinstance(model_config, ModelConfig) else ModelConfig(
+        vocab_size=len(vocab), **{"profile_genes": default_profile, **(model_config or {})})
+    mcfg = replace(mcfg, vocab_size=len(vocab), n_bins=tok.n_bins, max_len=tok.max_len, value_mode=tok.value_mode)
+    if train_config is None and mcfg.profile_genes:
+        tcfg = replace(tcfg, gep_weight=0.0, mvc_weight=0.0)
+    panel = None
+    if mcfg.profile_genes:
+        panel, measured = corpus_panel(train_ds, mcfg.profile_genes, min_measured=tcfg.profile_min_measured)
+        mcfg = replace(mcfg, profile_genes=len(panel))
+        train_ds.set_panel(panel, measured)
+    log.info("losses: %s", ", ".join(f"{k} x {w:g}" for k, w in (("profile", tcfg.profile_weight if panel is not None else 0.0),
+             ("GEP", tcfg.gep_weight), ("MVC", tcfg.mvc_weight if mcfg.mvc else 0.0)) if w > 0) or "none")
+    pl.seed_everything(tcfg.seed, workers=True, verbose=False)
+    model = ScMamba2(mcfg, vocab=vocab, tokenizer_config=tok)
+    if panel is not None:
+        model.profile_head.set_panel(panel.ids, panel.mean, panel.std)
+
     val_batches = None
     held = train_ds.heldout() if n_val else []
     if held:
@@ -76,12 +97,6 @@ def pretrain_corpus(corpus: Corpus, *, out_dir=None, model_config: ModelConfig |
         val_batches = DataLoader([val_collate(held[s:s + tcfg.batch_size]) for s in range(0, len(held),
                                                                                          tcfg.batch_size)],
                                  batch_size=None)
-
-    mcfg = model_config if isinstance(model_config, ModelConfig) else ModelConfig(
-        vocab_size=len(vocab), **(model_config or {}))
-    mcfg = replace(mcfg, vocab_size=len(vocab), n_bins=tok.n_bins, max_len=tok.max_len, value_mode=tok.value_mode)
-    pl.seed_everything(tcfg.seed, workers=True, verbose=False)
-    model = ScMamba2(mcfg, vocab=vocab, tokenizer_config=tok)
 
     ckpt_path, kept, resume_step = None, [], 0
     if resume:
