@@ -1,5 +1,6 @@
 """Annotation: separable types labelled almost perfectly, a type missing from the reference ends up unknown,
-save/load and determinism, missing labels, gene overlap, a pretrained start, errors, and the CLI."""
+save/load and determinism, missing labels, gene overlap, a pretrained start, errors, and the CLI; the default
+start (a linear probe on a pretrained model's frozen embedding, the bundled model when none is given)."""
 
 import numpy as np
 import pandas as pd
@@ -34,8 +35,8 @@ def _tcfg(steps, **kw):
 @pytest.fixture(scope="module")
 def fitted():
     """One annotator trained on 3 separable types (shared by the tests that only predict)."""
-    return fit_annotator(cells(240, [0, 1, 2]), "cell_type", train_config=_tcfg(400), model_config=TINY, from_scratch=True,
-                         n_top_genes=None)
+    return fit_annotator(cells(240, [0, 1, 2]), "cell_type", train_config=_tcfg(400), model_config=TINY,
+                         from_scratch=True, n_top_genes=None)
 
 
 def test_separable_types_are_labelled_almost_perfectly(fitted):
@@ -96,8 +97,8 @@ def test_missing_labels_are_left_out_and_counted(caplog):
     ref.obs.iloc[:7, 0] = np.nan
     q = cells(30, [0, 1, 2], seed=7)
     with caplog.at_level("WARNING", logger="scmamba2"):
-        annotate(ref, q, label_key="cell_type", train_config=_tcfg(4), model_config=TINY, from_scratch=True, n_top_genes=None,
-                 progress=False)
+        annotate(ref, q, label_key="cell_type", train_config=_tcfg(4), model_config=TINY, from_scratch=True,
+                 n_top_genes=None, progress=False)
     assert "7 of 96 reference cells have no label" in caplog.text
     training = q.uns["scmamba2_annotation"]["training"]
     assert training["n_unlabeled_dropped"] == 7 and training["n_train"] + training["n_val"] == 89
