@@ -41,7 +41,8 @@ TRIED = ("Chosen on the references' own held-out tenth (val macro-F1 pbmc3k / Ka
          "add nothing: an MLP with 128 hidden units 0.806 / 0.756, an RBF SVM 0.804 / 0.782 (their query macro-F1 "
          "0.886-0.892 / 0.768-0.805, like the probe's), so the embedding, not the head, is the limit; nor do "
          "more features from the same frozen encoder: the raw pooled output 0.794 / 0.763, with the pooled input "
-         "embeddings 0.797 / 0.769, with layer 1's pooled output 0.795 / 0.753, all three 0.790 / 0.762. Fine-tuning the "
+         "embeddings 0.797 / 0.769, with layer 1's pooled output 0.795 / 0.753, all three 0.790 / 0.762. "
+         "Fine-tuning the "
          "bundled model with a classifier head (lr 1e-3, 500 steps of 32 cells, 256 random expressed genes a cell, "
          "the from-scratch loop; `scmamba2 annotate --method finetune`) on pbmc3k: val 0.735 (query 0.838) in 12 CPU "
          "minutes, below the probe; not run on Kang and left out of this table for CPU time. "
@@ -220,7 +221,8 @@ def _dataset(res: BenchResult, ref, query, name: str, out: Path, seed: int, s: d
             continue
         if start == "probe":
             png = out / f"annotate{'_quick' if quick else ''}_{name}_confusion.png"
-            confusion_png(truth, pred, png, title=f"{name}: scmamba2 default (no threshold), query = {len(truth)} cells")
+            confusion_png(truth, pred, png,
+                          title=f"{name}: scmamba2 default (no threshold), query = {len(truth)} cells")
             res.figures[f"{name}: confusion matrix of scmamba2's default (bundled model + linear probe) on the query "
                         "(rows: true type)"] = png
         conf = q.obs["scmamba2_confidence"].to_numpy()

@@ -343,9 +343,10 @@ def annotate(
     """
     cfg = config or AnnotationConfig()
     ann = fit_annotator(reference, label_key, model=model, from_scratch=from_scratch,
-                        unlabeled=query if cfg.pretrain_steps else None, config=cfg, train_config=train_config, epochs=epochs, model_config=model_config,
-                        tokenizer_config=tokenizer_config, n_top_genes=n_top_genes, layer=layer, use_raw=use_raw,
-                        gene_column=gene_column, out_dir=out_dir, device=device, query=query)
+                        unlabeled=query if cfg.pretrain_steps else None, config=cfg, train_config=train_config,
+                        epochs=epochs, model_config=model_config, tokenizer_config=tokenizer_config,
+                        n_top_genes=n_top_genes, layer=layer, use_raw=use_raw, gene_column=gene_column,
+                        out_dir=out_dir, device=device, query=query)
     query = query.copy() if copy else query
     predict(query, ann, threshold=threshold, key_added=key_added, min_gene_overlap=cfg.min_gene_overlap,
             layer=layer, use_raw=use_raw, gene_column=gene_column, device=device, progress=progress)
