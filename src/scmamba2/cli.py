@@ -322,21 +322,24 @@ def annotate(
     label_key: Optional[str] = typer.Option(None, "--label-key", help="obs column of the reference's cell types (also scored in the query when it has it)."),
     query: Path = typer.Option(..., "--query", help="Cells to label."),
     out_path: Path = typer.Option(..., "--out", help="Output .h5ad with obs['scmamba2_label'], obs['scmamba2_confidence'], obsm['scmamba2_probs']."),
-    model: Optional[Path] = typer.Option(None, "--model", help="Pretrained checkpoint to fine-tune (default: a small new model)."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Pretrained checkpoint to start from (default: the bundled pretrained model)."),
+    from_scratch: bool = typer.Option(False, "--from-scratch", help="Fine-tune a small new model on the reference's --n-top-genes HVGs instead of starting from a pretrained one."),
+    method: str = typer.Option("auto", "--method", help="probe: logistic regression on the frozen pretrained embedding; finetune: train the model with a classifier head; auto: probe from a pretrained model, finetune --from-scratch."),
     annotator: Optional[Path] = typer.Option(None, "--annotator", help="Label with an annotator saved earlier (--save-model) instead of training."),
     save_model: Optional[Path] = typer.Option(None, "--save-model", help="Save the fine-tuned annotator in this directory."),
-    epochs: float = typer.Option(10.0, "--epochs", help="Passes over the training cells (early stopping may end sooner)."),
+    epochs: float = typer.Option(10.0, "--epochs", help="Fine-tuning: passes over the training cells (early stopping may end sooner)."),
     seed: int = typer.Option(0, "--seed"),
     threshold: Optional[float] = typer.Option(None, "--unknown-threshold", help="Label cells with a lower confidence 'unknown'."),
     gep_weight: float = typer.Option(0.0, "--gep-weight", help="Weight of the masked-expression regulariser (0: off)."),
     pretrain_steps: int = typer.Option(0, "--pretrain-steps", help="Self-supervised steps on reference + query expression first (no labels)."),
-    n_top_genes: int = typer.Option(2000, "--n-top-genes", help="Genes of a new model (highly variable in the reference)."),
+    n_top_genes: int = typer.Option(2000, "--n-top-genes", help="Genes of a new model (--from-scratch; highly variable in the reference)."),
     overwrite: bool = OverwriteOpt,
     layer: Optional[str] = LayerOpt,
     use_raw: bool = RawOpt,
     gene_column: Optional[str] = GeneColOpt,
 ) -> None:
-    """Transfer cell-type labels from a labelled reference to a query (fine-tunes a classifier)."""
+    """Transfer cell-type labels from a labelled reference to a query (by default a linear probe on the bundled
+    pretrained model's cell embedding)."""
     from .data.files import check_model_dir, check_output, write_h5ad
     from .data.io import read
     from .tasks.annotate import AnnotationConfig, default_train_config, fit_annotator
@@ -359,11 +362,17 @@ def annotate(
             raise InputError(f"--unknown-threshold {threshold:g} is a confidence and must lie in [0, 1] (e.g. 0.5).")
         _at_least(1, n_top_genes=n_top_genes)
         _at_least(0, pretrain_steps=pretrain_steps)
+        if method not in ("auto", "probe", "finetune"):
+            raise InputError(f"--method {method!r} must be 'auto', 'probe' or 'finetune'.")
+        if annotator is not None and (from_scratch or model is not None):
+            raise InputError("--annotator labels with an annotator saved earlier; --model and --from-scratch choose "
+                             "how a new one is trained: leave them out")
         q = read(query)
         with _staged(save_model) as stage:
             if annotator is None:
-                cfg = AnnotationConfig(gep_weight=gep_weight, pretrain_steps=pretrain_steps)
-                ann = fit_annotator(read(reference), label_key, model=model, unlabeled=q if pretrain_steps else None,
+                cfg = AnnotationConfig(method=method, gep_weight=gep_weight, pretrain_steps=pretrain_steps)
+                ann = fit_annotator(read(reference), label_key, model=model, from_scratch=from_scratch,
+                                    unlabeled=q if pretrain_steps else None,
                                     query=q, config=cfg, train_config=default_train_config(seed=seed), epochs=epochs,
                                     n_top_genes=n_top_genes, layer=layer, use_raw=use_raw, gene_column=gene_column,
                                     out_dir=stage)

@@ -44,7 +44,7 @@ def test_whole_transcriptome_embedding(shared_data):
 
 
 def test_default_hvg_model_accepts_its_own_data(shared_data, tmp_path):
-    """integrate and annotate without --model build the model on 2,000 HVGs of ifnb1k's 14,053 genes and then
+    """integrate without --model and annotate --from-scratch build the model on 2,000 HVGs of ifnb1k's 14,053 genes and then
     read the same data (issue 17, item 5: it was refused, 2,000 of 14,053 genes being below 50 %)."""
     import anndata as ad
     from typer.testing import CliRunner
@@ -62,6 +62,7 @@ def test_default_hvg_model_accepts_its_own_data(shared_data, tmp_path):
     emb = ad.read_h5ad(tmp_path / "i.h5ad").obsm["X_scmamba2"]
     assert emb.shape[0] == 832 and np.isfinite(emb).all()
     res = runner.invoke(app, ["--quiet", "annotate", "--reference", str(data), "--label-key", "cell_type",
-                              "--query", str(data), "--epochs", "0.05", "--out", str(tmp_path / "a.h5ad")])
+                              "--query", str(data), "--epochs", "0.05", "--from-scratch",
+                              "--out", str(tmp_path / "a.h5ad")])
     assert res.exit_code == 0, res.output
     assert ad.read_h5ad(tmp_path / "a.h5ad").obs["scmamba2_label"].notna().all()

@@ -1,10 +1,13 @@
-"""``scmamba2.annotate``: cell-type annotation by fine-tuning a classifier on the ``<cls>`` embedding.
+"""``scmamba2.annotate``: cell-type annotation from the cell embedding.
 
-:func:`fit_annotator` trains on a labelled reference (a pretrained checkpoint with a new classifier head, or a
-small new model on the reference's highly variable genes): cross-entropy with class weights against
-imbalance, a stratified validation split with early stopping and the best weights kept, optional masked-
-expression (GEP + MVC) loss as a regulariser, optional self-supervised pretraining on unlabelled expression
-first, and a softmax temperature fitted on the validation cells so that the confidence means what it says.
+:func:`fit_annotator` learns from a labelled reference in one of two ways. By default it starts from the bundled
+pretrained model (or ``model=``) and fits a linear probe on its frozen cell embedding (every expressed gene read,
+as :func:`scmamba2.embed` does; :mod:`~scmamba2.tasks._annotate_probe`). With ``config.method="finetune"`` the
+model gets a classifier head and is fine-tuned; ``from_scratch=True`` fine-tunes a small new model on the
+reference's highly variable genes instead. Fine-tuning uses cross-entropy with class weights against imbalance,
+early stopping on a stratified held-out split with the best weights kept, an optional masked-expression (GEP +
+MVC) regulariser and optional self-supervised pretraining on unlabelled expression first. Both ways fit a
+softmax temperature on the held-out reference cells so that the confidence means what it says.
 :func:`~scmamba2.tasks.annotate_predict.predict` labels a query; :func:`annotate` does both.
 """
 
@@ -38,9 +41,15 @@ class AnnotationConfig:
 
     Parameters
     ----------
+    method
+        ``"probe"``: a linear probe (logistic regression, ``C`` by cross-validation) on the frozen pretrained
+        encoder's embedding; ``"finetune"``: a classifier head trained with the encoder; ``"auto"``: the probe
+        for a pretrained model, fine-tuning for a new one (``from_scratch``). Chosen on the pbmc3k and Kang
+        references' own held-out tenth (benchmarks/results/annotate.md).
     class_weight
-        ``"balanced"``: cross-entropy weights ``n / (n_classes * n_c)`` from the training cells (rare types count
-        as much as common ones, which is what macro-F1 rewards); ``"none"``: plain cross-entropy.
+        ``"balanced"``: class weights ``n / (n_classes * n_c)`` from the training cells (rare types count as much
+        as common ones, which is what macro-F1 rewards); ``"none"``: unweighted; ``"auto"``: balanced for
+        fine-tuning, none for the probe (what scored higher on the references' held-out split).
     gep_weight
         Weight of the masked-expression losses (GEP and MVC, ``mask_ratio`` of each cell's values hidden) added
         to the cross-entropy while fine-tuning; 0 switches them off (the classifier then sees unmasked cells).
@@ -61,9 +70,12 @@ class AnnotationConfig:
     min_gene_overlap
         Smallest accepted gene overlap: of the annotator's genes in the query; for a pretrained model, of the
         model's vocabulary in the reference or of the reference's genes in the vocabulary (the larger).
+    probe_folds
+        Folds of the stratified cross-validation that chooses the probe's ``C`` (on the training cells only).
     """
 
-    class_weight: Literal["balanced", "none"] = "balanced"
+    method: Literal["auto", "probe", "finetune"] = "auto"
+    class_weight: Literal["auto", "balanced", "none"] = "auto"
     gep_weight: float = 0.0
     mask_ratio: float = 0.4
     pretrain_steps: int = 0
@@ -71,10 +83,15 @@ class AnnotationConfig:
     calibrate: bool = True
     outlier_tail: float = 0.05
     min_gene_overlap: float = 0.5
+    probe_folds: int = 5
 
     def __post_init__(self) -> None:
-        if self.class_weight not in ("balanced", "none"):
-            raise ValueError(f"class_weight must be 'balanced' or 'none', not {self.class_weight!r}")
+        if self.method not in ("auto", "probe", "finetune"):
+            raise ValueError(f"method must be 'auto', 'probe' or 'finetune', not {self.method!r}")
+        if self.class_weight not in ("auto", "balanced", "none"):
+            raise ValueError(f"class_weight must be 'auto', 'balanced' or 'none', not {self.class_weight!r}")
+        if self.probe_folds < 2:
+            raise ValueError(f"probe_folds={self.probe_folds} must be at least 2")
         if self.gep_weight < 0 or self.pretrain_steps < 0:
             raise ValueError("gep_weight and pretrain_steps must be >= 0")
         if not 0.0 < self.mask_ratio < 1.0:
@@ -147,6 +164,7 @@ def fit_annotator(
     label_key: str,
     *,
     model: ScMamba2 | str | Path | None = None,
+    from_scratch: bool = False,
     unlabeled=None,
     config: AnnotationConfig | None = None,
     train_config=None,
@@ -161,7 +179,8 @@ def fit_annotator(
     device: str | None = None,
     query=None,
 ) -> Annotator:
-    """Fine-tune a cell-type classifier on a labelled reference.
+    """Learn a cell-type classifier from a labelled reference: a linear probe on a pretrained model's frozen
+    embedding (the default), or fine-tuning.
 
     Parameters
     ----------
@@ -171,21 +190,28 @@ def fit_annotator(
         ``obs`` column of the cell types. Cells whose label is missing (NaN) are left out of training, with
         their number logged and recorded in ``info``.
     model
-        A pretrained :class:`~scmamba2.ScMamba2` or checkpoint directory to start from: it gets a new classifier
-        head (:meth:`~scmamba2.ScMamba2.adapt`) and keeps its vocabulary and tokenizer. Default: a small new model
-        (``SMALL_MODEL`` updated by ``model_config``) on the reference's ``n_top_genes`` most variable genes.
+        A pretrained :class:`~scmamba2.ScMamba2` or checkpoint directory to start from; None: the bundled
+        pretrained model (:mod:`scmamba2.pretrained`). It keeps its vocabulary; the reference's genes are mapped
+        onto it (``info["gene_overlap"]``). With the probe its encoder stays frozen and reads every expressed
+        gene of a cell; fine-tuning gives it a new classifier head (:meth:`~scmamba2.ScMamba2.adapt`) and keeps
+        its tokenizer.
+    from_scratch
+        Fine-tune a small new model (``SMALL_MODEL`` updated by ``model_config``, ``tokenizer_config``) on the
+        reference's ``n_top_genes`` most variable genes instead of starting from a pretrained one.
     unlabeled
         Cells used without labels by ``config.pretrain_steps`` (e.g. the query: transductive self-supervision).
     config
-        :class:`AnnotationConfig` (class weights, GEP regulariser, pretraining, validation, calibration).
+        :class:`AnnotationConfig` (probe or fine-tuning, class weights, GEP regulariser, pretraining, validation,
+        calibration).
     train_config
         :class:`~scmamba2.train.config.TrainConfig` (steps, batch size, lr, seed, ``val_every_n_steps``,
         ``early_stopping_patience``); its loss weights are set from ``config``. Default:
-        :func:`default_train_config`.
+        :func:`default_train_config`. The probe uses only its ``seed`` (held-out split, cross-validation folds).
     epochs
-        If given, the number of training steps is ``ceil(epochs * training cells / batch size)``.
-    tokenizer_config
-        For a new model; default ``TokenizerConfig(max_len=256, value_mode="continuous")``.
+        If given, the number of fine-tuning steps is ``ceil(epochs * training cells / batch size)``.
+    model_config, tokenizer_config, n_top_genes
+        The new model of ``from_scratch``; tokenizer default ``TokenizerConfig(max_len=256,
+        value_mode="continuous")``.
     out_dir
         Save the annotator there (:meth:`Annotator.save`) with the training logs.
     device
@@ -193,6 +219,13 @@ def fit_annotator(
     query
         The cells to be labelled afterwards, if known: their genes are checked against the model's before
         training (an :class:`~scmamba2.InputError` now rather than after the training).
+
+    Raises
+    ------
+    InputError
+        A bad label column, too small a gene overlap, or options that do not go together (``model`` with
+        ``from_scratch``; ``model_config`` / ``tokenizer_config`` without it; the probe with ``from_scratch``,
+        ``pretrain_steps`` or ``gep_weight``).
     """
     import lightning.pytorch as pl
 
@@ -203,6 +236,7 @@ def fit_annotator(
     tune_cpu_allocator()
     cfg = config or AnnotationConfig()
     tcfg = train_config or default_train_config()
+    method = _method(cfg, model, from_scratch, model_config, tokenizer_config)
     classes, codes = reference_labels(reference, label_key)
     n_missing = int((codes < 0).sum())
     if n_missing:
@@ -212,12 +246,13 @@ def fit_annotator(
     codes = codes[codes >= 0]
 
     pl.seed_everything(tcfg.seed, workers=True, verbose=False)
-    base = load_model(model) if model is not None else None
+    base = None if from_scratch else load_model(model)  # None: the bundled model
     if base is None:
         net, genes = _new_model(labelled, len(classes), model_config, tokenizer_config, n_top_genes, layer,
                                 use_raw, gene_column)
     else:
-        net, genes = _adapted(base, labelled, len(classes), layer, use_raw, gene_column, cfg.min_gene_overlap)
+        net, genes = _adapted(base, labelled, len(classes), layer, use_raw, gene_column, cfg.min_gene_overlap,
+                              probe=method == "probe")
     if query is not None:
         match_genes(query, genes, layer=layer, use_raw=use_raw, gene_column=gene_column,
                     min_overlap=cfg.min_gene_overlap, what="query")
@@ -235,9 +270,23 @@ def fit_annotator(
         log.warning("classes with fewer than 10 reference cells: %s; expect a poor F1 for them", ", ".join(rare))
 
     train_idx, val_idx = stratified_split(y, cfg.val_fraction, tcfg.seed)
+    info = {"n_reference_cells": int(reference.n_obs), "n_unlabeled_dropped": n_missing,
+            "n_empty_dropped": int(prepared.n_empty), "n_train": int(len(train_idx)), "n_val": int(len(val_idx)),
+            "class_counts": {c: int(n) for c, n in zip(classes, counts)}, "gene_overlap": ref_overlap,
+            "method": method, "config": cfg.to_dict(), "from_pretrained": base is not None}
+    if method == "probe":
+        probe, temperature, typicality, fit = _fit_probe(net, cells, y, train_idx, val_idx, len(classes), cfg,
+                                                         tcfg.seed, device)
+        ann = Annotator(model=net.eval(), classes=classes, genes=genes, label_key=label_key,
+                        temperature=temperature, typicality=typicality, info={**info, **fit}, probe=probe)
+        if out_dir is not None:
+            ann.save(out_dir)
+            log.info("annotator saved to %s", out_dir)
+        return ann
     if epochs is not None:
         tcfg = replace(tcfg, max_steps=max(1, math.ceil(epochs * len(train_idx) / tcfg.batch_size)))
-    weights = _class_weights(y[train_idx], len(classes), cfg.class_weight)
+    kind = "balanced" if cfg.class_weight == "auto" else cfg.class_weight
+    weights = _class_weights(y[train_idx], len(classes), kind)
     steps_pretrained = 0
     if cfg.pretrain_steps:
         steps_pretrained = _pretrain(net, cells, unlabeled, genes, cfg, tcfg, layer, use_raw, gene_column, out_dir)
@@ -246,12 +295,8 @@ def fit_annotator(
     tcfg = finetune_config(tcfg, cfg, net)
     fit = train_classifier(net, cells, y, train_idx, val_idx, weights, cfg, tcfg, out_dir)
     temperature, typicality, val_scores = _calibrate(net, cells, y, train_idx, val_idx, len(classes), cfg, device)
-    info = {"n_reference_cells": int(reference.n_obs), "n_unlabeled_dropped": n_missing,
-            "n_empty_dropped": int(prepared.n_empty), "n_train": int(len(train_idx)), "n_val": int(len(val_idx)),
-            "class_counts": {c: int(n) for c, n in zip(classes, counts)},
-            "class_weights": None if weights is None else [round(float(w), 4) for w in weights],
-            "gene_overlap": ref_overlap, "pretrain_steps": steps_pretrained, "config": cfg.to_dict(),
-            "train": tcfg.to_dict(), "from_pretrained": base is not None, **fit, **val_scores}
+    info.update({"class_weights": None if weights is None else [round(float(w), 4) for w in weights],
+                 "pretrain_steps": steps_pretrained, "train": tcfg.to_dict(), **fit, **val_scores})
     ann = Annotator(model=net.eval(), classes=classes, genes=genes, label_key=label_key, temperature=temperature,
                     typicality=typicality, info=info)
     if out_dir is not None:
@@ -266,6 +311,7 @@ def annotate(
     *,
     label_key: str,
     model: ScMamba2 | str | Path | None = None,
+    from_scratch: bool = False,
     threshold: float | None = None,
     key_added: str = "scmamba2",
     config: AnnotationConfig | None = None,
@@ -282,7 +328,7 @@ def annotate(
     progress: bool = True,
     copy: bool = False,
 ):
-    """Fine-tune on a labelled ``reference`` and label the cells of ``query``.
+    """Learn cell types from a labelled ``reference`` and label the cells of ``query``.
 
     :func:`fit_annotator` (with the query as ``unlabeled`` data when ``config.pretrain_steps > 0``: its
     expression, never labels) followed by :func:`~scmamba2.tasks.annotate_predict.predict`. The parameters are
@@ -296,10 +342,11 @@ def annotate(
         ``training``.
     """
     cfg = config or AnnotationConfig()
-    ann = fit_annotator(reference, label_key, model=model, unlabeled=query if cfg.pretrain_steps else None,
-                        config=cfg, train_config=train_config, epochs=epochs, model_config=model_config,
-                        tokenizer_config=tokenizer_config, n_top_genes=n_top_genes, layer=layer, use_raw=use_raw,
-                        gene_column=gene_column, out_dir=out_dir, device=device, query=query)
+    ann = fit_annotator(reference, label_key, model=model, from_scratch=from_scratch,
+                        unlabeled=query if cfg.pretrain_steps else None, config=cfg, train_config=train_config,
+                        epochs=epochs, model_config=model_config, tokenizer_config=tokenizer_config,
+                        n_top_genes=n_top_genes, layer=layer, use_raw=use_raw, gene_column=gene_column,
+                        out_dir=out_dir, device=device, query=query)
     query = query.copy() if copy else query
     predict(query, ann, threshold=threshold, key_added=key_added, min_gene_overlap=cfg.min_gene_overlap,
             layer=layer, use_raw=use_raw, gene_column=gene_column, device=device, progress=progress)
@@ -332,9 +379,28 @@ def _new_model(adata, n_classes: int, model_config, tokenizer_config, n_top_gene
     return ScMamba2(mcfg, vocab=vocab, tokenizer_config=tok), genes
 
 
-def _adapted(base: ScMamba2, adata, n_classes: int, layer, use_raw, gene_column,
-             min_overlap: float) -> tuple[ScMamba2, list[str]]:
-    """A pretrained model with a fresh classifier of ``n_classes``; the genes = reference genes in its vocab."""
+def _method(cfg: AnnotationConfig, model, from_scratch: bool, model_config, tokenizer_config) -> str:
+    """``"probe"`` or ``"finetune"``; an :class:`InputError` for options that do not go together."""
+    if from_scratch and model is not None:
+        raise InputError("give either a pretrained model (model= / --model) or from_scratch=True (--from-scratch), "
+                         "not both")
+    if not from_scratch and (model_config is not None or tokenizer_config is not None):
+        raise InputError("model_config and tokenizer_config describe a new model: pass from_scratch=True "
+                         "(--from-scratch) to build one, or leave them out to start from the pretrained model")
+    method = cfg.method if cfg.method != "auto" else ("finetune" if from_scratch else "probe")
+    if method == "probe" and from_scratch:
+        raise InputError("a linear probe reads a pretrained encoder; a new model (from_scratch) must be fine-tuned: "
+                         "use method='finetune' or leave out from_scratch")
+    if method == "probe" and (cfg.pretrain_steps or cfg.gep_weight):
+        raise InputError("pretrain_steps and gep_weight train the encoder, which the linear probe keeps frozen: "
+                         "use method='finetune' (--method finetune) with them")
+    return method
+
+
+def _adapted(base: ScMamba2, adata, n_classes: int, layer, use_raw, gene_column, min_overlap: float,
+             probe: bool = False) -> tuple[ScMamba2, list[str]]:
+    """A pretrained model with a fresh classifier of ``n_classes`` (``probe``: without heads, reading every
+    expressed gene); the genes = reference genes in its vocab."""
     from ..data.io import select_matrix
     from ..data.validate import strip_gene_prefix
 
@@ -355,22 +421,50 @@ def _adapted(base: ScMamba2, adata, n_classes: int, layer, use_raw, gene_column,
                          "on either side: check species and gene identifiers (symbols vs Ensembl ids; "
                          "gene_column= / --gene-column)")
     log.info("reference: %d of its %d genes are in the model's vocabulary of %d", len(genes), len(names), n_vocab)
+    if probe:
+        from ._annotate_probe import whole_cell_model
+
+        return whole_cell_model(base), genes
     # A fresh classifier head; the batch parts of an integrated model are dropped (annotation has no batches).
     net = base.adapt(n_classes=0, dab=False, batch_embedding=False).adapt(n_classes=n_classes)
     return net, genes
 
 
-def _calibrate(net, cells, y, train_idx, val_idx, n_classes: int, cfg, device):
-    """The softmax temperature (fitted on the held-out cells) and the embedding typicality (centroids and
-    covariance from the training cells; distances calibrated on every reference cell at its predicted class: the
-    held-out cells alone are too few for a 5% tail, e.g. 24 in a 240-cell reference)."""
+def _fit_probe(net, cells, y, train_idx, val_idx, n_classes: int, cfg, seed: int, device):
+    """The linear probe on the frozen embedding of the training cells, then calibration on the held-out ones."""
     import torch
 
-    from ._annotate_typicality import Typicality
+    from ._annotate_probe import fit_probe
+    from .annotate_predict import cell_embeddings
+    from .embed import _readout_metric
+
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    emb = cell_embeddings(net.to(dev), cells, device=dev)
+    net.cpu()
+    metric = _readout_metric(net, None)
+    kind = "none" if cfg.class_weight == "auto" else cfg.class_weight
+    probe, fit = fit_probe(emb[train_idx], y[train_idx], n_classes, class_weight=kind, folds=cfg.probe_folds,
+                           metric=None if metric is None else metric.numpy(), seed=seed)
+    temperature, typicality, scores = _calibration(probe(emb), emb, y, train_idx, val_idx, n_classes, cfg)
+    return probe, temperature, typicality, {"steps_run": 0, "class_weight": kind, **fit, **scores}
+
+
+def _calibrate(net, cells, y, train_idx, val_idx, n_classes: int, cfg, device):
+    """:func:`_calibration` of the fine-tuned model's logits."""
+    import torch
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     logits, emb = class_logits(net.to(dev), cells, device=dev)
     net.cpu()
+    return _calibration(logits, emb, y, train_idx, val_idx, n_classes, cfg)
+
+
+def _calibration(logits, emb, y, train_idx, val_idx, n_classes: int, cfg):
+    """The softmax temperature (fitted on the held-out cells), the embedding typicality (centroids and covariance
+    from the training cells; distances calibrated on every reference cell at its predicted class: the held-out
+    cells alone are too few for a 5% tail, e.g. 24 in a 240-cell reference) and the held-out scores."""
+    from ._annotate_typicality import Typicality
+
     temperature = fit_temperature(logits[val_idx], y[val_idx]) if cfg.calibrate and len(val_idx) else 1.0
     typicality = None
     if cfg.outlier_tail > 0:

@@ -17,6 +17,7 @@ import torch
 from ..data.files import read_json, write_json
 from ..errors import CheckpointError, InputError
 from ..model import ScMamba2
+from ._annotate_probe import LinearProbe
 from ._annotate_typicality import Typicality
 
 log = logging.getLogger(__name__)
@@ -29,12 +30,13 @@ UNKNOWN = "unknown"
 
 @dataclass
 class Annotator:
-    """A fine-tuned classifier and what it needs to label new cells.
+    """A cell-type classifier and what it needs to label new cells.
 
     Attributes
     ----------
     model
-        The :class:`~scmamba2.ScMamba2` with a classifier head (``n_classes == len(classes)``).
+        The :class:`~scmamba2.ScMamba2`: fine-tuned with a classifier head (``n_classes == len(classes)``), or the
+        frozen pretrained encoder read by ``probe``. Its tokenizer config says how a cell is read.
     classes
         Class names in the order of the classifier's outputs.
     genes
@@ -49,6 +51,9 @@ class Annotator:
         (:class:`~scmamba2.tasks._annotate_typicality.Typicality`); ``None``: not used.
     info
         Training summary (split sizes, class weights, steps, validation metrics, ...).
+    probe
+        A :class:`~scmamba2.tasks._annotate_probe.LinearProbe` on the pooled encoder output, used instead of the
+        model's classifier head (``None``: the head).
     """
 
     model: ScMamba2
@@ -58,21 +63,29 @@ class Annotator:
     temperature: float = 1.0
     typicality: Typicality | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    probe: LinearProbe | None = None
 
     def __post_init__(self) -> None:
+        if self.probe is not None:
+            if self.probe.n_classes != len(self.classes) or self.probe.weight.shape[1] != self.model.config.d_model:
+                raise CheckpointError(f"the linear probe has {self.probe.n_classes} outputs over "
+                                      f"{self.probe.weight.shape[1]} features but {len(self.classes)} class names and "
+                                      f"a d_model of {self.model.config.d_model}: the annotator files do not match")
         k = self.model.config.n_classes
-        if self.model.classifier is None or k != len(self.classes):
+        if self.probe is None and (self.model.classifier is None or k != len(self.classes)):
             raise CheckpointError(f"the model has {k} classifier outputs but {len(self.classes)} class names are "
                                   "given; an annotator needs a model fine-tuned for exactly these classes")
         if not self.temperature > 0:
             raise ValueError(f"temperature={self.temperature} must be > 0")
 
     def save(self, directory: str | Path) -> Path:
-        """Write the model checkpoint and ``annotation.json`` (classes, genes, temperature, training summary)."""
+        """Write the model checkpoint and ``annotation.json`` (classes, genes, temperature, probe, training
+        summary)."""
         out = self.model.save_pretrained(directory)
         meta = {"classes": self.classes, "label_key": self.label_key, "temperature": self.temperature,
                 "genes": self.genes, "info": self.info,
-                "typicality": None if self.typicality is None else self.typicality.to_dict()}
+                "typicality": None if self.typicality is None else self.typicality.to_dict(),
+                "probe": None if self.probe is None else self.probe.to_dict()}
         write_json(out / META_FILE, meta, indent=2, default=str)
         return out
 
@@ -84,10 +97,11 @@ class Annotator:
             raise CheckpointError(f"{src} has no {META_FILE}: it is not an annotation model (write one with "
                                   "scmamba2.annotate(..., out_dir=DIR) or `scmamba2 annotate --save-model DIR`)")
         meta = read_json(src / META_FILE, fix="Save the annotator again (`scmamba2 annotate --save-model DIR`).")
-        typ = meta.get("typicality")
+        typ, probe = meta.get("typicality"), meta.get("probe")
         return cls(model=ScMamba2.from_pretrained(src), classes=list(meta["classes"]), genes=list(meta["genes"]),
                    label_key=str(meta["label_key"]), temperature=float(meta["temperature"]),
-                   typicality=None if typ is None else Typicality.from_dict(typ), info=dict(meta.get("info") or {}))
+                   typicality=None if typ is None else Typicality.from_dict(typ), info=dict(meta.get("info") or {}),
+                   probe=None if probe is None else LinearProbe.from_dict(probe))
 
 
 def match_genes(adata, genes: Sequence[str], *, layer: str | None = None, use_raw: bool = False,
@@ -141,10 +155,10 @@ def match_genes(adata, genes: Sequence[str], *, layer: str | None = None, use_ra
 
 
 @torch.no_grad()
-def class_logits(model: ScMamba2, cells, *, batch_size: int = 64, max_tokens: int | None = 65536,
-                 device: str | torch.device = "cpu", progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """``(n_cells, n_classes)`` classifier logits and ``(n_cells, d_model)`` cell embeddings
-    (:meth:`~scmamba2.ScMamba2.cell_embedding`) of tokenised cells, in their order (eval mode, no masking)."""
+def cell_embeddings(model: ScMamba2, cells, *, batch_size: int = 64, max_tokens: int | None = 65536,
+                    device: str | torch.device = "cpu", progress: bool = False) -> np.ndarray:
+    """``(n_cells, d_model)`` cell embeddings (:meth:`~scmamba2.ScMamba2.cell_embedding`, the pooled encoder
+    output) of tokenised cells, in their order (eval mode, no masking)."""
     from torch.utils.data import DataLoader
 
     from .._keys import CELL_INDEX, GENES, PADDING_MASK, VALUES
@@ -162,21 +176,40 @@ def class_logits(model: ScMamba2, cells, *, batch_size: int = 64, max_tokens: in
     # CELL_INDEX is the row in the source data; map it back to the position among ``cells``.
     where = {int(r): i for i, r in enumerate(cells.cell_index)}
     loader = DataLoader(ds, batch_sampler=sampler, collate_fn=Collator(pad_id=model.config.pad_id))
-    out = np.zeros((len(cells), model.config.n_classes), dtype=np.float32)
     emb = np.zeros((len(cells), model.config.d_model), dtype=np.float32)
     from tqdm.auto import tqdm
 
-    with tqdm(total=len(cells), desc="classifying cells", unit="cell", disable=not progress) as bar:
+    with tqdm(total=len(cells), desc="embedding cells", unit="cell", disable=not progress) as bar:
         for batch in loader:
             rows = [where[int(r)] for r in batch.pop(CELL_INDEX).tolist()]
             b = {k: v.to(device) for k, v in batch.items()}
             states = model.encode(b[GENES], b[VALUES], b[PADDING_MASK])
-            cell = model.cell_embedding(states, b[PADDING_MASK])
-            out[rows] = model.classifier(cell).float().cpu().numpy()
-            emb[rows] = cell.float().cpu().numpy()
+            emb[rows] = model.cell_embedding(states, b[PADDING_MASK]).float().cpu().numpy()
             bar.update(len(rows))
     model.train(was_training)
-    return out, emb
+    return emb
+
+
+@torch.no_grad()
+def class_logits(model: ScMamba2, cells, *, probe: LinearProbe | None = None, batch_size: int = 64,
+                 max_tokens: int | None = 65536, device: str | torch.device = "cpu",
+                 progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """``(n_cells, n_classes)`` logits (of ``probe``, else of the model's classifier head) and the
+    ``(n_cells, d_model)`` cell embeddings (:func:`cell_embeddings`) of tokenised cells, in their order."""
+    emb = cell_embeddings(model, cells, batch_size=batch_size, max_tokens=max_tokens, device=device,
+                          progress=progress)
+    if probe is not None:
+        return probe(emb), emb
+    head = model.classifier
+    if head is None:
+        raise ValueError("the model has no classifier head: pass the linear probe")
+    was_training = head.training
+    head.eval()
+    dtype = next(head.parameters()).dtype
+    out = [head(torch.from_numpy(emb[s:s + 4096]).to(device, dtype)).float().cpu().numpy()
+           for s in range(0, len(emb), 4096)]
+    head.train(was_training)
+    return np.concatenate(out) if out else np.zeros((0, model.config.n_classes), np.float32), emb
 
 
 def predict(
@@ -258,8 +291,8 @@ def predict(
     prepared = prepare_cells(sub, model.vocab, tok, purpose="annotate")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(dev)
-    logits, emb = class_logits(model, prepared.cells, batch_size=batch_size, max_tokens=max_tokens, device=dev,
-                               progress=progress)
+    logits, emb = class_logits(model, prepared.cells, probe=ann.probe, batch_size=batch_size, max_tokens=max_tokens,
+                               device=dev, progress=progress)
     probs = softmax(logits, ann.temperature)
     best = probs.argmax(1)
     typical = np.ones(len(best)) if ann.typicality is None else ann.typicality(emb, best)
