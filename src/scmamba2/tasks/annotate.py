@@ -23,16 +23,14 @@ import numpy as np
 
 from ..data.tokenize import TokenizerConfig
 from ..errors import InputError
-from ..model import ModelConfig, ScMamba2
+from ..model import ScMamba2
+from ._annotate_model import SMALL_MODEL, adapted, new_model  # noqa: F401 (SMALL_MODEL: the documented default)
 from .annotate_predict import META_FILE, UNKNOWN, Annotator, class_logits, fit_temperature, match_genes, predict
 
 log = logging.getLogger(__name__)
 
 __all__ = ["AnnotationConfig", "Annotator", "annotate", "fit_annotator", "predict", "META_FILE", "UNKNOWN"]
 
-# Mean pooling: with the <cls> output a from-scratch model learned far more slowly on pbmc3k (held-out accuracy
-# 0.33 vs 0.70 after 600 steps), and a cell type missing from the reference stood out less in the embedding.
-SMALL_MODEL = dict(d_model=64, n_layers=2, headdim=16, d_state=32, chunk_size=32, dropout=0.1, cell_pooling="mean")
 
 
 @dataclass
@@ -248,10 +246,10 @@ def fit_annotator(
     pl.seed_everything(tcfg.seed, workers=True, verbose=False)
     base = None if from_scratch else load_model(model)  # None: the bundled model
     if base is None:
-        net, genes = _new_model(labelled, len(classes), model_config, tokenizer_config, n_top_genes, layer,
+        net, genes = new_model(labelled, len(classes), model_config, tokenizer_config, n_top_genes, layer,
                                 use_raw, gene_column)
     else:
-        net, genes = _adapted(base, labelled, len(classes), layer, use_raw, gene_column, cfg.min_gene_overlap,
+        net, genes = adapted(base, labelled, len(classes), layer, use_raw, gene_column, cfg.min_gene_overlap,
                               probe=method == "probe")
     if query is not None:
         match_genes(query, genes, layer=layer, use_raw=use_raw, gene_column=gene_column,
@@ -358,27 +356,6 @@ def annotate(
 # --------------------------------------------------------------------------------------------------- helpers
 
 
-def _new_model(adata, n_classes: int, model_config, tokenizer_config, n_top_genes, layer, use_raw,
-               gene_column) -> tuple[ScMamba2, list[str]]:
-    """A small new model on the reference's most variable genes (selected on the labelled reference only)."""
-    from ..data.io import select_matrix
-    from ..data.validate import strip_gene_prefix
-    from ..data.vocab import GeneVocab
-
-    a = select_matrix(adata, layer=layer, use_raw=use_raw, gene_column=gene_column)
-    if n_top_genes is not None and n_top_genes < a.n_vars:
-        from ..data.preprocess import select_hvg
-
-        a = select_hvg(a, n_top_genes, flavor="seurat")
-    genes = list(dict.fromkeys(strip_gene_prefix([str(g) for g in a.var_names])[0]))
-    vocab = GeneVocab(genes)
-    tok = tokenizer_config or TokenizerConfig(max_len=256, value_mode="continuous")
-    mc = {**SMALL_MODEL, **(model_config or {}), "n_classes": n_classes}
-    mcfg = replace(ModelConfig(vocab_size=len(vocab), **mc), n_bins=tok.n_bins, max_len=tok.max_len,
-                   value_mode=tok.value_mode)
-    return ScMamba2(mcfg, vocab=vocab, tokenizer_config=tok), genes
-
-
 def _method(cfg: AnnotationConfig, model, from_scratch: bool, model_config, tokenizer_config) -> str:
     """``"probe"`` or ``"finetune"``; an :class:`InputError` for options that do not go together."""
     if from_scratch and model is not None:
@@ -395,39 +372,6 @@ def _method(cfg: AnnotationConfig, model, from_scratch: bool, model_config, toke
         raise InputError("pretrain_steps and gep_weight train the encoder, which the linear probe keeps frozen: "
                          "use method='finetune' (--method finetune) with them")
     return method
-
-
-def _adapted(base: ScMamba2, adata, n_classes: int, layer, use_raw, gene_column, min_overlap: float,
-             probe: bool = False) -> tuple[ScMamba2, list[str]]:
-    """A pretrained model with a fresh classifier of ``n_classes`` (``probe``: without heads, reading every
-    expressed gene); the genes = reference genes in its vocab."""
-    from ..data.io import select_matrix
-    from ..data.validate import strip_gene_prefix
-
-    if base.vocab is None:
-        raise InputError("the pretrained model has no vocabulary: load it with ScMamba2.from_pretrained")
-    if base.dsbn is not None:
-        raise InputError("this model normalises each batch on its own (domain-specific batch norm, from "
-                         "integration); annotation does not use batches: start from a model without DSBN")
-    a = select_matrix(adata, layer=layer, use_raw=use_raw, gene_column=gene_column)
-    names = list(dict.fromkeys(strip_gene_prefix([str(g) for g in a.var_names])[0]))
-    found = np.asarray(base.vocab.lookup(names)) >= 0
-    genes = [g for g, f in zip(names, found) if f]
-    n_vocab = len(base.vocab.genes)
-    overlap = max(len(genes) / max(len(names), 1), len(genes) / max(n_vocab, 1))
-    if overlap < min_overlap or not genes:
-        raise InputError(f"the reference shares only {len(genes):,} genes with the model's vocabulary ({n_vocab:,} "
-                         f"genes; the reference has {len(names):,}), below the minimum overlap of {min_overlap:.0%} "
-                         "on either side: check species and gene identifiers (symbols vs Ensembl ids; "
-                         "gene_column= / --gene-column)")
-    log.info("reference: %d of its %d genes are in the model's vocabulary of %d", len(genes), len(names), n_vocab)
-    if probe:
-        from ._annotate_probe import whole_cell_model
-
-        return whole_cell_model(base), genes
-    # A fresh classifier head; the batch parts of an integrated model are dropped (annotation has no batches).
-    net = base.adapt(n_classes=0, dab=False, batch_embedding=False).adapt(n_classes=n_classes)
-    return net, genes
 
 
 def _fit_probe(net, cells, y, train_idx, val_idx, n_classes: int, cfg, seed: int, device):
