@@ -143,11 +143,9 @@ def _dataset(res: BenchResult, path: Path, name: str, out: Path, seed: int, s: d
 
 @keep_torch_threads()
 def _harmony(pca: np.ndarray, obs: pd.DataFrame, batch_key: str, seed: int) -> np.ndarray:
-    import harmonypy
+    from ..tasks.integrate_harmony import harmony
 
-    ho = harmonypy.run_harmony(pca, obs, [batch_key], random_state=seed, verbose=False)
-    z = np.asarray(ho.Z_corr)
-    return (z if z.shape[0] == len(obs) else z.T).astype(np.float32)
+    return harmony(pca, obs[batch_key].to_numpy(), seed=seed)
 
 
 @keep_torch_threads()

@@ -353,8 +353,8 @@ def tokenize(
     else:
         scale = _row_scale(X, cfg.target_sum)
         values = np.log1p(data * scale[row]).astype(np.float32)
-        if not log_normalized:  # raw counts: each cell's total, for count likelihoods
-            library = np.asarray(X.sum(axis=1), dtype=np.float64).ravel().astype(np.float32)
+        if not log_normalized:  # raw counts: each cell's total (from its scale factor), for count likelihoods
+            library = np.divide(cfg.target_sum, scale, out=np.zeros_like(scale), where=scale > 0).astype(np.float32)
     gid = gid.astype(np.int64, copy=False)
 
     if cfg.include_zeros != "none":

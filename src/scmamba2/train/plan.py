@@ -139,10 +139,9 @@ class TrainingPlan(pl.LightningModule):
                 reference = nan_mse(torch.zeros_like(target), target)
             else:  # each gene's mean expression per target_sum counts over these cells
                 counts, library = self._counts(batch)
-                norm = counts / library.unsqueeze(1)
-                mean = torch.nanmean(norm, dim=0, keepdim=True) * self._target_sum()
-                offset = torch.log(torch.expm1(self.model.profile_head.gene_mean).clamp(min=1e-4))
-                reference = self._profile_loss(torch.log(mean.clamp(min=1e-8)).expand_as(target) - offset, batch)
+                mean = torch.nanmean(counts / library.unsqueeze(1), dim=0, keepdim=True) * self._target_sum()
+                reference = nb_nll(torch.log(mean.clamp(min=1e-8)).expand_as(target), counts, library,
+                                   self.model.profile_head.log_theta, self._target_sum())
             self.log("val/profile_gene_mean", reference, batch_size=n_cells, sync_dist=True)
         if "gep" in losses and self.gene_means is not None:
             guess = self.gene_means[batch[GENES]]
