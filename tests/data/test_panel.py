@@ -93,3 +93,39 @@ def test_panel_index_maps_ids_to_positions():
     v = panel_targets(np.array([9, 4]), np.array([2.0, 3.0], dtype=np.float32), idx,
                       np.zeros(3, np.float32), np.ones(3, np.float32))
     assert v.tolist() == [0.0, 2.0, 0.0]
+
+
+def test_dispersion_rule_is_the_seurat_like_normalised_dispersion():
+    import pandas as pd
+
+    X, vocab, cells = setup(n_genes=60)
+    panel = select_panel(cells, len(vocab), 10, min_cells=1, rule="dispersion")
+    L = log_norm(X)
+    mean, var = L.mean(0), L.var(0)
+    keep = np.flatnonzero(var > 0)
+    disp = pd.Series(np.log(var[keep] / mean[keep]))
+    bins = pd.cut(pd.Series(mean[keep]), np.linspace(mean[keep].min(), mean[keep].max(), 21), include_lowest=True)
+    group = disp.groupby(bins, observed=True)
+    z = ((disp - group.transform("mean")) / group.transform("std")).fillna(0.0).to_numpy()
+    expected = np.sort(vocab.lookup([f"g{j}" for j in keep[np.argsort(-z, kind="stable")[:10]]]))
+    assert np.array_equal(panel.ids, expected)
+
+
+def test_dispersion_rule_keeps_a_rare_type_marker_that_variance_drops():
+    rng = np.random.default_rng(1)
+    n = 400
+    a = (np.arange(n) % 2 == 0)[:, None]  # two abundant states: ten genes up tenfold in each
+    fold = np.where(np.arange(20) < 10, np.where(a, 10.0, 1.0), np.where(a, 1.0, 10.0))
+    abundant = rng.poisson(rng.uniform(5, 40, size=20) * fold).astype(np.float32)
+    noise = rng.poisson(0.05, size=(n, 10)).astype(np.float32)  # rare single counts
+    marker = np.zeros((n, 1), np.float32)
+    marker[:8] = rng.poisson(30, size=(8, 1)) + 1  # strongly on in 2 % of the cells
+    X = np.hstack([abundant, noise, marker])
+    names = [f"g{j}" for j in range(31)]
+    vocab = GeneVocab(names)
+    cells = tokenize(sp.csr_matrix(X), vocab, TokenizerConfig(value_mode="continuous"), gene_names=names)
+    m = vocab.lookup(["g30"])[0]
+    assert m not in select_panel(cells, len(vocab), 5, min_cells=1).ids
+    assert m in select_panel(cells, len(vocab), 5, min_cells=1, rule="dispersion").ids
+    with pytest.raises(ValueError, match="panel rule"):
+        select_panel(cells, len(vocab), 5, rule="nope")

@@ -24,7 +24,7 @@ __all__ = ["corpus_panel"]
 
 
 def corpus_panel(ds: CorpusDataset, n_genes: int, *, min_cells: int = 10,
-                 min_measured: float = 0.5) -> tuple[GenePanel, np.ndarray]:
+                 min_measured: float = 0.5, rule: str = "variance") -> tuple[GenePanel, np.ndarray]:
     """The panel of ``ds``'s training cells and ``(n_shards, P)`` bool: which panel genes each shard measured.
 
     One streamed pass: each training block is read and tokenised once (the tokenizer must use
@@ -40,7 +40,7 @@ def corpus_panel(ds: CorpusDataset, n_genes: int, *, min_cells: int = 10,
         group = np.zeros(len(cells), dtype=np.int64)
         moments += gene_moments(cells, len(ds.vocab), group, measured[piece.shard][None])
         n_cells += len(cells)
-    panel = panel_from_moments(moments, n_cells, n_genes, min_cells=min_cells, min_measured=min_measured)
+    panel = panel_from_moments(moments, n_cells, n_genes, min_cells=min_cells, min_measured=min_measured, rule=rule)
     log.info("gene panel of the profile objective: %d genes from one pass over %d training cells (%.1f s)",
              len(panel), n_cells, time.perf_counter() - t0)
     return panel, measured[:, panel.ids]

@@ -71,19 +71,46 @@ def gene_moments(cells: TokenizedCells, vocab_size: int, group: np.ndarray | Non
     return np.stack([n, s1, s2, expressed])
 
 
+PANEL_RULES = ("variance", "dispersion")
+
+
+def _dispersion_score(mean: np.ndarray, var: np.ndarray, ok: np.ndarray, n_bins: int = 20) -> np.ndarray:
+    """Normalised dispersion (the ``seurat`` HVG rule on the log-normalised values): ``log(var / mean)``,
+    z-scored within ``n_bins`` equal-width, right-closed bins of the mean over the qualifying genes (a bin of one
+    gene: 0)."""
+    score = np.full(len(mean), -np.inf)
+    idx = np.flatnonzero(ok & (mean > 0) & (var > 0))
+    if len(idx) == 0:
+        return score
+    m = mean[idx]
+    disp = np.log(var[idx] / m)
+    edges = np.linspace(m.min(), m.max(), n_bins + 1)
+    b = np.clip(np.searchsorted(edges, m, side="left") - 1, 0, n_bins - 1)  # right-closed bins, as pandas.cut
+    z = np.zeros(len(idx))
+    for k in np.unique(b):
+        sel = b == k
+        if sel.sum() > 1 and disp[sel].std(ddof=1) > 0:
+            z[sel] = (disp[sel] - disp[sel].mean()) / disp[sel].std(ddof=1)
+    score[idx] = z
+    return score
+
+
 def panel_from_moments(moments: np.ndarray, n_cells: int, n_genes: int, *, min_cells: int = 10,
-                       min_measured: float = 0.5) -> GenePanel:
+                       min_measured: float = 0.5, rule: str = "variance") -> GenePanel:
     """The ``n_genes`` most variable genes by :func:`gene_moments` sums over ``n_cells`` cells (the rule of
     :func:`select_panel`)."""
     if n_genes < 1:
         raise ValueError(f"n_genes={n_genes} must be >= 1")
+    if rule not in PANEL_RULES:
+        raise ValueError(f"panel rule {rule!r}: choose one of {PANEL_RULES}")
     n, s1, s2, expressed = moments
     ok = (expressed >= min_cells) & (n >= min_measured * n_cells) & (n > 1)
     ok[:4] = False  # special tokens
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = np.where(n > 0, s1 / np.maximum(n, 1), 0.0)
         var = np.where(n > 1, s2 / np.maximum(n, 1) - mean**2, 0.0)
-    score = np.where(ok, var, -np.inf)
+    score = np.where(ok, var, -np.inf) if rule == "variance" else _dispersion_score(mean, var, ok)
+    ok &= np.isfinite(score)
     cand = np.flatnonzero(ok)
     if len(cand) == 0:
         raise InputError(f"No gene is expressed in at least {min_cells} training cells: cannot choose a gene panel "
@@ -97,9 +124,11 @@ def panel_from_moments(moments: np.ndarray, n_cells: int, n_genes: int, *, min_c
 
 def select_panel(cells: TokenizedCells, vocab_size: int, n_genes: int, *, group: np.ndarray | None = None,
                  measured: np.ndarray | None = None, min_cells: int = 10,
-                 min_measured: float = 0.5) -> GenePanel:
-    """The ``n_genes`` most variable genes of ``cells`` (variance of the log-normalised value over the cells
-    that measured the gene, zeros included), with their mean and standard deviation.
+                 min_measured: float = 0.5, rule: str = "variance") -> GenePanel:
+    """The ``n_genes`` most variable genes of ``cells`` (``rule="variance"``: variance of the log-normalised value
+    over the cells that measured the gene, zeros included; ``"dispersion"``: that variance over the mean, z-scored
+    among genes of similar mean, as scanpy's ``seurat`` HVG flavour, which also ranks markers of rare cell types
+    high), with their mean and standard deviation.
 
     Parameters
     ----------
@@ -120,7 +149,7 @@ def select_panel(cells: TokenizedCells, vocab_size: int, n_genes: int, *, group:
     if n_genes < 1:
         raise ValueError(f"n_genes={n_genes} must be >= 1")
     return panel_from_moments(gene_moments(cells, vocab_size, group, measured), len(cells), n_genes,
-                              min_cells=min_cells, min_measured=min_measured)
+                              min_cells=min_cells, min_measured=min_measured, rule=rule)
 
 
 def panel_targets(gene_ids: np.ndarray, values: np.ndarray, panel_index: np.ndarray, mean: np.ndarray,

@@ -60,7 +60,7 @@ def _main_loss(losses: dict[str, float]) -> float | None:
     return None
 
 
-def _panel(train_cells, group, vocab, n_genes, measured_names, init, min_measured=0.5):
+def _panel(train_cells, group, vocab, n_genes, measured_names, init, min_measured=0.5, rule="variance"):
     """The gene panel (a new one, or ``init``'s with statistics refitted) and which panel genes each source
     measured (None when every cell measured every gene)."""
     measured_vocab = None
@@ -74,7 +74,7 @@ def _panel(train_cells, group, vocab, n_genes, measured_names, init, min_measure
                             measured=measured_vocab)
     else:
         panel = select_panel(train_cells, len(vocab), n_genes, group=group, measured=measured_vocab,
-                             min_measured=min_measured)
+                             min_measured=min_measured, rule=rule)
     return panel, None if measured_vocab is None else measured_vocab[:, panel.ids]
 
 
@@ -278,7 +278,8 @@ def pretrain(
     panel = measured = None
     if mcfg.profile_genes:
         panel, measured = _panel(cells.subset(train_idx), None if source is None else source[train_idx], vocab,
-                                 mcfg.profile_genes, measured_names, init, tcfg.profile_min_measured)
+                                 mcfg.profile_genes, measured_names, init, tcfg.profile_min_measured,
+                                 tcfg.profile_panel_rule)
         if len(panel) < mcfg.profile_genes:
             log.info("gene panel of the profile objective: %d genes qualify (asked for %d)", len(panel),
                      mcfg.profile_genes)

@@ -79,7 +79,8 @@ def pretrain_corpus(corpus: Corpus, *, out_dir=None, model_config: ModelConfig |
         tcfg = replace(tcfg, gep_weight=0.0, mvc_weight=0.0)
     panel = None
     if mcfg.profile_genes:
-        panel, measured = corpus_panel(train_ds, mcfg.profile_genes, min_measured=tcfg.profile_min_measured)
+        panel, measured = corpus_panel(train_ds, mcfg.profile_genes, min_measured=tcfg.profile_min_measured,
+                                       rule=tcfg.profile_panel_rule)
         mcfg = replace(mcfg, profile_genes=len(panel))
         train_ds.set_panel(panel, measured)
     log.info("losses: %s", ", ".join(f"{k} x {w:g}" for k, w in (("profile", tcfg.profile_weight if panel is not None else 0.0),
