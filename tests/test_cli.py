@@ -114,14 +114,14 @@ def test_quiet_training_prints_only_the_result(tiny_counts, tmp_path):
     src = str(Path(__file__).resolve().parents[1] / "src")
     env = {**os.environ, "PYTHONPATH": src, "OMP_NUM_THREADS": "1"}
     res = subprocess.run([sys.executable, "-m", "scmamba2.cli", "--quiet", "integrate", str(p), "--batch-key",
-                          "batch", "--steps", "2", "--out", str(tmp_path / "i.h5ad"), "--save-model",
+                          "batch", "--method", "finetune", "--steps", "2", "--out", str(tmp_path / "i.h5ad"), "--save-model",
                           str(tmp_path / "m")], capture_output=True, text=True, env=env, timeout=300)
     assert res.returncode == 0, res.stderr
     assert res.stderr == ""  # no Lightning tips, GPU/TPU lines, deprecation warnings or progress bars
     lines = res.stdout.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"{tiny_counts.n_obs} cells integrated over 2 batches")
     res = subprocess.run([sys.executable, "-m", "scmamba2.cli", "--quiet", "integrate", str(p), "--batch-key",
-                          "batch", "--steps", "1", "--out", str(tmp_path / "j.h5ad"), "--save-model",
+                          "batch", "--method", "finetune", "--steps", "1", "--out", str(tmp_path / "j.h5ad"), "--save-model",
                           str(tmp_path / "m")], capture_output=True, text=True, env=env, timeout=300)
     assert res.returncode == 1 and "--overwrite" in res.stderr and "Traceback" not in res.stderr
 
@@ -132,7 +132,7 @@ def test_overwrite_replaces_a_model_folder_whole(tiny_counts, tmp_path):
     m = tmp_path / "m"
     m.mkdir()
     (m / "stale.txt").write_text("from another run")
-    code, text = run("--quiet", "integrate", p, "--batch-key", "batch", "--steps", 1, "--out", tmp_path / "i.h5ad",
+    code, text = run("--quiet", "integrate", p, "--batch-key", "batch", "--method", "finetune", "--steps", 1, "--out", tmp_path / "i.h5ad",
                      "--save-model", m, "--overwrite")
     assert code == 0, text
     names = {q.name for q in m.iterdir()}

@@ -415,24 +415,24 @@ def integrate(
     batch_key: str = typer.Option(..., "--batch-key", help="obs column of each cell's batch."),
     out_path: Path = typer.Option(..., "--out", help="Output .h5ad with obsm['X_scmamba2']."),
     label_key: Optional[str] = typer.Option(None, "--label-key", help="obs column of cell types (evaluation and UMAP only)."),
-    model: Optional[Path] = typer.Option(None, "--model", help="Pretrained checkpoint to fine-tune (default: a small new model)."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Pretrained checkpoint (harmony: default the bundled model; finetune: default a small new model)."),
     umap: Optional[Path] = typer.Option(None, "--umap", help="Also write UMAP panels coloured by batch (and label)."),
-    save_model: Optional[Path] = typer.Option(None, "--save-model", help="Save the fine-tuned model in this directory."),
-    steps: int = typer.Option(1000, "--steps", help="Training steps."),
+    method: str = typer.Option("harmony", "--method", help="harmony (default): the pretrained model's embedding corrected by Harmony, nothing trained; finetune: train a model with the losses below."),
+    save_model: Optional[Path] = typer.Option(None, "--save-model", help="finetune: save the fine-tuned model in this directory."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="finetune: training steps [default: 1000]."),
     seed: int = typer.Option(0, "--seed"),
-    ecs: bool = typer.Option(False, "--ecs/--no-ecs", help="Elastic cell similarity loss."),
-    dab: bool = typer.Option(True, "--dab/--no-dab", help="Adversarial batch discriminator (gradient reversal)."),
-    dsbn: bool = typer.Option(False, "--dsbn/--no-dsbn", help="Domain-specific batch norm."),
-    batch_decoder: bool = typer.Option(True, "--batch-decoder/--no-batch-decoder", help="Give the expression heads a learned batch vector (the embedding need not carry the batch)."),
-    n_top_genes: int = typer.Option(2000, "--n-top-genes", help="Genes of a new model (highly variable)."),
-    method: str = typer.Option("finetune", "--method", help="finetune: train a model with the losses above; harmony: the pretrained model's embedding (--model, default the bundled one) corrected by Harmony, nothing trained."),
+    ecs: Optional[bool] = typer.Option(None, "--ecs/--no-ecs", help="finetune: elastic cell similarity loss [default: off]."),
+    dab: Optional[bool] = typer.Option(None, "--dab/--no-dab", help="finetune: adversarial batch discriminator (gradient reversal) [default: on]."),
+    dsbn: Optional[bool] = typer.Option(None, "--dsbn/--no-dsbn", help="finetune: domain-specific batch norm [default: off]."),
+    batch_decoder: Optional[bool] = typer.Option(None, "--batch-decoder/--no-batch-decoder", help="finetune: give the expression heads a learned batch vector (the embedding need not carry the batch) [default: on]."),
+    n_top_genes: Optional[int] = typer.Option(None, "--n-top-genes", help="finetune: genes of a new model (highly variable) [default: 2000]."),
     overwrite: bool = OverwriteOpt,
     layer: Optional[str] = LayerOpt,
     use_raw: bool = RawOpt,
     gene_column: Optional[str] = GeneColOpt,
 ) -> None:
-    """Integrate batches: fine-tune with GEP + MVC (batch-conditioned decoders) (+ ECS) + DAB (+ DSBN), or
-    correct a pretrained model's embedding with Harmony (--method harmony); embed into obsm."""
+    """Integrate batches: correct the pretrained (by default the bundled) model's embedding with Harmony, or
+    (--method finetune) train with GEP + MVC (batch-conditioned decoders) (+ ECS) + DAB (+ DSBN); embed into obsm."""
     from .data.files import check_model_dir, check_output, write_h5ad
     from .data.io import read
     from .tasks.integrate import IntegrationConfig
@@ -441,9 +441,18 @@ def integrate(
 
     with _user_errors():
         if method not in ("finetune", "harmony"):
-            raise InputError(f"--method {method!r}: choose finetune or harmony.")
-        if method == "harmony" and save_model is not None:
-            raise InputError("--method harmony trains nothing, so there is no model to save: leave out --save-model.")
+            raise InputError(f"--method {method!r}: choose harmony (the default) or finetune.")
+        if method == "harmony":
+            training = {"--save-model": save_model, "--steps": steps, "--ecs/--no-ecs": ecs, "--dab/--no-dab": dab,
+                        "--dsbn/--no-dsbn": dsbn, "--batch-decoder/--no-batch-decoder": batch_decoder,
+                        "--n-top-genes": n_top_genes}
+            given = [k for k, v in training.items() if v is not None]
+            if given:
+                raise InputError(f"{', '.join(given)} only apply to training, and the default --method harmony "
+                                 "trains nothing (it corrects the pretrained embedding): add --method finetune, or "
+                                 f"leave out {', '.join(given)}.")
+        steps = 1000 if steps is None else steps
+        n_top_genes = 2000 if n_top_genes is None else n_top_genes
         check_output(out_path, [data, model])
         if umap is not None:
             check_output(umap, [data, model, out_path], option="--umap")
@@ -459,7 +468,8 @@ def integrate(
             write_h5ad(adata, out_path)
             _integrate_summary(adata, out_path, umap, batch_key, label_key, seed)
             return
-        cfg = IntegrationConfig(ecs=ecs, dab=dab, dsbn=dsbn, batch_decoder=batch_decoder)
+        losses = {"ecs": ecs, "dab": dab, "dsbn": dsbn, "batch_decoder": batch_decoder}
+        cfg = IntegrationConfig(**{k: v for k, v in losses.items() if v is not None})  # unset: the config's default
         tcfg = TrainConfig(max_steps=steps, batch_size=32, lr=1e-3, warmup_steps=min(100, steps // 5), seed=seed)
         with _staged(save_model) as stage:
             _integrate(adata, batch_key, model=model, label_key=label_key, config=cfg, train_config=tcfg,

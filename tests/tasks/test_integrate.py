@@ -113,7 +113,7 @@ def test_cli(tmp_path):
 
     shifted(n=64).write_h5ad(tmp_path / "d.h5ad")
     args = ["integrate", tmp_path / "d.h5ad", "--batch-key", "batch", "--label-key", "label", "--out",
-            tmp_path / "o.h5ad", "--steps", "2", "--dsbn", "--no-batch-decoder", "--save-model", tmp_path / "m"]
+            tmp_path / "o.h5ad", "--method", "finetune", "--steps", "2", "--dsbn", "--no-batch-decoder", "--save-model", tmp_path / "m"]
     res = CliRunner().invoke(app, [str(x) for x in args])
     assert res.exit_code == 0, res.output
     integrated = ad.read_h5ad(tmp_path / "o.h5ad").obsm["X_scmamba2"]

@@ -47,6 +47,21 @@ def test_writes_the_corrected_and_the_pretrained_embedding():
     assert info["batch_categories"] == ["a", "b"] and {"asw_batch", "asw_label"} <= set(info)
 
 
+def test_scale_standardises_each_dimension_before_harmony():
+    from scmamba2.tasks.integrate_harmony import harmony
+
+    a, b = shifted(), shifted()
+    integrate_harmony(a, "batch", model=_model(), seed=0)
+    integrate_harmony(b, "batch", model=_model(), seed=0, scale=False)
+    raw = a.obsm["X_scmamba2_pretrained"].astype(np.float64)
+    np.testing.assert_allclose(b.obsm["X_scmamba2_pretrained"], raw)
+    codes = a.obs["batch"].astype("category").cat.codes.to_numpy()
+    z = (raw - raw.mean(0)) / raw.std(0)
+    np.testing.assert_allclose(a.obsm["X_scmamba2"], harmony(z, codes, seed=0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(b.obsm["X_scmamba2"], harmony(raw, codes, seed=0), rtol=1e-5, atol=1e-5)
+    assert a.uns["scmamba2"]["X_scmamba2"]["integration"]["scaled"] is True
+
+
 def test_bad_batch_or_label_column_is_refused():
     a = shifted(n=40)
     with pytest.raises(InputError, match="not an obs column"):

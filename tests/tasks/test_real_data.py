@@ -53,7 +53,7 @@ def test_default_hvg_model_accepts_its_own_data(shared_data, tmp_path):
 
     data = shared_data / "ifnb1k.h5ad"
     runner = CliRunner()
-    res = runner.invoke(app, ["--quiet", "integrate", str(data), "--batch-key", "condition", "--steps", "2",
+    res = runner.invoke(app, ["--quiet", "integrate", str(data), "--batch-key", "condition", "--method", "finetune", "--steps", "2",
                               "--out", str(tmp_path / "i.h5ad"), "--save-model", str(tmp_path / "im")])
     assert res.exit_code == 0, res.output
     from scmamba2.data.vocab import GeneVocab

@@ -25,8 +25,9 @@ DATASETS = {  # name -> (batch key, label key)
     "kang_muscat_8donors": ("donor", "cell_type"),
     "ifnb1k": ("condition", "cell_type"),
 }
-METHODS = {"Unintegrated PCA": "X_pca", "Harmony": "X_harmony", "scVI": "X_scvi", "scmamba2": "X_scmamba2",
-           "scmamba2 bundled model + Harmony": "X_scmamba2_harmony"}
+METHODS = {"Unintegrated PCA": "X_pca", "Harmony": "X_harmony", "scVI": "X_scvi",
+           "scmamba2 (default: bundled model + Harmony)": "X_scmamba2_harmony",
+           "scmamba2 fine-tuned from scratch (--method finetune)": "X_scmamba2"}
 
 
 def accepts(record) -> bool:
@@ -117,9 +118,9 @@ def _dataset(res: BenchResult, path: Path, name: str, out: Path, seed: int, s: d
         adata.obsm["X_harmony"] = _harmony(adata.obsm["X_pca"], adata.obs, batch_key, seed)
     with res.step(f"{name}: scVI ({s['scvi_epochs']} epochs)"):
         adata.obsm["X_scvi"] = _scvi(adata, batch_key, seed, s)
-    with res.step(f"{name}: scmamba2 ({s['steps']} steps)"):
+    with res.step(f"{name}: scmamba2 fine-tuned from scratch ({s['steps']} steps)"):
         _ours(adata, batch_key, label_key, seed, s)
-    with res.step(f"{name}: scmamba2 bundled model + Harmony (nothing trained)"):
+    with res.step(f"{name}: scmamba2 default, bundled model + Harmony (nothing trained)"):
         from ..tasks.integrate_harmony import integrate_harmony
 
         e = full.copy()
