@@ -26,6 +26,7 @@ _LAZY = {
     "integrate_harmony": "scmamba2.tasks.integrate_harmony",
     "multiomics": "scmamba2.tasks.multiomics",
     "predict_modality": "scmamba2.tasks.multiomics_predict",
+    "transfer_modality": "scmamba2.tasks.transfer_modality",
     "train_perturbation": "scmamba2.tasks.perturb",
     "predict_perturbation": "scmamba2.tasks.perturb_predict",
     "reverse_perturbation": "scmamba2.tasks.perturb_predict",

@@ -559,25 +559,47 @@ def multiomics_train(
 
 @multiomics_app.command("predict")
 def multiomics_predict(
-    model: Path = typer.Option(..., "--model", help="Directory written by `scmamba2 multiomics ... --model-out`."),
     query: Path = typer.Option(..., "--query", help="RNA of the cells (.h5ad; or the rna modality of an .h5mu)."),
-    modality: str = typer.Option("prot", "--modality", help="Modality to predict: prot (adt) or atac."),
     out_path: Path = typer.Option(..., "--out", help="Output .h5ad with obsm['scmamba2_pred_<modality>']."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Without --reference: a directory written by `scmamba2 multiomics ... --model-out`. With --reference: the pretrained model whose embedding finds the neighbours (default the bundled one)."),
+    reference: Optional[Path] = typer.Option(None, "--reference", help="Paired RNA + protein cells (.h5mu, or .h5ad with protein counts in obsm): predict protein by the query's nearest reference cells in the pretrained embedding; nothing trained."),
+    modality: str = typer.Option("prot", "--modality", help="Modality to predict: prot (adt) or atac (atac needs a joint --model)."),
+    n_neighbors: int = typer.Option(15, "--n-neighbors", help="With --reference: reference cells averaged per query cell."),
+    protein_key: Optional[str] = typer.Option(None, "--protein-key", help="obsm key of the reference's protein counts (.h5ad reference)."),
     layer: Optional[str] = LayerOpt,
     use_raw: bool = RawOpt,
     gene_column: Optional[str] = GeneColOpt,
     batch_key: Optional[str] = typer.Option(None, "--batch-key", help="obs column of each cell's batch, for a model trained with --batch-key (other batches: the mean batch vector)."),
 ) -> None:
-    """Predict a modality from RNA alone (the target modality's tokens are read with their values masked)."""
+    """Predict a modality from RNA alone: with a joint --model (the target modality's tokens are read with their
+    values masked), or from a --reference of paired cells by nearest neighbours in the pretrained embedding."""
     from .data.files import check_output, write_h5ad
     from .data.io import read
+    from .data.multiomics import canonical_modality
     from .tasks.multiomics import predict_modality
 
     with _user_errors():
-        check_output(out_path, [query, model])
+        if reference is None and model is None:
+            raise InputError("give --model (a joint model from `scmamba2 multiomics train`) or --reference (paired "
+                             "RNA + protein cells, predicted through the bundled model's embedding)")
+        if reference is not None and canonical_modality(modality) != "prot":
+            raise InputError(f"--reference predicts protein only, not --modality {modality}; for ATAC give a joint "
+                             "--model from `scmamba2 multiomics train`")
+        if reference is None and (protein_key is not None or n_neighbors != 15):
+            raise InputError("--protein-key and --n-neighbors apply to --reference only")
+        if reference is not None and batch_key is not None:
+            raise InputError("--batch-key applies to a joint --model trained with batches, not to --reference")
+        _at_least(1, n_neighbors=n_neighbors)
+        check_output(out_path, [query, model, reference])
         q = read(query, modality="rna")
-        predict_modality(q, model, modality, layer=layer, use_raw=use_raw, gene_column=gene_column,
-                         batch_key=batch_key)
+        if reference is not None:
+            from .tasks.transfer_modality import transfer_modality
+
+            transfer_modality(reference, q, model=model, n_neighbors=n_neighbors, protein_key=protein_key,
+                              layer=layer, use_raw=use_raw, gene_column=gene_column)
+        else:
+            predict_modality(q, model, modality, layer=layer, use_raw=use_raw, gene_column=gene_column,
+                             batch_key=batch_key)
         write_h5ad(q, out_path)
         key = next(k for k in q.obsm if k.startswith("scmamba2_pred_"))
         out.print(f"{q.n_obs} cells x {q.obsm[key].shape[1]} features predicted -> {out_path} (obsm[{key!r}])")
