@@ -46,6 +46,7 @@ TRIED = ("Chosen on the references' own held-out tenth (val macro-F1 pbmc3k / Ka
          "bundled model with a classifier head (lr 1e-3, 500 steps of 32 cells, 256 random expressed genes a cell, "
          "the from-scratch loop; `scmamba2 annotate --method finetune`) on pbmc3k: val 0.735 (query 0.838) in 12 CPU "
          "minutes, below the probe; not run on Kang and left out of this table for CPU time. "
+         "L1 logistic regression (the baseline's recipe, C by 5-fold CV) on the HVGs and the standardised bundled embedding side by side, the embedding scaled by 0.25 / 0.5 / 1 (2026-12-03): reference CV macro-F1 0.914 / 0.919 / 0.905 against 0.911 for the HVGs alone on pbmc3k and 0.786 / 0.785 / 0.784 against 0.786 on Kang (query 0.919 / 0.920 / 0.898 vs 0.914; 0.822 / 0.824 / 0.822 vs 0.826): no gain on both, not adopted. "
          "From scratch (2026-12-02, pbmc3k's held-out tenth): the defaults (val macro-F1 0.84), lr 1e-3 (0.77), "
          "d_model 128 (0.73), binned instead of continuous values (0.79), 1000 steps with early stopping (0.75), a "
          "GEP + MVC regulariser at weight 0.5 (0.51), dropout 0.3 (0.71), 512 tokens per cell (0.77). "
