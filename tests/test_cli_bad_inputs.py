@@ -149,6 +149,8 @@ CASES = [
                                 "counts.h5ad", "--out", "o.h5ad", "--model", "bad_config"], "config.json"),
     ("perturb-predict-corrupt-meta", ["perturb", "predict", "--model", "bad_perturb", "--perturbations", "GENE1",
                                       "--out", "p.h5ad"], "perturb"),
+    ("multiomics-predict-reference-without-protein", ["multiomics", "predict", "--reference", "counts.h5ad",
+                                                      "--query", "counts.h5ad", "--out", "o.h5ad"], "protein"),
     ("multiomics-predict-not-multiomics", ["multiomics", "predict", "--model", M, "--query", "counts.h5ad",
                                            "--out", "p.h5ad"], "multiomics.json"),
     ("import-corrupt-args", ["import-checkpoint", "release", "--out", "imported"], "args.json"),
