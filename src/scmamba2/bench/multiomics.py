@@ -42,7 +42,7 @@ NOTES = [
     "the weighting were chosen by 5-fold cross-validation within the training cells (mean r, 2026-12-03): pbmc "
     "k=5 0.716 / 0.715 (uniform / distance), k=15 0.730 / 0.734, k=30 0.701 / 0.720, ridge on the embedding "
     "0.709, kNN on RNA PCA 0.664; ECCITE 0.382 / 0.384, 0.388 / 0.399, 0.376 / 0.397, ridge 0.394, kNN on RNA "
-    "PCA 0.389. The bundled model was pretrained, without proteins, on the cells of both CITE-seq files (the "
+    "PCA 0.389 (measured with the bundled model before its 2026-12-03 panel rebuild). The bundled model was pretrained, without proteins, on the cells of both CITE-seq files (the "
     "held-out ones included; see its model card).",
     "What each method saw. scmamba2: the training cells' RNA counts and protein counts (trained from scratch, "
     "no pretrained weights), then the held-out cells' RNA only (their protein tokens enter with masked values). "
