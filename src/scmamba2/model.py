@@ -57,11 +57,11 @@ class ModelConfig:
     the expression per ``target_sum`` counts, relative to ``expm1`` of the panel's gene mean; needs raw counts).
 
     Training memory (neither changes the result): ``gradient_checkpointing`` (off by default) recomputes each
-    encoder layer in the backward pass; ``recompute_tokens`` (default 8,192) recomputes only each layer's conv,
-    scan and gated norm, in slices of about that many tokens, for batches of more tokens than that (~3-4x less
-    activation memory per token, at 0.85-0.9x the step's speed: ``benchmarks/results/train_step.md``). Batches
-    within it (e.g. 32 cells of 256 tokens) keep the fastest step; the default ``pretrain`` of pbmc3k (32 cells
-    of up to 1,200 tokens) peaked at 9.8 GB without it and 3.2 GB with slices of 4,096 tokens. None turns it off.
+    encoder layer in the backward pass; ``recompute_tokens`` (default 8,192) recomputes only each layer's
+    ``in_proj``, conv, scan and gated norm, in slices of about 4,096 tokens, for batches of more tokens than
+    that (several times less activation memory per token, at 0.85-0.9x the step's speed:
+    ``benchmarks/results/train_step.md``). Batches within it (e.g. 32 cells of 256 tokens) keep the fastest
+    step. None turns it off.
 
     ``cell_pooling`` makes the cell embedding (heads, :meth:`ScMamba2.cell_embedding`): ``"mean"`` (default)
     the mean over the valid positions (``<cls>`` included), ``"cls"`` the ``<cls>`` output (position 0). In the
