@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
+from collections.abc import Collection
 from typing import Any, Literal
 
 import torch
@@ -56,11 +57,11 @@ class ModelConfig:
     the expression per ``target_sum`` counts, relative to ``expm1`` of the panel's gene mean; needs raw counts).
 
     Training memory (neither changes the result): ``gradient_checkpointing`` (off by default) recomputes each
-    encoder layer in the backward pass; ``recompute_tokens`` (default 8,192) recomputes only each layer's conv,
-    scan and gated norm, in slices of about that many tokens, for batches of more tokens than that (~3-4x less
-    activation memory per token, at 0.85-0.9x the step's speed: ``benchmarks/results/train_step.md``). Batches
-    within it (e.g. 32 cells of 256 tokens) keep the fastest step; the default ``pretrain`` of pbmc3k (32 cells
-    of up to 1,200 tokens) peaked at 9.8 GB without it and 3.2 GB with slices of 4,096 tokens. None turns it off.
+    encoder layer in the backward pass; ``recompute_tokens`` (default 8,192) recomputes only each layer's
+    ``in_proj``, conv, scan and gated norm, in slices of about 4,096 tokens, for batches of more tokens than
+    that (several times less activation memory per token, at 0.85-0.9x the step's speed:
+    ``benchmarks/results/train_step.md``). Batches within it (e.g. 32 cells of 256 tokens) keep the fastest
+    step. None turns it off.
 
     ``cell_pooling`` makes the cell embedding (heads, :meth:`ScMamba2.cell_embedding`): ``"mean"`` (default)
     the mean over the valid positions (``<cls>`` included), ``"cls"`` the ``<cls>`` output (position 0). In the
@@ -147,7 +148,7 @@ class ModelOutput:
 
     states: torch.Tensor  # (B, L, D) per-token encoder outputs, position 0 = <cls>
     cell_emb: torch.Tensor  # (B, D)
-    expr_pred: torch.Tensor  # (B, L) GEP prediction per token
+    expr_pred: torch.Tensor | None = field(default=None)  # (B, L) GEP prediction per token
     mvc_pred: torch.Tensor | None = field(default=None)  # (B, L) MVC prediction per token
     class_logits: torch.Tensor | None = field(default=None)  # (B, n_classes), when built with n_classes > 0
     batch_logits: torch.Tensor | None = field(default=None)  # (B, n_batches) DAB, through gradient reversal
@@ -278,8 +279,17 @@ class ScMamba2(nn.Module):
             return vectors
         return torch.where(known.unsqueeze(-1), vectors, self.batch_encoder.weight.mean(0))
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> ModelOutput:
-        """Encode a collated batch and apply every head the model was built with."""
+    def forward(self, batch: dict[str, torch.Tensor], token_heads: Collection[str] = ("expr", "mvc")) -> ModelOutput:
+        """Encode a collated batch and apply the heads the model was built with.
+
+        ``token_heads`` names the per-token heads to run, ``"expr"`` (GEP) and/or ``"mvc"`` (each a ``(B, L)``
+        output, with a ``(B, L, D)`` activation or three kept for the backward pass); the others' outputs are
+        None. The per-cell heads (profile, classifier, discriminator) always run. A training loss that does not
+        read a per-token head leaves it out (``TrainingPlan``), which saves its memory and time.
+        """
+        unknown = set(token_heads) - {"expr", "mvc"}
+        if unknown:
+            raise ValueError(f"token_heads: unknown head(s) {sorted(unknown)}; choose among 'expr' and 'mvc'")
         states = self.encode_batch(batch)
         cell_emb = self.cell_embedding(states, batch[PADDING_MASK])
         dec_states, dec_cell = states, cell_emb  # what the expression heads read
@@ -289,10 +299,11 @@ class ScMamba2(nn.Module):
             b = self.batch_vectors(batch[BATCH])  # (B, D)
             dec_states, dec_cell = states + b.unsqueeze(1), cell_emb + b
         mvc_pred = None
-        if self.mvc_head is not None:
+        if self.mvc_head is not None and "mvc" in token_heads:
             mvc_pred = self.mvc_head(dec_cell, self.gene_encoder(batch[GENES]))
         return ModelOutput(
-            states=states, cell_emb=cell_emb, expr_pred=self.expr_head(dec_states), mvc_pred=mvc_pred,
+            states=states, cell_emb=cell_emb, mvc_pred=mvc_pred,
+            expr_pred=self.expr_head(dec_states) if "expr" in token_heads else None,
             profile_pred=None if self.profile_head is None else self.profile_head(dec_cell),
             class_logits=None if self.classifier is None else self.classifier(cell_emb),
             batch_logits=None if self.batch_discriminator is None else self.batch_discriminator(cell_emb),

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from scmamba2.data import preprocess
+from scmamba2.data import _binning
 from scmamba2.data.preprocess import bin_values, normalize_log1p, select_hvg
 from scmamba2.errors import InputError
 
@@ -113,13 +113,19 @@ def test_float64_and_negative_values_follow_reference():
     np.testing.assert_array_equal(bin_values(dense32, 9).toarray(), _reference_bins(dense32, 9))
 
 
-def test_threaded_sort_matches_serial(monkeypatch):
+@pytest.mark.parametrize("n_threads", [2, 3])
+def test_threaded_row_blocks_match_serial(monkeypatch, n_threads):
     dense = _counts(seed=9, n_cells=200, n_genes=100)
-    serial = bin_values(sp.csr_matrix(dense), 51)
-    monkeypatch.setattr(preprocess, "_PARALLEL_NNZ", 0)
-    monkeypatch.setattr(preprocess, "_n_threads", lambda: 4)
-    threaded = bin_values(sp.csr_matrix(dense), 51)
-    assert (serial != threaded).nnz == 0
+    floats = dense * np.float32(0.37)  # the sort path
+    serial = [bin_values(sp.csr_matrix(d), 51) for d in (dense, floats)]
+    monkeypatch.setattr(_binning, "_PARALLEL_NNZ", 0)
+    monkeypatch.setattr(_binning, "_n_threads", lambda: n_threads)
+    calls = []
+    block = _binning._bin_block
+    monkeypatch.setattr(_binning, "_bin_block", lambda *a: calls.append(len(a[2])) or block(*a))
+    for d, want in zip((dense, floats), serial):
+        assert (bin_values(sp.csr_matrix(d), 51) != want).nnz == 0
+    assert len(calls) == 2 * n_threads and sum(calls) == 2 * int((dense != 0).sum())  # blocks cover every entry
 
 
 def test_bin_errors():
@@ -157,7 +163,7 @@ def test_counting_and_sort_paths_agree(monkeypatch):
     X = sp.csr_matrix(dense)
     counting = bin_values(X, 51)
     np.testing.assert_array_equal(counting.toarray(), _reference_bins(dense, 51))
-    monkeypatch.setattr(preprocess, "_small_int_values", lambda data, n_rows: (None, 0))
+    monkeypatch.setattr(_binning, "_small_int_values", lambda data, n_rows: (None, 0))
     assert (bin_values(X, 51) != counting).nnz == 0
 
 

@@ -269,3 +269,63 @@ def test_log_normalized_input_gives_the_values_of_raw_counts(value_mode):
     assert prepare_cells(logn, vocab, cfg).report.value_kind == "log_normalized"
     np.testing.assert_array_equal(a.gene_ids, b.gene_ids)
     np.testing.assert_allclose(a.values, b.values, rtol=1e-5, atol=1e-5)  # not log-transformed twice
+
+
+def _reference_tokens(dense, names, vocab, cfg):
+    """Slow per-cell tokens: first column of each vocabulary gene, non-zeros, by id; bins over the kept genes."""
+    first = {}
+    for j, g in enumerate(names):
+        if g in vocab and vocab[g] not in first:
+            first[vocab[g]] = j
+    ids = sorted(first)
+    genes, values, lengths = [], [], []
+    for row in dense:
+        g = [i for i in ids if row[first[i]] != 0]
+        x = np.array([row[first[i]] for i in g], dtype=np.float64)
+        if cfg.value_mode == "binned":
+            v = [_reference_bin(x, k, cfg.n_bins) for k in range(len(x))]
+        elif len(x):
+            v = np.log1p(x * (cfg.target_sum / row.astype(np.float64).sum()))
+        else:
+            v = []
+        genes += g
+        values += list(np.asarray(v, dtype=np.float64).astype(np.float32))
+        lengths.append(len(g))
+    return np.array(genes, dtype=np.int64), np.array(values, dtype=np.float32), np.array(lengths)
+
+
+def _reference_bin(x, k, n_bins):
+    """The documented rule for value x[k] of a cell (mid-rank; the cell's largest value at n_bins - 1)."""
+    m, r_lo, r_hi = len(x), int(np.sum(x < x[k])), int(np.sum(x <= x[k]))
+    return n_bins - 1 if r_hi == m else 1 + ((n_bins - 2) * (r_lo + r_hi - 1)) // (2 * (m - 1))
+
+
+@pytest.mark.filterwarnings("ignore:Variable names are not unique")
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("value_mode", ["binned", "continuous"])
+@pytest.mark.parametrize("vocab_kind", ["same_order", "reordered"])
+def test_tokens_equal_slow_reference(monkeypatch, threads, value_mode, vocab_kind):
+    from scmamba2.data import _binning
+
+    dense = _random_counts(seed=7, n_cells=60, n_genes=45, p_zero=0.6)
+    dense[5] = 0  # an empty cell
+    dense[6, 3] = 400  # a value above the counting table
+    names = [f"G{j}" for j in range(45)]
+    names[20] = "G3"  # a repeated gene: its first column is used
+    if vocab_kind == "same_order":
+        vocab = GeneVocab([f"G{j}" for j in range(40)])  # G40..G44 are dropped
+    else:
+        vocab = GeneVocab(["EXTRA"] + [f"G{j}" for j in range(44, 9, -1)])  # ids decrease with the column
+    X = sp.csr_matrix(dense)
+    X.data[::7] = 0  # stored zeros are not tokens
+    dense = X.toarray()
+    adata = ad.AnnData(X=X, var=pd.DataFrame(index=names))
+    if threads > 1:
+        monkeypatch.setattr(_binning, "_PARALLEL_NNZ", 0)
+        monkeypatch.setattr(_binning, "_n_threads", lambda: threads)
+    cfg = TokenizerConfig(value_mode=value_mode, n_bins=7)
+    cells = tokenize(adata, vocab, cfg)
+    genes, values, lengths = _reference_tokens(dense, names, vocab, cfg)
+    np.testing.assert_array_equal(cells.lengths - 1, lengths)
+    np.testing.assert_array_equal(cells.gene_ids, genes)
+    np.testing.assert_array_equal(cells.values, values)  # bit-identical, also for continuous values

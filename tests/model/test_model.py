@@ -160,3 +160,33 @@ def test_continuous_mode_runs():
     with torch.no_grad():
         out = model.encode(*pad_to(genes, values / 3.0, 16))
     assert torch.isfinite(out).all()
+
+
+def test_token_heads_choose_the_per_token_outputs_and_a_profile_loss_runs_neither():
+    from scmamba2._keys import GENES as G, MASK, PADDING_MASK, PROFILE, TARGET_VALUES, VALUES
+    from scmamba2.train.config import TrainConfig
+    from scmamba2.train.plan import TrainingPlan
+
+    model = tiny_model(profile_genes=5)
+    genes, values, pad = pad_to(*one_cell(), 16)
+    batch = {G: genes.repeat(2, 1), VALUES: values.repeat(2, 1), PADDING_MASK: pad.repeat(2, 1)}
+    with torch.no_grad():
+        full = model(batch)
+        none = model(batch, token_heads=())
+        only_mvc = model(batch, token_heads=["mvc"])
+    assert full.expr_pred.shape == full.mvc_pred.shape == (2, 16)
+    assert none.expr_pred is None and none.mvc_pred is None and only_mvc.expr_pred is None
+    torch.testing.assert_close(only_mvc.mvc_pred, full.mvc_pred)
+    torch.testing.assert_close(none.profile_pred, full.profile_pred)  # per-cell heads always run
+    with pytest.raises(ValueError, match="unknown head"):
+        model(batch, token_heads=["gep"])
+
+    calls = []
+    model.expr_head.register_forward_hook(lambda *a: calls.append("expr"))
+    model.mvc_head.register_forward_hook(lambda *a: calls.append("mvc"))
+    batch = {**batch, MASK: torch.zeros_like(pad.repeat(2, 1)), TARGET_VALUES: batch[VALUES],
+             PROFILE: torch.zeros(2, 5)}
+    losses, _ = TrainingPlan(model, TrainConfig(gep_weight=0.0, mvc_weight=0.0))._losses(batch)
+    assert calls == [] and set(losses) == {"profile", "loss"}  # the default pretraining: profile loss only
+    losses, _ = TrainingPlan(model, TrainConfig())._losses(batch)
+    assert sorted(calls) == ["expr", "mvc"] and {"gep", "mvc"} <= set(losses)

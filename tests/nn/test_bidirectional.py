@@ -248,6 +248,32 @@ def test_slices_without_autograd_match_the_whole_batch():
         torch.manual_seed(0)
         layer = BiMamba2Layer(D, d_state=8, headdim=16, chunk_size=8, use_kernels=False,
                               slice_tokens=tokens).double().eval()
+        seen = []  # the projections run per slice too: one slice's in_proj output at a time
+        layer.block.in_proj.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[0]))
         with torch.no_grad():
             outs.append(layer(x, mask))
+        assert seen == ([5] if tokens is None else [1] * 5)
     assert torch.allclose(outs[0], outs[1], atol=1e-12)
+
+
+def test_recomputed_slices_take_in_proj_along_and_keep_the_gradients():
+    # Above recompute_tokens, in_proj runs inside the recomputed slices (of slice_tokens tokens): its output is
+    # not stored for the whole batch; the loss and the gradients are those of the whole-batch layer.
+    x = torch.randn(5, 12, D, dtype=torch.float64)
+    mask = torch.zeros(5, 12, dtype=torch.bool)
+    mask[3, 7:] = True
+    results = []
+    for recompute in (None, 30):
+        torch.manual_seed(0)
+        layer = BiMamba2Layer(D, d_state=8, headdim=16, chunk_size=8, use_kernels=False, recompute_tokens=recompute,
+                              slice_tokens=24).double().train()
+        seen = []
+        layer.block.in_proj.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[0]))
+        xi = x.clone().requires_grad_(True)
+        layer(xi, mask).square().sum().backward()
+        results.append((xi.grad, [p.grad for p in layer.parameters()]))
+        # slices of 24 tokens = 2 sequences, run forwards and again in the backward pass
+        assert sorted(seen) == ([5] if recompute is None else [1, 1, 2, 2, 2, 2])
+    torch.testing.assert_close(results[0][0], results[1][0])
+    for a, b in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(a, b)

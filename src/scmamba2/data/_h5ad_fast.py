@@ -3,16 +3,17 @@
 h5py decompresses a chunked dataset one small chunk at a time through the HDF5 filter pipeline, holding
 the GIL. For the 1-d ``data``/``indices`` arrays of a CSR/CSC matrix compressed with gzip alone, this module
 reads the stored chunks as raw bytes and inflates them with :mod:`zlib` on a small thread pool (zlib
-releases the GIL), writing straight into the output array. Everything else (obs, var, uns, layers, raw,
-dense matrices, other filters) goes through anndata's own reader, element by element
-(:func:`anndata.experimental.read_dispatched`), so the AnnData is the same as ``anndata.read_h5ad``'s.
+releases the GIL), writing straight into the output array. The inflation of ``X`` and of the layers runs
+while anndata reads everything else (obs, var, uns, ...), element by element
+(:func:`anndata.experimental.read_dispatched`), so the AnnData is the same as ``anndata.read_h5ad``'s; other
+filters, dense matrices and small arrays go through h5py's own read.
 """
 
 from __future__ import annotations
 
 import os
 import zlib
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -36,8 +37,9 @@ def _gzip_only(ds) -> bool:
     return filters == [_GZIP]
 
 
-def read_1d(ds, pool: ThreadPoolExecutor | None) -> np.ndarray:
-    """Read a 1-d h5py dataset; gzip-only chunked ones of at least 1 MiB are inflated on ``pool``."""
+def start_1d(ds, pool: ThreadPoolExecutor | None) -> np.ndarray | list[Future]:
+    """Start reading a 1-d h5py dataset: the array itself, or (gzip-only chunked ones of at least 1 MiB) the
+    futures of its inflation on ``pool``, which :func:`finish_1d` waits for."""
     n = ds.shape[0] if ds.ndim == 1 else 0
     if (pool is None or ds.ndim != 1 or ds.chunks is None or n * ds.dtype.itemsize < _MIN_PARALLEL_BYTES
             or not ds.dtype.isnative or not _gzip_only(ds)):
@@ -47,15 +49,32 @@ def read_1d(ds, pool: ThreadPoolExecutor | None) -> np.ndarray:
     if ds.id.get_num_chunks() != len(starts):  # some chunks never written (fill value): the plain read
         return ds[...]
     out = np.empty(n, dtype=ds.dtype)
-    raw = [(i, ds.id.read_direct_chunk((i,))[1]) for i in starts]  # raw bytes: fast, holds the GIL
+    raw = [ds.id.read_direct_chunk((i,))[1] for i in starts]  # raw bytes: fast, holds the GIL
+    size = out.itemsize
 
-    def inflate(job):
-        i, blob = job
-        k = min(step, n - i)
-        out[i : i + k] = np.frombuffer(zlib.decompress(blob), dtype=ds.dtype, count=k)
+    def inflate(first: int, last: int) -> np.ndarray:
+        for c in range(first, last):
+            i = c * step
+            k = min(step, n - i)
+            out[i : i + k] = np.frombuffer(zlib.decompress(raw[c], bufsize=k * size), dtype=out.dtype, count=k)
+        return out
 
-    list(pool.map(inflate, raw))
-    return out
+    # A few long tasks (one per worker), not one per chunk: fewer hand-overs of the GIL.
+    n_tasks = min(len(raw), _workers())
+    bounds = np.linspace(0, len(raw), n_tasks + 1).astype(int)
+    return [pool.submit(inflate, a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def finish_1d(started: np.ndarray | list[Future]) -> np.ndarray:
+    """The array of :func:`start_1d`, once its inflation is done."""
+    if isinstance(started, np.ndarray):
+        return started
+    return [f.result() for f in started][-1]
+
+
+def read_1d(ds, pool: ThreadPoolExecutor | None) -> np.ndarray:
+    """Read a 1-d h5py dataset; gzip-only chunked ones of at least 1 MiB are inflated on ``pool``."""
+    return finish_1d(start_1d(ds, pool))
 
 
 def read_h5ad(path: str | Path):
@@ -65,15 +84,26 @@ def read_h5ad(path: str | Path):
     from anndata.experimental import read_dispatched
 
     with h5py.File(path, "r") as f, ThreadPoolExecutor(_workers()) as pool:
+        later = {}  # X and layers: inflated while anndata reads the rest, put in place at the end
 
         def callback(read_func, elem_name: str, elem, iospec):
             if iospec.encoding_type in ("csr_matrix", "csc_matrix") and isinstance(elem, h5py.Group):
-                arrays = [read_1d(elem[k], pool) for k in ("data", "indices", "indptr")]
                 cls = sp.csr_matrix if iospec.encoding_type == "csr_matrix" else sp.csc_matrix
-                return cls(tuple(arrays), shape=tuple(int(s) for s in elem.attrs["shape"]))
+                shape = tuple(int(s) for s in elem.attrs["shape"])
+                parts = [start_1d(elem[k], pool) for k in ("data", "indices", "indptr")]
+                if elem_name == "/X" or elem_name.startswith("/layers/"):
+                    later[elem_name] = (cls, parts, shape)
+                    return cls(shape, dtype=elem["data"].dtype)  # an empty stand-in of the right shape
+                return cls(tuple(finish_1d(p) for p in parts), shape=shape)
             return read_func(elem)
 
         adata = read_dispatched(f, callback=callback)
-    if not isinstance(adata, ad.AnnData):  # pragma: no cover - not an AnnData file
-        raise ValueError(f"{path} does not hold an AnnData")
+        if not isinstance(adata, ad.AnnData):  # pragma: no cover - not an AnnData file
+            raise ValueError(f"{path} does not hold an AnnData")
+        for name, (cls, parts, shape) in later.items():
+            matrix = cls(tuple(finish_1d(p) for p in parts), shape=shape)
+            if name == "/X":
+                adata.X = matrix
+            else:
+                adata.layers[name[len("/layers/") :]] = matrix
     return adata

@@ -7,8 +7,6 @@ Python loop.
 from __future__ import annotations
 
 import logging
-import os
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -16,14 +14,11 @@ import scipy.sparse as sp
 
 from ..errors import InputError
 from .._threads import keep_torch_threads
+from ._binning import _row_ids, bin_entries
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["normalize_log1p", "select_hvg", "bin_values"]
-
-# Above this many non-zeros the per-cell sort is split over threads (numpy sorts release the GIL).
-_PARALLEL_NNZ = 500_000
-
 
 def _as_csr(X: Any) -> sp.csr_matrix:
     """Return ``X`` as a CSR matrix (no copy when it already is one)."""
@@ -33,11 +28,6 @@ def _as_csr(X: Any) -> sp.csr_matrix:
     if arr.ndim != 2:
         raise InputError(f"Expected a 2-D cells x genes matrix, got an array of shape {arr.shape}.")
     return sp.csr_matrix(arr)
-
-
-def _row_ids(indptr: np.ndarray) -> np.ndarray:
-    """The row of every stored entry of a CSR structure (int64)."""
-    return np.repeat(np.arange(len(indptr) - 1, dtype=np.int64), np.diff(indptr))
 
 
 def _row_scale(X: sp.csr_matrix, target_sum: float) -> np.ndarray:
@@ -152,137 +142,6 @@ def select_hvg(
     return out
 
 
-def _n_threads() -> int:
-    """CPU cores this process may use (at most 8)."""
-    try:
-        n = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        n = os.cpu_count() or 1
-    return max(1, min(n, 8))
-
-
-def _value_key(data: np.ndarray) -> np.ndarray | None:
-    """An int64 in [0, 2**32) per value that sorts like the value, or None when float32 is not exact."""
-    if data.dtype == np.float32:
-        v32 = data
-    else:
-        v32 = data.astype(np.float32)
-        if not np.array_equal(v32, data):
-            return None
-    bits = v32.view(np.int32)
-    # Order-preserving map of IEEE floats to signed ints: flip the magnitude bits of negatives.
-    bits = bits ^ ((bits >> 31) & np.int32(0x7FFFFFFF))
-    return bits.astype(np.int64) + np.int64(2**31)
-
-
-def _row_value_order(indptr: np.ndarray, row: np.ndarray, data: np.ndarray) -> np.ndarray:
-    """Permutation sorting the entries by (row, value); rows are contiguous so rows stay in place."""
-    vkey = _value_key(data)
-    if vkey is None:
-        return np.lexsort((data, row))
-    key = (row << 32) | vkey
-    nnz = len(key)
-    n_threads = _n_threads()
-    if n_threads < 2 or nnz < _PARALLEL_NNZ:
-        return np.argsort(key, kind="stable")
-    # Cut at row boundaries into ~equal chunks; each chunk sorts independently (keys never interleave).
-    cuts = np.searchsorted(indptr, np.linspace(0, nnz, n_threads + 1)[1:-1])
-    bounds = np.unique(np.concatenate([[0], indptr[cuts], [nnz]]))
-
-    def _sort(k: int) -> np.ndarray:
-        lo, hi = bounds[k], bounds[k + 1]
-        return np.argsort(key[lo:hi], kind="stable") + lo
-
-    with ThreadPoolExecutor(n_threads) as pool:
-        parts = list(pool.map(_sort, range(len(bounds) - 1)))
-    return np.concatenate(parts)
-
-
-def _bin_formula(r_lo: np.ndarray, r_hi: np.ndarray, m: np.ndarray, n_bins: int) -> np.ndarray:
-    """The documented rule, from the counts of smaller (``r_lo``) and ``<=`` (``r_hi``) values of ``m``."""
-    twice_midrank = (r_lo + r_hi - 1).astype(np.float64)
-    denom = np.maximum(2 * (m - 1), 1).astype(np.float64)
-    # Exact: numerator and denominator are small integers, so the float quotient floors correctly.
-    bins = 1 + np.floor((n_bins - 2) * twice_midrank / denom).astype(np.int64)
-    bins[r_hi == m] = n_bins - 1  # the cell's largest value
-    return bins
-
-
-def _bins_by_sort(indptr, row, data, n_bins, m_row=None, below_row=None) -> np.ndarray:
-    """Bins via one sort keyed by (row, value) and run arithmetic.
-
-    ``m_row`` is each row's number of non-zeros and ``below_row`` the number of its non-zeros smaller
-    than every value given here (both default to this structure alone: the counts and 0).
-    """
-    nnz = len(data)
-    order = _row_value_order(indptr, row, data)
-    s = data[order]
-    # Runs of equal values inside a row ("row" is unchanged by the sort: rows are contiguous).
-    last = np.empty(nnz, dtype=bool)
-    last[-1] = True
-    np.not_equal(s[1:], s[:-1], out=last[:-1])
-    last[:-1] |= row[1:] != row[:-1]
-    first = np.empty(nnz, dtype=bool)
-    first[0] = True
-    first[1:] = last[:-1]
-    # Per run (a few per cell for counts): the ranks of its first and last entry inside the cell.
-    run_start, run_end = np.flatnonzero(first), np.flatnonzero(last)
-    run_row = row[run_start]
-    base = (0 if below_row is None else below_row[run_row]) - indptr[run_row]
-    m = np.diff(indptr)[run_row] if m_row is None else m_row[run_row]
-    run_bin = _bin_formula(run_start + base, run_end + base + 1, m, n_bins)
-    out = np.empty(nnz, dtype=np.int64)
-    out[order] = run_bin[np.cumsum(first) - 1]
-    return out
-
-
-def _small_int_values(data: np.ndarray, n_rows: int) -> tuple[np.ndarray | None, int]:
-    """``(data as int64, table width T)`` when the values are positive integers (counts), else ``(None, 0)``."""
-    if data.dtype.kind not in "fiu" or data.min() < 1 or data.max() >= 2**31:
-        return None, 0
-    ivals = data.astype(np.int64)
-    if data.dtype.kind == "f" and not np.array_equal(ivals, data):
-        return None, 0
-    # Counting table of n_rows x T cells, at most ~2 per stored value.
-    width = int(min(ivals.max() + 1, max(32, 2 * len(data) // max(n_rows, 1))))
-    return ivals, width
-
-
-def _bin_entries(indptr: np.ndarray, data: np.ndarray, n_bins: int) -> np.ndarray:
-    """Bins (int64, 1..n_bins-1) of the stored entries of a CSR structure without stored zeros.
-
-    Positive integer values below a width T (nearly all raw counts) are ranked by counting in an
-    n_rows x T histogram; the others go through a sort keyed by (row, value). Both give the same bins.
-    """
-    nnz = len(data)
-    if nnz == 0:
-        return np.zeros(0, dtype=np.int64)
-    indptr = indptr.astype(np.int64, copy=False)
-    n_rows = len(indptr) - 1
-    row = _row_ids(indptr)
-    ivals, width = _small_int_values(data, n_rows)
-    if ivals is None:
-        return _bins_by_sort(indptr, row, data, n_bins)
-    counts = np.diff(indptr)
-    small = ivals < width
-    all_small = bool(small.all())
-    cell = row * width + ivals
-    if not all_small:
-        cell = cell[small]
-    hist = np.bincount(cell, minlength=n_rows * width).reshape(n_rows, width)
-    r_hi = np.cumsum(hist, axis=1)
-    table = _bin_formula(r_hi - hist, r_hi, np.broadcast_to(counts[:, None], r_hi.shape), n_bins).ravel()
-    if all_small:
-        return table[cell]
-    out = np.empty(nnz, dtype=np.int64)
-    out[small] = table[cell]
-    big = ~small
-    big_row = row[big]
-    big_indptr = np.concatenate([[0], np.cumsum(np.bincount(big_row, minlength=n_rows))])
-    out[big] = _bins_by_sort(big_indptr, big_row, data[big], n_bins, m_row=counts, below_row=r_hi[:, -1])
-    return out
-
-
 def bin_values(X: Any, n_bins: int = 51, *, dtype: Any = np.float32) -> sp.csr_matrix:
     """Replace each cell's non-zero values by their within-cell quantile bin.
 
@@ -343,7 +202,7 @@ def bin_values(X: Any, n_bins: int = 51, *, dtype: Any = np.float32) -> sp.csr_m
     else:
         indices = indices.copy()
         indptr = indptr.copy()
-    bins = _bin_entries(indptr, data, n_bins).astype(dtype)
+    bins = bin_entries(indptr, data, n_bins, dtype=dtype)
     return sp.csr_matrix((bins, indices, indptr), shape=X.shape)
 
 

@@ -18,7 +18,8 @@ import numpy as np
 
 from .._keys import CLS_VALUE, MASK_VALUE
 from ..errors import InputError
-from .preprocess import _as_csr, _bin_entries, _row_ids, _row_keys, _row_scale, _zero_tokens
+from ._binning import bin_entries, map_row_blocks
+from .preprocess import _as_csr, _row_ids, _row_keys, _row_scale, _zero_tokens
 from .vocab import GeneVocab
 
 logger = logging.getLogger(__name__)
@@ -333,35 +334,35 @@ def tokenize(
         logger.info("Tokenising %d of %d genes (%d not in the vocabulary)", len(kept), n_cols, n_cols - len(matched))
     colmap = np.full(n_cols, -1, dtype=np.int64)
     colmap[kept] = ids[kept]
+    # X is canonical (sorted columns): when the kept columns' ids increase, every row's ids are in order.
+    in_order = bool(np.all(ids[kept][1:] > ids[kept][:-1]))
+    scale = None if cfg.value_mode == "binned" else _row_scale(X, cfg.target_sum)
+    x_indptr = X.indptr.astype(np.int64)
 
-    # Keep the stored non-zeros of kept genes, as flat (row, gene id, value) sorted by (row, id).
-    indptr = X.indptr.astype(np.int64)
-    row = _row_ids(indptr)
-    gid, data = colmap[X.indices], X.data
-    keep = (gid >= 0) & (data != 0)
-    if not keep.all():
-        row, gid, data = row[keep], gid[keep], data[keep]
-        indptr = np.concatenate([[0], np.cumsum(np.bincount(row, minlength=n_cells))])
-    if np.any((gid[1:] <= gid[:-1]) & (row[1:] == row[:-1])):
-        order = np.argsort((row << 32) | gid, kind="stable")
-        gid, data = gid[order], data[order]
-    if data.dtype.kind == "f" and np.isnan(data).any():
-        raise InputError("The expression matrix contains NaN values; tokenising needs finite raw counts.")
-    library = None
-    if cfg.value_mode == "binned":
-        values = _bin_entries(indptr, data, cfg.n_bins).astype(np.float32)
+    def block(r0: int, r1: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        lo, hi = x_indptr[r0], x_indptr[r1]
+        return _row_tokens(x_indptr[r0 : r1 + 1] - lo, X.indices[lo:hi], X.data[lo:hi], colmap, cfg,
+                           in_order=in_order, all_kept=len(kept) == n_cols,
+                           scale=None if scale is None else scale[r0:r1])
+
+    parts = map_row_blocks(x_indptr, block)  # row blocks on threads for a large matrix; same result
+    if len(parts) == 1:
+        counts, gid, values = parts[0]
     else:
-        scale = _row_scale(X, cfg.target_sum)
-        values = np.log1p(data * scale[row]).astype(np.float32)
-        if not log_normalized:  # raw counts: each cell's total (from its scale factor), for count likelihoods
-            library = np.divide(cfg.target_sum, scale, out=np.zeros_like(scale), where=scale > 0).astype(np.float32)
-    gid = gid.astype(np.int64, copy=False)
+        counts, gid, values = (np.concatenate(p) for p in zip(*parts))
+    indptr = np.zeros(n_cells + 1, dtype=np.int64)
+    np.cumsum(counts, out=indptr[1:])
+    library = None
+    if scale is not None and not log_normalized:
+        # Raw counts: each cell's total (from its scale factor), for count likelihoods.
+        library = np.divide(cfg.target_sum, scale, out=np.zeros_like(scale), where=scale > 0).astype(np.float32)
 
     if cfg.include_zeros != "none":
         vid = np.sort(ids[kept])  # vocabulary ids of the kept genes, increasing
         rank = np.empty(len(vocab), dtype=np.int64)
         rank[vid] = np.arange(len(vid))
         n_genes = len(vid)
+        row = _row_ids(indptr)
         if cfg.include_zeros == "all":
             dense = np.zeros(n_cells * n_genes, dtype=np.float32)
             dense[row * n_genes + rank[gid]] = values
@@ -384,6 +385,33 @@ def tokenize(
     median = int(np.median(cells.lengths)) if n_cells else 0
     logger.info("Tokenised %d cells into %d tokens (median length %d)", n_cells, len(gid), median)
     return cells
+
+
+def _row_tokens(indptr, indices, data, colmap, cfg, *, in_order, all_kept, scale):
+    """(tokens per row, vocabulary ids, values) of the stored non-zeros of kept genes of one CSR row block.
+
+    The entries are sorted by (row, id); ``colmap`` maps a column to its id (-1: dropped); ``scale`` is
+    the rows' normalisation factor (continuous values only).
+    """
+    n_rows = len(indptr) - 1
+    row = _row_ids(indptr)
+    gid = colmap.take(indices)
+    keep = data != 0
+    if not all_kept:
+        keep &= gid >= 0
+    if not keep.all():
+        row, gid, data = row[keep], gid[keep], data[keep]
+        indptr = np.concatenate([[0], np.cumsum(np.bincount(row, minlength=n_rows))])
+    if not in_order and np.any((gid[1:] <= gid[:-1]) & (row[1:] == row[:-1])):
+        order = np.argsort((row << 32) | gid, kind="stable")
+        gid, data = gid[order], data[order]
+    if data.dtype.kind == "f" and np.isnan(data).any():
+        raise InputError("The expression matrix contains NaN values; tokenising needs finite raw counts.")
+    if cfg.value_mode == "binned":
+        values = bin_entries(indptr, data, cfg.n_bins, row=row, dtype=np.float32, parallel=False)
+    else:
+        values = np.log1p(data * scale[row]).astype(np.float32)
+    return np.diff(indptr), gid, values
 
 
 def mask_values(

@@ -142,7 +142,10 @@ def strip_gene_prefix(names: Iterable[str]) -> tuple[list[str], str | None]:
     """
     import pandas as pd
 
-    s = pd.Series(list(names), dtype=object).astype(str)
+    s = pd.Series(np.asarray(names, dtype=object) if isinstance(names, (pd.Index, np.ndarray)) else list(names),
+                  dtype=object)
+    if pd.api.types.infer_dtype(s, skipna=False) != "string":
+        s = s.astype(str)
     if s.empty:
         return [], None
     # Detect on an evenly spaced sample (fast for 60k names); strip on all names only when found.
@@ -210,7 +213,7 @@ def validate(
     x = _as_matrix(adata.X)
     _scan_values(x, rep)
     _value_kind(x, rep)
-    stripped = _gene_names(adata.var_names, rep)
+    names, stripped = _gene_names(adata.var_names, rep)
 
     if rep.has_nan or rep.has_inf:
         rep.errors.append(f"X contains {rep.n_nan:,} NaN and {rep.n_inf:,} infinite values, which cannot be "
@@ -255,7 +258,7 @@ def validate(
         rep.warnings.append("gene names mix Ensembl ids and symbols; the vocabulary uses one kind, so genes of "
                             "the other kind will not match.")
     if vocab is not None:
-        _vocab_overlap(adata, stripped, vocab, min_overlap, rep)
+        _vocab_overlap(adata, names, stripped, vocab, min_overlap, rep)
     return _finish(rep, raise_on_error)
 
 
@@ -317,21 +320,25 @@ def _scan_values(x, rep: ValidationReport) -> None:
     floating = np.issubdtype(x.dtype, np.floating)
     for start, blk in _value_blocks(x):
         vals = blk.data if sp.issparse(blk) else blk.ravel()
-        if floating:
-            finite = np.isfinite(vals)
-            if not finite.all():
-                n_nan = int(np.isnan(vals).sum())
-                rep.n_nan += n_nan
-                rep.n_inf += int((~finite).sum()) - n_nan
-                vals = vals[finite]
+        lo = hi = 0
         if vals.size:
-            rep.n_negative += int((vals < 0).sum())
-            vmax = max(vmax, float(vals.max()))
+            lo, hi = vals.min(), vals.max()  # NaN and +-Inf show in these two
+        if floating and not (np.isfinite(lo) and np.isfinite(hi)):
+            finite = np.isfinite(vals)
+            n_nan = int(np.isnan(vals).sum())
+            rep.n_nan += n_nan
+            rep.n_inf += int((~finite).sum()) - n_nan
+            vals = vals[finite]
+            lo, hi = (vals.min(), vals.max()) if vals.size else (0, 0)
+        if vals.size:
+            if lo < 0:
+                rep.n_negative += int((vals < 0).sum())
+            vmax = max(vmax, float(hi))
         if sp.issparse(blk):
             major = np.diff(blk.indptr).astype(np.int64)
             minor = np.bincount(blk.indices, minlength=blk.shape[1 if blk.format == "csr" else 0])
-            zero = np.flatnonzero(blk.data == 0)
-            if zero.size:  # explicit zeros do not count as expressed
+            zero = np.flatnonzero(blk.data == 0) if lo <= 0 <= hi else ()  # explicit zeros
+            if len(zero):  # explicit zeros do not count as expressed
                 major -= np.bincount(np.searchsorted(blk.indptr, zero, side="right") - 1, minlength=major.size)
                 minor -= np.bincount(blk.indices[zero], minlength=minor.size)
             rows, cols = (major, minor) if blk.format == "csr" else (minor, major)
@@ -345,6 +352,14 @@ def _scan_values(x, rep: ValidationReport) -> None:
     rep.max_value = None if vmax == -np.inf else vmax
     rep.n_empty_cells = int((row_nz == 0).sum())
     rep.n_empty_genes = int((col_nz == 0).sum())
+
+
+def _all_integer(x) -> bool:
+    """Whether every stored value of ``x`` is an integer (NaN is not; +-Inf counts as one)."""
+    if x.dtype.kind in "iub":
+        return True
+    return all(np.array_equal(v, np.round(v)) for v in ((blk.data if sp.issparse(blk) else blk)
+                                                        for _, blk in _value_blocks(x)))
 
 
 def _row_totals(x) -> np.ndarray:
@@ -366,6 +381,11 @@ def _constant_totals(totals: np.ndarray) -> bool:
 def _value_kind(x, rep: ValidationReport) -> None:
     """Decide raw_counts / log_normalized / normalized / scaled from a sample of at most 2,000 cells."""
     n = x.shape[0]
+    rep.n_sampled_cells = min(n, _SAMPLE_CELLS)
+    # Integers everywhere means integers in the sample: one pass on the stored values, no sample copy.
+    if _all_integer(x):
+        rep.value_kind = "negative_counts" if rep.n_negative else "raw_counts"
+        return
     if n > _SAMPLE_CELLS:
         idx = np.sort(np.random.default_rng(0).choice(n, _SAMPLE_CELLS, replace=False))
         sample = x[idx]
@@ -393,8 +413,8 @@ def _value_kind(x, rep: ValidationReport) -> None:
         rep.value_kind = "normalized"
 
 
-def _gene_names(var_names, rep: ValidationReport) -> list[str]:
-    """Duplicates, prefix and id kind; returns the names with the prefix stripped."""
+def _gene_names(var_names, rep: ValidationReport) -> tuple[Any, list[str]]:
+    """Duplicates, prefix and id kind; returns the names (as str) and the names with the prefix stripped."""
     import pandas as pd
 
     names = var_names.astype(str)
@@ -405,18 +425,20 @@ def _gene_names(var_names, rep: ValidationReport) -> list[str]:
     step = max(1, len(stripped) // _NAME_SAMPLE)  # the id kind from an evenly spaced sample of names
     frac = float(pd.Series(stripped[::step], dtype=object).str.match(_ENSEMBL).mean()) if stripped else 0.0
     rep.gene_id_kind = "ensembl" if frac >= 0.9 else "symbol" if frac <= 0.1 else "mixed"
-    return stripped
+    return names, stripped
 
 
-def _vocab_overlap(adata, stripped: list[str], vocab, min_overlap: float, rep: ValidationReport) -> None:
-    genes = list(dict.fromkeys(stripped))  # unique, in order
+def _vocab_overlap(adata, names, stripped: list[str], vocab, min_overlap: float, rep: ValidationReport) -> None:
+    # Unique, in order (the names themselves when they are unique and had no prefix).
+    unique = rep.n_duplicate_genes == 0 and rep.gene_prefix is None
+    genes = names if unique else list(dict.fromkeys(stripped))
     if hasattr(vocab, "lookup"):  # GeneVocab: one vectorised look-up
         found = np.asarray(vocab.lookup(genes)) >= 0
     else:
         found = np.fromiter((g in vocab for g in genes), dtype=bool, count=len(genes))
     rep.n_vocab_matched = int(found.sum())
-    rep.vocab_overlap = rep.n_vocab_matched / len(genes) if genes else 0.0
-    rep.unmatched_examples = [g for g, f in zip(genes, found) if not f][:5]
+    rep.vocab_overlap = rep.n_vocab_matched / len(genes) if len(genes) else 0.0
+    rep.unmatched_examples = [str(genes[i]) for i in np.flatnonzero(~found)[:5]]
     # Either side counts: data with many more genes than a model built on its HVGs matches most of the vocabulary.
     n_vocab_genes = len(getattr(vocab, "genes", vocab))
     vocab_side = rep.n_vocab_matched / n_vocab_genes if n_vocab_genes else 0.0

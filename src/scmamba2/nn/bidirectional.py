@@ -129,18 +129,21 @@ class BiMamba2Layer(nn.Module):
         Passed to :class:`Mamba2Block` (inference-only tiling of long sequences). When it applies, the
         two directions also run one after the other instead of as one doubled batch, halving the peak.
     recompute_tokens : int or None
-        Training memory: a batch of more than this many tokens (padding included) runs the conv, scan and
-        gated norm (whose intermediates are most of a layer's activation memory) under activation
-        checkpointing in slices of about this many tokens (whole sequences), so the layer stores little more
-        than its projections' inputs and outputs (~3-4x fewer bytes per token) and the backward pass holds one
-        slice's intermediates at a time, at ~0.85x the step's speed (``benchmarks/results/train_step.md``). A
-        batch within it stores everything. None (default) never recomputes.
+        Training memory: a batch of more than this many tokens (padding included) runs ``in_proj``, the conv,
+        the scan and the gated norm (whose intermediates are most of a layer's activation memory) under
+        activation checkpointing in slices of about ``slice_tokens`` tokens (whole sequences; at most this
+        many), so the layer stores little more than its input and ``out_proj``'s input, and the backward pass
+        holds one slice's intermediates at a time, at ~0.85x the step's speed
+        (``benchmarks/results/train_step.md``). A batch within it stores everything. None (default) never
+        recomputes.
     manual_backward : bool
         Passed to :class:`Mamba2Block`: the scan's hand-written backward pass (default; False = autograd).
     slice_tokens : int or None
-        Without autograd (validation, inference), the conv, scan and gated norm run in slices of about this
-        many tokens (whole sequences), so a forward pass holds one slice's intermediates at a time (same
-        result, no recomputation). None runs the whole batch at once.
+        Without autograd (validation, inference), a batch of more tokens than this runs the projections, the
+        conv, the scan and the gated norm in slices of about this many tokens (whole sequences), so a forward
+        pass holds one slice's intermediates at a time (same result, no recomputation); the slices recomputed
+        under ``recompute_tokens`` are of this size too. None: the whole batch at once, and recomputed slices
+        of ``recompute_tokens``.
     """
 
     mixer = "add"
@@ -189,30 +192,31 @@ class BiMamba2Layer(nn.Module):
         Both projections act per position, so ``in_proj(reverse(h)) = reverse(in_proj(h))`` and the two
         directions' ``out_proj`` outputs sum to ``out_proj`` of the summed inputs: the projections, most of
         the block's arithmetic, run on ``b`` sequences rather than ``2b``. Only the conv, the scan and the
-        gated norm run on the doubled batch: under autograd in slices of about ``recompute_tokens`` tokens
-        (whole sequences), each recomputed in the backward pass (:func:`torch.utils.checkpoint.checkpoint`),
-        when that is set; without autograd in slices of about ``slice_tokens`` tokens.
+        gated norm run on the doubled batch. Under autograd, a batch of more than ``recompute_tokens`` tokens
+        runs ``in_proj`` to the gated norm in slices of about ``slice_tokens`` tokens (whole sequences), each
+        recomputed in the backward pass (:func:`torch.utils.checkpoint.checkpoint`); without autograd, a batch
+        of more than ``slice_tokens`` tokens runs in slices of about that many, projections included.
         """
         block = self.block
-        z, xbcdt = torch.split(block.in_proj(h), [block.d_inner, block.conv_dim + block.nheads], dim=-1)
         batch, length = h.shape[:2]
         recording = torch.is_grad_enabled() and (h.requires_grad or any(p.requires_grad for p in block.parameters()))
-        tokens = self.recompute_tokens if recording else self.slice_tokens
-        if tokens is None or batch * length <= tokens:  # a batch within the budget stores everything (fastest)
-            mixed = _both_directions(block, z, xbcdt, lengths)
+        tokens = self.recompute_tokens if recording else self.slice_tokens  # more than this: slices
+        size = min(t for t in (tokens, self.slice_tokens) if t is not None) if tokens is not None else None
+        per_slice = batch if size is None else max(1, size // max(length, 1))  # whole sequences a slice
+        if not recording and per_slice < batch:
+            # Without autograd the projections run per slice too: one slice's in_proj output at a time.
+            out = h.new_empty(batch, length, block.out_proj.out_features)
+            for s in range(0, batch, per_slice):
+                out[s : s + per_slice] = self._mix_both(h[s : s + per_slice], lengths[s : s + per_slice])
+            return out
+        if not recording or tokens is None or batch * length <= tokens:  # within the budget: store everything
+            mixed = _project_both(block, h, lengths)
         else:
-
-            def part(s: int, e: int) -> Tensor:
-                args = (block, z[s:e], xbcdt[s:e], lengths[s:e])
-                if recording:
-                    return checkpoint(_both_directions, *args, use_reentrant=False)
-                return _both_directions(*args)
-
-            per_slice = max(1, tokens // max(length, 1))
-            if per_slice >= batch:
-                mixed = part(0, batch)
-            else:
-                mixed = torch.cat([part(s, s + per_slice) for s in range(0, batch, per_slice)])
+            # Recomputed in the backward pass from the slice's input alone (in_proj included: its output,
+            # 4.6x the input's size, is then not stored for the whole batch).
+            parts = [checkpoint(_project_both, block, h[s : s + per_slice], lengths[s : s + per_slice],
+                                use_reentrant=False) for s in range(0, batch, per_slice)]
+            mixed = parts[0] if len(parts) == 1 else torch.cat(parts)
         out = block.out_proj(mixed)
         if block.out_proj.bias is not None:  # each direction's out_proj adds the bias once
             out = out + block.out_proj.bias
@@ -249,6 +253,12 @@ class BiMamba2Layer(nn.Module):
         if padding_mask is not None:
             out = out.masked_fill(padding_mask.unsqueeze(-1), 0.0)
         return out
+
+
+def _project_both(block: Mamba2Block, h: Tensor, lengths: Tensor) -> Tensor:
+    """``in_proj`` of ``h`` (``(b, l, d_model)``), then :func:`_both_directions`."""
+    z, xbcdt = torch.split(block.in_proj(h), [block.d_inner, block.conv_dim + block.nheads], dim=-1)
+    return _both_directions(block, z, xbcdt, lengths)
 
 
 def _both_directions(block: Mamba2Block, z: Tensor, xbcdt: Tensor, lengths: Tensor) -> Tensor:

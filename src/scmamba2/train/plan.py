@@ -61,7 +61,9 @@ class TrainingPlan(pl.LightningModule):
 
     def _losses(self, batch: dict[str, torch.Tensor], train: bool = False) -> tuple[dict[str, torch.Tensor], object]:
         c = self.config
-        out = self.model(batch)
+        # Only the per-token heads a loss reads (the default pretraining reads neither: profile loss only).
+        token_heads = [name for name, w in (("expr", c.gep_weight), ("mvc", c.mvc_weight)) if MASK in batch and w > 0]
+        out = self.model(batch, token_heads=token_heads)
         losses: dict[str, torch.Tensor] = {}
         total = out.cell_emb.sum() * 0.0
         if MASK in batch and c.gep_weight > 0:
