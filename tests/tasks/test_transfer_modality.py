@@ -9,20 +9,8 @@ from scmamba2.data.multiomics import clr
 from scmamba2.errors import InputError
 from scmamba2.tasks.transfer_modality import transfer_modality
 
+from .test_integrate_harmony import _model  # a 50-gene vocabulary g0..g49 covers cite()'s g0..g29
 from .test_multiomics import cite
-
-
-def _model():
-    import torch
-
-    from scmamba2 import ModelConfig, ScMamba2, TokenizerConfig
-    from scmamba2.data.vocab import GeneVocab
-
-    torch.manual_seed(0)
-    vocab = GeneVocab([f"g{i}" for i in range(30)])
-    cfg = ModelConfig(vocab_size=len(vocab), d_model=32, n_layers=1, headdim=16, chunk_size=8, d_state=16,
-                      value_mode="continuous", max_len=64, dropout=0.0)
-    return ScMamba2(cfg, vocab=vocab, tokenizer_config=TokenizerConfig(value_mode="continuous", max_len=64)).eval()
 
 
 def test_one_neighbour_of_a_reference_cell_is_that_cell():

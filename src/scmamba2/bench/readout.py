@@ -87,6 +87,6 @@ def run(data_dir: str | Path, out_dir: str | Path, *, seed: int = 0, quick: bool
         "a transductive baseline that the zero-shot model does not get.",
         "Single seed: differences of ~0.01-0.02 are within noise.",
     ]
-    res.meta = {"seed": seed, "quick": quick, "model": str(model_dir or model_path()),
+    res.meta = {"seed": seed, "quick": quick, "model": str(model_dir) if model_dir else f"bundled: {model_path().name}",
                 "variants": {k: {kk: str(vv) for kk, vv in v.items()} for k, v in VARIANTS.items()}}
     return res
