@@ -517,10 +517,11 @@ def multiomics_train(
     label_key: Optional[str] = typer.Option(None, "--label-key", help="obs column of cell types (evaluation and UMAP only)."),
     umap: Optional[Path] = typer.Option(None, "--umap", help="Also write a UMAP PNG of the joint embedding."),
     protein_key: Optional[str] = typer.Option(None, "--protein-key", help="obsm key of the protein counts (.h5ad input)."),
-    model: Optional[Path] = typer.Option(None, "--model", help="Pretrained RNA checkpoint to start from."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Pretrained RNA checkpoint to start from [default: the bundled model]."),
+    from_scratch: bool = typer.Option(False, "--from-scratch", help="Train a small new model on --n-top-genes HVGs instead of starting from a pretrained one."),
     steps: int = typer.Option(1000, "--steps", help="Training steps."),
     seed: int = typer.Option(0, "--seed"),
-    n_top_genes: int = typer.Option(2000, "--n-top-genes", help="RNA genes of a new model (highly variable)."),
+    n_top_genes: int = typer.Option(2000, "--n-top-genes", help="RNA genes of a new model (--from-scratch; highly variable)."),
     n_top_peaks: int = typer.Option(1000, "--n-top-peaks", help="ATAC peaks kept (most variable)."),
     overwrite: bool = OverwriteOpt,
 ) -> None:
@@ -545,7 +546,7 @@ def multiomics_train(
         cfg = MultiomicsConfig(n_top_genes=n_top_genes, n_top_peaks=n_top_peaks)
         tcfg = TrainConfig(max_steps=steps, batch_size=32, lr=1e-3, warmup_steps=min(100, steps // 5), seed=seed)
         with _staged(model_out) as stage:
-            mm = multiomics(md, batch_key=batch_key, label_key=label_key, model=model, config=cfg,
+            mm = multiomics(md, batch_key=batch_key, label_key=label_key, model=model, from_scratch=from_scratch, config=cfg,
                             train_config=tcfg, protein_key=protein_key, out_dir=stage)
             write_h5ad(to_container(md, out_path), out_path)
         out.print(f"{md.n_obs} cells, modalities {', '.join(mm.spec.modalities)} -> {out_path} (obsm['X_scmamba2']); "

@@ -43,7 +43,7 @@ def _tcfg(steps, seed=0):
 
 def _fit(a, steps=3, seed=0, **kw):
     cfg = MultiomicsConfig(n_top_genes=None, rna_max_len=32)
-    return multiomics(a, config=cfg, model_config=TINY, train_config=_tcfg(steps, seed), **kw)
+    return multiomics(a, config=cfg, from_scratch=True, model_config=TINY, train_config=_tcfg(steps, seed), **kw)
 
 
 def test_protein_prediction_beats_the_mean():
@@ -152,7 +152,7 @@ def test_cli_train_default_command_and_predict(tmp_path):
     data, out, model = tmp_path / "in.h5mu", tmp_path / "out.h5mu", tmp_path / "model"
     _rna_atac().write(str(data))
     res = runner.invoke(app, ["multiomics", str(data), "--out", str(out), "--model-out", str(model),
-                              "--batch-key", "batch", "--steps", "2", "--n-top-genes", "30"])
+                              "--batch-key", "batch", "--steps", "2", "--n-top-genes", "30", "--from-scratch"])
     assert res.exit_code == 0, res.output
     back = mudata.read_h5mu(str(out))
     assert back.obsm["X_scmamba2"].shape[0] == 48 and set(back.mod) == {"rna", "prot", "atac"}
@@ -186,9 +186,28 @@ def test_real_multiome_end_to_end(shared_data):
     from scmamba2.data.io import read
 
     path = shared_data / "test_rna_atac.h5mu"
-    mm = multiomics(path, config=MultiomicsConfig(n_top_genes=None, n_top_peaks=64), model_config=TINY,
+    mm = multiomics(path, config=MultiomicsConfig(n_top_genes=None, n_top_peaks=64), from_scratch=True, model_config=TINY,
                     train_config=_tcfg(2))
     assert mm.spec.modalities == ["rna", "atac"] and len(mm.spec.features["atac"]) == 64
     q = read(path, modality="rna")[:50].copy()
     predict_modality(q, mm, "atac")
     assert q.obsm["scmamba2_pred_atac"].shape == (50, 64)
+
+
+def test_default_starts_from_the_bundled_model():
+    from scmamba2.pretrained import load
+
+    bundled = load()
+    a = cite(n=64)
+    a.var_names = bundled.vocab.genes[:30]  # genes the bundled model knows
+    mm = multiomics(a, config=MultiomicsConfig(), train_config=_tcfg(2))
+    net = mm.model
+    assert net.config.d_model == bundled.config.d_model and net.config.n_layers == bundled.config.n_layers
+    assert [t for t in net.vocab.tokens if t.startswith("prot:")] == [f"prot:P{j}" for j in range(5)]
+    key = "gene_encoder.embedding.weight"
+    unused = bundled.vocab.lookup(bundled.vocab.genes[100:200])  # genes this data set does not have
+    assert np.allclose(net.state_dict()[key][unused].numpy(), bundled.state_dict()[key][unused].numpy(), rtol=1e-3)
+    with pytest.raises(InputError, match="from_scratch=True"):
+        multiomics(a, model_config=TINY, train_config=_tcfg(1))
+    with pytest.raises(InputError, match="leave out model"):
+        multiomics(a, model=bundled, from_scratch=True, train_config=_tcfg(1))

@@ -1,6 +1,7 @@
 """Pretraining really learns: the held-out masked-expression loss drops, the checkpoint is complete."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -118,6 +119,23 @@ def test_fine_tune_starts_from_a_model_and_skips_unmeasured_panel_genes():
     assert sum(missing) == 10
     with pytest.raises(Exception, match="fine-tune keeps"):
         pretrain(part, init_model=base, model_config=TINY_MODEL, train_config=train)
+
+
+def test_fine_tune_on_a_new_panel_chosen_on_the_data():
+    adata = programme_counts(n_cells=120)
+    train = TrainConfig(max_steps=8, batch_size=16, warmup_steps=1, val_fraction=0.2, val_every_n_steps=8,
+                        gep_weight=0.0, mvc_weight=0.0, progress_bar=False, seed=0)
+    base = pretrain(adata, model_config=TINY_MODEL, train_config=train).model
+    part = adata[:, 10:].copy()  # a dataset that never measured the first 10 genes
+    tuned = pretrain(part, init_model=base, train_config=replace(train, finetune_panel="data")).model
+    measured = set(base.vocab.lookup(part.var_names).tolist())
+    ids = tuned.profile_head.gene_ids.tolist()
+    assert set(ids) <= measured and len(ids) == tuned.config.profile_genes > 0
+    assert len(ids) < base.config.profile_genes  # every gene of the panel was measured here
+    # the encoder starts from the base model: the embeddings of genes never seen here are only weight-decayed
+    unseen = base.vocab.lookup([f"g{j}" for j in range(10)])
+    key = "gene_encoder.embedding.weight"
+    assert np.allclose(tuned.state_dict()[key][unseen].numpy(), base.state_dict()[key][unseen].numpy(), rtol=1e-3)
 
 
 def test_training_with_the_contrastive_term_logs_it_and_it_falls(tmp_path):

@@ -86,6 +86,28 @@ class ProfileHead(nn.Module):
                     raise ValueError(f"panel of {tuple(t.shape)} values for a head of {tuple(buf.shape)} genes")
                 buf.copy_(t)
 
+    def copy_genes_from(self, other: ProfileHead) -> int:
+        """Start from ``other``'s decoder (a head of another panel, same architecture): hidden layers whole, and
+        the output row, bias and dispersion of every gene both panels hold; returns how many genes were shared.
+        Call it after :meth:`set_panel`; genes new to this panel keep their fresh initialisation."""
+        out, src = (self.decoder, other.decoder) if isinstance(self.decoder, nn.Linear) else \
+            (self.decoder[-1], other.decoder[-1])
+        old = {int(g): i for i, g in enumerate(other.gene_ids.tolist())}
+        pairs = [(j, old[int(g)]) for j, g in enumerate(self.gene_ids.tolist()) if int(g) in old]
+        with torch.no_grad():
+            if not isinstance(self.decoder, nn.Linear):
+                for mine, theirs in zip(list(self.decoder)[:-1], list(other.decoder)[:-1]):
+                    for p_mine, p_theirs in zip(mine.parameters(), theirs.parameters()):
+                        p_mine.copy_(p_theirs)
+            out.bias.zero_()  # the targets are standardised: a new gene's mean is 0
+            if pairs:
+                new, prev = (torch.tensor(c) for c in zip(*pairs))
+                out.weight[new] = src.weight[prev]
+                out.bias[new] = src.bias[prev]
+                if self.log_theta is not None and other.log_theta is not None:
+                    self.log_theta[new] = other.log_theta[prev]
+        return len(pairs)
+
     def forward(self, cell_emb: torch.Tensor) -> torch.Tensor:
         return self.decoder(cell_emb)
 

@@ -61,8 +61,8 @@ def _main_loss(losses: dict[str, float]) -> float | None:
 
 
 def _panel(train_cells, group, vocab, n_genes, measured_names, init, min_measured=0.5, rule="variance"):
-    """The gene panel (a new one, or ``init``'s with statistics refitted) and which panel genes each source
-    measured (None when every cell measured every gene)."""
+    """The gene panel (a new one, or, with ``init``, that model's with statistics refitted) and which panel genes
+    each source measured (None when every cell measured every gene)."""
     measured_vocab = None
     if group is not None:
         measured_vocab = np.zeros((len(measured_names), len(vocab)), dtype=bool)
@@ -194,8 +194,9 @@ def pretrain(
         Fine-tune instead: start from this :class:`~scmamba2.ScMamba2` (or checkpoint directory, or ``"bundled"``
         for the bundled pretrained model), keeping its architecture, vocabulary, tokenizer and gene panel (whose
         per-gene statistics are recomputed on ``adata``; panel genes ``adata`` does not measure are skipped by the
-        loss). ``model_config``, ``tokenizer_config`` and ``vocab`` must then be None. The given model is not
-        modified.
+        loss; ``TrainConfig(finetune_panel="data")`` chooses a new panel on ``adata`` instead, starting its decoder
+        from the old one's rows of the genes both hold). ``model_config``, ``tokenizer_config`` and ``vocab``
+        must then be None. The given model is not modified.
     """
     import lightning.pytorch as pl
 
@@ -276,11 +277,14 @@ def pretrain(
         raise ValueError(f"no training cells left ({n} cells, val_fraction={tcfg.val_fraction})")
 
     panel = measured = None
+    new_panel = init is not None and bool(mcfg.profile_genes) and tcfg.finetune_panel == "data"
     if mcfg.profile_genes:
         panel, measured = _panel(cells.subset(train_idx), None if source is None else source[train_idx], vocab,
-                                 mcfg.profile_genes, measured_names, init, tcfg.profile_min_measured,
-                                 tcfg.profile_panel_rule)
-        if len(panel) < mcfg.profile_genes:
+                                 mcfg.profile_genes, measured_names, None if new_panel else init,
+                                 tcfg.profile_min_measured, tcfg.profile_panel_rule)
+        if new_panel:
+            mcfg = replace(mcfg, profile_genes=len(panel))
+        elif len(panel) < mcfg.profile_genes:
             log.info("gene panel of the profile objective: %d genes qualify (asked for %d)", len(panel),
                      mcfg.profile_genes)
             mcfg = replace(mcfg, profile_genes=len(panel))
@@ -288,9 +292,17 @@ def pretrain(
     pl.seed_everything(tcfg.seed, workers=True, verbose=False)
     model = ScMamba2(mcfg, vocab=vocab, tokenizer_config=tok)
     if init is not None:
-        model.load_weights(init.state_dict(), source="the model to fine-tune")
+        state = init.state_dict()
+        if new_panel:  # the decoder of a new panel: its own shapes, rows of shared genes copied below
+            state = {**{k: v for k, v in state.items() if not k.startswith("profile_head.")},
+                     **{k: v for k, v in model.state_dict().items() if k.startswith("profile_head.")}}
+        model.load_weights(state, source="the model to fine-tune")
     if panel is not None:
         model.profile_head.set_panel(panel.ids, panel.mean, panel.std)
+    if new_panel:
+        shared = model.profile_head.copy_genes_from(init.profile_head)
+        log.info("fine-tuning on a new gene panel of %d genes chosen on these cells (%d of them in the model's "
+                 "panel)", len(panel), shared)
 
     def with_source(idx):  # the profile targets of the cells idx
         if panel is None:
