@@ -183,8 +183,8 @@ def multiomics(
         tokens are the data's genes in its vocabulary). Default: the bundled pretrained model.
     from_scratch
         Train a small new model instead (``SMALL_MODEL`` updated by ``model_config``) on the ``n_top_genes`` most
-        variable genes. Starting from the bundled model predicted proteins better on both CITE-seq sets of
-        ``benchmarks/results/multiomics.md``.
+        variable genes. Starting from the bundled model predicted proteins better on pbmc 5k + 10k (level on
+        ECCITE) and mixed the batches of the joint embedding far better (``benchmarks/results/multiomics.md``).
     key_added
         ``obsm`` key of the embedding.
     config
