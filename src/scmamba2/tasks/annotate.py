@@ -26,6 +26,7 @@ from ..errors import InputError
 from ..model import ScMamba2
 from ._annotate_model import SMALL_MODEL, adapted, new_model  # noqa: F401 (SMALL_MODEL: the documented default)
 from .annotate_predict import META_FILE, UNKNOWN, Annotator, class_logits, fit_temperature, match_genes, predict
+from .embed import check_start
 
 log = logging.getLogger(__name__)
 
@@ -358,12 +359,7 @@ def annotate(
 
 def _method(cfg: AnnotationConfig, model, from_scratch: bool, model_config, tokenizer_config) -> str:
     """``"probe"`` or ``"finetune"``; an :class:`InputError` for options that do not go together."""
-    if from_scratch and model is not None:
-        raise InputError("give either a pretrained model (model= / --model) or from_scratch=True (--from-scratch), "
-                         "not both")
-    if not from_scratch and (model_config is not None or tokenizer_config is not None):
-        raise InputError("model_config and tokenizer_config describe a new model: pass from_scratch=True "
-                         "(--from-scratch) to build one, or leave them out to start from the pretrained model")
+    check_start(model, from_scratch, model_config, tokenizer_config)
     method = cfg.method if cfg.method != "auto" else ("finetune" if from_scratch else "probe")
     if method == "probe" and from_scratch:
         raise InputError("a linear probe reads a pretrained encoder; a new model (from_scratch) must be fine-tuned: "

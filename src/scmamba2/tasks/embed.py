@@ -31,6 +31,17 @@ def load_model(model: ScMamba2 | str | Path | None) -> ScMamba2:
     return model if isinstance(model, ScMamba2) else ScMamba2.from_pretrained(model)
 
 
+def check_start(model, from_scratch: bool, model_config=None, tokenizer_config=None) -> None:
+    """A task's model options go together: a pretrained ``model`` or ``from_scratch``, not both, and a new
+    model's ``model_config`` / ``tokenizer_config`` only with ``from_scratch``; an :class:`InputError` otherwise."""
+    if from_scratch and model is not None:
+        raise InputError("give either a pretrained model (model= / --model) or from_scratch=True (--from-scratch), "
+                         "not both: leave out model, or drop from_scratch to start from it")
+    if not from_scratch and (model_config is not None or tokenizer_config is not None):
+        raise InputError("model_config and tokenizer_config describe a new model: pass from_scratch=True "
+                         "(--from-scratch) to build one, or leave them out to start from the pretrained model")
+
+
 @torch.no_grad()
 def embed(
     adata,

@@ -216,7 +216,7 @@ def multiomics(
     import lightning.pytorch as pl
 
     from ..train.config import TrainConfig
-    from .embed import _without_none, load_model
+    from .embed import _without_none, check_start, load_model
     from .integrate import _silhouettes, batch_categories
 
     cfg = config or MultiomicsConfig()
@@ -232,12 +232,7 @@ def multiomics(
     labels = md.obs_column(label_key) if label_key is not None else None
     pl.seed_everything(tcfg.seed, workers=True, verbose=False)
 
-    if from_scratch and model is not None:
-        raise InputError("from_scratch=True trains a new model: leave out model, or drop from_scratch to start "
-                         "from that model.")
-    if not from_scratch and (model_config is not None or tokenizer_config is not None):
-        raise InputError("model_config and tokenizer_config set up a new model: pass from_scratch=True (CLI "
-                         "--from-scratch), or leave them out to start from the pretrained model.")
+    check_start(model, from_scratch, model_config, tokenizer_config)
     base = None if from_scratch else load_model(model)  # None: the bundled model
     tok = (base.tokenizer_config if base is not None else None) or tokenizer_config or \
         TokenizerConfig(max_len=cfg.rna_max_len + 1, value_mode="continuous")
