@@ -37,15 +37,18 @@ Bidirectional Mamba2 layer, with d = d_model, e = d_inner = expand*d, h = e / he
 n = d_state, g = ngroups, w = d_conv, q = chunk_size, c = ceil(L/q) chunks, conv_dim = e + 2*g*n,
 d_in_proj = e + conv_dim + h::
 
-    per direction = 2*L*d*d_in_proj            in_proj
-                  + 2*L*conv_dim*w             depthwise causal conv
+    per direction = 2*L*conv_dim*w             depthwise causal conv
                   + 2*c*g*q*q*n                intra-chunk scores C.B^T (one per group, shared by its heads,
                                                as the implementation computes it; full q x q block)
                   + 2*c*h*q*q*p                intra-chunk (decay*scores) . x
                   + 2*c*h*q*n*p                chunk states B^T . x
                   + 2*c*h*q*n*p                state output C . state
-                  + 2*L*e*d                    out_proj
-    layer         = 2 * per direction          (forward and reversed sequence)
+    layer         = 2*L*d*d_in_proj            in_proj, once: it acts per position, so the reversed
+                                               sequence's projection is the reversed projection
+                  + 2 * per direction          (forward and reversed sequence)
+                  + 2*L*e*d                    out_proj, once, of the two directions' summed outputs
+
+(Runs before 2026-12-02 projected each direction separately and counted both projections twice.)
 
 Transformer layer (8 heads, MLP hidden d_hid = d)::
 
@@ -100,15 +103,13 @@ def mamba_layer_flops(L: int, d_model: int, d_inner: int, nheads: int, headdim: 
     conv_dim = d_inner + 2 * ngroups * d_state
     d_in_proj = d_inner + conv_dim + nheads
     per_dir = (
-        2 * L * d_model * d_in_proj
-        + 2 * L * conv_dim * d_conv
+        2 * L * conv_dim * d_conv
         + 2 * c * ngroups * q * q * d_state
         + 2 * c * nheads * q * q * headdim
         + 2 * c * nheads * q * d_state * headdim
         + 2 * c * nheads * q * d_state * headdim
-        + 2 * L * d_inner * d_model
     )
-    return 2 * per_dir
+    return 2 * L * d_model * d_in_proj + 2 * per_dir + 2 * L * d_inner * d_model
 
 
 def transformer_layer_flops(L: int, d_model: int, d_hid: int) -> int:
