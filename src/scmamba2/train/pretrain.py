@@ -125,6 +125,47 @@ def report_losses(start: dict[str, float], end: dict[str, float]) -> None:
                      f"{end[f'val/{ref}']:.4f}" if f"val/{ref}" in end else "n/a")
 
 
+def fit_resumable(plan, tcfg: TrainConfig, out: Path | None, *, resume: bool, train_loader, val_batches):
+    """Train ``plan`` (a :class:`~scmamba2.train.plan.TrainingPlan`) with validation before and after.
+
+    ``resume`` continues the run whose last checkpoint is in ``out`` (checked against the plan first, a clear
+    :class:`CheckpointError` when it is missing or does not fit); its logged metrics up to that step are kept.
+    Returns ``(trainer, val_start, val_end)``; both validations are None without ``val_batches``. The model is
+    left in eval mode.
+    """
+    from .trainer import make_trainer
+
+    ckpt_path, kept_metrics, resume_step, ckpt = None, [], 0, None
+    if resume:
+        if out is None:
+            raise CheckpointError("resume=True needs the out_dir of the run to continue")
+        ckpt_path = last_checkpoint_path(out)
+        ckpt = read_checkpoint(ckpt_path)  # a clear CheckpointError when missing, truncated or corrupt
+        resume_step = int(ckpt["global_step"])
+        kept_metrics = keep_metrics(out, resume_step)
+    elif out is not None and last_checkpoint_path(out).is_file():
+        log.warning("%s holds the checkpoint of an earlier run; this new run replaces it (resume=True continues "
+                    "it instead)", last_checkpoint_path(out))
+    trainer = make_trainer(tcfg, out, validate=val_batches is not None, tensorboard=True,
+                           callbacks=[step_seed_callback(tcfg.seed), throughput_callback()])
+    if ckpt is not None:
+        check_fits(ckpt, plan, ckpt_path)
+        del ckpt
+        log.info("resuming from %s (step %d)", ckpt_path, resume_step)
+    val_start = val_end = None
+    if val_batches is not None:
+        val_start = trainer.validate(plan, val_batches, verbose=False)[0]
+    trainer.fit(plan, train_dataloaders=train_loader, val_dataloaders=val_batches,
+                ckpt_path=None if ckpt_path is None else str(ckpt_path))
+    if val_batches is not None:
+        val_end = trainer.validate(plan, val_batches, verbose=False)[0]
+        report_losses(val_start, val_end)
+    if ckpt_path is not None and trainer.is_global_zero:
+        restore_metrics(out, kept_metrics, resume_step)  # the CSV logger started a new file
+    plan.model.eval()
+    return trainer, val_start, val_end
+
+
 def _concat(adatas: Sequence):
     import anndata as ad
 
@@ -202,7 +243,6 @@ def pretrain(
 
     from ..data.corpus import Corpus
     from .plan import TrainingPlan
-    from .trainer import make_trainer
 
     if isinstance(adata, Corpus):  # streamed from shards / TileDB-SOMA, never loaded whole
         from .pretrain_corpus import pretrain_corpus
@@ -328,35 +368,9 @@ def pretrain(
         )
 
     out = Path(out_dir) if out_dir is not None else None
-    ckpt_path, kept_metrics, resume_step = None, [], 0
-    if resume:
-        if out is None:
-            raise CheckpointError("resume=True needs the out_dir of the run to continue")
-        ckpt_path = last_checkpoint_path(out)
-        ckpt = read_checkpoint(ckpt_path)  # a clear CheckpointError when missing, truncated or corrupt
-        resume_step = int(ckpt["global_step"])
-        kept_metrics = keep_metrics(out, resume_step)
-    elif out is not None and last_checkpoint_path(out).is_file():
-        log.warning("%s holds the checkpoint of an earlier run; this new run replaces it (resume=True continues "
-                    "it instead)", last_checkpoint_path(out))
-    trainer = make_trainer(tcfg, out, validate=bool(n_val), tensorboard=True,
-                           callbacks=[step_seed_callback(tcfg.seed), throughput_callback()])
     plan = TrainingPlan(model, tcfg, gene_means=gene_value_means(cells.subset(train_idx), len(vocab)))
-    if ckpt_path is not None:
-        check_fits(ckpt, plan, ckpt_path)
-        del ckpt
-        log.info("resuming from %s (step %d)", ckpt_path, resume_step)
-    val_start = val_end = None
-    if val_batches is not None:
-        val_start = trainer.validate(plan, val_batches, verbose=False)[0]
-    trainer.fit(plan, train_dataloaders=train_loader, val_dataloaders=val_batches,
-                ckpt_path=None if ckpt_path is None else str(ckpt_path))
-    if val_batches is not None:
-        val_end = trainer.validate(plan, val_batches, verbose=False)[0]
-        report_losses(val_start, val_end)
-    if ckpt_path is not None and trainer.is_global_zero:
-        restore_metrics(out, kept_metrics, resume_step)  # the CSV logger started a new file
-    model.eval()
+    trainer, val_start, val_end = fit_resumable(plan, tcfg, out, resume=resume, train_loader=train_loader,
+                                                val_batches=val_batches)
 
     if out is not None and trainer.is_global_zero:
         model.save_pretrained(out)

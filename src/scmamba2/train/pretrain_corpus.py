@@ -24,13 +24,9 @@ from ..data.files import write_json
 from ..data.stream import CorpusDataset, CorpusLoader
 from ..data.tokenize import TokenizerConfig
 from ..data.vocab import GeneVocab
-from ..errors import CheckpointError
 from ..model import ModelConfig, ScMamba2
-from .checkpoint import check_fits, last_checkpoint_path, read_checkpoint
 from .config import TrainConfig
-from .pretrain import DEFAULT_PROFILE_GENES, check_order, report_losses
-from .resume import keep_metrics, restore_metrics, step_seed_callback
-from .throughput import throughput_callback
+from .pretrain import DEFAULT_PROFILE_GENES, check_order, fit_resumable
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +43,6 @@ def pretrain_corpus(corpus: Corpus, *, out_dir=None, model_config: ModelConfig |
 
     from .plan import TrainingPlan
     from .pretrain import PretrainResult
-    from .trainer import make_trainer
 
     tune_cpu_allocator()
     tcfg = train_config or TrainConfig()
@@ -99,35 +94,9 @@ def pretrain_corpus(corpus: Corpus, *, out_dir=None, model_config: ModelConfig |
                                                                                          tcfg.batch_size)],
                                  batch_size=None)
 
-    ckpt_path, kept, resume_step = None, [], 0
-    if resume:
-        if out is None:
-            raise CheckpointError("resume=True needs the out_dir of the run to continue")
-        ckpt_path = last_checkpoint_path(out)
-        ckpt = read_checkpoint(ckpt_path)
-        resume_step = int(ckpt["global_step"])
-        kept = keep_metrics(out, resume_step)
-    elif out is not None and last_checkpoint_path(out).is_file():
-        log.warning("%s holds the checkpoint of an earlier run; this new run replaces it (resume=True continues "
-                    "it instead)", last_checkpoint_path(out))
-    callbacks = [step_seed_callback(tcfg.seed), throughput_callback()]
-    trainer = make_trainer(tcfg, out, validate=val_batches is not None, callbacks=callbacks, tensorboard=True)
     plan = TrainingPlan(model, tcfg)
-    if ckpt_path is not None:
-        check_fits(ckpt, plan, ckpt_path)
-        del ckpt
-        log.info("resuming from %s (step %d)", ckpt_path, resume_step)
-    val_start = val_end = None
-    if val_batches is not None:
-        val_start = trainer.validate(plan, val_batches, verbose=False)[0]
-    trainer.fit(plan, train_dataloaders=train_loader, val_dataloaders=val_batches,
-                ckpt_path=None if ckpt_path is None else str(ckpt_path))
-    if val_batches is not None:
-        val_end = trainer.validate(plan, val_batches, verbose=False)[0]
-        report_losses(val_start, val_end)
-    if ckpt_path is not None and trainer.is_global_zero:
-        restore_metrics(out, kept, resume_step)
-    model.eval()
+    trainer, val_start, val_end = fit_resumable(plan, tcfg, out, resume=resume, train_loader=train_loader,
+                                                val_batches=val_batches)
     if out is not None and trainer.is_global_zero:
         model.save_pretrained(out)
         write_json(out / "train_config.json", tcfg.to_dict(), indent=2)
