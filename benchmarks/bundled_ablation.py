@@ -86,7 +86,8 @@ def main() -> None:
                             f"{shipped_ratio}, everything else as shipped ({info['steps']} steps, seed {info['seed']}, "
                             f"{info['sittings'][-1]['wall_minutes']} min on one thread). Held-out profile loss {loss}. "
                             "Made by `benchmarks/bundled_ablation.py --build`; the shipped model's figures are in "
-                            "readout.md, the comparison in bundled_ablation.md.")
+                            "readout.md, the comparison in bundled_ablation.md."
+                            + (" Scored with `--default-only`: embed's default readout alone." if args.default_only else ""))
         res.meta["model"] = f"candidate: mask_ratio {ratio}"
         md = res.write(args.out, stem=f"readout_mask{ratio}")
         md.write_text(md.read_text().replace(REGENERATE, f"Regenerate: `{CANDIDATE_CMD}`", 1))
