@@ -1,15 +1,18 @@
-"""Ablation of the bundled model's recipe: the mask ratio of pretraining, chosen on the readout's selection sets.
+"""Ablation of the bundled model's recipe (mask ratio, width), chosen on the readout's selection sets.
 
-    .venv/bin/python benchmarks/bundled_ablation.py [--mask-ratios 0.2,0.6,0.75] [--build] [--run-root out]
-                                                    [--data-dir ../shared/data] [--out benchmarks/results]
+    .venv/bin/python benchmarks/bundled_ablation.py [--candidates mask_ratio=0.2,d_model=192] [--build]
+                                                    [--run-root out] [--data-dir ../shared/data]
+                                                    [--out benchmarks/results]
 
 The shipped recipe (``scmamba2.bench.bundled``) hides 40 % of each cell's token values (``mask_ratio=0.4``; the
-profile decoder reconstructs the whole panel from the embedding either way). Each candidate changes only that
-ratio: same pool, 1,800 steps, seed 0, one thread. ``--build`` pretrains a candidate into
-``<run-root>/bundled_run_mask<r>`` (skipped when that run holds a finished model; ~50 min each on this CPU); then every
+profile decoder reconstructs the whole panel from the embedding either way) in a model of width 128 that decodes a
+2,000-gene panel. Each
+candidate changes one setting of ``bundled.TRAIN`` or ``bundled.MODEL``: same pool, 1,800 steps, seed 0, one
+thread. ``--build`` pretrains a candidate into ``<run-root>/bundled_run_<tag>`` (tag e.g. ``mask0.2``,
+``d_model192``; skipped when that run holds a finished model; ~50 min at width 128 on this CPU); then every
 candidate is exported (fp16, as shipped) and scored by the readout benchmark (:mod:`scmamba2.bench.readout`:
 selection sets Kang training donors and ifnb1k, which the model was pretrained on without labels, decide; pbmc3k
-and Kang's held-out donors only report), written to ``<out>/readout_mask<r>.md`` (a candidate scored before is
+and Kang's held-out donors only report), written to ``<out>/readout_<tag>.md`` (a candidate scored before is
 not rescored without ``--rescore``). The summary ``<out>/bundled_ablation.md`` puts embed's default readout of
 every candidate next to the shipped model's (``<out>/readout.json``).
 """
@@ -34,6 +37,21 @@ CANDIDATE_CMD = ".venv/bin/python benchmarks/bundled_ablation.py --build"
 SETS = ("Kang training donors (3,000 cells)", "ifnb1k", "pbmc3k (QC cells)", "Kang held-out donors")
 
 
+SHORT = {"mask_ratio": "mask"}  # run and result names: bundled_run_mask0.2, readout_mask0.2.md
+
+
+def _candidates(spec: str, bundled) -> list[tuple[str, float | int]]:
+    """``"mask_ratio=0.2,d_model=192"`` -> ``[("mask_ratio", 0.2), ("d_model", 192)]``, typed like the shipped value."""
+    out = []
+    for item in filter(None, spec.split(",")):
+        key, _, value = item.partition("=")
+        shipped = {**bundled.MODEL, **bundled.TRAIN}
+        if key not in shipped:
+            raise SystemExit(f"unknown candidate key {key!r}: use one of {sorted(shipped)}")
+        out.append((key, type(shipped[key])(value)))
+    return out
+
+
 def _default_rows(rows) -> dict:
     """``{set: (accuracy, macro-F1)}`` of embed's default readout and ``{set: ...}`` of PCA-50."""
     ours = {r["set"]: (r["kNN accuracy"], r["kNN macro-F1"]) for r in rows if r["embedding"] == DEFAULT}
@@ -43,7 +61,8 @@ def _default_rows(rows) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-    ap.add_argument("--mask-ratios", default="0.2,0.6,0.75")
+    ap.add_argument("--candidates", default="mask_ratio=0.2,mask_ratio=0.6,mask_ratio=0.75,d_model=192,profile_genes=3000",
+                    help="comma-separated KEY=VALUE, each one candidate changing one key of bundled.TRAIN or MODEL")
     ap.add_argument("--build", action="store_true", help="pretrain the candidates that have no finished run yet")
     ap.add_argument("--default-only", action="store_true",
                     help="score only embed's default readout (a third of the time), not the readout's other variants")
@@ -63,48 +82,57 @@ def main() -> None:
     if args.default_only:
         readout.VARIANTS = {k: v for k, v in readout.VARIANTS.items() if k == DEFAULT.removeprefix("scmamba2: ")}
 
-    shipped_ratio = bundled.TRAIN["mask_ratio"]
     shipped = json.loads((args.out / "readout.json").read_text())
     ours, pca = _default_rows(next(iter(shipped["tables"].values())))
-    summary = [(f"{shipped_ratio} (shipped)", "see MODEL_CARD.md", ours)]
-    for ratio in (float(r) for r in args.mask_ratios.split(",")):
-        run = args.run_root / f"bundled_run_mask{ratio}"
+    candidates = _candidates(args.candidates, bundled)
+    recipe = {**bundled.MODEL, **bundled.TRAIN}
+    summary = [("shipped: " + ", ".join(f"{k} {recipe[k]}" for k in dict.fromkeys(k for k, _ in candidates)),
+                "see MODEL_CARD.md", ours)]
+    for key, value in candidates:
+        tag = f"{SHORT.get(key, key)}{value}"
+        run = args.run_root / f"bundled_run_{tag}"
         if args.build and not (run / "build_info.json").is_file():
-            bundled.TRAIN = {**bundled.TRAIN, "mask_ratio": ratio}
+            saved = bundled.TRAIN, bundled.MODEL
+            if key in bundled.TRAIN:
+                bundled.TRAIN = {**bundled.TRAIN, key: value}
+            else:
+                bundled.MODEL = {**bundled.MODEL, key: value}
             bundled.build(args.data_dir, run, seed=args.seed)
+            bundled.TRAIN, bundled.MODEL = saved
         info = json.loads((run / "build_info.json").read_text())
         loss = (f"{info['val_end']['val/profile']:.3f} (before training {info['val_start']['val/profile']:.3f}, "
                 f"gene means {info['val_end']['val/profile_gene_mean']:.3f})")
-        scored = args.out / f"readout_mask{ratio}.json"
+        label = f"{key} {value}"
+        scored = args.out / f"readout_{tag}.json"
         if scored.is_file() and not args.rescore:  # scored before: only the summary is rewritten
             rows = next(iter(json.loads(scored.read_text())["tables"].values()))
-            summary.append((str(ratio), loss, _default_rows(rows)[0]))
+            summary.append((label, loss, _default_rows(rows)[0]))
             continue
-        cand = bundled.export(run, args.run_root / f"candidate_mask{ratio}")
+        cand = bundled.export(run, args.run_root / f"candidate_{tag}")
         res = readout.run(args.data_dir, args.out, seed=args.seed, model_dir=cand)
-        res.notes.insert(0, f"A candidate of the bundled recipe, **not shipped**: mask_ratio {ratio} instead of "
-                            f"{shipped_ratio}, everything else as shipped ({info['steps']} steps, seed {info['seed']}, "
+        res.notes.insert(0, f"A candidate of the bundled recipe, **not shipped**: {key} {value} instead of "
+                            f"{recipe[key]}, everything else as shipped ({info['steps']} steps, seed {info['seed']}, "
                             f"{info['sittings'][-1]['wall_minutes']} min on one thread). Held-out profile loss {loss}. "
                             "Made by `benchmarks/bundled_ablation.py --build`; the shipped model's figures are in "
                             "readout.md, the comparison in bundled_ablation.md."
                             + (" Scored with `--default-only`: embed's default readout alone." if args.default_only else ""))
-        res.meta["model"] = f"candidate: mask_ratio {ratio}"
-        md = res.write(args.out, stem=f"readout_mask{ratio}")
+        res.meta["model"] = f"candidate: {label}"
+        md = res.write(args.out, stem=f"readout_{tag}")
         md.write_text(md.read_text().replace(REGENERATE, f"Regenerate: `{CANDIDATE_CMD}`", 1))
-        summary.append((str(ratio), loss, _default_rows(next(iter(res.tables.values())).to_dict("records"))[0]))
+        summary.append((label, loss, _default_rows(next(iter(res.tables.values())).to_dict("records"))[0]))
 
-    head = "| mask ratio | held-out profile loss | " + " | ".join(f"{s}: acc / F1" for s in SETS) + " |"
-    lines = ["# The bundled recipe's mask ratio: an ablation", "",
+    head = "| candidate | held-out profile loss | " + " | ".join(f"{s}: acc / F1" for s in SETS) + " |"
+    lines = ["# The bundled recipe: an ablation", "",
              f"Regenerate: `{CANDIDATE_CMD}`. "
              + " ".join(__doc__.split("\n\n")[2].split()), "",
              "5-fold kNN (k=15) label transfer of `cell_type`, embed's default readout (every expressed gene, "
              "profile metric). The first two sets are the selection sets.", "", head,
              "|" + "---|" * (2 + len(SETS))]
-    for ratio, loss, scores in summary + [("baseline: PCA-50 of each set's cells", "", pca)]:
+    for label, loss, scores in summary + [("baseline: PCA-50 of each set's cells", "", pca)]:
         cells = " | ".join(f"{scores[s][0]:.3f} / {scores[s][1]:.3f}" if s in scores else "-" for s in SETS)
-        lines.append(f"| {ratio} | {loss} | {cells} |")
+        lines.append(f"| {label} | {loss} | {cells} |")
     best = max(summary, key=lambda row: sum(row[2][s][1] for s in SETS[:2]))
-    lines += ["", f"Highest mean kNN macro-F1 over the two selection sets: mask ratio {best[0]} "
+    lines += ["", f"Highest mean kNN macro-F1 over the two selection sets: {best[0]} "
               f"({sum(best[2][s][1] for s in SETS[:2]) / 2:.3f}). Single seed: differences of ~0.01 are within noise."]
     (args.out / "bundled_ablation.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
