@@ -7,8 +7,8 @@
 The shipped recipe (``scmamba2.bench.bundled``) hides 40 % of each cell's token values (``mask_ratio=0.4``; the
 profile decoder reconstructs the whole panel from the embedding either way) in a model of width 128 that
 decodes a 2,000-gene panel. Each candidate changes one setting of ``bundled.TRAIN`` or ``bundled.MODEL``: same
-pool, 1,800 steps, seed 0, one thread. ``--build`` pretrains a candidate into ``<run-root>/bundled_run_<tag>`` (tag e.g. ``mask0.2``,
-``d_model192``; skipped when that run holds a finished model; ~50 min at width 128 on this CPU); then every
+pool, 1,800 steps, seed 0, one thread. ``--build`` pretrains a candidate into ``<run-root>/bundled_run_<tag>``
+(tag e.g. ``mask0.2``, ``d_model192``; skipped when that run holds a finished model; ~50 min at width 128 on this CPU); then every
 candidate is exported (fp16, as shipped) and scored by the readout benchmark (:mod:`scmamba2.bench.readout`:
 selection sets Kang training donors and ifnb1k, which the model was pretrained on without labels, decide; pbmc3k
 and Kang's held-out donors only report), written to ``<out>/readout_<tag>.md`` (a candidate scored before is
