@@ -1,0 +1,5 @@
+"""``python -m scmamba2.cli``."""
+
+from . import app
+
+app()
