@@ -94,11 +94,12 @@ def main() -> None:
     ap.add_argument("--data-dir", type=Path, default=Path(_HERE).parent.parent / "shared" / "data")
     ap.add_argument("--out", type=Path, default=Path(_HERE) / "results")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (results differ in the last bits)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     import scmamba2.bench.bundled as bundled
     from scmamba2.bench import readout
     from scmamba2.pretrained import model_path
@@ -139,7 +140,7 @@ def main() -> None:
         res = readout.run(args.data_dir, args.out, seed=args.seed, model_dir=cand)
         res.notes.insert(0, f"A candidate of the bundled recipe, **not shipped**: {key} {value} instead of "
                             f"{recipe[key]}, everything else as shipped ({info['steps']} steps, seed {info['seed']}, "
-                            f"{info['sittings'][-1]['wall_minutes']} min on one thread). Held-out profile loss {loss}. "
+                            f"{info['sittings'][-1]['wall_minutes']} min on {info['sittings'][-1]['threads']} thread(s)). Held-out profile loss {loss}. "
                             "Made by `benchmarks/bundled_ablation.py --build`; the shipped model's figures are in "
                             "readout.md, the comparison in bundled_ablation.md."
                             + (" Scored with `--default-only`: embed's default readout alone." if args.default_only else ""))
