@@ -6,8 +6,8 @@
 
 The shipped recipe (``scmamba2.bench.bundled``) hides 40 % of each cell's token values (``mask_ratio=0.4``; the
 profile decoder reconstructs the whole panel from the embedding either way) in a model of width 128 that
-decodes a 2,000-gene panel. Each candidate changes one setting of ``bundled.TRAIN`` or ``bundled.MODEL``: same
-pool, 1,800 steps, seed 0, one thread. ``--build`` pretrains a candidate into ``<run-root>/bundled_run_<tag>``
+decodes a 2,000-gene panel, 1,800 steps. Each candidate changes one setting of ``bundled.TRAIN`` or
+``bundled.MODEL`` (``bundled.build(changes=...)``): same pool, seed 0, one thread unless ``--threads``. ``--build`` pretrains a candidate into ``<run-root>/bundled_run_<tag>``
 (tag e.g. ``mask0.2``, ``d_model192``; skipped when that run holds a finished model; ~50 min at width 128 on this CPU); then every
 candidate is exported (fp16, as shipped) and scored by the readout benchmark (:mod:`scmamba2.bench.readout`:
 selection sets Kang training donors and ifnb1k, which the model was pretrained on without labels, decide; pbmc3k
@@ -59,15 +59,14 @@ def _quickstart(model_dir, seed: int) -> tuple[float, float]:
     (``model_dir`` None) of its PCA-50 baseline."""
     import scanpy as sc
 
-    from scmamba2.eval.baselines import pca_embedding
     from scmamba2.eval.knn import knn_label_transfer_scores
     from scmamba2.model import ScMamba2
-    from scmamba2.quickstart import LABEL_KEY
+    from scmamba2.quickstart import LABEL_KEY, pca_baseline
     from scmamba2.tasks.embed import embed
 
     adata = sc.datasets.pbmc68k_reduced()
     if model_dir is None:
-        x = pca_embedding(adata.raw.to_adata(), n_comps=50, normalize=False, seed=seed)
+        x = pca_baseline(adata, seed)
     else:
         x = embed(adata, ScMamba2.from_pretrained(model_dir).eval(), use_raw=True, progress=False,
                   copy=True).obsm["X_scmamba2"]
@@ -119,13 +118,7 @@ def main() -> None:
         tag = f"{SHORT.get(key, key)}{value}"
         run = args.run_root / f"bundled_run_{tag}"
         if args.build and not (run / "build_info.json").is_file():
-            saved = bundled.TRAIN, bundled.MODEL
-            if key in bundled.TRAIN:
-                bundled.TRAIN = {**bundled.TRAIN, key: value}
-            else:
-                bundled.MODEL = {**bundled.MODEL, key: value}
-            bundled.build(args.data_dir, run, seed=args.seed)
-            bundled.TRAIN, bundled.MODEL = saved
+            bundled.build(args.data_dir, run, seed=args.seed, changes={key: value})
         info = json.loads((run / "build_info.json").read_text())
         loss = (f"{info['val_end']['val/profile']:.3f} (before training {info['val_start']['val/profile']:.3f}, "
                 f"gene means {info['val_end']['val/profile_gene_mean']:.3f})")
@@ -141,7 +134,8 @@ def main() -> None:
         res = readout.run(args.data_dir, args.out, seed=args.seed, model_dir=cand)
         res.notes.insert(0, f"A candidate of the bundled recipe, **not shipped**: {key} {value} instead of "
                             f"{recipe[key]}, everything else as shipped ({info['steps']} steps, seed {info['seed']}, "
-                            f"{info['sittings'][-1]['wall_minutes']} min on {info['sittings'][-1]['threads']} thread(s)). Held-out profile loss {loss}. "
+                            f"{info['sittings'][-1]['wall_minutes']} min on {info['sittings'][-1]['threads']} "
+                            f"thread(s)). Held-out profile loss {loss}. "
                             "Made by `benchmarks/bundled_ablation.py --build`; the shipped model's figures are in "
                             "readout.md, the comparison in bundled_ablation.md."
                             + (" Scored with `--default-only`: embed's default readout alone." if args.default_only else ""))

@@ -70,8 +70,11 @@ def load_pool(data_dir: Path):
     return adatas, pd.DataFrame(rows)
 
 
-def build(data_dir: Path, run_dir: Path, *, steps: int | None = None, resume: bool = False, seed: int = 0):
-    """Pretrain (or resume) the bundled model in ``run_dir``; returns the :class:`PretrainResult`."""
+def build(data_dir: Path, run_dir: Path, *, steps: int | None = None, resume: bool = False, seed: int = 0,
+          changes: dict | None = None):
+    """Pretrain (or resume) the bundled model in ``run_dir``; returns the :class:`PretrainResult`.
+
+    ``changes``: settings of :data:`MODEL` or :data:`TRAIN` that differ from the shipped recipe (a candidate)."""
     import torch
 
     from ..data.tokenize import TokenizerConfig
@@ -84,9 +87,12 @@ def build(data_dir: Path, run_dir: Path, *, steps: int | None = None, resume: bo
     adatas = [a[:, a.var_names.isin(vocab.genes)].copy() for a in adatas]
     run_dir.mkdir(parents=True, exist_ok=True)
     table.to_csv(run_dir / "pool.csv", index=False)
-    tcfg = TrainConfig(**{**TRAIN, "seed": seed, **({"max_steps": steps} if steps else {})})
+    changes = changes or {}
+    model = {**MODEL, **{k: v for k, v in changes.items() if k in MODEL}}
+    train = {**TRAIN, **{k: v for k, v in changes.items() if k not in MODEL}}
+    tcfg = TrainConfig(**{**train, "seed": seed, **({"max_steps": steps} if steps else {})})
     t0 = time.perf_counter()
-    res = pretrain(adatas, out_dir=run_dir, model_config=dict(MODEL), tokenizer_config=TokenizerConfig(**TOKENIZER),
+    res = pretrain(adatas, out_dir=run_dir, model_config=model, tokenizer_config=TokenizerConfig(**TOKENIZER),
                    train_config=tcfg, vocab=vocab, resume=resume)
     info_path = run_dir / "build_info.json"
     info = json.loads(info_path.read_text()) if resume and info_path.is_file() else {"sittings": []}
