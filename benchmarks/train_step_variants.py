@@ -34,7 +34,9 @@ the CPU time per token of these steps hardly depends on the batch size).
 
 Timing: one thread (``torch.set_num_threads(1)``); every variant gets one warm-up step, then ``--rounds``
 rounds each run every variant once, in an order rotated per round, timed by ``time.process_time`` (this
-process's own CPU time: other work on the shared cores inflates wall time, not this). Reported: the
+process's own CPU time: other work on the shared cores inflates wall time, not this). The process runs with
+the allocator setting pretraining applies (:func:`scmamba2._malloc.tune_cpu_allocator`); runs before
+2026-12-03 lacked it, and page faults then took a large share of every step. Reported: the
 median over rounds, and the range. Memory: bytes saved for the backward pass by one forward
 (``torch.autograd.graph.saved_tensors_hooks``, each storage counted once; recomputed slices count only
 their inputs), per real token.
@@ -82,7 +84,8 @@ def main(argv=None) -> int:
     ap.add_argument("--shape", choices=sorted(SHAPES), default="bundled")
     ap.add_argument("--batch", type=int, default=None, help="cells per batch (bundled 32, target 4)")
     ap.add_argument("--rounds", type=int, default=4)
-    ap.add_argument("--main", default="main", help="the commit whose scan is main's")
+    ap.add_argument("--main", default="230fc2a", help="the commit whose scan and layer are 'main' (default: main "
+                    "when this comparison began; main itself now holds these changes)")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--out-dir", default=str(HERE / "results"))
     args = ap.parse_args(argv)
@@ -90,6 +93,9 @@ def main(argv=None) -> int:
     import numpy as np
     import torch
 
+    from scmamba2._malloc import tune_cpu_allocator
+
+    tune_cpu_allocator()  # as pretraining does (src/scmamba2/_malloc.py); page faults otherwise skew the ratios
     torch.set_num_threads(1)
     torch.manual_seed(0)
     sys.path.insert(0, str(HERE))
