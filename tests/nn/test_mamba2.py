@@ -84,6 +84,41 @@ def test_backward_reaches_every_parameter():
         assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
 
 
+def _graph_names(t):
+    names, todo, seen = set(), [t.grad_fn], set()
+    while todo:
+        fn = todo.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        names.add(type(fn).__name__)
+        todo += [nxt for nxt, _ in fn.next_functions]
+    return names
+
+
+def test_long_sequences_take_autograd_through_the_scan_with_the_same_gradients(monkeypatch):
+    import scmamba2.nn.mamba2 as mamba2
+
+    monkeypatch.setattr(mamba2, "MANUAL_BACKWARD_MAX_LEN", 16)
+    grads = {}
+    for length in (16, 17):
+        block = make_block(dtype=torch.float64, chunk_size=8)
+        x = torch.randn(2, length, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+        out = block(x)
+        manual = any("SSDScan" in n for n in _graph_names(out))
+        assert manual == (length <= 16), length  # the hand-written backward up to the limit, autograd above
+        out.square().sum().backward()
+        grads[length] = {n: p.grad.clone() for n, p in block.named_parameters()}
+    monkeypatch.setattr(mamba2, "MANUAL_BACKWARD_MAX_LEN", 10**9)  # the same long input, hand-written backward
+    block = make_block(dtype=torch.float64, chunk_size=8)
+    x = torch.randn(2, 17, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    out = block(x)
+    assert any("SSDScan" in n for n in _graph_names(out))
+    out.square().sum().backward()
+    for n, p in block.named_parameters():
+        torch.testing.assert_close(p.grad, grads[17][n], rtol=1e-9, atol=1e-11)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not (torch.cuda.is_available() and _kernels.HAS_KERNELS), reason="needs CUDA and mamba_ssm")
 @pytest.mark.parametrize(("dtype", "fwd_tol", "grad_tol"), [(torch.float32, 2e-3, 5e-3), (torch.bfloat16, 3e-2, 6e-2)])

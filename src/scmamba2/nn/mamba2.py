@@ -16,7 +16,12 @@ from torch import Tensor, nn
 from . import _kernels
 from .ssd import ssd_chunked
 
-__all__ = ["GatedRMSNorm", "Mamba2Block"]
+__all__ = ["GatedRMSNorm", "Mamba2Block", "MANUAL_BACKWARD_MAX_LEN"]
+
+# Sequences longer than this run the scan's backward through autograd even with ``manual_backward``: on one long
+# cell the hand-written backward holds several (chunks x q x q) blocks per head at once and was slower (8k tokens
+# 3.35 vs 2.25 s, 16k 6.2 vs 4.6 s) without a lower peak (benchmarks/results/train_step.md).
+MANUAL_BACKWARD_MAX_LEN = 4096
 
 
 class GatedRMSNorm(nn.Module):
@@ -96,9 +101,9 @@ class Mamba2Block(nn.Module):
         ``tile_len``, not on the sequence length. None disables tiling. The output does not depend on it.
     manual_backward : bool
         The pure-PyTorch scan under autograd uses its hand-written backward pass
-        (:func:`~scmamba2.nn.ssd.ssd_chunked`; default): ~40 % fewer bytes per token kept for the backward
-        pass, and a faster training step at long cells. False lets autograd differentiate the scan (same
-        gradients up to rounding).
+        (:func:`~scmamba2.nn.ssd.ssd_chunked`; default) on sequences of up to :data:`MANUAL_BACKWARD_MAX_LEN`
+        tokens: ~40 % fewer bytes per token kept for the backward pass at the same speed. Longer sequences, and
+        every sequence with False, let autograd differentiate the scan (same gradients up to rounding).
 
     Notes
     -----
@@ -278,7 +283,7 @@ class Mamba2Block(nn.Module):
             initial_state=ssm_state,
             return_final_state=True,
             D=self.D,
-            manual_backward=self.manual_backward,
+            manual_backward=self.manual_backward and length <= MANUAL_BACKWARD_MAX_LEN,
         )  # (b, l, h, p), D skip included
         return y.reshape(batch, length, self.d_inner), (next_context, ssm_state)
 
