@@ -99,24 +99,21 @@ def _graph_names(t):
 def test_long_sequences_take_autograd_through_the_scan_with_the_same_gradients(monkeypatch):
     import scmamba2.nn.mamba2 as mamba2
 
-    monkeypatch.setattr(mamba2, "MANUAL_BACKWARD_MAX_LEN", 16)
-    grads = {}
-    for length in (16, 17):
+    def run(length, limit):  # (whether the hand-written backward ran, the parameters' gradients)
+        monkeypatch.setattr(mamba2, "MANUAL_BACKWARD_MAX_LEN", limit)
         block = make_block(dtype=torch.float64, chunk_size=8)
-        x = torch.randn(2, length, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-        out = block(x)
+        out = block(torch.randn(2, length, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(1)))
         manual = any("SSDScan" in n for n in _graph_names(out))
-        assert manual == (length <= 16), length  # the hand-written backward up to the limit, autograd above
         out.square().sum().backward()
-        grads[length] = {n: p.grad.clone() for n, p in block.named_parameters()}
-    monkeypatch.setattr(mamba2, "MANUAL_BACKWARD_MAX_LEN", 10**9)  # the same long input, hand-written backward
-    block = make_block(dtype=torch.float64, chunk_size=8)
-    x = torch.randn(2, 17, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    out = block(x)
-    assert any("SSDScan" in n for n in _graph_names(out))
-    out.square().sum().backward()
-    for n, p in block.named_parameters():
-        torch.testing.assert_close(p.grad, grads[17][n], rtol=1e-9, atol=1e-11)
+        return manual, {n: p.grad for n, p in block.named_parameters()}
+
+    assert run(16, 16)[0]  # up to the limit: the hand-written backward
+    long_manual, long_grads = run(17, 16)
+    assert not long_manual  # above it: autograd
+    forced_manual, forced_grads = run(17, 10**9)  # the same long input through the hand-written backward
+    assert forced_manual
+    for n, g in forced_grads.items():
+        torch.testing.assert_close(g, long_grads[n], rtol=1e-9, atol=1e-11)
 
 
 @pytest.mark.gpu

@@ -19,8 +19,8 @@ from .ssd import ssd_chunked
 __all__ = ["GatedRMSNorm", "Mamba2Block", "MANUAL_BACKWARD_MAX_LEN"]
 
 # Sequences longer than this run the scan's backward through autograd even with ``manual_backward``: on one long
-# cell the hand-written backward holds several (chunks x q x q) blocks per head at once and was slower (8k tokens
-# 3.35 vs 2.25 s, 16k 6.2 vs 4.6 s) without a lower peak (benchmarks/results/train_step.md).
+# cell the hand-written backward holds several (chunks x q x q) blocks per head at once, is 1.1-1.2x slower
+# (benchmarks/results/scan_backward.md) and peaks higher (backbone.md, 8k / 16k fwd+bwd).
 MANUAL_BACKWARD_MAX_LEN = 4096
 
 
