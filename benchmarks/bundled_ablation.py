@@ -6,8 +6,8 @@
 
 The shipped recipe (``scmamba2.bench.bundled``) hides 40 % of each cell's token values (``mask_ratio=0.4``; the
 profile decoder reconstructs the whole panel from the embedding either way) in a model of width 128 that
-decodes a 2,000-gene panel, 1,800 steps. Each candidate changes one setting of ``bundled.TRAIN`` or
-``bundled.MODEL`` (``bundled.build(changes=...)``): same pool, seed 0, one thread unless ``--threads``. ``--build`` pretrains a candidate into ``<run-root>/bundled_run_<tag>``
+decodes a 2,000-gene panel, 1,800 steps. Each candidate changes one setting of ``bundled.TRAIN``,
+``bundled.MODEL`` or ``bundled.TOKENIZER`` (``bundled.build(changes=...)``): same pool, seed 0, one thread unless ``--threads``. ``--build`` pretrains a candidate into ``<run-root>/bundled_run_<tag>``
 (tag e.g. ``mask0.2``, ``d_model192``; skipped when that run holds a finished model; ~50 min at width 128 on this CPU); then every
 candidate is exported (fp16, as shipped) and scored by the readout benchmark (:mod:`scmamba2.bench.readout`:
 selection sets Kang training donors and ifnb1k, which the model was pretrained on without labels, decide; pbmc3k
@@ -44,7 +44,7 @@ def _candidates(spec: str, bundled) -> list[tuple[str, float | int]]:
     out = []
     for item in filter(None, spec.split(",")):
         key, _, value = item.partition("=")
-        shipped = {**bundled.MODEL, **bundled.TRAIN}
+        shipped = {**bundled.MODEL, **bundled.TOKENIZER, **bundled.TRAIN}
         if key not in shipped:
             raise SystemExit(f"unknown candidate key {key!r}: use one of {sorted(shipped)}")
         out.append((key, type(shipped[key])(value)))
@@ -85,7 +85,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     ap.add_argument("--candidates", default="mask_ratio=0.2,mask_ratio=0.6,mask_ratio=0.75,d_model=192,"
                                             "profile_genes=3000,max_steps=900",
-                    help="comma-separated KEY=VALUE, each one candidate changing one key of bundled.TRAIN or MODEL")
+                    help="comma-separated KEY=VALUE, each one candidate changing one key of bundled.TRAIN, MODEL or TOKENIZER")
     ap.add_argument("--build", action="store_true", help="pretrain the candidates that have no finished run yet")
     ap.add_argument("--default-only", action="store_true",
                     help="score only embed's default readout (a third of the time), not the readout's other variants")
@@ -111,7 +111,7 @@ def main() -> None:
     ours, pca = _default_rows(next(iter(shipped["tables"].values())))
     ours[QUICKSTART], pca[QUICKSTART] = _quickstart(model_path(), args.seed), _quickstart(None, args.seed)
     candidates = _candidates(args.candidates, bundled)
-    recipe = {**bundled.MODEL, **bundled.TRAIN}
+    recipe = {**bundled.MODEL, **bundled.TOKENIZER, **bundled.TRAIN}
     summary = [("shipped: " + ", ".join(f"{k} {recipe[k]}" for k in dict.fromkeys(k for k, _ in candidates)),
                 "see MODEL_CARD.md", ours)]
     for key, value in candidates:

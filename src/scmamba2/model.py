@@ -55,6 +55,10 @@ class ModelConfig:
     on the standardised log-normalised values, or ``"nb"``, a negative binomial on the panel genes' raw counts
     with the cell's library size and a dispersion per gene, as scVI's decoder (the head then predicts the log of
     the expression per ``target_sum`` counts, relative to ``expm1`` of the panel's gene mean; needs raw counts).
+    ``input_genes``: the encoder reads every expressed gene (``"all"``, default) or only those of the profile
+    panel (``"panel"``; training, ``embed`` and the tasks then drop the other tokens, :meth:`ScMamba2.input_cells`).
+    Measured on the bundled recipe, reading the panel only reconstructs the panel better (held-out loss 0.72 vs
+    0.88) but embeds worse on the selection sets (``benchmarks/results/bundled_ablation.md``), so it is off.
 
     Training memory (neither changes the result): ``gradient_checkpointing`` (off by default) recomputes each
     encoder layer in the backward pass; ``recompute_tokens`` (default 8,192) recomputes only each layer's
@@ -99,6 +103,7 @@ class ModelConfig:
     profile_genes: int = 0
     profile_hidden: int = 0
     profile_likelihood: Literal["mse", "nb"] = "mse"
+    input_genes: Literal["all", "panel"] = "all"
 
     def __post_init__(self) -> None:
         if self.vocab_size < 5:
@@ -112,6 +117,10 @@ class ModelConfig:
             raise ValueError(f"cell_pooling must be 'cls' or 'mean', not {self.cell_pooling!r}")
         if self.profile_likelihood not in ("mse", "nb"):
             raise ValueError(f"profile_likelihood must be 'mse' or 'nb', not {self.profile_likelihood!r}")
+        if self.input_genes not in ("all", "panel"):
+            raise ValueError(f"input_genes must be 'all' or 'panel', not {self.input_genes!r}")
+        if self.input_genes == "panel" and not self.profile_genes:
+            raise ValueError("input_genes='panel' reads the genes of the profile decoder's panel: set profile_genes > 0")
         if self.value_mode not in ("binned", "continuous"):
             raise ValueError(f"value_mode must be 'binned' or 'continuous', not {self.value_mode!r}")
         if self.n_bins < 3:
@@ -260,6 +269,13 @@ class ScMamba2(nn.Module):
         return self.encode(batch[GENES], batch[VALUES], batch[PADDING_MASK], batch.get(BATCH),
                            pert_flags=batch.get(PERT_FLAGS), condition=batch.get(CONDITION),
                            modality=batch.get(MODALITY))
+
+    def input_cells(self, cells):
+        """The tokens the encoder reads from :class:`~scmamba2.data.tokenize.TokenizedCells`: all of them, or
+        (``input_genes="panel"``) only those of the profile decoder's panel genes."""
+        if self.config.input_genes == "all":
+            return cells
+        return cells.keep_genes(self.profile_head.gene_ids.cpu().numpy())
 
     def cell_embedding(self, states: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         """``(B, D)`` cell embedding from the ``(B, L, D)`` encoder outputs, by ``config.cell_pooling``."""

@@ -218,6 +218,24 @@ def test_subset_with_boolean_mask():
         cells.cell(3)
 
 
+def test_keep_genes_keeps_each_cells_chosen_tokens_in_order():
+    # cells: [0, 5, 7], [], [5, 9], [7]; keep ids 5 and 7 (9 and 0 are dropped; the last cells end empty or not)
+    cells = TokenizedCells(np.array([0, 5, 7, 5, 9, 7]), np.arange(6, dtype=np.float32), np.array([0, 3, 3, 5, 6]),
+                           TokenizerConfig(), cell_index=np.array([10, 11, 12, 13]), library=np.arange(4.0))
+    kept = cells.keep_genes(np.array([7, 5]))
+    np.testing.assert_array_equal(kept.offsets, [0, 2, 2, 3, 4])
+    np.testing.assert_array_equal(kept.gene_ids, [5, 7, 5, 7])
+    np.testing.assert_array_equal(kept.values, [1, 2, 3, 5])
+    np.testing.assert_array_equal(kept.cell_index, cells.cell_index)
+    np.testing.assert_array_equal(kept.library, cells.library)
+    for i in range(len(cells)):  # the same as dropping the other genes from each cell by hand
+        g, v = cells.cell(i)
+        keep = np.isin(g, [1, 5, 7])  # <cls> (id 1) stays first
+        np.testing.assert_array_equal(kept.cell(i)[0], g[keep])
+        np.testing.assert_array_equal(kept.cell(i)[1], v[keep])
+    assert len(cells.keep_genes(np.array([], dtype=np.int64)).gene_ids) == 0
+
+
 def _masking_inputs():
     lengths = torch.tensor([1, 2, 11, 30, 21, 7])
     L = int(lengths.max())

@@ -118,3 +118,29 @@ def replace_config(cfg, **kw):
     from dataclasses import replace
 
     return replace(cfg, **kw)
+
+
+def test_a_panel_input_model_reads_only_its_panel_genes(tiny_counts, model):
+    """``input_genes="panel"``: the encoder reads only the profile panel's genes, so shuffling the counts among
+    the other genes (each cell's total, which normalises every value, unchanged) leaves the embedding as it is;
+    the same weights reading every gene do see the change."""
+    from dataclasses import replace
+
+    panel = np.arange(4, 4 + tiny_counts.n_vars // 2)  # vocabulary ids of the first half of the genes
+    models = {}
+    for reads in ("panel", "all"):
+        m = ScMamba2(replace(model.config, value_mode="continuous", profile_genes=len(panel), input_genes=reads),
+                     vocab=model.vocab, tokenizer_config=TokenizerConfig(value_mode="continuous", max_len=24))
+        m.load_state_dict(models["panel"].state_dict() if models else m.state_dict())
+        m.profile_head.set_panel(panel, np.zeros(len(panel)), np.ones(len(panel)))
+        models[reads] = m.eval()
+    other = tiny_counts.copy()
+    X = other.X.toarray() if hasattr(other.X, "toarray") else np.array(other.X)
+    X[:, len(panel):] = np.random.default_rng(0).permuted(X[:, len(panel):], axis=1)
+    other.X = X
+    for reads, same in (("panel", True), ("all", False)):
+        a = embed(tiny_counts, models[reads], copy=True, readout="raw", progress=False).obsm["X_scmamba2"]
+        b = embed(other, models[reads], copy=True, readout="raw", progress=False).obsm["X_scmamba2"]
+        assert np.allclose(a, b, atol=1e-5) == same, reads
+    with pytest.raises(ValueError, match="profile_genes"):
+        ModelConfig(vocab_size=10, input_genes="panel")

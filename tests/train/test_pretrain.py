@@ -209,3 +209,25 @@ def torch_equal(a, b):
     import torch
 
     return torch.equal(a.detach(), b.detach())
+
+
+def test_panel_input_trains_on_the_panel_genes_only(monkeypatch):
+    """``input_genes="panel"``: every training and held-out cell the datasets get holds panel genes only."""
+    import scmamba2.train.pretrain as pre
+
+    seen = []
+    real = pre.TokenizedDataset
+
+    def spy(cells, *args, **kwargs):
+        seen.append((cells, kwargs.get("panel")))
+        return real(cells, *args, **kwargs)
+
+    monkeypatch.setattr(pre, "TokenizedDataset", spy)
+    train = TrainConfig(max_steps=3, batch_size=16, val_fraction=0.15, val_every_n_steps=3, progress_bar=False)
+    res = pretrain(programme_counts(), model_config={**TINY_MODEL, "profile_genes": 20, "input_genes": "panel"},
+                   train_config=train)
+    panel = res.model.profile_head.gene_ids.numpy()
+    assert len(seen) == 2 and res.model.config.input_genes == "panel"
+    for cells, p in seen:
+        np.testing.assert_array_equal(p.ids, panel)
+        assert np.isin(cells.gene_ids, panel).all() and len(cells.gene_ids) > 0

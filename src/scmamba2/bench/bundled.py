@@ -28,7 +28,8 @@ POOL = ["pbmc500_fullgenes.h5ad", "citefuse_eccite_pbmc500.h5ad", "pbmc_10k_prot
         "kang_muscat_8donors.h5ad"]
 KANG = {"kang_muscat_8donors.h5ad", "kang_harmony_ctrl_stim.h5ad", "kang_muscat_ctrl_stim.h5ad", "ifnb1k.h5ad"}
 NAME = "scmamba2-pbmc-small"
-MODEL = dict(d_model=128, n_layers=2, headdim=32, chunk_size=64, dropout=0.1, profile_genes=2000)
+MODEL = dict(d_model=128, n_layers=2, headdim=32, chunk_size=64, dropout=0.1, profile_genes=2000,
+             input_genes="all")
 TOKENIZER = dict(value_mode="continuous", max_len=256)
 TRAIN = dict(max_steps=1800, batch_size=32, lr=3e-3, warmup_steps=100, mask_ratio=0.4, gep_weight=0.0,
              mvc_weight=0.0, profile_min_measured=0.15, profile_panel_rule="dispersion", val_fraction=0.03,
@@ -74,7 +75,7 @@ def build(data_dir: Path, run_dir: Path, *, steps: int | None = None, resume: bo
           changes: dict | None = None):
     """Pretrain (or resume) the bundled model in ``run_dir``; returns the :class:`PretrainResult`.
 
-    ``changes``: settings of :data:`MODEL` or :data:`TRAIN` that differ from the shipped recipe (a candidate)."""
+    ``changes``: settings of :data:`MODEL`, :data:`TOKENIZER` or :data:`TRAIN` that differ from the shipped recipe (a candidate)."""
     import torch
 
     from ..data.tokenize import TokenizerConfig
@@ -89,10 +90,11 @@ def build(data_dir: Path, run_dir: Path, *, steps: int | None = None, resume: bo
     table.to_csv(run_dir / "pool.csv", index=False)
     changes = changes or {}
     model = {**MODEL, **{k: v for k, v in changes.items() if k in MODEL}}
-    train = {**TRAIN, **{k: v for k, v in changes.items() if k not in MODEL}}
+    tokenizer = {**TOKENIZER, **{k: v for k, v in changes.items() if k in TOKENIZER}}
+    train = {**TRAIN, **{k: v for k, v in changes.items() if k not in MODEL and k not in TOKENIZER}}
     tcfg = TrainConfig(**{**train, "seed": seed, **({"max_steps": steps} if steps else {})})
     t0 = time.perf_counter()
-    res = pretrain(adatas, out_dir=run_dir, model_config=model, tokenizer_config=TokenizerConfig(**TOKENIZER),
+    res = pretrain(adatas, out_dir=run_dir, model_config=model, tokenizer_config=TokenizerConfig(**tokenizer),
                    train_config=tcfg, vocab=vocab, resume=resume)
     info_path = run_dir / "build_info.json"
     info = json.loads(info_path.read_text()) if resume and info_path.is_file() else {"sittings": []}

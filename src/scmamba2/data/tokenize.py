@@ -236,6 +236,17 @@ class TokenizedCells:
         genes[1:], values[1:] = g, v
         return genes, values
 
+    def keep_genes(self, ids: np.ndarray) -> TokenizedCells:
+        """A new :class:`TokenizedCells` with only the tokens of the vocabulary ids ``ids`` (same cells, same
+        order; a cell without any of them keeps only ``<cls>``)."""
+        keep = np.isin(self.gene_ids, np.asarray(ids, dtype=np.int64))
+        kept_before = np.concatenate([[0], np.cumsum(keep, dtype=np.int64)])
+        offsets = kept_before[self.offsets]
+        return TokenizedCells(
+            self.gene_ids[keep], self.values[keep], offsets, self.config,
+            cls_id=self.cls_id, seed=self.seed, cell_index=self.cell_index, library=self.library,
+        )  # fmt: skip
+
     def subset(self, idx: Any) -> TokenizedCells:
         """A new :class:`TokenizedCells` with the cells ``idx`` (integer positions or a boolean mask)."""
         idx = np.asarray(idx)

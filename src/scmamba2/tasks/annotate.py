@@ -259,7 +259,7 @@ def fit_annotator(
                                    min_overlap=0.0, what="reference")
     tok = net.tokenizer_config
     prepared = prepare_cells(sub, net.vocab, tok, purpose="finetune", drop_empty=True, seed=tcfg.seed)
-    cells, y = prepared.cells, codes[prepared.obs_index]
+    cells, y = net.input_cells(prepared.cells), codes[prepared.obs_index]
     counts = np.bincount(y, minlength=len(classes))
     if (counts == 0).any():
         gone = [c for c, n in zip(classes, counts) if n == 0]
@@ -439,6 +439,6 @@ def _pretrain(net, cells, unlabeled, genes, cfg, tcfg, layer, use_raw, gene_colu
     if unlabeled is not None:
         sub, _ = match_genes(unlabeled, genes, layer=layer, use_raw=use_raw, gene_column=gene_column,
                              min_overlap=cfg.min_gene_overlap, what="unlabeled data")
-        pool.append(prepare_cells(sub, net.vocab, net.tokenizer_config, purpose="pretrain", drop_empty=True,
-                                  seed=tcfg.seed).cells)
+        pool.append(net.input_cells(prepare_cells(sub, net.vocab, net.tokenizer_config, purpose="pretrain",
+                                                  drop_empty=True, seed=tcfg.seed).cells))
     return pretrain_expression(net, pool, cfg, tcfg, None if out_dir is None else Path(out_dir) / "pretrain")

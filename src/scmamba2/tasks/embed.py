@@ -132,7 +132,7 @@ def embed(
         tok = replace(tok, max_len=max_len)
     prepared = prepare_cells(adata, model.vocab, tok, layer=layer, use_raw=use_raw, gene_column=gene_column,
                              purpose="embed")
-    cells = prepared.cells
+    cells = model.input_cells(prepared.cells)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = model.to(dev).eval()
     metric = None if metric is None else metric.float().to(dev)

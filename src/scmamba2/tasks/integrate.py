@@ -233,7 +233,7 @@ def _fit(net: ScMamba2, adata, codes: np.ndarray, tcfg, layer, use_raw, gene_col
     tok = net.tokenizer_config or TokenizerConfig(n_bins=net.config.n_bins, value_mode=net.config.value_mode)
     prepared = prepare_cells(adata, net.vocab, tok, layer=layer, use_raw=use_raw, gene_column=gene_column,
                              purpose="finetune", drop_empty=True, seed=tcfg.seed)
-    cells = prepared.cells
+    cells = net.input_cells(prepared.cells)
     ds = TokenizedDataset(cells, batch=codes[prepared.obs_index], resample=True, seed=tcfg.seed)
     lengths = np.minimum(np.asarray(cells.lengths), tok.max_len)
     sampler = LengthBucketSampler(lengths, batch_size=tcfg.batch_size, shuffle=True, seed=tcfg.seed,

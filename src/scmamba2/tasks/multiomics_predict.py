@@ -47,7 +47,8 @@ def model_cells(mm, rna, others: dict[str, np.ndarray]) -> TokenizedCells:
     rna, _ = _model_genes(mm, rna, 0.0)
     net = mm.model
     tok = net.tokenizer_config or TokenizerConfig(n_bins=net.config.n_bins, value_mode=net.config.value_mode)
-    rna_cells = prepare_cells(rna, net.vocab, tok, purpose="multiomics", seed=mm.info["train"]["seed"]).cells
+    rna_cells = net.input_cells(prepare_cells(rna, net.vocab, tok, purpose="multiomics",
+                                              seed=mm.info["train"]["seed"]).cells)
     return joint_cells(rna_cells, others, mm.spec, net.vocab, mm.config.rna_max_len)
 
 

@@ -138,7 +138,8 @@ def train_perturbation(
     base = load_model(model) if model is not None else None
     vocab = _vocab(genes, all_targets, base)
     conditions = [control] + labels.perturbations if kind == "condition" else []
-    changes = dict(value_mode="continuous", mvc=False, batch_embedding=False, dsbn=False, dab=False,
+    # input_genes "all": a perturbation model reads its own gene panel (genes below), whatever the base read.
+    changes = dict(value_mode="continuous", mvc=False, batch_embedding=False, dsbn=False, dab=False, input_genes="all",
                    n_pert_flags=2 if kind == "genetic" else 0, n_conditions=len(conditions),
                    max_len=len(genes) + 1 + max([len(t) for t in targets.values()] + [0]))
     torch.manual_seed(tcfg.seed)

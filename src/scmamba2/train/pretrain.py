@@ -344,6 +344,9 @@ def pretrain(
         log.info("fine-tuning on a new gene panel of %d genes chosen on these cells (%d of them in the model's "
                  "panel)", len(panel), shared)
 
+    if mcfg.input_genes == "panel":  # the encoder reads the panel genes only; the targets come from them anyway
+        cells = cells.keep_genes(panel.ids)
+
     def with_source(idx):  # the profile targets of the cells idx
         if panel is None:
             return {}
