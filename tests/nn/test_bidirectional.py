@@ -37,6 +37,21 @@ def test_reverse_valid_involution_and_padding_kept():
     assert torch.equal(reverse_valid(y, torch.tensor([0, 3])), torch.tensor([[0, 1, 2, 3, 4], [7, 6, 5, 8, 9]]))
 
 
+@pytest.mark.parametrize("lengths", [[7, 7, 7], [7, 0, 3]])
+def test_reverse_valid_cpu_path_equals_the_gather_with_its_gradient(lengths):
+    """The CPU reversal (row flips, its own backward) against the gather every device can run."""
+    from scmamba2.nn.bidirectional import _reverse_gather
+
+    n = torch.tensor(lengths)
+    x = torch.randn(3, 7, 4, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 7, 4, dtype=torch.float64)
+    fast = reverse_valid(x, n)
+    (g_fast,) = torch.autograd.grad((fast * w).sum(), x)
+    slow = _reverse_gather(x, n)
+    (g_slow,) = torch.autograd.grad((slow * w).sum(), x)
+    assert torch.equal(fast, slow) and torch.equal(g_fast, g_slow)
+
+
 def test_padding_invariance():
     enc = make_encoder()
     gen = torch.Generator().manual_seed(1)
