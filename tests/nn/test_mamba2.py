@@ -116,6 +116,25 @@ def test_long_sequences_take_autograd_through_the_scan_with_the_same_gradients(m
         torch.testing.assert_close(g, long_grads[n], rtol=1e-9, atol=1e-11)
 
 
+def test_long_scans_use_long_chunks_with_the_same_output(monkeypatch):
+    """Above MANUAL_BACKWARD_MAX_LEN the scan runs chunks of at least LONG_SCAN_CHUNK; the output is the same."""
+    import scmamba2.nn.mamba2 as mamba2
+
+    used = []
+    real = mamba2.ssd_chunked
+    monkeypatch.setattr(mamba2, "ssd_chunked", lambda *a, **k: used.append(a[5]) or real(*a, **k))
+    monkeypatch.setattr(mamba2, "LONG_SCAN_CHUNK", 16)
+    block = make_block(dtype=torch.float64, chunk_size=4).eval()
+    u = torch.randn(2, 40, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    outs = []
+    for limit in (10**9, 39):  # first every length is short, then 40 tokens are long
+        monkeypatch.setattr(mamba2, "MANUAL_BACKWARD_MAX_LEN", limit)
+        with torch.no_grad():
+            outs.append(block(u))
+    assert used == [4, 16]
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not (torch.cuda.is_available() and _kernels.HAS_KERNELS), reason="needs CUDA and mamba_ssm")
 @pytest.mark.parametrize(("dtype", "fwd_tol", "grad_tol"), [(torch.float32, 2e-3, 5e-3), (torch.bfloat16, 3e-2, 6e-2)])

@@ -22,6 +22,10 @@ __all__ = ["GatedRMSNorm", "Mamba2Block", "MANUAL_BACKWARD_MAX_LEN"]
 # cell the hand-written backward holds several (chunks x q x q) blocks per head at once, is 1.1-1.2x slower
 # (benchmarks/results/scan_backward.md) and peaks higher (backbone.md, 8k / 16k fwd+bwd).
 MANUAL_BACKWARD_MAX_LEN = 4096
+# Scans of more than MANUAL_BACKWARD_MAX_LEN tokens use chunks of at least this length: on one long cell under
+# autograd, chunks of 32 hold twice the chunk states of 64 and were ~1.1x slower (16k fwd+bwd 4.6 vs 4.2 s);
+# up to that length 32 is as fast or faster (benchmarks/results/chunk_size.md).
+LONG_SCAN_CHUNK = 64
 
 
 class GatedRMSNorm(nn.Module):
@@ -279,7 +283,7 @@ class Mamba2Block(nn.Module):
             A,
             B.reshape(batch, length, g, n),
             C.reshape(batch, length, g, n),
-            self.chunk_size,
+            self.chunk_size if length <= MANUAL_BACKWARD_MAX_LEN else max(self.chunk_size, LONG_SCAN_CHUNK),
             initial_state=ssm_state,
             return_final_state=True,
             D=self.D,
