@@ -85,7 +85,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     ap.add_argument("--candidates", default="mask_ratio=0.2,mask_ratio=0.6,mask_ratio=0.75,d_model=192,"
                                             "profile_genes=3000,max_steps=900",
-                    help="comma-separated KEY=VALUE, each one candidate changing one key of bundled.TRAIN, MODEL or TOKENIZER")
+                    help="comma-separated KEY=VALUE, each one candidate changing one key of bundled.TRAIN, MODEL "
+                         "or TOKENIZER")
     ap.add_argument("--build", action="store_true", help="pretrain the candidates that have no finished run yet")
     ap.add_argument("--default-only", action="store_true",
                     help="score only embed's default readout (a third of the time), not the readout's other variants")

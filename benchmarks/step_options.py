@@ -183,7 +183,8 @@ def write(runs: dict, out: Path, args) -> None:
     lines = ["# Training step options: gradient accumulation and bf16 autocast", "",
              "Regenerate: `.venv/bin/python benchmarks/step_options.py` (method: its docstring)", "",
              f"Date: {datetime.date.today()}. Git {git}. {platform.machine()}, one thread per worker, "
-             f"{args.rounds} round(s) x {args.steps} step(s) per option (this run's shapes: {args.shapes}); CPU seconds per optimiser step of 32 cells "
+             f"{args.rounds} round(s) x {args.steps} step(s) per option (this run's shapes: {args.shapes}); "
+             "CPU seconds per optimiser step of 32 cells "
              "(median [range]), and the worker's peak RSS.", "",
              "| shape | option | CPU s / step | vs `32 fp32` | peak GB |", "|---|---|---:|---:|---:|"]
     for shape, opts in runs.items():

@@ -120,7 +120,8 @@ class ModelConfig:
         if self.input_genes not in ("all", "panel"):
             raise ValueError(f"input_genes must be 'all' or 'panel', not {self.input_genes!r}")
         if self.input_genes == "panel" and not self.profile_genes:
-            raise ValueError("input_genes='panel' reads the genes of the profile decoder's panel: set profile_genes > 0")
+            raise ValueError("input_genes='panel' reads the genes of the profile decoder's panel: "
+                             "set profile_genes > 0")
         if self.value_mode not in ("binned", "continuous"):
             raise ValueError(f"value_mode must be 'binned' or 'continuous', not {self.value_mode!r}")
         if self.n_bins < 3:

@@ -75,7 +75,8 @@ def build(data_dir: Path, run_dir: Path, *, steps: int | None = None, resume: bo
           changes: dict | None = None):
     """Pretrain (or resume) the bundled model in ``run_dir``; returns the :class:`PretrainResult`.
 
-    ``changes``: settings of :data:`MODEL`, :data:`TOKENIZER` or :data:`TRAIN` that differ from the shipped recipe (a candidate)."""
+    ``changes``: settings of :data:`MODEL`, :data:`TOKENIZER` or :data:`TRAIN` that differ from the shipped recipe
+    (a candidate)."""
     import torch
 
     from ..data.tokenize import TokenizerConfig

@@ -291,8 +291,8 @@ def predict(
     prepared = prepare_cells(sub, model.vocab, tok, purpose="annotate")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(dev)
-    logits, emb = class_logits(model, model.input_cells(prepared.cells), probe=ann.probe, batch_size=batch_size, max_tokens=max_tokens,
-                               device=dev, progress=progress)
+    logits, emb = class_logits(model, model.input_cells(prepared.cells), probe=ann.probe, batch_size=batch_size,
+                               max_tokens=max_tokens, device=dev, progress=progress)
     probs = softmax(logits, ann.temperature)
     best = probs.argmax(1)
     typical = np.ones(len(best)) if ann.typicality is None else ann.typicality(emb, best)
