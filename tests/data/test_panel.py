@@ -5,7 +5,7 @@ import pytest
 import scipy.sparse as sp
 
 from scmamba2 import TokenizerConfig
-from scmamba2._keys import PROFILE
+from scmamba2._keys import GENES, PROFILE
 from scmamba2.data.collate import Collator, TokenizedDataset
 from scmamba2.data.panel import panel_index, panel_targets, select_panel
 from scmamba2.data.tokenize import tokenize
@@ -129,3 +129,27 @@ def test_dispersion_rule_keeps_a_rare_type_marker_that_variance_drops():
     assert m in select_panel(cells, len(vocab), 5, min_cells=1, rule="dispersion").ids
     with pytest.raises(ValueError, match="panel rule"):
         select_panel(cells, len(vocab), 5, rule="nope")
+
+
+def test_panel_view_fraction_reads_a_share_of_cells_through_their_panel_genes_only():
+    X, vocab, cells = setup()
+    panel = select_panel(cells, len(vocab), 8, min_cells=1)
+    in_panel = set(panel.ids.tolist()) | {vocab.cls_id}
+    full = TokenizedDataset(cells, panel=panel, resample=True, seed=3)
+    mixed = TokenizedDataset(cells, panel=panel, resample=True, seed=3, panel_view_fraction=0.5)
+    views = []
+    for i in range(len(cells)):
+        item, ref = mixed[i], full[i]
+        np.testing.assert_array_equal(item[PROFILE], ref[PROFILE])  # the target never changes
+        panel_only = set(item[GENES].tolist()) <= in_panel
+        if panel_only:  # exactly the cell's panel tokens, with their values
+            keep = np.isin(ref[GENES], panel.ids) | (ref[GENES] == vocab.cls_id)
+            assert sorted(item[GENES].tolist()) == sorted(ref[GENES][keep].tolist())
+        views.append(panel_only and not set(ref[GENES].tolist()) <= in_panel)
+    assert 0.3 < np.mean(views) < 0.7  # about half of the 80 cells, drawn per cell
+    again = TokenizedDataset(cells, panel=panel, resample=True, seed=3, panel_view_fraction=0.5)
+    assert all(np.array_equal(again[i][GENES], mixed[i][GENES]) for i in range(len(cells)))  # seeded
+    mixed.set_epoch(1)
+    assert not all(np.array_equal(again[i][GENES], mixed[i][GENES]) for i in range(len(cells)))  # redrawn per epoch
+    with pytest.raises(ValueError, match="panel_view_fraction needs"):
+        TokenizedDataset(cells, panel=panel, panel_view_fraction=0.5)  # no resampling: a fixed view

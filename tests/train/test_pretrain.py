@@ -89,6 +89,14 @@ def test_expression_order_with_a_masked_value_loss_is_refused():
                  train_config=TrainConfig(max_steps=1, progress_bar=False))
 
 
+def test_panel_view_fraction_without_a_panel_is_refused():
+    from scmamba2 import InputError
+
+    with pytest.raises(InputError, match="no profile decoder"):
+        pretrain(programme_counts(n_cells=40), model_config=TINY_MODEL, tokenizer_config=TokenizerConfig(max_len=32),
+                 train_config=TrainConfig(max_steps=1, progress_bar=False, panel_view_fraction=0.3))
+
+
 def test_same_seed_same_weights():
     adata = programme_counts(n_cells=48)
     tok = TokenizerConfig(n_bins=11, max_len=32)

@@ -154,6 +154,10 @@ class TokenizedDataset(Dataset):
     source, measured : optional
         For pooled sources: ``source`` (N,) index of each cell's source, ``measured`` (n_sources, P) bool
         whether that source measured each panel gene (unmeasured targets are NaN).
+    panel_view_fraction : float, default 0
+        With ``panel`` and ``resample=True``: the share of cells (drawn per cell and epoch) whose input tokens
+        are only their panel genes, as a file that stores only highly variable genes gives them. The profile
+        target is the same either way.
 
     Notes
     -----
@@ -172,6 +176,7 @@ class TokenizedDataset(Dataset):
         panel=None,
         source: Any = None,
         measured: Any = None,
+        panel_view_fraction: float = 0.0,
     ) -> None:
         self.cells = cells
         self.batch = self._per_cell(batch, "batch")
@@ -190,6 +195,12 @@ class TokenizedDataset(Dataset):
             self._panel_index = panel_index(panel.ids, vocab_size)
         if (self.source is None) != (self.measured is None):
             raise ValueError("source and measured go together")
+        self.panel_view_fraction = float(panel_view_fraction)
+        self._panel_view = None
+        if self.panel_view_fraction > 0:
+            if panel is None or not self.resample:
+                raise ValueError("panel_view_fraction needs a panel and resample=True")
+            self._panel_view = cells.keep_genes(panel.ids)
 
     def _per_cell(self, arr: Any, name: str) -> np.ndarray | None:
         if arr is None:
@@ -210,7 +221,10 @@ class TokenizedDataset(Dataset):
         rng = None
         if self.resample:
             rng = np.random.default_rng((self.seed, self.epoch, self.cells.content_key(i)))
-        genes, values = self.cells.cell(i, rng=rng)
+        view = self.cells
+        if self._panel_view is not None and rng.random() < self.panel_view_fraction:
+            view = self._panel_view
+        genes, values = view.cell(i, rng=rng)
         item: dict[str, Any] = {GENES: genes, VALUES: values, CELL_INDEX: int(self.cells.cell_index[i])}
         if self.batch is not None:
             item[BATCH] = int(self.batch[i])

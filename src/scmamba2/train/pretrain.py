@@ -352,7 +352,12 @@ def pretrain(
             return {}
         return {"panel": panel, **({} if source is None else {"source": source[idx], "measured": measured})}
 
-    train_ds = TokenizedDataset(cells.subset(train_idx), resample=True, seed=tcfg.seed, **with_source(train_idx))
+    if tcfg.panel_view_fraction > 0 and panel is None:
+        raise InputError("panel_view_fraction reads cells through the genes of the profile panel, but this model has "
+                         "no profile decoder: set profile_genes > 0 or panel_view_fraction=0.")
+    train_ds = TokenizedDataset(cells.subset(train_idx), resample=True, seed=tcfg.seed,
+                                panel_view_fraction=tcfg.panel_view_fraction,
+                                **with_source(train_idx))
     lengths = np.minimum(np.asarray(cells.lengths)[train_idx], tok.max_len)
     sampler = LengthBucketSampler(lengths, batch_size=tcfg.batch_size, shuffle=True, seed=tcfg.seed)
     collate = Collator(pad_id=vocab.pad_id, mask_ratio=tcfg.mask_ratio, seed=tcfg.seed)

@@ -24,6 +24,7 @@ from ..data.files import write_json
 from ..data.stream import CorpusDataset, CorpusLoader
 from ..data.tokenize import TokenizerConfig
 from ..data.vocab import GeneVocab
+from ..errors import InputError
 from ..model import ModelConfig, ScMamba2
 from .config import TrainConfig
 from .pretrain import DEFAULT_PROFILE_GENES, check_order, fit_resumable
@@ -48,6 +49,9 @@ def pretrain_corpus(corpus: Corpus, *, out_dir=None, model_config: ModelConfig |
     tcfg = train_config or TrainConfig()
     tok = tokenizer_config or TokenizerConfig(value_mode="continuous")  # as pretrain's in-memory default
     check_order(tok, tcfg)
+    if tcfg.panel_view_fraction > 0:
+        raise InputError("panel_view_fraction is not supported when streaming a corpus: set it to 0, or pretrain "
+                         "on in-memory AnnData")
     dcfg = data_config or CorpusConfig()
     out = Path(out_dir) if out_dir is not None else None
     if vocab is None:
