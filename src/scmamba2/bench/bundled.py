@@ -33,7 +33,8 @@ MODEL = dict(d_model=128, n_layers=2, headdim=32, chunk_size=64, dropout=0.1, pr
 TOKENIZER = dict(value_mode="continuous", max_len=256)
 TRAIN = dict(max_steps=1800, batch_size=32, lr=3e-3, warmup_steps=100, mask_ratio=0.4, gep_weight=0.0,
              mvc_weight=0.0, profile_min_measured=0.15, profile_panel_rule="dispersion", val_fraction=0.03,
-             val_every_n_steps=250, log_every_n_steps=25)
+             val_every_n_steps=250, log_every_n_steps=25, precision="32-true",
+             panel_view_fraction=0.0)
 MIN_CELLS = 10  # vocabulary: genes detected in at least this many pooled cells
 
 
@@ -76,7 +77,7 @@ def build(data_dir: Path, run_dir: Path, *, steps: int | None = None, resume: bo
     """Pretrain (or resume) the bundled model in ``run_dir``; returns the :class:`PretrainResult`.
 
     ``changes``: settings of :data:`MODEL`, :data:`TOKENIZER` or :data:`TRAIN` that differ from the shipped recipe
-    (a candidate)."""
+    (a candidate), or ``seed`` (the same recipe from another seed: how far results move by chance)."""
     import torch
 
     from ..data.tokenize import TokenizerConfig
@@ -93,7 +94,7 @@ def build(data_dir: Path, run_dir: Path, *, steps: int | None = None, resume: bo
     model = {**MODEL, **{k: v for k, v in changes.items() if k in MODEL}}
     tokenizer = {**TOKENIZER, **{k: v for k, v in changes.items() if k in TOKENIZER}}
     train = {**TRAIN, **{k: v for k, v in changes.items() if k not in MODEL and k not in TOKENIZER}}
-    tcfg = TrainConfig(**{**train, "seed": seed, **({"max_steps": steps} if steps else {})})
+    tcfg = TrainConfig(**{"seed": seed, **train, **({"max_steps": steps} if steps else {})})  # a change may set the seed
     t0 = time.perf_counter()
     res = pretrain(adatas, out_dir=run_dir, model_config=model, tokenizer_config=TokenizerConfig(**tokenizer),
                    train_config=tcfg, vocab=vocab, resume=resume)
@@ -102,7 +103,7 @@ def build(data_dir: Path, run_dir: Path, *, steps: int | None = None, resume: bo
     info["sittings"].append({"wall_minutes": round((time.perf_counter() - t0) / 60, 1), "resumed": resume,
                              "threads": torch.get_num_threads()})
     info.update({"n_union_genes": n_union, "n_vocab_genes": len(vocab.genes), "steps": tcfg.max_steps,
-                 "seed": seed, "n_train_cells": res.n_train_cells, "n_val_cells": res.n_val_cells,
+                 "seed": tcfg.seed, "n_train_cells": res.n_train_cells, "n_val_cells": res.n_val_cells,
                  "val_start": res.val_start, "val_end": res.val_end})
     info_path.write_text(json.dumps(info, indent=2))
     return res
