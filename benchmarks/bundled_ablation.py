@@ -82,17 +82,16 @@ def _hvg_file(model_dir, data_dir: Path, seed: int) -> tuple[float, float]:
     """kNN accuracy / macro-F1 of the zero-shot embedding of pbmc3k's QC cells stored as many shared files store
     cells: ``log1p`` of counts normalised to 10,000 over all genes, then only the 2,000 HVGs (scanpy ``seurat``);
     or (``model_dir`` None) of PCA-50 of the same scaled matrix."""
-    import anndata as ad
     import scanpy as sc
 
+    from scmamba2.bench.representation import pbmc3k_qc_cells
     from scmamba2.eval.baselines import pca_embedding
     from scmamba2.eval.knn import knn_label_transfer_scores
     from scmamba2.model import ScMamba2
     from scmamba2.tasks.embed import embed
 
     if "hv" not in _HVG_CACHE:
-        a = ad.read_h5ad(data_dir / "pbmc3k_raw_labeled.h5ad")
-        a = a[a.obs["qc_pass"].astype(bool) & (a.obs["cell_type"].astype(str) != "unlabeled")].copy()
+        a = pbmc3k_qc_cells(data_dir)
         sc.pp.normalize_total(a, target_sum=1e4)
         sc.pp.log1p(a)
         sc.pp.highly_variable_genes(a, n_top_genes=2000, flavor="seurat")

@@ -26,15 +26,13 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE] 
 
 
 def _sets(data_dir: Path):
-    import anndata as ad
     import scanpy as sc
 
-    from scmamba2.bench.representation import load_kang
+    from scmamba2.bench.representation import load_kang, pbmc3k_qc_cells
 
     q = sc.datasets.pbmc68k_reduced()
     yield "pbmc68k_reduced (quickstart)", q, "bulk_labels", True
-    a = ad.read_h5ad(data_dir / "pbmc3k_raw_labeled.h5ad")
-    yield "pbmc3k (2,638 QC cells)", a[a.obs["qc_pass"].astype(bool) & (a.obs["cell_type"].astype(str) != "unlabeled")].copy(), "cell_type", False
+    yield "pbmc3k (2,638 QC cells)", pbmc3k_qc_cells(data_dir), "cell_type", False
     yield "Kang held-out donors", load_kang(data_dir)[1], "cell_type", False
 
 

@@ -58,11 +58,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     logging.basicConfig(level=logging.ERROR)
-    import anndata as ad
     import scanpy as sc
     import scipy.sparse as sp
     import torch
 
+    from scmamba2.bench.representation import pbmc3k_qc_cells
     from scmamba2.eval.baselines import pca_embedding
     from scmamba2.eval.knn import knn_label_transfer_scores
     from scmamba2.pretrained import load
@@ -70,8 +70,7 @@ def main() -> None:
 
     torch.set_num_threads(1)
     model = load()
-    raw = ad.read_h5ad(args.data_dir / "pbmc3k_raw_labeled.h5ad")
-    raw = raw[raw.obs["qc_pass"].astype(bool) & (raw.obs["cell_type"].astype(str) != "unlabeled")].copy()
+    raw = pbmc3k_qc_cells(args.data_dir)
     raw = raw[:, raw.var_names.isin(model.vocab.genes)].copy()
     raw.X = sp.csr_matrix(raw.X)
     labels = raw.obs["cell_type"].astype(str).to_numpy()

@@ -281,3 +281,12 @@ def test_soma_experiment_written_by_from_h5ad_is_read_with_its_own_names(tmp_pat
         open_corpus([f"soma://{uri}"], soma_layer="counts")
     with pytest.raises(InputError, match="--soma-gene-column"):
         open_corpus([f"soma://{uri}"], soma_gene_column="symbols")
+
+
+def test_streamed_pretraining_refuses_a_panel_view(tmp_path):
+    from scmamba2.train.config import TrainConfig
+    from scmamba2.train.pretrain import pretrain
+
+    corpus = open_corpus([_write_shards(tmp_path / "shards", sizes=(6, 6))])
+    with pytest.raises(InputError, match="panel_view_fraction is not supported when streaming"):
+        pretrain(corpus, train_config=TrainConfig(max_steps=1, progress_bar=False, panel_view_fraction=0.2))

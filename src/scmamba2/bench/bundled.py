@@ -161,16 +161,13 @@ def zero_shot_scores(model_dir: Path, data_dir: Path, seed: int = 0):
     from ..tasks.embed import embed
     from ..eval.knn import knn_label_transfer_scores as knn_scores
     from ..eval.scib import bio_conservation
-    from .representation import load_kang, load_pbmc3k, pca_train_eval
+    from .representation import load_kang, load_pbmc3k, pbmc3k_qc_cells, pca_train_eval
 
     model = ScMamba2.from_pretrained(model_dir).eval()
     rows = []
     for name, loader in (("pbmc3k (2,638 QC cells, all genes)", "pbmc3k"), ("Kang held-out donors", "kang")):
         if loader == "pbmc3k":
-            import anndata as ad
-
-            a = ad.read_h5ad(data_dir / "pbmc3k_raw_labeled.h5ad")
-            evaluate = a[a.obs["qc_pass"].astype(bool) & (a.obs["cell_type"].astype(str) != "unlabeled")].copy()
+            evaluate = pbmc3k_qc_cells(data_dir)
             pca_fit = load_pbmc3k(data_dir)[0]  # the scanpy recipe: 2,000 HVGs of the same cells
             pca_eval = pca_fit
         else:

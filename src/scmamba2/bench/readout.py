@@ -31,14 +31,13 @@ def _sets(data_dir: Path, seed: int, quick: bool):
     """``(name, role, AnnData with obs['cell_type'], PCA-50 of it)`` for each selection and evaluation set."""
     import anndata as ad
 
-    from .representation import load_kang, load_pbmc3k, pca_train_eval
+    from .representation import load_kang, load_pbmc3k, pbmc3k_qc_cells, pca_train_eval
 
     rng = np.random.default_rng(seed)
     cap = 400 if quick else None
     kang_train, kang_held = load_kang(data_dir)
     pick = np.sort(rng.choice(kang_train.n_obs, 3000, replace=False))
-    raw3k = ad.read_h5ad(data_dir / "pbmc3k_raw_labeled.h5ad")
-    raw3k = raw3k[raw3k.obs["qc_pass"].astype(bool) & (raw3k.obs["cell_type"].astype(str) != "unlabeled")].copy()
+    raw3k = pbmc3k_qc_cells(data_dir)
     for name, role, a, pca_on in (
         ("Kang training donors (3,000 cells)", "selection", kang_train[pick].copy(), None),
         ("ifnb1k", "selection", ad.read_h5ad(data_dir / "ifnb1k.h5ad"), None),

@@ -61,13 +61,19 @@ QUICK_RECIPES = ("previous default: binned values, <cls> readout, GEP + MVC, lr 
                  "default: profile decoder (linear, 2,000 genes), GEP and MVC off")
 
 
+def pbmc3k_qc_cells(data_dir: Path):
+    """pbmc3k's 2,638 labelled cells that pass QC, raw counts of every gene."""
+    import anndata as ad
+
+    a = ad.read_h5ad(Path(data_dir) / "pbmc3k_raw_labeled.h5ad")
+    return a[a.obs["qc_pass"].astype(bool) & (a.obs["cell_type"].astype(str) != "unlabeled")].copy()
+
+
 def load_pbmc3k(data_dir: Path):
     """pbmc3k QC cells with labels, raw counts of 2,000 HVGs; ``(train, eval)`` are the same cells."""
-    import anndata as ad
     import scanpy as sc
 
-    a = ad.read_h5ad(data_dir / "pbmc3k_raw_labeled.h5ad")
-    a = a[a.obs["qc_pass"].astype(bool) & (a.obs["cell_type"].astype(str) != "unlabeled")].copy()
+    a = pbmc3k_qc_cells(data_dir)
     sc.pp.filter_genes(a, min_cells=3)
     norm = a.copy()
     with keep_torch_threads():
