@@ -21,6 +21,7 @@ from .errors import CheckpointError
 from .nn.bidirectional import BiMamba2Encoder
 from .nn.embeddings import BinnedValueEncoder, ContinuousValueEncoder, DomainSpecificBatchNorm, GeneEncoder
 from .nn.heads import BatchDiscriminator, ClassifierHead, ExpressionHead, MVCHead, ProfileHead
+from .nn.pooling import AttentionPool
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,11 @@ class ModelConfig:
     the mean over the valid positions (``<cls>`` included), ``"cls"`` the ``<cls>`` output (position 0). In the
     backward scan ``<cls>`` is reached last, so a gene far from it reaches it only through the decay of the
     state: measured on pbmc3k, 96 % of the ``<cls>`` output's input gradient came from the 10 nearest genes.
-    The mean gives every gene a direct path.
+    The mean gives every gene a direct path. ``"attention"``: ``pool_heads`` heads, each a softmax-weighted mean
+    of its share of the channels over the valid positions, with weights scored from the token outputs
+    (:class:`~scmamba2.nn.pooling.AttentionPool`); it starts as the mean and learns which tokens to weight.
+    Built as the bundled recipe it lowered the held-out profile loss and embedded worse on the selection sets
+    (``benchmarks/results/bundled_ablation.md``), so the mean stays the default.
     """
 
     vocab_size: int
@@ -99,7 +104,8 @@ class ModelConfig:
     n_pert_flags: int = 0
     n_conditions: int = 0
     n_modalities: int = 0
-    cell_pooling: Literal["cls", "mean"] = "mean"
+    cell_pooling: Literal["cls", "mean", "attention"] = "mean"
+    pool_heads: int = 4  # heads of cell_pooling="attention"
     profile_genes: int = 0
     profile_hidden: int = 0
     profile_likelihood: Literal["mse", "nb"] = "mse"
@@ -113,8 +119,10 @@ class ModelConfig:
                 f"headdim={self.headdim} must divide expand * d_model = {self.expand * self.d_model}; "
                 "choose e.g. headdim=32 or 64"
             )
-        if self.cell_pooling not in ("cls", "mean"):
-            raise ValueError(f"cell_pooling must be 'cls' or 'mean', not {self.cell_pooling!r}")
+        if self.cell_pooling not in ("cls", "mean", "attention"):
+            raise ValueError(f"cell_pooling must be 'cls', 'mean' or 'attention', not {self.cell_pooling!r}")
+        if self.cell_pooling == "attention" and (self.pool_heads < 1 or self.d_model % self.pool_heads):
+            raise ValueError(f"pool_heads={self.pool_heads} must be >= 1 and divide d_model={self.d_model}")
         if self.profile_likelihood not in ("mse", "nb"):
             raise ValueError(f"profile_likelihood must be 'mse' or 'nb', not {self.profile_likelihood!r}")
         if self.input_genes not in ("all", "panel"):
@@ -210,6 +218,7 @@ class ScMamba2(nn.Module):
             gradient_checkpointing=config.gradient_checkpointing,
             recompute_tokens=config.recompute_tokens,
         )
+        self.pool = AttentionPool(d, config.pool_heads) if config.cell_pooling == "attention" else None
         self.expr_head = ExpressionHead(d)
         self.mvc_head = MVCHead(d) if config.mvc else None
         self.profile_head = (ProfileHead(d, config.profile_genes, config.profile_hidden,
@@ -282,6 +291,8 @@ class ScMamba2(nn.Module):
         """``(B, D)`` cell embedding from the ``(B, L, D)`` encoder outputs, by ``config.cell_pooling``."""
         if self.config.cell_pooling == "cls":
             return states[:, 0]
+        if self.pool is not None:
+            return self.pool(states, padding_mask)
         if padding_mask is None:
             return states.mean(1)
         valid = (~padding_mask).unsqueeze(-1).to(states.dtype)  # (B, L, 1)

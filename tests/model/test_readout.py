@@ -31,8 +31,17 @@ def far_share(pooling: str, length: int = 201, near: int = 50, seed: int = 0) ->
     return float(np.mean(share))
 
 
-def test_mean_readout_sees_genes_far_from_cls():
-    assert far_share("mean") >= 0.3
+@pytest.mark.parametrize("pooling", ["mean", "attention"])
+def test_pooled_readouts_see_genes_far_from_cls(pooling):
+    assert far_share(pooling) >= 0.3
+
+
+def test_attention_pooling_starts_as_the_mean():
+    torch.manual_seed(0)
+    a = ScMamba2(ModelConfig(vocab_size=20, cell_pooling="attention", **CFG))
+    m = ScMamba2(ModelConfig(vocab_size=20, cell_pooling="mean", **CFG))
+    states, pad = torch.randn(2, 5, 32), torch.tensor([[False] * 5, [False] * 3 + [True] * 2])
+    torch.testing.assert_close(a.cell_embedding(states, pad), m.cell_embedding(states, pad))
 
 
 def test_cls_readout_sees_mostly_its_neighbours():
@@ -67,3 +76,20 @@ def test_profile_head_round_trip(tmp_path, hidden):
     torch.testing.assert_close(back(batch).profile_pred, out.profile_pred)
     with pytest.raises(ValueError, match="panel"):
         model.profile_head.set_panel(np.arange(3), np.zeros(3), np.ones(3))
+
+
+def test_attention_pooling_round_trip(tmp_path):
+    vocab = GeneVocab([f"g{i}" for i in range(20)])
+    model = ScMamba2(ModelConfig(vocab_size=len(vocab), cell_pooling="attention", pool_heads=2, **CFG), vocab=vocab)
+    torch.nn.init.normal_(model.pool.score.weight)  # a trained pooling, not the mean it starts as
+    batch = {GENES: torch.tensor([[1, 5, 7, 9], [1, 6, 0, 0]]), VALUES: torch.tensor([[0.0, 1.0, 2.0, 0.5]] * 2),
+             PADDING_MASK: torch.tensor([[False] * 4, [False, False, True, True]])}
+    model.eval()
+    out = model(batch).cell_emb
+    model.save_pretrained(tmp_path)
+    back = ScMamba2.from_pretrained(tmp_path).eval()
+    assert back.config.cell_pooling == "attention" and back.config.pool_heads == 2
+    torch.testing.assert_close(back(batch).cell_emb, out)
+    mean = ScMamba2(ModelConfig(vocab_size=len(vocab), cell_pooling="mean", **CFG), vocab=vocab).eval()
+    mean.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("pool.")})
+    assert not torch.allclose(mean(batch).cell_emb, out)  # the pooling weights matter

@@ -29,7 +29,7 @@ POOL = ["pbmc500_fullgenes.h5ad", "citefuse_eccite_pbmc500.h5ad", "pbmc_10k_prot
 KANG = {"kang_muscat_8donors.h5ad", "kang_harmony_ctrl_stim.h5ad", "kang_muscat_ctrl_stim.h5ad", "ifnb1k.h5ad"}
 NAME = "scmamba2-pbmc-small"
 MODEL = dict(d_model=128, n_layers=2, headdim=32, chunk_size=64, dropout=0.1, profile_genes=2000,
-             input_genes="all")
+             input_genes="all", cell_pooling="mean")
 TOKENIZER = dict(value_mode="continuous", max_len=256)
 TRAIN = dict(max_steps=1800, batch_size=32, lr=3e-3, warmup_steps=100, mask_ratio=0.4, gep_weight=0.0,
              mvc_weight=0.0, profile_min_measured=0.15, profile_panel_rule="dispersion", val_fraction=0.03,
