@@ -30,8 +30,6 @@ import logging  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 DEFAULT = "scmamba2: whole cell, profile metric (embed's default)"
-REGENERATE = ("Regenerate: `.venv/bin/python benchmarks/readout.py` (or `scmamba2 bench readout`, which also "
-              "rebuilds report.md)")  # what the readout's markdown says; a candidate is made by this script
 CANDIDATE_CMD = ".venv/bin/python benchmarks/bundled_ablation.py --build"
 SETS = ("Kang training donors (3,000 cells)", "ifnb1k", "pbmc3k (QC cells)", "Kang held-out donors")
 
@@ -178,8 +176,8 @@ def main() -> None:
                             "readout.md, the comparison in bundled_ablation.md."
                             + (" Scored with `--default-only`: embed's default readout alone." if args.default_only else ""))
         res.meta["model"] = f"candidate: {label}"
-        md = res.write(args.out, stem=f"readout_{tag}")
-        md.write_text(md.read_text().replace(REGENERATE, f"Regenerate: `{CANDIDATE_CMD}`", 1))
+        res.meta["command"] = CANDIDATE_CMD  # a candidate's readout is made by this script, not readout.py
+        res.write(args.out, stem=f"readout_{tag}")
         scores = _default_rows(next(iter(res.tables.values())).to_dict("records"))[0]
         scores.update(_extra(cand, args))
         summary.append((label, loss, scores))

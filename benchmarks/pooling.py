@@ -55,9 +55,8 @@ def main() -> None:
         labels = evaluate.obs["cell_type"].astype(str).to_numpy()
         for seed in seeds:
             for name, model in recipes.items():
-                rep.RECIPES[name] = (model, {}, objective)  # run_recipe reads its recipes from this table
                 with res.step(f"{ds}, seed {seed}: {name}"):
-                    r = rep.run_recipe(name, train, evaluate, seed=seed)
+                    r = rep.run_recipe(name, train, evaluate, seed=seed, recipe=(model, {}, objective))
                 rows.append({"dataset": ds, "pooling": name, "seed": seed, **knn_scores(r["X"], labels, seed),
                              "train minutes": round(r["minutes"], 1), "held-out profile loss": r["val"].get("val/profile"),
                              "gene-mean loss": r["val"].get("val/profile_gene_mean")})
@@ -71,14 +70,10 @@ def main() -> None:
                   f"at most {rep.MAX_LEN} genes a cell.",
                   "Selection rule: a pooling is adopted for the bundled model only if it also reads better on the "
                   "bundled ablation's selection sets (benchmarks/results/bundled_ablation.md)."]
-    res.meta = {"seeds": seeds, "recipes": recipes, "sets": args.sets}
-    md = res.write(args.out, stem="pooling")
-    text = md.read_text().replace("Regenerate: `.venv/bin/python benchmarks/pooling.py` (or `scmamba2 bench pooling`, "
-                                  "which also rebuilds report.md)",
-                                  f"Regenerate: `.venv/bin/python benchmarks/pooling.py --seeds {args.seeds} "
-                                  f"--heads {args.heads} --sets {args.sets}`")
-    md.write_text(text)
-    print(f"wrote {md}")
+    res.meta = {"seeds": seeds, "recipes": recipes, "sets": args.sets,
+                "command": f".venv/bin/python benchmarks/pooling.py --seeds {args.seeds} --heads {args.heads} "
+                           f"--sets {args.sets}"}
+    print(f"wrote {res.write(args.out, stem='pooling')}")
 
 
 if __name__ == "__main__":

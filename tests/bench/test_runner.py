@@ -173,3 +173,10 @@ def test_annotate_split_of_a_public_set(monkeypatch, tmp_path):
     a.write_h5ad(tmp_path / "p.h5ad")
     ref, query, split = annotate._split(tmp_path / "p.h5ad", "p", 0, s)
     assert split["split"] == "the dataset's own reference / query" and (ref.n_obs, query.n_obs) == (15, 6)
+
+
+def test_a_result_made_by_another_command_names_that_command():
+    res = BenchResult("readout", meta={"command": ".venv/bin/python benchmarks/bundled_ablation.py --build"})
+    text = res.to_markdown()
+    assert "Regenerate: `.venv/bin/python benchmarks/bundled_ablation.py --build`" in text
+    assert "benchmarks/readout.py" not in text

@@ -142,8 +142,10 @@ def scvi_train_eval(train, evaluate, seed: int = 0, max_epochs: int = 100) -> np
     return np.asarray(z, dtype=np.float32)
 
 
-def run_recipe(name: str, train, evaluate, seed: int = 0, steps: int | None = None) -> dict:
-    """Pretrain with recipe ``name`` on ``train``; returns the embedding of ``evaluate`` and the losses."""
+def run_recipe(name: str, train, evaluate, seed: int = 0, steps: int | None = None,
+               recipe: tuple[dict, dict, dict] | None = None) -> dict:
+    """Pretrain with recipe ``name`` of :data:`RECIPES` (or ``recipe``: model, tokenizer and train overrides) on
+    ``train``; returns the embedding of ``evaluate`` and the losses."""
     import torch
 
     from ..data.tokenize import TokenizerConfig
@@ -151,7 +153,7 @@ def run_recipe(name: str, train, evaluate, seed: int = 0, steps: int | None = No
     from ..train.config import TrainConfig
     from ..train.pretrain import pretrain
 
-    model_o, tok_o, train_o = RECIPES[name]
+    model_o, tok_o, train_o = recipe or RECIPES[name]
     tcfg = TrainConfig(**{**TRAIN, **train_o, "seed": seed, **({"max_steps": steps} if steps else {})})
     tok = TokenizerConfig(**{"max_len": MAX_LEN, "value_mode": "continuous", **tok_o})
     torch.set_num_threads(1)

@@ -53,8 +53,11 @@ class BenchResult:
         lines = [f"# {title or self.task}", ""]
         lines += [f"Machine: {machine_summary()}", ""]
         quick = " --quick" if self.meta.get("quick") else ""
-        lines += [f"Regenerate: `.venv/bin/python benchmarks/{self.task}.py{quick}` (or `scmamba2 bench {self.task}"
-                  f"{quick}`, which also rebuilds report.md)", ""]
+        if self.meta.get("command"):  # a result made by another command than its task's script
+            lines += [f"Regenerate: `{self.meta['command']}`", ""]
+        else:
+            lines += [f"Regenerate: `.venv/bin/python benchmarks/{self.task}.py{quick}` (or `scmamba2 bench {self.task}"
+                      f"{quick}`, which also rebuilds report.md)", ""]
         for name, table in self.tables.items():
             lines += [f"## {name}", "", markdown_table(table), ""]
         for caption, path in self.figures.items():
