@@ -245,14 +245,15 @@ def section_pretrain(ctx: Ctx) -> dict:
     lengths = lengths.astype(int)
     collate = Collator(pad_id=0, mask_ratio=0.4, seed=0)
 
+    # The synthetic cells are made before the clock starts, so the figure is the training step's, not numpy's.
+    items = []
+    for k in lengths:
+        genes = np.concatenate([[1], rng.choice(np.arange(4, vocab), int(k) - 1, replace=False)])
+        values = np.concatenate([[0.0], rng.integers(1, n_bins, int(k) - 1)]).astype(np.float32)
+        items.append({GENES: genes, VALUES: values})
+
     def cells(index):
-        items = []
-        for i in index:
-            k = int(lengths[i])
-            genes = np.concatenate([[1], rng.choice(np.arange(4, vocab), k - 1, replace=False)])
-            values = np.concatenate([[0.0], rng.integers(1, n_bins, k - 1)]).astype(np.float32)
-            items.append({GENES: genes, VALUES: values})
-        return collate(items)
+        return collate([items[i] for i in index])
 
     ctx.reset_peak()
     n_steps = n_cells_done = n_tokens = 0
@@ -356,13 +357,20 @@ def main(argv=None) -> int:
     ctx = Ctx(args.dry_run)
     from scmamba2.nn import _kernels
 
-    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    # A copied working tree may have no .git: GIT_COMMIT names the commit then.
+    git = os.environ.get("GIT_COMMIT") or subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     meta = dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), dry_run=args.dry_run,
                 device=torch.cuda.get_device_name(0) if ctx.cuda else f"CPU ({platform.processor() or platform.machine()})",
                 python=platform.python_version(), torch=torch.__version__, cuda=torch.version.cuda,
                 kernels=_kernels.HAS_KERNELS, git=git or "unknown")
     only = set(args.only.split(",")) if args.only else None
-    results, t0 = {}, time.perf_counter()
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Every section starts as "not run"; the files are rewritten after each one, so a run stopped by the time
+    # limit still leaves the sections it finished.
+    results = {name: dict(error="not run (stopped before this section)") for name, _ in SECTIONS}
+    t0 = time.perf_counter()
     for name, fn in SECTIONS:
         if only and name not in only:
             results[name] = dict(error="not selected (--only)")
@@ -375,11 +383,9 @@ def main(argv=None) -> int:
         results[name]["_seconds"] = time.perf_counter() - ts
         print(f"[{time.perf_counter() - t0:5.0f} s] {name}: {'failed' if 'error' in results[name] else 'done'}",
               flush=True)
-    meta["total_s"] = time.perf_counter() - t0
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_markdown(out, meta, results)
-    out.with_suffix(".json").write_text(json.dumps(dict(meta=meta, results=results), indent=1, default=str))
+        meta["total_s"] = time.perf_counter() - t0
+        write_markdown(out, meta, results)
+        out.with_suffix(".json").write_text(json.dumps(dict(meta=meta, results=results), indent=1, default=str))
     print(f"wrote {out}")
     return 1 if any("error" in r and not r["error"].startswith("not selected") for r in results.values()) else 0
 
