@@ -80,6 +80,23 @@ def test_same_anndata_as_anndata_reader(tmp_path, monkeypatch, fmt, storage):
     _assert_same(ad.read_h5ad(path), _h5ad_fast.read_h5ad(path))
 
 
+@pytest.mark.parametrize("inflater", ["isal", "zlib"])
+def test_isal_and_zlib_inflate_the_same(tmp_path, monkeypatch, inflater):
+    """ISA-L is the default inflater, zlib the fallback where isal does not import: both give anndata's AnnData."""
+    import zlib
+
+    isal_zlib = pytest.importorskip("isal.isal_zlib")
+    monkeypatch.setattr(_h5ad_fast, "_MIN_PARALLEL_BYTES", 1)
+    monkeypatch.setattr(_h5ad_fast, "_inflate", isal_zlib.decompress if inflater == "isal" else zlib.decompress)
+    calls = []
+    inflate = _h5ad_fast._inflate
+    monkeypatch.setattr(_h5ad_fast, "_inflate", lambda *a, **k: calls.append(1) or inflate(*a, **k))
+    path = tmp_path / "x.h5ad"
+    _adata(n=500, g=2000, seed=3).write_h5ad(path, compression="gzip", compression_opts=6)
+    _assert_same(ad.read_h5ad(path), _h5ad_fast.read_h5ad(path))
+    assert calls  # the chunks went through the chosen inflater
+
+
 def test_dense_x_and_sparse_layer(tmp_path, monkeypatch):
     monkeypatch.setattr(_h5ad_fast, "_MIN_PARALLEL_BYTES", 1)
     a = _adata()
@@ -96,7 +113,11 @@ def test_real_file_same_as_anndata(shared_data):
     _assert_same(ad.read_h5ad(path), _h5ad_fast.read_h5ad(path))
 
 
-def test_read_1d_chunks_and_fallbacks(tmp_path):
+@pytest.mark.parametrize("route", ["pread", "h5py"])
+def test_read_1d_chunks_and_fallbacks(tmp_path, monkeypatch, route):
+    """Stored chunks are read by the workers from the file (pread) or, where that is not possible, through h5py."""
+    if route == "h5py":
+        monkeypatch.setattr(_h5ad_fast, "_chunk_spans", lambda ds: None)
     path = tmp_path / "d.h5"
     values = np.arange(10_001, dtype=np.int32)
     with h5py.File(path, "w") as f:
@@ -112,6 +133,8 @@ def test_read_1d_chunks_and_fallbacks(tmp_path):
             for name in ("gz", "shuffled", "plain"):
                 np.testing.assert_array_equal(_h5ad_fast.read_1d(f[name], pool), values)
             assert not _h5ad_fast._gzip_only(f["shuffled"])  # other filters: h5py's own read
+            spans = _h5ad_fast._chunk_spans(f["gz"])
+            assert route == "h5py" or (spans is not None and len(spans) == 11)
             got = _h5ad_fast.read_1d(f["sparse_chunks"], pool)
             assert got[:1000].tolist() == [7] * 1000 and not got[1000:].any()
     finally:

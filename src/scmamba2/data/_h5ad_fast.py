@@ -2,9 +2,10 @@
 
 h5py decompresses a chunked dataset one small chunk at a time through the HDF5 filter pipeline, holding
 the GIL. For the 1-d ``data``/``indices`` arrays of a CSR/CSC matrix compressed with gzip alone, this module
-reads the stored chunks as raw bytes and inflates them with :mod:`zlib` on a small thread pool (zlib
-releases the GIL), writing straight into the output array. The inflation of ``X`` and of the layers runs
-while anndata reads everything else (obs, var, uns, ...), element by element
+reads the stored chunks as raw bytes and inflates them on a small thread pool, writing straight into the
+output array. The inflation is ISA-L's (the ``isal`` package, a dependency: about 2x :mod:`zlib`'s on these
+chunks, see ``benchmarks/results/tokenize.md``), or :mod:`zlib`'s where ``isal`` does not import; both release
+the GIL. The inflation of ``X`` and of the layers runs while anndata reads everything else (obs, var, uns, ...), element by element
 (:func:`anndata.experimental.read_dispatched`), so the AnnData is the same as ``anndata.read_h5ad``'s; other
 filters, dense matrices and small arrays go through h5py's own read.
 """
@@ -12,23 +13,30 @@ filters, dense matrices and small arrays go through h5py's own read.
 from __future__ import annotations
 
 import os
-import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
 
+try:
+    from isal.isal_zlib import decompress as _inflate
+except ImportError:  # pragma: no cover - isal is a dependency; zlib gives the same bytes, slower
+    from zlib import decompress as _inflate
+
 _GZIP = 1  # HDF5 filter id of deflate
 _MIN_PARALLEL_BYTES = 1 << 20  # smaller arrays: h5py's own read
 
 
 def _workers() -> int:
+    """Inflating threads: one core fewer than the process may use (at least one), since the main thread reads
+    obs and var meanwhile and is the read's critical path (on 2 cores, 1 worker reads pbmc3k ~10 % faster
+    than 2, interleaved A/B by hand)."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         cores = os.cpu_count() or 1
-    return max(1, min(cores, 8))
+    return max(1, min(cores - 1, 8))
 
 
 def _gzip_only(ds) -> bool:
@@ -37,9 +45,28 @@ def _gzip_only(ds) -> bool:
     return filters == [_GZIP]
 
 
+def _chunk_spans(ds) -> list[tuple[int, int]] | None:
+    """``(byte offset, stored size)`` of each chunk of a 1-d dataset in element order, from one HDF5 call, when
+    the file is a plain file the workers can read themselves (else None: read the chunks through h5py)."""
+    if not hasattr(os, "pread") or ds.file.driver != "sec2" or not hasattr(ds.id, "chunk_iter"):
+        return None
+    found: list[tuple[int, int, int, int]] = []
+    try:
+        ds.id.chunk_iter(lambda c: found.append((c.chunk_offset[0], c.byte_offset, c.size, c.filter_mask)))
+    except Exception:  # noqa: BLE001 - an HDF5 library without chunk iteration: the h5py route
+        return None
+    found.sort()
+    if any(mask for *_, mask in found):  # a chunk stored with its filter skipped: not deflated
+        return None
+    return [(offset, size) for _, offset, size, _ in found]
+
+
 def start_1d(ds, pool: ThreadPoolExecutor | None) -> np.ndarray | list[Future]:
     """Start reading a 1-d h5py dataset: the array itself, or (gzip-only chunked ones of at least 1 MiB) the
-    futures of its inflation on ``pool``, which :func:`finish_1d` waits for."""
+    futures of its inflation on ``pool``, which :func:`finish_1d` waits for.
+
+    The workers read the stored chunks from the file themselves (``os.pread`` at the offsets HDF5 gives), so the
+    main thread, which holds h5py's lock while anndata reads obs and var, only asks where the chunks are."""
     n = ds.shape[0] if ds.ndim == 1 else 0
     if (pool is None or ds.ndim != 1 or ds.chunks is None or n * ds.dtype.itemsize < _MIN_PARALLEL_BYTES
             or not ds.dtype.isnative or not _gzip_only(ds)):
@@ -49,19 +76,34 @@ def start_1d(ds, pool: ThreadPoolExecutor | None) -> np.ndarray | list[Future]:
     if ds.id.get_num_chunks() != len(starts):  # some chunks never written (fill value): the plain read
         return ds[...]
     out = np.empty(n, dtype=ds.dtype)
-    raw = [ds.id.read_direct_chunk((i,))[1] for i in starts]  # raw bytes: fast, holds the GIL
     size = out.itemsize
+    spans = _chunk_spans(ds)
+    if spans is not None and len(spans) == len(starts):
+        path = ds.file.filename
+
+        def stored(first: int, last: int):
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                for c in range(first, last):
+                    yield c, os.pread(fd, spans[c][1], spans[c][0])
+            finally:
+                os.close(fd)
+    else:
+        raw = [ds.id.read_direct_chunk((i,))[1] for i in starts]  # through h5py: holds the GIL
+
+        def stored(first: int, last: int):
+            return ((c, raw[c]) for c in range(first, last))
 
     def inflate(first: int, last: int) -> np.ndarray:
-        for c in range(first, last):
+        for c, data in stored(first, last):
             i = c * step
             k = min(step, n - i)
-            out[i : i + k] = np.frombuffer(zlib.decompress(raw[c], bufsize=k * size), dtype=out.dtype, count=k)
+            out[i : i + k] = np.frombuffer(_inflate(data, bufsize=k * size), dtype=out.dtype, count=k)
         return out
 
     # A few long tasks (one per worker), not one per chunk: fewer hand-overs of the GIL.
-    n_tasks = min(len(raw), _workers())
-    bounds = np.linspace(0, len(raw), n_tasks + 1).astype(int)
+    n_tasks = min(len(starts), _workers())
+    bounds = np.linspace(0, len(starts), n_tasks + 1).astype(int)
     return [pool.submit(inflate, a, b) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
