@@ -1,8 +1,11 @@
 """The one import guard for the optional fused CUDA kernels (``pip install scmamba2[cuda]``).
 
-``HAS_KERNELS`` is True only when both ``mamba_ssm`` (Triton SSD scan) and ``causal_conv1d`` import. The
-wrappers below take the parameters of :class:`scmamba2.nn.mamba2.Mamba2Block` as they are (no new names),
-so a checkpoint works unchanged on either path. Nothing else in the package imports these libraries.
+``HAS_KERNELS`` is True when ``mamba_ssm``'s Triton SSD scan imports; it is what makes the fused path. The
+causal convolution uses ``causal_conv1d``'s kernel where that imports too (``HAS_CONV_KERNEL``, widths 2-4)
+and the block's own PyTorch convolution otherwise, so a machine with Triton but no compiled ``causal_conv1d``
+still gets the fused scan. The wrappers below take the parameters of :class:`scmamba2.nn.mamba2.Mamba2Block`
+as they are (no new names), so a checkpoint works unchanged on either path. Nothing else in the package imports
+these libraries.
 """
 
 from __future__ import annotations
@@ -10,21 +13,33 @@ from __future__ import annotations
 from torch import Tensor
 
 try:  # pragma: no cover - depends on the optional CUDA extras
-    from causal_conv1d import causal_conv1d_fn as _causal_conv1d_fn
     from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined as _mamba_chunk_scan_combined
 
     HAS_KERNELS = True
-except Exception:  # ImportError, or a broken CUDA build raising at import time
-    _causal_conv1d_fn = None
+except Exception:  # ImportError, or a broken install raising at import time
     _mamba_chunk_scan_combined = None
     HAS_KERNELS = False
 
-__all__ = ["HAS_KERNELS", "causal_conv_silu", "chunk_scan", "kernels_usable"]
+try:  # pragma: no cover - depends on the optional CUDA extras
+    from causal_conv1d import causal_conv1d_fn as _causal_conv1d_fn
+
+    HAS_CONV_KERNEL = True
+except Exception:  # ImportError, or a broken CUDA build raising at import time
+    _causal_conv1d_fn = None
+    HAS_CONV_KERNEL = False
+
+__all__ = ["HAS_CONV_KERNEL", "HAS_KERNELS", "causal_conv_silu", "chunk_scan", "conv_kernel_usable",
+           "kernels_usable"]
 
 
-def kernels_usable(tensor: Tensor, d_conv: int) -> bool:
-    """Whether the fused path can run on ``tensor`` (kernels installed, a CUDA tensor, a supported width)."""
-    return HAS_KERNELS and tensor.is_cuda and 2 <= d_conv <= 4
+def kernels_usable(tensor: Tensor) -> bool:
+    """Whether the fused scan can run on ``tensor`` (mamba_ssm installed and a CUDA tensor)."""
+    return HAS_KERNELS and tensor.is_cuda
+
+
+def conv_kernel_usable(d_conv: int) -> bool:
+    """Whether ``causal_conv1d``'s kernel is installed and takes this convolution width."""
+    return HAS_CONV_KERNEL and 2 <= d_conv <= 4
 
 
 def causal_conv_silu(xbc: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:

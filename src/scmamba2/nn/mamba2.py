@@ -155,7 +155,7 @@ class Mamba2Block(nn.Module):
             raise ValueError(f"need 0 < dt_min <= dt_max, got {dt_min}, {dt_max}")
         if use_kernels and not _kernels.HAS_KERNELS:
             raise RuntimeError(
-                "use_kernels=True but mamba_ssm / causal_conv1d are not importable; "
+                "use_kernels=True but mamba_ssm (its Triton SSD scan) is not importable; "
                 "install them with `pip install scmamba2[cuda]` or pass use_kernels=None"
             )
         self.use_kernels = use_kernels
@@ -184,7 +184,7 @@ class Mamba2Block(nn.Module):
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias)
 
     def _fused(self, u: Tensor) -> bool:
-        return self.use_kernels is not False and _kernels.kernels_usable(u, self.d_conv)
+        return self.use_kernels is not False and _kernels.kernels_usable(u)
 
     def forward(self, u: Tensor) -> Tensor:
         """Mix along the sequence, causally.
@@ -255,7 +255,10 @@ class Mamba2Block(nn.Module):
         fp = torch.promote_types(xbc.dtype, torch.float32)  # decays in float32, or float64 for float64 inputs
         A = -torch.exp(self.A_log.to(fp))  # (h,)
         if state is None and self._fused(xbc):
-            xbc = _kernels.causal_conv_silu(xbc, self.conv1d.weight, self.conv1d.bias)
+            if _kernels.conv_kernel_usable(self.d_conv):
+                xbc = _kernels.causal_conv_silu(xbc, self.conv1d.weight, self.conv1d.bias)
+            else:  # the fused scan without causal_conv1d: the block's own convolution
+                xbc = self._causal_conv_silu(xbc, None)
             x, B, C = torch.split(xbc, [self.d_inner, g * n, g * n], dim=-1)
             y = _kernels.chunk_scan(
                 x.reshape(batch, length, h, p),
