@@ -23,7 +23,7 @@ def test_gpu_check_dry_run(tmp_path):
     assert results["bf16"]["loss_rel"] < 0.05  # bf16 autocast stays close to fp32
     rows = results["throughput"]["rows"]
     assert {(r["model"], r["mode"]) for r in rows} == {
-        (m, mode) for m in ("bimamba2", "transformer (SDPA)") for mode in ("fwd", "train")}
+        (m, mode) for m in ("bimamba2 (pure PyTorch)", "transformer (SDPA)") for mode in ("fwd", "train")}
     assert all(r["tokens_per_s"] > 0 for r in rows)
     pre = results["pretrain"]
     assert pre["steps"] >= 1 and pre["cells"] == pre["steps"] * pre["batch"]
