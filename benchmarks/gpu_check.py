@@ -374,6 +374,7 @@ def main(argv=None) -> int:
     ap.add_argument("--dry-run", action="store_true", help="CPU, tiny sizes: check the code path")
     ap.add_argument("--out", default=str(HERE / "results" / "gpu.md"), help="markdown path (+ .json beside it)")
     ap.add_argument("--only", default=None, help="comma-separated sections (default: all)")
+    ap.add_argument("--pretrain-seconds", type=float, default=None, help="length of the pretraining run (120)")
     args = ap.parse_args(argv)
     import torch
 
@@ -381,6 +382,8 @@ def main(argv=None) -> int:
         print("no CUDA device: run on a GPU machine, or pass --dry-run", file=sys.stderr)
         return 2
     ctx = Ctx(args.dry_run)
+    if args.pretrain_seconds:
+        ctx.pretrain_s = args.pretrain_seconds
     from scmamba2.nn import _kernels
 
     # A copied working tree may have no .git: GIT_COMMIT names the commit then.

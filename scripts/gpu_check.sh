@@ -14,6 +14,9 @@ if [[ -z "$PY" ]]; then
   if [[ -x .venv/bin/python ]]; then PY=.venv/bin/python; else PY=python3; fi
 fi
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+# mamba_ssm's Triton kernels: one fixed configuration each instead of autotuning over several. Autotuning the
+# first calls took 370 s of the 8 minutes on an H200 (2026-12-04), and deterministic kernels are what we want.
+export MAMBA_DETERMINISTIC="${MAMBA_DETERMINISTIC:-1}"
 if [[ " $* " != *" --dry-run "* ]] && command -v nvidia-smi >/dev/null; then
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 fi
