@@ -157,8 +157,10 @@ class BiMamba2Layer(nn.Module):
     use_kernels : bool or None
         Passed to :class:`Mamba2Block`.
     tile_len : int or None
-        Passed to :class:`Mamba2Block` (inference-only tiling of long sequences). When it applies, the
-        two directions also run one after the other instead of as one doubled batch, halving the peak.
+        Passed to :class:`Mamba2Block`: sequences longer than this are scanned ``tile_len`` tokens at a time,
+        carrying the state. In inference the two directions then also run one after the other instead of as
+        one doubled batch, halving the peak; in training each tile's conv + scan is recomputed in the backward
+        pass (activation checkpointing), so one long cell trains in memory linear in its length.
     recompute_tokens : int or None
         Training memory: a batch of more than this many tokens (padding included) runs ``in_proj``, the conv,
         the scan and the gated norm (whose intermediates are most of a layer's activation memory) under
@@ -302,9 +304,27 @@ def _both_directions(block: Mamba2Block, z: Tensor, xbcdt: Tensor, lengths: Tens
     """
     batch = z.shape[0]
     both = torch.cat([xbcdt, reverse_valid(xbcdt, lengths)], dim=0)  # (2b, l, conv_dim + nheads)
-    y, _ = block.conv_scan(*torch.split(both, [block.conv_dim, block.nheads], dim=-1))  # (2b, l, d_inner)
+    y = _conv_scan(block, *torch.split(both, [block.conv_dim, block.nheads], dim=-1))  # (2b, l, d_inner)
     y = torch.stack([y[:batch], reverse_valid(y[batch:], lengths)])  # (2, b, l, d_inner), both in forward order
     return block.norm(y, z).sum(0)
+
+
+def _conv_scan(block: Mamba2Block, xbc: Tensor, dt: Tensor) -> Tensor:
+    """:meth:`Mamba2Block.conv_scan`'s output; under autograd, a sequence longer than ``block.tile_len`` on the
+    pure-PyTorch path runs tile by tile, each tile under activation checkpointing with the conv context and the
+    SSM state carried from the one before (the gradient flows back through them). The backward pass then holds
+    one tile's intermediates at a time, so a long cell trains in memory linear in its length with a small
+    constant, at the price of recomputing conv + scan. The result equals the untiled scan."""
+    length, tile = xbc.shape[1], block.tile_len
+    recording = torch.is_grad_enabled() and (xbc.requires_grad or dt.requires_grad)
+    if not recording or tile is None or length <= tile or block._fused(xbc):
+        return block.conv_scan(xbc, dt)[0]
+    ys, state = [], None
+    for start in range(0, length, tile):
+        y, state = checkpoint(block.conv_scan, xbc[:, start : start + tile], dt[:, start : start + tile], state,
+                              use_reentrant=False)
+        ys.append(y)
+    return torch.cat(ys, dim=1)
 
 
 class BiMamba2Encoder(nn.Module):
@@ -322,7 +342,8 @@ class BiMamba2Encoder(nn.Module):
         Recompute each layer in the backward pass (``torch.utils.checkpoint``, non-reentrant); only
         active in training mode with gradients enabled.
     tile_len : int or None
-        Passed to every :class:`BiMamba2Layer`: inference-only tiling of long sequences (None = off).
+        Passed to every :class:`BiMamba2Layer`: tiling of long sequences, with the state carried across tiles
+        (inference; and training, with each tile recomputed in the backward pass). None = off.
     recompute_tokens, slice_tokens : int or None
         Passed to every :class:`BiMamba2Layer`: training-time recomputation of the scan in slices of
         about this many tokens (None = off, the default: faster, more memory), and the slices of a
