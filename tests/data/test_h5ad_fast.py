@@ -126,11 +126,13 @@ def test_read_1d_chunks_and_fallbacks(tmp_path, monkeypatch, route):
         f.create_dataset("plain", data=values)
         f.create_dataset("sparse_chunks", shape=(5000,), chunks=(1000,), dtype=np.int32, compression="gzip")
         f["sparse_chunks"][:1000] = 7  # the other chunks are never written
+        skipped = f.create_dataset("skipped", data=values, chunks=(1000,), compression="gzip")
+        skipped.id.write_direct_chunk((0,), values[:1000].tobytes(), filter_mask=1)  # stored without gzip
     saved = _h5ad_fast._MIN_PARALLEL_BYTES
     _h5ad_fast._MIN_PARALLEL_BYTES = 1
     try:
         with h5py.File(path) as f, ThreadPoolExecutor(2) as pool:
-            for name in ("gz", "shuffled", "plain"):
+            for name in ("gz", "shuffled", "plain", "skipped"):
                 np.testing.assert_array_equal(_h5ad_fast.read_1d(f[name], pool), values)
             assert not _h5ad_fast._gzip_only(f["shuffled"])  # other filters: h5py's own read
             spans = _h5ad_fast._chunk_spans(f["gz"])

@@ -5,8 +5,8 @@ the GIL. For the 1-d ``data``/``indices`` arrays of a CSR/CSC matrix compressed 
 reads the stored chunks as raw bytes and inflates them on a small thread pool, writing straight into the
 output array. The inflation is ISA-L's (the ``isal`` package, a dependency: about 2x :mod:`zlib`'s on these
 chunks, see ``benchmarks/results/tokenize.md``), or :mod:`zlib`'s where ``isal`` does not import; both release
-the GIL. The inflation of ``X`` and of the layers runs while anndata reads everything else (obs, var, uns, ...), element by element
-(:func:`anndata.experimental.read_dispatched`), so the AnnData is the same as ``anndata.read_h5ad``'s; other
+the GIL. The inflation of ``X`` and of the layers runs while anndata reads everything else (obs, var, uns,
+...), element by element (:func:`anndata.experimental.read_dispatched`), so the AnnData is the same as ``anndata.read_h5ad``'s; other
 filters, dense matrices and small arrays go through h5py's own read.
 """
 
@@ -45,9 +45,9 @@ def _gzip_only(ds) -> bool:
     return filters == [_GZIP]
 
 
-def _chunk_spans(ds) -> list[tuple[int, int]] | None:
-    """``(byte offset, stored size)`` of each chunk of a 1-d dataset in element order, from one HDF5 call, when
-    the file is a plain file the workers can read themselves (else None: read the chunks through h5py)."""
+def _chunk_spans(ds) -> list[tuple[int, int, int]] | None:
+    """``(byte offset, stored size, filter mask)`` of each chunk of a 1-d dataset in element order, from one HDF5
+    call, when the file is a plain file the workers can read themselves (else None: the chunks through h5py)."""
     if not hasattr(os, "pread") or ds.file.driver != "sec2" or not hasattr(ds.id, "chunk_iter"):
         return None
     found: list[tuple[int, int, int, int]] = []
@@ -56,9 +56,7 @@ def _chunk_spans(ds) -> list[tuple[int, int]] | None:
     except Exception:  # noqa: BLE001 - an HDF5 library without chunk iteration: the h5py route
         return None
     found.sort()
-    if any(mask for *_, mask in found):  # a chunk stored with its filter skipped: not deflated
-        return None
-    return [(offset, size) for _, offset, size, _ in found]
+    return [(offset, size, mask) for _, offset, size, mask in found]
 
 
 def start_1d(ds, pool: ThreadPoolExecutor | None) -> np.ndarray | list[Future]:
@@ -78,6 +76,8 @@ def start_1d(ds, pool: ThreadPoolExecutor | None) -> np.ndarray | list[Future]:
     out = np.empty(n, dtype=ds.dtype)
     size = out.itemsize
     spans = _chunk_spans(ds)
+    if spans is not None and any(mask for *_, mask in spans):  # a chunk stored with gzip skipped: h5py's read
+        return ds[...]
     if spans is not None and len(spans) == len(starts):
         path = ds.file.filename
 
@@ -89,7 +89,10 @@ def start_1d(ds, pool: ThreadPoolExecutor | None) -> np.ndarray | list[Future]:
             finally:
                 os.close(fd)
     else:
-        raw = [ds.id.read_direct_chunk((i,))[1] for i in starts]  # through h5py: holds the GIL
+        chunks = [ds.id.read_direct_chunk((i,)) for i in starts]  # through h5py: holds the GIL
+        if any(mask for mask, _ in chunks):  # a chunk stored with gzip skipped: h5py's own read
+            return ds[...]
+        raw = [data for _, data in chunks]
 
         def stored(first: int, last: int):
             return ((c, raw[c]) for c in range(first, last))
