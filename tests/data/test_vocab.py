@@ -97,3 +97,31 @@ def test_load_rejects_bad_files(tmp_path):
         GeneVocab.load(notdict)
     with pytest.raises(InputError):
         GeneVocab.load(tmp_path / "missing.json")
+
+
+def test_lookup_of_the_same_index_is_computed_once_and_not_shared():
+    import numpy as np
+    import pandas as pd
+
+    from scmamba2.data.vocab import GeneVocab
+
+    vocab = GeneVocab(["A", "B", "C"])
+    names = pd.Index(["C", "X", "A"])
+    calls = []
+
+    real = vocab._index
+
+    class Wrapped:
+        def get_indexer(self, target):
+            calls.append(1)
+            return real.get_indexer(target)
+
+    vocab._index = Wrapped()
+    c_id, a_id = int(real.get_loc("C")), int(real.get_loc("A"))
+    first = vocab.lookup(names)
+    first[:] = -7  # a caller changing its result does not change the next one
+    second = vocab.lookup(names)
+    np.testing.assert_array_equal(second, [c_id, -1, a_id])
+    assert len(calls) == 1
+    vocab.lookup(pd.Index(["C", "X", "A"]))  # an equal but different Index: looked up again
+    assert len(calls) == 2

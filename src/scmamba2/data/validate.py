@@ -417,10 +417,15 @@ def _gene_names(var_names, rep: ValidationReport) -> tuple[Any, list[str]]:
     """Duplicates, prefix and id kind; returns the names (as str) and the names with the prefix stripped."""
     import pandas as pd
 
-    names = var_names.astype(str)
-    dup = names.duplicated()
-    rep.n_duplicate_genes = int(dup.sum())
-    rep.duplicate_genes = [str(g) for g in names[dup].unique()[:5]]
+    # pandas caches ``inferred_type`` and ``is_unique`` on an Index: the names as read are not copied or hashed
+    # again when they are strings already and unique (the usual case).
+    names = var_names if getattr(var_names, "inferred_type", None) == "string" else var_names.astype(str)
+    if names.is_unique:
+        rep.n_duplicate_genes, rep.duplicate_genes = 0, []
+    else:
+        dup = names.duplicated()
+        rep.n_duplicate_genes = int(dup.sum())
+        rep.duplicate_genes = [str(g) for g in names[dup].unique()[:5]]
     stripped, rep.gene_prefix = strip_gene_prefix(names)
     step = max(1, len(stripped) // _NAME_SAMPLE)  # the id kind from an evenly spaced sample of names
     frac = float(pd.Series(stripped[::step], dtype=object).str.match(_ENSEMBL).mean()) if stripped else 0.0

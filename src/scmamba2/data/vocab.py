@@ -63,6 +63,7 @@ class GeneVocab:
             )
         self._tokens = tokens
         self._index = index
+        self._last_lookup: tuple[pd.Index, np.ndarray] | None = None  # see lookup()
         special = set(SPECIAL_TOKENS)
         self._genes = [t for t in tokens if t not in special]
 
@@ -173,7 +174,12 @@ class GeneVocab:
             if not isinstance(names, (np.ndarray, list, tuple, pd.Series)):
                 names = list(names)
             names = pd.Index(np.asarray(names, dtype=object))
-        return self._index.get_indexer(names.astype(object)).astype(np.int64, copy=False)
+        last = getattr(self, "_last_lookup", None)
+        if last is not None and last[0] is names:  # an Index is immutable: validate then tokenize look it up once
+            return last[1].copy()
+        ids = self._index.get_indexer(names.astype(object)).astype(np.int64, copy=False)
+        self._last_lookup = (names, ids)
+        return ids.copy()
 
     def extend(self, names: Iterable[str]) -> GeneVocab:
         """A new vocabulary with ``names`` appended (those already present are skipped); ids of existing
