@@ -79,10 +79,9 @@ def start_1d(ds, pool: ThreadPoolExecutor | None) -> np.ndarray | list[Future]:
     if spans is not None and any(mask for *_, mask in spans):  # a chunk stored with gzip skipped: h5py's read
         return ds[...]
     if spans is not None and len(spans) == len(starts):
-        path = ds.file.filename
+        handle = ds.file.id.get_vfd_handle()  # the file h5py has open (not its path, which could change)
 
-        def stored(first: int, last: int):
-            fd = os.open(path, os.O_RDONLY)
+        def stored(first: int, last: int, fd: int):
             try:
                 for c in range(first, last):
                     yield c, os.pread(fd, spans[c][1], spans[c][0])
@@ -93,12 +92,13 @@ def start_1d(ds, pool: ThreadPoolExecutor | None) -> np.ndarray | list[Future]:
         if any(mask for mask, _ in chunks):  # a chunk stored with gzip skipped: h5py's own read
             return ds[...]
         raw = [data for _, data in chunks]
+        handle = None
 
-        def stored(first: int, last: int):
+        def stored(first: int, last: int, fd: None):
             return ((c, raw[c]) for c in range(first, last))
 
-    def inflate(first: int, last: int) -> np.ndarray:
-        for c, data in stored(first, last):
+    def inflate(first: int, last: int, fd: int | None) -> np.ndarray:
+        for c, data in stored(first, last, fd):
             i = c * step
             k = min(step, n - i)
             out[i : i + k] = np.frombuffer(_inflate(data, bufsize=k * size), dtype=out.dtype, count=k)
@@ -107,7 +107,9 @@ def start_1d(ds, pool: ThreadPoolExecutor | None) -> np.ndarray | list[Future]:
     # A few long tasks (one per worker), not one per chunk: fewer hand-overs of the GIL.
     n_tasks = min(len(starts), _workers())
     bounds = np.linspace(0, len(starts), n_tasks + 1).astype(int)
-    return [pool.submit(inflate, a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+    # Each task reads through its own duplicate of h5py's descriptor, made here and closed by the task.
+    return [pool.submit(inflate, a, b, None if handle is None else os.dup(handle))
+            for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def finish_1d(started: np.ndarray | list[Future]) -> np.ndarray:

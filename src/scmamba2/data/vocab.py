@@ -175,7 +175,10 @@ class GeneVocab:
                 names = list(names)
             names = pd.Index(np.asarray(names, dtype=object))
         last = getattr(self, "_last_lookup", None)
-        if last is not None and last[0] is names:  # an Index is immutable: validate then tokenize look it up once
+        # The same Index object as last time (validate, then tokenize): its ids again. An Index is immutable
+        # through its API; writing into its underlying array in place would leave these ids (and pandas' own
+        # caches of it) stale.
+        if last is not None and last[0] is names:
             return last[1].copy()
         ids = self._index.get_indexer(names.astype(object)).astype(np.int64, copy=False)
         self._last_lookup = (names, ids)

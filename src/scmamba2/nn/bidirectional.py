@@ -276,8 +276,9 @@ class BiMamba2Layer(nn.Module):
         if padding_mask is not None:  # finite zeros at padding: nan/inf there could not leak through 0 * nan
             h = h.masked_fill(padding_mask.unsqueeze(-1), 0.0)
         tile = self.block.tile_len
-        if not torch.is_grad_enabled() and tile is not None and length > tile:
-            # Long-sequence inference: one direction at a time, accumulating into the output in place.
+        if not torch.is_grad_enabled() and tile is not None and length > tile and not self.block._fused(h):
+            # Long-sequence inference: one direction at a time, accumulating into the output in place (the pure
+            # path; the fused one does not tile, so it keeps the doubled batch and its shared projections).
             out = self.block(h)  # forward direction, (b, l, d)
             out += reverse_valid(self.block(reverse_valid(h, lengths)), lengths)
             out = x + self.dropout(out)
@@ -322,7 +323,7 @@ def _conv_scan(block: Mamba2Block, xbc: Tensor, dt: Tensor) -> Tensor:
     ys, state = [], None
     for start in range(0, length, tile):
         y, state = checkpoint(block.conv_scan, xbc[:, start : start + tile], dt[:, start : start + tile], state,
-                              use_reentrant=False)
+                              use_reentrant=False, preserve_rng_state=False)  # conv + scan draw no random numbers
         ys.append(y)
     return torch.cat(ys, dim=1)
 
