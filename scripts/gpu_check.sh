@@ -6,7 +6,9 @@
 #   bash scripts/gpu_check.sh --dry-run --out /tmp/gpu_dry.md   # CPU, tiny sizes, same code path
 #
 # Python: $PYTHON if set, else .venv/bin/python, else python3 (it needs torch with CUDA; the fused kernels
-# come with `pip install -e '.[cuda]'`, and the check says whether they were found).
+# come with `pip install -e '.[cuda]'`, and the check says whether they were found). On a machine that cannot
+# install them, `bash scripts/gpu_deps.sh` (run where pip can download) writes mamba-ssm's Triton kernels to
+# .gpu_deps/; then `PYTHONPATH=$PWD/.gpu_deps bash scripts/gpu_check.sh` there, as on 2026-12-04.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-}"
