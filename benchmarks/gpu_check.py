@@ -102,9 +102,7 @@ def _rel(a, b) -> float:
 
 # ---------------------------------------------------------------------------------------------- sections
 def section_parity(ctx: Ctx) -> dict:
-    torch = ctx.torch
     from scmamba2.nn import _kernels
-    from scmamba2.nn.mamba2 import Mamba2Block
 
     fused_ok = ctx.cuda and _kernels.HAS_KERNELS
     try:
@@ -429,7 +427,8 @@ def main(argv=None) -> int:
     meta = dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), dry_run=args.dry_run,
                 device=torch.cuda.get_device_name(0) if ctx.cuda else f"CPU ({platform.processor() or platform.machine()})",
                 python=platform.python_version(), torch=torch.__version__, cuda=torch.version.cuda,
-                kernels=f"SSD scan {_kernels.HAS_KERNELS}, causal conv {_kernels.HAS_CONV_KERNEL}", git=git or "unknown")
+                kernels=f"SSD scan {_kernels.HAS_KERNELS}, causal conv {_kernels.HAS_CONV_KERNEL}",
+                git=git or "unknown")
     only = set(args.only.split(",")) if args.only else None
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -79,7 +79,7 @@ def main(argv=None) -> int:
     cfg = TokenizerConfig()
     rows = []
     n_rep = args.repeats
-    t_read, adata = _timed(rows, "read", lambda: read(args.data), n_rep)
+    _, adata = _timed(rows, "read", lambda: read(args.data), n_rep)
     if args.data.suffix == ".h5ad":  # the baseline: anndata's own reader (single-threaded gzip)
         import anndata
 
@@ -92,8 +92,8 @@ def main(argv=None) -> int:
                 if elem in f:
                     _timed(rows, f"read: `{elem}` alone (anndata, one thread)", lambda e=elem: read_elem(f[e]), n_rep)
     n = adata.n_obs
-    t_vocab, vocab = _timed(rows, "vocab (from the data's genes)", lambda: GeneVocab.from_adata(adata), n_rep)
-    t_val, _ = _timed(rows, "validate", lambda: validate(adata, vocab=vocab), n_rep)
+    _, vocab = _timed(rows, "vocab (from the data's genes)", lambda: GeneVocab.from_adata(adata), n_rep)
+    _timed(rows, "validate", lambda: validate(adata, vocab=vocab), n_rep)
     _timed(rows, "bin_values alone (all genes)", lambda: bin_values(adata.X, cfg.n_bins), n_rep)
     t_tok, cells = _timed(rows, "tokenize (binned, incl. binning)", lambda: tokenize(adata, vocab, cfg), n_rep)
     continuous = TokenizerConfig(value_mode="continuous")
@@ -110,7 +110,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         plain = Path(tmp) / "uncompressed.h5ad"
         adata.write_h5ad(plain)
-        t_read_plain, _ = _timed(rows, "read (same data, uncompressed h5ad)", lambda: read(plain), n_rep)
+        _timed(rows, "read (same data, uncompressed h5ad)", lambda: read(plain), n_rep)
         pipelines = {"gzip h5ad as shared": lambda: read(args.data), "uncompressed h5ad": lambda: read(plain)}
         if args.data.suffix == ".h5ad":
             pipelines["gzip h5ad, anndata.read_h5ad (baseline)"] = lambda: anndata.read_h5ad(args.data)
@@ -157,7 +157,8 @@ def main(argv=None) -> int:
         lines.append(f"| {name} | {med:.4f} | {n / med:,.0f} | {n / q3:,.0f} - {n / q1:,.0f} |")
     if "gzip h5ad, anndata.read_h5ad (baseline)" in e2e:
         base = e2e["gzip h5ad, anndata.read_h5ad (baseline)"][1]
-        lines += ["", f"Our pipeline is {base / end_to_end:.2f}x the same pipeline on anndata's reader (median rounds)."]
+        lines += ["", f"Our pipeline is {base / end_to_end:.2f}x the same pipeline on anndata's reader "
+                  "(median rounds)."]
     lines += [
         "",
         f"Machine: {cpu_model()}, {cores} cores available (the stages use both: the read inflates the "

@@ -6,8 +6,8 @@ reads the stored chunks as raw bytes and inflates them on a small thread pool, w
 output array. The inflation is ISA-L's (the ``isal`` package, a dependency: about 2x :mod:`zlib`'s on these
 chunks, see ``benchmarks/results/tokenize.md``), or :mod:`zlib`'s where ``isal`` does not import; both release
 the GIL. The inflation of ``X`` and of the layers runs while anndata reads everything else (obs, var, uns,
-...), element by element (:func:`anndata.experimental.read_dispatched`), so the AnnData is the same as ``anndata.read_h5ad``'s; other
-filters, dense matrices and small arrays go through h5py's own read.
+...), element by element (:func:`anndata.experimental.read_dispatched`), so the AnnData is the same as
+``anndata.read_h5ad``'s; other filters, dense matrices and small arrays go through h5py's own read.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def start_1d(ds, pool: ThreadPoolExecutor | None) -> np.ndarray | list[Future]:
     spans = _chunk_spans(ds)
     if spans is not None and any(mask for *_, mask in spans):  # a chunk stored with gzip skipped: h5py's read
         return ds[...]
-    if spans is not None and len(spans) == len(starts):
+    if spans is not None:  # as many spans as chunks: get_num_chunks() was checked above
         handle = ds.file.id.get_vfd_handle()  # the file h5py has open (not its path, which could change)
 
         def stored(first: int, last: int, fd: int):

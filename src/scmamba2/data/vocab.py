@@ -174,7 +174,7 @@ class GeneVocab:
             if not isinstance(names, (np.ndarray, list, tuple, pd.Series)):
                 names = list(names)
             names = pd.Index(np.asarray(names, dtype=object))
-        last = getattr(self, "_last_lookup", None)
+        last = self._last_lookup
         # The same Index object as last time (validate, then tokenize): its ids again. An Index is immutable
         # through its API; writing into its underlying array in place would leave these ids (and pandas' own
         # caches of it) stale.

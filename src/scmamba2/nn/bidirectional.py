@@ -320,8 +320,8 @@ def _conv_scan(block: Mamba2Block, xbc: Tensor, dt: Tensor, recompute: bool = Fa
     gradient flows back through them). Each tile's scan is then short enough for the hand-written backward,
     which stores less than autograd's: at 8k-16k tokens ~20-25 % less memory at about the untiled speed. With
     ``recompute`` (the layer's ``recompute_tokens`` budget is exceeded) each tile also runs under activation
-    checkpointing, so the backward pass holds one tile's intermediates at a time: less memory again (a 64k-token
-    cell in 9.4 GiB), at the price of recomputing conv + scan. The result equals the untiled scan."""
+    checkpointing, so the backward pass holds one tile's intermediates at a time: less memory again, at the price
+    of recomputing conv + scan (``benchmarks/results/backbone.md``). The result equals the untiled scan."""
     length, tile = xbc.shape[1], block.tile_len
     recording = torch.is_grad_enabled() and (xbc.requires_grad or dt.requires_grad)
     if not recording or tile is None or length <= tile or block._fused(xbc):

@@ -102,7 +102,8 @@ class Mamba2Block(nn.Module):
     tile_len : int or None
         Pure-PyTorch path: without autograd recording, sequences longer than this run in tiles of ``tile_len``
         tokens with the SSM and conv states carried across, so peak memory depends on ``tile_len``, not on the
-        sequence length; the bidirectional layer also tiles training this way (:mod:`scmamba2.nn.bidirectional`). None disables tiling. The output does not depend on it.
+        sequence length; the bidirectional layer also tiles training this way (:mod:`scmamba2.nn.bidirectional`).
+        None disables tiling. The output does not depend on it.
     manual_backward : bool
         The pure-PyTorch scan under autograd uses its hand-written backward pass
         (:func:`~scmamba2.nn.ssd.ssd_chunked`; default) on sequences of up to :data:`MANUAL_BACKWARD_MAX_LEN`
