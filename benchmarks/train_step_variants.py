@@ -121,8 +121,8 @@ def main(argv=None) -> int:
     def main_scan(*args, manual_backward=False, **kwargs):  # main's ssd_chunked has no manual_backward
         return main_ssd.ssd_chunked(*args, **kwargs)
 
-    def main_mix(self, h, lengths):  # main's layer: the whole block on cat(h, reverse(h))
-        batch = h.shape[0]
+    def main_mix(self, x, padding_mask, lengths):  # main's layer: the whole block on cat(h, reverse(h))
+        h, batch = self._normed(x, padding_mask), x.shape[0]
         both = self.block(torch.cat([h, bidi.reverse_valid(h, lengths)], dim=0))
         return both[:batch] + bidi.reverse_valid(both[batch:], lengths)
 

@@ -21,6 +21,7 @@ from .errors import CheckpointError
 from .nn.bidirectional import BiMamba2Encoder
 from .nn.embeddings import BinnedValueEncoder, ContinuousValueEncoder, DomainSpecificBatchNorm, GeneEncoder
 from .nn.heads import BatchDiscriminator, ClassifierHead, ExpressionHead, MVCHead, ProfileHead
+from .nn.lean import Dropout
 from .nn.pooling import AttentionPool
 
 log = logging.getLogger(__name__)
@@ -205,7 +206,7 @@ class ScMamba2(nn.Module):
         self.pert_encoder = nn.Embedding(config.n_pert_flags, d) if config.n_pert_flags else None
         self.condition_encoder = nn.Embedding(config.n_conditions, d) if config.n_conditions else None
         self.modality_encoder = nn.Embedding(config.n_modalities, d) if config.n_modalities else None
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
         self.encoder = BiMamba2Encoder(
             n_layers=config.n_layers,
             d_model=d,

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from .lean import Dropout, RMSNorm
 from .mamba2 import Mamba2Block
 
 __all__ = ["BiMamba2Encoder", "BiMamba2Layer", "maybe_compile", "reverse_valid", "valid_lengths"]
@@ -204,7 +205,7 @@ class BiMamba2Layer(nn.Module):
                 raise ValueError(f"{name} must be >= 1 or None, got {value}")
         self.recompute_tokens = recompute_tokens
         self.slice_tokens = slice_tokens
-        self.norm = nn.RMSNorm(d_model, eps=norm_eps)
+        self.norm = RMSNorm(d_model, eps=norm_eps)
         self.block = Mamba2Block(
             d_model,
             d_state=d_state,
@@ -217,39 +218,47 @@ class BiMamba2Layer(nn.Module):
             tile_len=tile_len,
             manual_backward=manual_backward,
         )
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
-    def _mix_both(self, h: Tensor, lengths: Tensor) -> Tensor:
-        """``fwd(h) + reverse(fwd(reverse(h)))`` of the block, ``(b, l, d_model)``, with one ``in_proj`` and
-        one ``out_proj``.
+    def _normed(self, x: Tensor, padding_mask: Tensor | None) -> Tensor:
+        """The pre-norm of ``x``, with finite zeros at padding (nan/inf there could not leak through 0 * nan)."""
+        h = self.norm(x)
+        return h if padding_mask is None else h.masked_fill(padding_mask.unsqueeze(-1), 0.0)
+
+    def _mix_both(self, x: Tensor, padding_mask: Tensor | None, lengths: Tensor) -> Tensor:
+        """``fwd(h) + reverse(fwd(reverse(h)))`` of the block for ``h = norm(x)``, ``(b, l, d_model)``, with one
+        ``in_proj`` and one ``out_proj``.
 
         Both projections act per position, so ``in_proj(reverse(h)) = reverse(in_proj(h))`` and the two
         directions' ``out_proj`` outputs sum to ``out_proj`` of the summed inputs: the projections, most of
         the block's arithmetic, run on ``b`` sequences rather than ``2b``. Only the conv, the scan and the
         gated norm run on the doubled batch. Under autograd, a batch of more than ``recompute_tokens`` tokens
-        runs ``in_proj`` to the gated norm in slices of about ``slice_tokens`` tokens (whole sequences), each
-        recomputed in the backward pass (:func:`torch.utils.checkpoint.checkpoint`); without autograd, a batch
-        of more than ``slice_tokens`` tokens runs in slices of about that many, projections included.
+        runs the pre-norm, ``in_proj`` and on to the gated norm in slices of about ``slice_tokens`` tokens (whole
+        sequences), each recomputed in the backward pass (:func:`torch.utils.checkpoint.checkpoint`) from the
+        slice of ``x``, which the residual sum keeps anyway; without autograd, a batch of more than
+        ``slice_tokens`` tokens runs in slices of about that many, projections included.
         """
         block = self.block
-        batch, length = h.shape[:2]
-        recording = torch.is_grad_enabled() and (h.requires_grad or any(p.requires_grad for p in block.parameters()))
+        batch, length = x.shape[:2]
+        recording = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters()))
         tokens = self.recompute_tokens if recording else self.slice_tokens  # more than this: slices
         size = min(t for t in (tokens, self.slice_tokens) if t is not None) if tokens is not None else None
         per_slice = batch if size is None else max(1, size // max(length, 1))  # whole sequences a slice
+        pieces = [(s, s + per_slice, None if padding_mask is None else padding_mask[s : s + per_slice])
+                  for s in range(0, batch, per_slice)]
         if not recording and per_slice < batch:
             # Without autograd the projections run per slice too: one slice's in_proj output at a time.
-            out = h.new_empty(batch, length, block.out_proj.out_features)
-            for s in range(0, batch, per_slice):
-                out[s : s + per_slice] = self._mix_both(h[s : s + per_slice], lengths[s : s + per_slice])
+            out = x.new_empty(batch, length, block.out_proj.out_features)
+            for a, b, mask in pieces:
+                out[a:b] = self._mix_both(x[a:b], mask, lengths[a:b])
             return out
         if not recording or tokens is None or batch * length <= tokens:  # within the budget: store everything
-            mixed = _project_both(block, h, lengths)
+            mixed = _project_both(self, x, padding_mask, lengths)
         else:
-            # Recomputed in the backward pass from the slice's input alone (in_proj included: its output,
-            # 4.6x the input's size, is then not stored for the whole batch).
-            parts = [checkpoint(_project_both, block, h[s : s + per_slice], lengths[s : s + per_slice], True,
-                                use_reentrant=False) for s in range(0, batch, per_slice)]
+            # Recomputed in the backward pass from the slice's input alone (the norm and in_proj included: their
+            # outputs, 1x and 4.6x the input's size, are then not stored for the whole batch).
+            parts = [checkpoint(_project_both, self, x[a:b], mask, lengths[a:b], True, use_reentrant=False)
+                     for a, b, mask in pieces]
             mixed = parts[0] if len(parts) == 1 else torch.cat(parts)
         out = block.out_proj(mixed)
         if block.out_proj.bias is not None:  # each direction's out_proj adds the bias once
@@ -273,26 +282,29 @@ class BiMamba2Layer(nn.Module):
         """
         batch, length, _ = x.shape
         lengths = valid_lengths(padding_mask, batch, length, x.device)
-        h = self.norm(x)
-        if padding_mask is not None:  # finite zeros at padding: nan/inf there could not leak through 0 * nan
-            h = h.masked_fill(padding_mask.unsqueeze(-1), 0.0)
         tile = self.block.tile_len
-        if not torch.is_grad_enabled() and tile is not None and length > tile and not self.block._fused(h):
+        if not torch.is_grad_enabled() and tile is not None and length > tile and not self.block._fused(x):
             # Long-sequence inference: one direction at a time, accumulating into the output in place (the pure
             # path; the fused one does not tile, so it keeps the doubled batch and its shared projections).
+            h = self._normed(x, padding_mask)
             out = self.block(h)  # forward direction, (b, l, d)
             out += reverse_valid(self.block(reverse_valid(h, lengths)), lengths)
             out = x + self.dropout(out)
         else:
-            out = x + self.dropout(self._mix_both(h, lengths))
+            out = x + self.dropout(self._mix_both(x, padding_mask, lengths))
         if padding_mask is not None:
             out = out.masked_fill(padding_mask.unsqueeze(-1), 0.0)
         return out
 
 
-def _project_both(block: Mamba2Block, h: Tensor, lengths: Tensor, recompute: bool = False) -> Tensor:
-    """``in_proj`` of ``h`` (``(b, l, d_model)``), then :func:`_both_directions`."""
-    z, xbcdt = torch.split(block.in_proj(h), [block.d_inner, block.conv_dim + block.nheads], dim=-1)
+def _project_both(
+    layer: BiMamba2Layer, x: Tensor, padding_mask: Tensor | None, lengths: Tensor, recompute: bool = False
+) -> Tensor:
+    """The layer's pre-norm and its block's ``in_proj`` of ``x`` (``(b, l, d_model)``), then
+    :func:`_both_directions`."""
+    block = layer.block
+    z, xbcdt = torch.split(block.in_proj(layer._normed(x, padding_mask)), [block.d_inner, block.conv_dim + block.nheads],
+                           dim=-1)
     return _both_directions(block, z, xbcdt, lengths, recompute)
 
 
@@ -408,7 +420,7 @@ class BiMamba2Encoder(nn.Module):
         if compile:
             for layer in self.layers:  # an instance attribute: parameter names and state dicts are unchanged
                 layer.block.conv_scan = maybe_compile(layer.block.conv_scan)
-        self.norm = nn.RMSNorm(d_model, eps=norm_eps)
+        self.norm = RMSNorm(d_model, eps=norm_eps)
         self.gradient_checkpointing = gradient_checkpointing
 
     def forward(self, x: Tensor, padding_mask: Tensor | None = None) -> Tensor:
