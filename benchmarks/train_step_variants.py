@@ -205,6 +205,7 @@ def main(argv=None) -> int:
         print(f"{v:7s} {med:6.2f} CPU s/step [{min(times[v]):.2f}-{max(times[v]):.2f}]"
               f"  x{(ref / med) if ref else float('nan'):.2f} vs main  {memory[v] / real_tokens / 1e3:6.1f} KB/token saved")
     out = Path(args.out_dir) / f"train_step_variants_{args.shape}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
     write_markdown(Path(args.out_dir))
     print(f"wrote {out} and train_step_variants.md")
