@@ -64,7 +64,7 @@ class ModelConfig:
 
     Training memory (neither changes the result): ``gradient_checkpointing`` (off by default) recomputes each
     encoder layer in the backward pass; ``recompute_tokens`` (default 8,192) recomputes only each layer's
-    ``in_proj``, conv, scan and gated norm, in slices of about 4,096 tokens, for batches of more tokens than
+    pre-norm, ``in_proj``, conv, scan and gated norm, in slices of about 4,096 tokens, for batches of more tokens than
     that (several times less activation memory per token, at 0.85-0.9x the step's speed:
     ``benchmarks/results/train_step.md``). Batches within it (e.g. 32 cells of 256 tokens) keep the fastest
     step. None turns it off.

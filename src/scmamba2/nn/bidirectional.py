@@ -164,8 +164,8 @@ class BiMamba2Layer(nn.Module):
         beyond the ``recompute_tokens`` budget each tile's conv + scan is also recomputed in the backward pass, so
         one long cell trains in memory linear in its length with a small constant.
     recompute_tokens : int or None
-        Training memory: a batch of more than this many tokens (padding included) runs ``in_proj``, the conv,
-        the scan and the gated norm (whose intermediates are most of a layer's activation memory) under
+        Training memory: a batch of more than this many tokens (padding included) runs the pre-norm, ``in_proj``,
+        the conv, the scan and the gated norm (whose intermediates are most of a layer's activation memory) under
         activation checkpointing in slices of about ``slice_tokens`` tokens (whole sequences; at most this
         many), so the layer stores little more than its input and ``out_proj``'s input, and the backward pass
         holds one slice's intermediates at a time, at ~0.85x the step's speed
