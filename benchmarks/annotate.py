@@ -5,15 +5,7 @@
 Writes ``<out>/annotate.md``, ``<out>/annotate.json`` and confusion-matrix PNGs (the logic is in :mod:`scmamba2.bench.annotate`).
 """
 
-# benchmarks/ holds a script named like the standard-library module ``tokenize``: keep this folder off sys.path
-# before anything imports the standard one.
-import os
-import sys
-
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
-
-from scmamba2.bench.script import main  # noqa: E402
+from scmamba2.bench.script import main
 
 if __name__ == "__main__":
     main("annotate", __doc__, "Small and fast: fewer cells and steps.")

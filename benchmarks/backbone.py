@@ -60,24 +60,18 @@ n_layers * layer FLOPs / median time.
 
 from __future__ import annotations
 
-# benchmarks/ also holds tokenize.py, which shadows the standard-library module of that name: drop this
-# folder from sys.path before anything imports it (only sys/os, already loaded, are used for this).
-import os
-import sys
-
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
-
 import argparse
 import datetime
 import gc
 import inspect
 import json
 import math
+import os
 import platform
 import resource
 import statistics
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path

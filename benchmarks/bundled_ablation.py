@@ -16,18 +16,13 @@ not rescored without ``--rescore``). The summary ``<out>/bundled_ablation.md`` p
 every candidate next to the shipped model's (``<out>/readout.json``).
 """
 
-# benchmarks/ holds a script named like the standard-library module ``tokenize``: keep this folder off sys.path
-# before anything imports the standard one (logging does).
+import argparse
+import json
+import logging
 import os
-import sys
+from pathlib import Path
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import logging  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 DEFAULT = "scmamba2: whole cell, profile metric (embed's default)"
 CANDIDATE_CMD = ".venv/bin/python benchmarks/bundled_ablation.py --build"

@@ -12,18 +12,16 @@ the backbone benchmark (1 x 2,048 and 1 x 8,192, d_model 512, headdim 64). Write
 ``benchmarks/results/chunk_size.md``.
 """
 
+import argparse
+import datetime
 import os
+import statistics
+import subprocess
 import sys
+import time
+from pathlib import Path
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]  # benchmarks/tokenize.py
-
-import argparse  # noqa: E402
-import datetime  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 SHAPES = [(32, 256, 128, 32), (8, 1024, 256, 32), (1, 2048, 512, 64), (1, 8192, 512, 64)]  # batch, L, d, headdim
 CHUNKS = (16, 32, 64, 128)

@@ -17,12 +17,10 @@ Writes ``<out>/finetune_panel.md`` and ``finetune_panel.json``.
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]  # benchmarks/tokenize.py
 
 
 def _sets(data_dir: Path):

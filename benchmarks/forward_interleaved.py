@@ -12,19 +12,17 @@ slower than a round cancels); reported: its median and quartiles over the rounds
 ``benchmarks/results/forward_interleaved.md``.
 """
 
+import argparse
+import datetime
+import importlib.util
 import os
+import statistics
+import subprocess
 import sys
+import time
+from pathlib import Path
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]  # benchmarks/tokenize.py
-
-import argparse  # noqa: E402
-import datetime  # noqa: E402
-import importlib.util  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 
 def _transformer(d_model: int):

@@ -11,18 +11,14 @@ the HVG view has, whole library kept, which separates "how many genes" from "whi
 One thread, seed 0. Writes ``<out>/gene_coverage.md``.
 """
 
-# benchmarks/ holds a script named like the standard-library module ``tokenize``: keep this folder off sys.path.
+import argparse
+import logging
 import os
-import sys
+from pathlib import Path
+
+import numpy as np
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
-
-import argparse  # noqa: E402
-import logging  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import numpy as np  # noqa: E402
 
 
 def _with_rest(a, library):

@@ -34,20 +34,15 @@ pretraining): it checks the code path, not the numbers, and is part of the defau
 
 from __future__ import annotations
 
-# benchmarks/ also holds tokenize.py, which shadows the standard-library module of that name.
-import os
-import sys
-
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
-
 import argparse
 import datetime
 import importlib.util
 import json
+import os
 import platform
 import statistics
 import subprocess
+import sys
 import time
 import traceback
 from pathlib import Path

@@ -13,16 +13,12 @@ A single seed moves these figures by ~0.01-0.03, so the table gives every seed a
 One thread. Writes ``<out>/pooling.md`` (+ ``.json``).
 """
 
-# benchmarks/ holds a script named like the standard-library module ``tokenize``: keep this folder off sys.path.
+import argparse
+import logging
 import os
-import sys
+from pathlib import Path
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
-
-import argparse  # noqa: E402
-import logging  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 
 def main() -> None:

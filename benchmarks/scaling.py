@@ -9,17 +9,13 @@ the measured step times of that benchmark into GFLOP/s), the efficiency and the 
 the model on the meta device. The one figure that is not ours is the H100's dense BF16 peak (a datasheet number).
 """
 
-# benchmarks/ also holds tokenize.py, which shadows the standard-library module: drop this folder from sys.path.
+import argparse
 import os
-import sys
+import importlib.util
+import json
+from pathlib import Path
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
-
-import argparse  # noqa: E402
-import importlib.util  # noqa: E402
-import json  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 REPO = Path(_HERE).parent
 RESULTS = REPO / "benchmarks" / "results"

@@ -9,16 +9,14 @@ weights and input, alternating in every round, so the machine's drift hits both 
 decides. Writes ``benchmarks/results/scan_backward.md``.
 """
 
+import argparse
 import os
+import statistics
 import sys
+import time
+from pathlib import Path
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]  # benchmarks/tokenize.py
-
-import argparse  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 PATHS = {"hand-written": 10**9, "autograd": 0}  # MANUAL_BACKWARD_MAX_LEN that forces each path
 

@@ -29,21 +29,19 @@ flattened gradients of the bf16 and the fp32 step on the same batch and weights 
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import datetime
+import json
 import os
+import platform
+import statistics
+import subprocess
 import sys
+import time
+from pathlib import Path
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]  # benchmarks/tokenize.py
-
-import argparse  # noqa: E402
-import contextlib  # noqa: E402
-import datetime  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 HERE = Path(_HERE)
 SHAPES = {"target": (256, 4, 1000), "bundled": (128, 2, 256)}

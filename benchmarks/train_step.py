@@ -65,20 +65,14 @@ conv_dim = e + 2n, d_in_proj = e + conv_dim + h. Embeddings, norms and element-w
 
 from __future__ import annotations
 
-# benchmarks/ also holds tokenize.py, which shadows the standard-library module of that name: drop this
-# folder from sys.path before anything imports it.
-import os
-import sys
-
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
-
 import argparse
 import datetime
 import json
+import os
 import platform
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path

@@ -2,7 +2,7 @@
 
 Run from anywhere::
 
-    .venv/bin/python benchmarks/tokenize.py [--data PATH] [--repeats 3]
+    .venv/bin/python benchmarks/tokenize_pipeline.py [--data PATH] [--repeats 3]
 
 Prints the per-stage timings and writes ``benchmarks/results/tokenize.md``. Each stage is timed
 ``--repeats`` times after one warm-up call and the median is reported (the warm-up, i.e. first-call,
@@ -12,22 +12,18 @@ shared, the same data uncompressed and the same pipeline on anndata's own reader
 the machine falls on all three alike; the median round and the quartiles are reported.
 """
 
-# This file is named like the standard-library module ``tokenize``: drop its own folder from sys.path
-# before anything imports the standard one (only ``sys``/``os``, already loaded, are used for this).
+import argparse
 import os
+import platform
+import statistics
 import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
-
-import argparse  # noqa: E402
-import platform  # noqa: E402
-import statistics  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import numpy as np  # noqa: E402
 
 REPO = Path(_HERE).parent
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "pbmc3k_raw_labeled.h5ad"
@@ -134,6 +130,8 @@ def main(argv=None) -> int:
     nnz = adata.X.nnz if hasattr(adata.X, "nnz") else int(np.count_nonzero(adata.X))
     lines = [
         "# Tokenisation benchmark",
+        "",
+        "Regenerate: `.venv/bin/python benchmarks/tokenize_pipeline.py`",
         "",
         f"Data: `{args.data.name}`, {n:,} cells x {adata.n_vars:,} genes, {nnz:,} non-zeros; "
         f"TokenizerConfig defaults (n_bins={cfg.n_bins}, max_len={cfg.max_len}); "
