@@ -5,7 +5,7 @@ import pytest
 import scipy.sparse as sp
 
 from scmamba2 import TokenizerConfig
-from scmamba2._keys import GENES, PROFILE
+from scmamba2._keys import GENES, PROFILE, VALUES
 from scmamba2.data.collate import Collator, TokenizedDataset
 from scmamba2.data.panel import panel_index, panel_targets, select_panel
 from scmamba2.data.tokenize import tokenize
@@ -153,3 +153,39 @@ def test_panel_view_fraction_reads_a_share_of_cells_through_their_panel_genes_on
     assert not all(np.array_equal(again[i][GENES], mixed[i][GENES]) for i in range(len(cells)))  # redrawn per epoch
     with pytest.raises(ValueError, match="panel_view_fraction needs"):
         TokenizedDataset(cells, panel=panel, panel_view_fraction=0.5)  # no resampling: a fixed view
+
+
+def test_depth_thinning_reads_a_share_of_cells_as_shallower_counts():
+    from scmamba2.data.collate import THIN_MIN
+
+    X, vocab, cells = setup()
+    panel = select_panel(cells, len(vocab), 8, min_cells=1)
+    full = TokenizedDataset(cells, panel=panel, resample=True, seed=3)
+    thin = TokenizedDataset(cells, panel=panel, resample=True, seed=3, depth_thinning=0.5)
+    ts = cells.config.target_sum
+    changed = []
+    for i in range(len(cells)):
+        item, ref = thin[i], full[i]
+        np.testing.assert_array_equal(item[PROFILE], ref[PROFILE])  # the target never changes
+        assert item[GENES][0] == vocab.cls_id and set(item[GENES][1:].tolist()) <= set(ref[GENES][1:].tolist())
+        changed.append(not (np.array_equal(item[GENES], ref[GENES]) and np.array_equal(item[VALUES], ref[VALUES])))
+        if not changed[-1]:
+            continue
+        # The values are log1p(k * ts / (keep * library)) of integer counts 1 <= k <= the cell's own count of that
+        # gene, for one keep fraction in [THIN_MIN, 1): recover it from the smallest value (k_min = 1, 2 or 3).
+        own = dict(zip(ref[GENES][1:], np.rint(np.expm1(ref[VALUES][1:].astype(np.float64)) * cells.library[i] / ts)))
+        orig = np.array([own[g] for g in item[GENES][1:]])
+        scaled = np.expm1(item[VALUES][1:].astype(np.float64))
+        found = False
+        for k_min in (1, 2, 3):
+            k = scaled / scaled.min() * k_min
+            keep = ts * k_min / (scaled.min() * cells.library[i])
+            if np.allclose(k, np.rint(k), atol=1e-3) and np.all(np.rint(k) <= orig) and THIN_MIN - 1e-6 <= keep < 1:
+                found = True
+                break
+        assert found, f"cell {i}: the thinned values are not those of integer counts <= the cell's own"
+    assert 0.3 < np.mean(changed) < 0.7  # about half of the cells, drawn per cell
+    again = TokenizedDataset(cells, panel=panel, resample=True, seed=3, depth_thinning=0.5)
+    assert all(np.array_equal(again[i][VALUES], thin[i][VALUES]) for i in range(len(cells)))  # seeded
+    with pytest.raises(ValueError, match="depth_thinning needs"):
+        TokenizedDataset(cells, panel=panel, depth_thinning=0.5)  # no resampling

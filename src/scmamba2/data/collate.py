@@ -131,6 +131,9 @@ class Collator:
         return batch
 
 
+THIN_MIN = 0.2  # depth_thinning keeps at least this fraction of a cell's counts (5x shallower at most)
+
+
 class TokenizedDataset(Dataset):
     """A map-style dataset of tokenised cells.
 
@@ -158,6 +161,11 @@ class TokenizedDataset(Dataset):
         With ``panel`` and ``resample=True``: the share of cells (drawn per cell and epoch) whose input tokens
         are only their panel genes, as a file that stores only highly variable genes gives them. The profile
         target is the same either way.
+    depth_thinning : float, default 0
+        With ``resample=True`` and raw counts (continuous values and ``cells.library``): the share of cells (drawn
+        per cell and epoch) whose input is read as if sequenced less deeply: the counts of its input tokens are
+        thinned binomially to a fraction drawn uniformly from [``THIN_MIN``, 1), genes left at zero are dropped,
+        and the values renormalised to the thinned library. The profile target is the same either way.
 
     Notes
     -----
@@ -177,6 +185,7 @@ class TokenizedDataset(Dataset):
         source: Any = None,
         measured: Any = None,
         panel_view_fraction: float = 0.0,
+        depth_thinning: float = 0.0,
     ) -> None:
         self.cells = cells
         self.batch = self._per_cell(batch, "batch")
@@ -201,6 +210,22 @@ class TokenizedDataset(Dataset):
             if panel is None or not self.resample:
                 raise ValueError("panel_view_fraction needs a panel and resample=True")
             self._panel_view = cells.keep_genes(panel.ids)
+        self.depth_thinning = float(depth_thinning)
+        if self.depth_thinning > 0 and (not self.resample or cells.library is None
+                                        or cells.config.value_mode != "continuous"):
+            raise ValueError("depth_thinning needs resample=True and raw counts (continuous values with library sizes)")
+
+    def _thinned(self, i: int, genes: np.ndarray, values: np.ndarray, rng: np.random.Generator):
+        """Cell ``i``'s input tokens (``<cls>`` first) as a binomially thinned copy of its counts would give them."""
+        library, target_sum = float(self.cells.library[i]), self.cells.config.target_sum
+        if library <= 0 or len(genes) < 2:
+            return genes, values
+        keep = rng.uniform(THIN_MIN, 1.0)
+        counts = np.rint(np.expm1(values[1:].astype(np.float64)) * (library / target_sum)).astype(np.int64)
+        kept = rng.binomial(counts, keep)
+        on = np.flatnonzero(kept > 0) + 1
+        thinned = np.log1p(kept[on - 1] * (target_sum / (keep * library))).astype(np.float32)
+        return np.concatenate([genes[:1], genes[on]]), np.concatenate([values[:1], thinned])
 
     def _per_cell(self, arr: Any, name: str) -> np.ndarray | None:
         if arr is None:
@@ -225,6 +250,8 @@ class TokenizedDataset(Dataset):
         if self._panel_view is not None and rng.random() < self.panel_view_fraction:
             view = self._panel_view
         genes, values = view.cell(i, rng=rng)
+        if self.depth_thinning > 0 and rng.random() < self.depth_thinning:
+            genes, values = self._thinned(i, genes, values, rng)
         item: dict[str, Any] = {GENES: genes, VALUES: values, CELL_INDEX: int(self.cells.cell_index[i])}
         if self.batch is not None:
             item[BATCH] = int(self.batch[i])

@@ -30,6 +30,7 @@ class TrainConfig:
     profile_panel_rule: str = "variance"  # how panel genes are ranked: "variance" or "dispersion" (seurat-like)
     finetune_panel: str = "keep"  # fine-tuning: "keep" the model's panel, or choose a new one from the "data"
     panel_view_fraction: float = 0.0  # share of training cells the encoder reads through their panel genes only
+    depth_thinning: float = 0.0  # share of training cells whose input counts are thinned (a shallower read)
     contrastive_weight: float = 0.0  # InfoNCE between a cell and a view of half its tokens (training only)
     contrastive_temperature: float = 0.1
     cls_weight: float = 1.0
@@ -72,6 +73,8 @@ class TrainConfig:
             raise ValueError(f"finetune_panel={self.finetune_panel!r} must be 'keep' or 'data'")
         if not 0.0 <= self.panel_view_fraction <= 1.0:
             raise ValueError(f"panel_view_fraction={self.panel_view_fraction} must be in [0, 1]")
+        if not 0.0 <= self.depth_thinning <= 1.0:
+            raise ValueError(f"depth_thinning={self.depth_thinning} must be in [0, 1]")
         if self.num_nodes < 1:
             raise ValueError(f"num_nodes={self.num_nodes} must be >= 1")
         if self.accumulate_grad_batches < 1:

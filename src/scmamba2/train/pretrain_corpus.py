@@ -49,9 +49,10 @@ def pretrain_corpus(corpus: Corpus, *, out_dir=None, model_config: ModelConfig |
     tcfg = train_config or TrainConfig()
     tok = tokenizer_config or TokenizerConfig(value_mode="continuous")  # as pretrain's in-memory default
     check_order(tok, tcfg)
-    if tcfg.panel_view_fraction > 0:
-        raise InputError("panel_view_fraction is not supported when streaming a corpus: set it to 0, or pretrain "
-                         "on in-memory AnnData")
+    for name in ("panel_view_fraction", "depth_thinning"):
+        if getattr(tcfg, name) > 0:
+            raise InputError(f"{name} is not supported when streaming a corpus: set it to 0, or pretrain on "
+                             "in-memory AnnData")
     dcfg = data_config or CorpusConfig()
     out = Path(out_dir) if out_dir is not None else None
     if vocab is None:
