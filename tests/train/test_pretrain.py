@@ -97,6 +97,17 @@ def test_panel_view_fraction_without_a_panel_is_refused():
                  train_config=TrainConfig(max_steps=1, progress_bar=False, panel_view_fraction=0.3))
 
 
+def test_depth_thinning_needs_raw_counts_with_continuous_values():
+    from scmamba2 import InputError
+
+    with pytest.raises(InputError, match="depth_thinning reads cells as if sequenced less deeply"):
+        pretrain(programme_counts(n_cells=40), model_config=TINY_MODEL,
+                 tokenizer_config=TokenizerConfig(max_len=32, value_mode="binned"),
+                 train_config=TrainConfig(max_steps=1, progress_bar=False, depth_thinning=0.3))
+    with pytest.raises(ValueError, match="depth_thinning"):
+        TrainConfig(depth_thinning=1.5)
+
+
 def test_same_seed_same_weights():
     adata = programme_counts(n_cells=48)
     tok = TokenizerConfig(n_bins=11, max_len=32)
