@@ -303,8 +303,8 @@ def _project_both(
     """The layer's pre-norm and its block's ``in_proj`` of ``x`` (``(b, l, d_model)``), then
     :func:`_both_directions`."""
     block = layer.block
-    z, xbcdt = torch.split(block.in_proj(layer._normed(x, padding_mask)), [block.d_inner, block.conv_dim + block.nheads],
-                           dim=-1)
+    projected = block.in_proj(layer._normed(x, padding_mask))
+    z, xbcdt = torch.split(projected, [block.d_inner, block.conv_dim + block.nheads], dim=-1)
     return _both_directions(block, z, xbcdt, lengths, recompute)
 
 
