@@ -32,15 +32,19 @@ SETS = ("Kang training donors (3,000 cells)", "ifnb1k", "pbmc3k (QC cells)", "Ka
 SHORT = {"mask_ratio": "mask"}  # run and result names: bundled_run_mask0.2, readout_mask0.2.md
 
 
-def _candidates(spec: str, bundled) -> list[tuple[str, float | int]]:
-    """``"mask_ratio=0.2,d_model=192"`` -> ``[("mask_ratio", 0.2), ("d_model", 192)]``, typed like the shipped value."""
+def _candidates(spec: str, bundled) -> list[dict]:
+    """``"mask_ratio=0.2,d_model=192+seed=1"`` -> ``[{"mask_ratio": 0.2}, {"d_model": 192, "seed": 1}]``: one
+    candidate per comma, ``+`` joining the settings one candidate changes, each typed like the shipped value."""
+    shipped = {**bundled.MODEL, **bundled.TOKENIZER, **bundled.TRAIN, "seed": 0}  # seed: of the build only
     out = []
     for item in filter(None, spec.split(",")):
-        key, _, value = item.partition("=")
-        shipped = {**bundled.MODEL, **bundled.TOKENIZER, **bundled.TRAIN, "seed": 0}  # seed: of the build only
-        if key not in shipped:
-            raise SystemExit(f"unknown candidate key {key!r}: use one of {sorted(shipped)}")
-        out.append((key, type(shipped[key])(value)))
+        changes = {}
+        for part in item.split("+"):
+            key, _, value = part.partition("=")
+            if key not in shipped:
+                raise SystemExit(f"unknown candidate key {key!r}: use one of {sorted(shipped)}")
+            changes[key] = type(shipped[key])(value)
+        out.append(changes)
     return out
 
 
@@ -114,8 +118,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     ap.add_argument("--candidates", default="mask_ratio=0.2,mask_ratio=0.6,mask_ratio=0.75,d_model=192,"
                                             "profile_genes=3000,max_steps=900",
-                    help="comma-separated KEY=VALUE, each one candidate changing one key of bundled.TRAIN, MODEL "
-                         "or TOKENIZER")
+                    help="comma-separated candidates, each KEY=VALUE (one key of bundled.TRAIN, MODEL or TOKENIZER, "
+                         "or seed: the build's) or several joined by '+', e.g. depth_thinning=0.5+seed=1")
     ap.add_argument("--build", action="store_true", help="pretrain the candidates that have no finished run yet")
     ap.add_argument("--default-only", action="store_true",
                     help="score only embed's default readout (a third of the time), not the readout's other variants")
@@ -143,17 +147,18 @@ def main() -> None:
     pca.update(_extra(None, args))
     candidates = _candidates(args.candidates, bundled)
     recipe = {**bundled.MODEL, **bundled.TOKENIZER, **bundled.TRAIN, "seed": 0}
-    summary = [("shipped: " + ", ".join(f"{k} {recipe[k]}" for k in dict.fromkeys(k for k, _ in candidates)),
+    summary = [("shipped: " + ", ".join(f"{k} {recipe[k]}" for k in dict.fromkeys(k for c in candidates for k in c)),
                 "see MODEL_CARD.md", ours)]
-    for key, value in candidates:
-        tag = f"{SHORT.get(key, key)}{value}"
+    for changes in candidates:
+        tag = "_".join(f"{SHORT.get(key, key)}{value}" for key, value in changes.items())
         run = args.run_root / f"bundled_run_{tag}"
         if args.build and not (run / "build_info.json").is_file():
-            bundled.build(args.data_dir, run, seed=args.seed, changes={key: value})
+            bundled.build(args.data_dir, run, seed=args.seed, changes=changes)
         info = json.loads((run / "build_info.json").read_text())
         loss = (f"{info['val_end']['val/profile']:.3f} (before training {info['val_start']['val/profile']:.3f}, "
                 f"gene means {info['val_end']['val/profile_gene_mean']:.3f})")
-        label = f"{key} {value}"
+        label = ", ".join(f"{key} {value}" for key, value in changes.items())
+        instead = ", ".join(f"{key} {value} instead of {recipe[key]}" for key, value in changes.items())
         scored = args.out / f"readout_{tag}.json"
         if scored.is_file() and not args.rescore:  # scored before: only the summary is rewritten
             rows = next(iter(json.loads(scored.read_text())["tables"].values()))
@@ -163,8 +168,8 @@ def main() -> None:
             continue
         cand = bundled.export(run, args.run_root / f"candidate_{tag}")
         res = readout.run(args.data_dir, args.out, seed=args.seed, model_dir=cand)
-        res.notes.insert(0, f"A candidate of the bundled recipe, **not shipped**: {key} {value} instead of "
-                            f"{recipe[key]}, everything else as shipped ({info['steps']} steps, seed {info['seed']}, "
+        res.notes.insert(0, f"A candidate of the bundled recipe, **not shipped**: {instead}, everything else as "
+                            f"shipped ({info['steps']} steps, seed {info['seed']}, "
                             f"{info['sittings'][-1]['wall_minutes']} min on {info['sittings'][-1]['threads']} "
                             f"thread(s)). Held-out profile loss {loss}. "
                             "Made by `benchmarks/bundled_ablation.py --build`; the shipped model's figures are in "
