@@ -7,7 +7,8 @@
 The shipped recipe (``scmamba2.bench.bundled``) hides 40 % of each cell's token values (``mask_ratio=0.4``; the
 profile decoder reconstructs the whole panel from the embedding either way) in a model of width 128 that
 decodes a 2,000-gene panel, 1,800 steps. Each candidate changes one setting of ``bundled.TRAIN``,
-``bundled.MODEL`` or ``bundled.TOKENIZER`` (``bundled.build(changes=...)``): same pool, seed 0, one thread unless ``--threads``. ``--build`` pretrains a candidate into ``<run-root>/bundled_run_<tag>``
+``bundled.MODEL`` or ``bundled.TOKENIZER``, or several joined by ``+`` (e.g. ``depth_thinning=0.5+seed=1``: a
+second seed of a candidate) (``bundled.build(changes=...)``): same pool, seed 0, one thread unless ``--threads``. ``--build`` pretrains a candidate into ``<run-root>/bundled_run_<tag>``
 (tag e.g. ``mask0.2``, ``d_model192``; skipped when that run holds a finished model; ~50 min at width 128 on this CPU); then every
 candidate is exported (fp16, as shipped) and scored by the readout benchmark (:mod:`scmamba2.bench.readout`:
 selection sets Kang training donors and ifnb1k, which the model was pretrained on without labels, decide; pbmc3k

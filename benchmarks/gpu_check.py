@@ -52,7 +52,7 @@ REPO = HERE.parent
 
 
 def _load(name: str):
-    """Import a sibling benchmark module by path (benchmarks/ is not on sys.path, see above)."""
+    """Import a sibling benchmark module by path (works however this script was started)."""
     spec = importlib.util.spec_from_file_location(f"_bench_{name}", HERE / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

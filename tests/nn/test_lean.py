@@ -73,3 +73,26 @@ def test_dropout_draws_the_same_mask_and_keeps_it_as_bool(p):
     kept = _saved(Dropout(p).train(), x)
     assert [dtype for dtype, _ in kept.values()] == [torch.bool]
     assert Dropout(p).eval()(x) is x and Dropout(0.0).train()(x) is x
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("eps", [1e-5, None])
+@pytest.mark.parametrize("affine", [True, False])
+def test_rmsnorm_matches_torch_in_low_precision_and_without_weight(dtype, eps, affine):
+    # Rows whose norm overflows float16 if squared in float16 (|x| ~ 20, 256 channels); eps=None takes float32's
+    # epsilon for half inputs, as torch's does.
+    torch.manual_seed(0)
+    ref = torch.nn.RMSNorm(256, eps=eps, elementwise_affine=affine).to(dtype)
+    lean = RMSNorm(256, eps=eps, elementwise_affine=affine).to(dtype)
+    x = (20 * torch.randn(4, 7, 256)).to(dtype)
+    upstream = torch.randn(4, 7, 256).to(dtype)
+    results = []
+    for module in (ref, lean):
+        inp = x.clone().requires_grad_(True)
+        out = module(inp)
+        out.backward(upstream)
+        results.append((out.detach(), inp.grad))
+    tol = {torch.float16: 2e-3, torch.bfloat16: 2e-2, torch.float32: 1e-5}[dtype]
+    for got, want in zip(results[1], results[0]):
+        assert got.dtype == want.dtype and torch.isfinite(got).all()
+        assert torch.allclose(got.float(), want.float(), atol=tol, rtol=tol)

@@ -104,6 +104,10 @@ def test_depth_thinning_needs_raw_counts_with_continuous_values():
         pretrain(programme_counts(n_cells=40), model_config=TINY_MODEL,
                  tokenizer_config=TokenizerConfig(max_len=32, value_mode="binned"),
                  train_config=TrainConfig(max_steps=1, progress_bar=False, depth_thinning=0.3))
+    with pytest.raises(InputError, match="depth_thinning reads cells as if sequenced less deeply"):
+        pretrain(programme_counts(n_cells=40), model_config=TINY_MODEL,
+                 tokenizer_config=TokenizerConfig(max_len=32, value_mode="continuous", include_zeros="all"),
+                 train_config=TrainConfig(max_steps=1, progress_bar=False, depth_thinning=0.3))
     with pytest.raises(ValueError, match="depth_thinning"):
         TrainConfig(depth_thinning=1.5)
 

@@ -164,8 +164,9 @@ class TokenizedDataset(Dataset):
     depth_thinning : float, default 0
         With ``resample=True`` and raw counts (continuous values and ``cells.library``): the share of cells (drawn
         per cell and epoch) whose input is read as if sequenced less deeply: the counts of its input tokens are
-        thinned binomially to a fraction drawn uniformly from [``THIN_MIN``, 1), genes left at zero are dropped,
-        and the values renormalised to the thinned library. The profile target is the same either way.
+        thinned binomially to a fraction ``keep`` drawn uniformly from [``THIN_MIN``, 1), genes left at zero are
+        dropped, and the values renormalised to the expected thinned library (``keep`` x the cell's). The profile
+        target is the same either way. Expressed genes only (``include_zeros="none"``).
 
     Notes
     -----
@@ -212,8 +213,10 @@ class TokenizedDataset(Dataset):
             self._panel_view = cells.keep_genes(panel.ids)
         self.depth_thinning = float(depth_thinning)
         if self.depth_thinning > 0 and (not self.resample or cells.library is None
-                                        or cells.config.value_mode != "continuous"):
-            raise ValueError("depth_thinning needs resample=True and raw counts (continuous values with library sizes)")
+                                        or cells.config.value_mode != "continuous"
+                                        or cells.config.include_zeros != "none"):
+            raise ValueError("depth_thinning needs resample=True and raw counts (continuous values with library "
+                             "sizes, expressed genes only: include_zeros='none')")
 
     def _thinned(self, i: int, genes: np.ndarray, values: np.ndarray, rng: np.random.Generator):
         """Cell ``i``'s input tokens (``<cls>`` first) as a binomially thinned copy of its counts would give them."""

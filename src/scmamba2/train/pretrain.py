@@ -355,10 +355,11 @@ def pretrain(
     if tcfg.panel_view_fraction > 0 and panel is None:
         raise InputError("panel_view_fraction reads cells through the genes of the profile panel, but this model has "
                          "no profile decoder: set profile_genes > 0 or panel_view_fraction=0.")
-    if tcfg.depth_thinning > 0 and (cells.library is None or tok.value_mode != "continuous"):
+    if tcfg.depth_thinning > 0 and (cells.library is None or tok.value_mode != "continuous"
+                                    or tok.include_zeros != "none"):
         raise InputError("depth_thinning reads cells as if sequenced less deeply, which needs raw counts with "
-                         "continuous values: pass raw counts (layer= or use_raw= if X is normalised) and "
-                         "value_mode='continuous', or set depth_thinning=0.")
+                         "continuous values of the expressed genes: pass raw counts (layer= or use_raw= if X is "
+                         "normalised), value_mode='continuous' and include_zeros='none', or set depth_thinning=0.")
     train_ds = TokenizedDataset(cells.subset(train_idx), resample=True, seed=tcfg.seed,
                                 panel_view_fraction=tcfg.panel_view_fraction, depth_thinning=tcfg.depth_thinning,
                                 **with_source(train_idx))
