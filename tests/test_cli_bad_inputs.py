@@ -187,6 +187,8 @@ CASES = [
                            "counts.h5ad", "--out", "o.h5ad", "--epochs", "0"], "--epochs"),
     ("annotate-threshold-1.5", ["annotate", "--reference", "counts.h5ad", "--label-key", "label", "--query",
                                 "counts.h5ad", "--out", "o.h5ad", "--unknown-threshold", "1.5"], "[0, 1]"),
+    ("annotate-gene-weight-2", ["annotate", "--reference", "counts.h5ad", "--label-key", "label", "--query",
+                               "counts.h5ad", "--out", "o.h5ad", "--gene-weight", "2"], "--gene-weight"),
     ("annotate-no-shared-genes", ["annotate", "--reference", "counts.h5ad", "--label-key", "label", "--query",
                                   "other_genes.h5ad", "--out", "o.h5ad", "--save-model", "ann", "--from-scratch"],
      "query"),

@@ -236,6 +236,10 @@ def test_probe_on_a_pretrained_encoder_separates_types_and_round_trips(tmp_path)
     np.testing.assert_array_equal(again.obs["scmamba2_label"], q.obs["scmamba2_label"])
     loaded = Annotator.load(tmp_path / "ann")
     np.testing.assert_array_equal(loaded.probe.weight, ann.probe.weight)
+    # The default averages with the gene-level classifier; it is saved with the probe.
+    assert ann.gene_weight == 0.5 and ann.gene_probe is not None and "gene_probe_C" in ann.info
+    assert loaded.gene_probe.genes == ann.gene_probe.genes and loaded.gene_weight == 0.5
+    np.testing.assert_array_equal(loaded.gene_probe.weight, ann.gene_probe.weight)
     assert loaded.model.classifier is None and loaded.temperature == ann.temperature
 
 
@@ -316,3 +320,65 @@ def test_cli_probe_from_a_model_folder_saves_and_reloads(tmp_path):
     a, b = ad.read_h5ad(tmp_path / "a.h5ad"), ad.read_h5ad(tmp_path / "b.h5ad")
     np.testing.assert_allclose(b.obsm["scmamba2_probs"], a.obsm["scmamba2_probs"], atol=1e-6)
     assert Annotator.load(tmp_path / "ann").info["method"] == "probe"
+
+
+# ------------------------------------------------------------------ the gene-level classifier beside the probe
+
+
+def test_gene_probe_is_one_vs_rest_l1_logistic_regression():
+    """Its probabilities are scikit-learn's one-vs-rest L1 logistic regression's on the chosen genes, with the C
+    cross-validation chose; two classes work too."""
+    import warnings
+
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.multiclass import OneVsRestClassifier
+
+    from scmamba2.tasks._annotate_genes import fit_gene_probe, log_normalised
+
+    a = cells(150, [0, 1, 2])
+    X, names = log_normalised(a)
+    y = np.searchsorted(["T0", "T1", "T2"], a.obs["cell_type"].to_numpy())
+    probe, info = fit_gene_probe(X, names, y, 3, n_top_genes=40, folds=3, seed=0)
+    assert len(probe.genes) == 40 and info["gene_probe_genes_used"] <= 40 and info["gene_probe_cv_macro_f1"] > 0.9
+    Xs = probe.select(X, names)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = OneVsRestClassifier(LogisticRegression(penalty="l1", solver="liblinear", max_iter=1000, C=probe.C,
+                                                     random_state=0)).fit(Xs, y)
+    np.testing.assert_allclose(probe.proba(Xs), ref.predict_proba(Xs), rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(probe.matrix(a), Xs, rtol=1e-6)  # reading an AnnData gives the same matrix
+    two, _ = fit_gene_probe(X[y < 2], names, y[y < 2], 2, n_top_genes=40, folds=3, seed=0)
+    p2 = two.proba(two.select(X[y < 2], names))
+    assert (p2.argmax(1) == y[y < 2]).mean() > 0.95 and np.allclose(p2.sum(1), 1.0)
+
+
+def test_log_normalised_reads_counts_and_log_values_alike_and_missing_genes_as_zero():
+    from scmamba2.data.preprocess import normalize_log1p
+    from scmamba2.tasks._annotate_genes import log_normalised
+
+    a = cells(20, [0, 1])
+    b = a.copy()
+    b.X = normalize_log1p(b.X).toarray()
+    X, _ = log_normalised(a, ["g3", "absent", "g0"])
+    Y, _ = log_normalised(b, ["g3", "absent", "g0"])
+    np.testing.assert_allclose(X, Y, rtol=1e-6)
+    assert (X[:, 1] == 0).all() and (X[:, 0] > 0).any()
+
+
+def test_mix_averages_the_two_classifiers_probabilities():
+    from scmamba2.tasks._annotate_genes import mix
+    from scmamba2.tasks.annotate_predict import softmax
+
+    rng = np.random.default_rng(0)
+    logits, p = rng.normal(size=(5, 4)), rng.dirichlet(np.ones(4), 5)
+    for w in (0.0, 0.3, 1.0):
+        np.testing.assert_allclose(softmax(mix(logits, p, w)), (1 - w) * softmax(logits) + w * p, rtol=1e-5)
+
+
+def test_probe_alone_when_gene_weight_is_zero(tmp_path):
+    model_dir = _tiny_pretrained(tmp_path / "base")
+    ann = fit_annotator(cells(120, [0, 1]), "cell_type", model=model_dir,
+                        config=AnnotationConfig(gene_weight=0.0, probe_folds=2))
+    assert ann.gene_probe is None and ann.gene_weight == 0.0 and "gene_probe_C" not in ann.info
+    with pytest.raises(ValueError, match="gene_weight"):
+        AnnotationConfig(gene_weight=1.5)

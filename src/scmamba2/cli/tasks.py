@@ -29,6 +29,7 @@ def annotate(
     threshold: Optional[float] = typer.Option(None, "--unknown-threshold", help="Label cells with a lower confidence 'unknown'."),
     gep_weight: float = typer.Option(0.0, "--gep-weight", help="Weight of the masked-expression regulariser (0: off)."),
     pretrain_steps: int = typer.Option(0, "--pretrain-steps", help="Self-supervised steps on reference + query expression first (no labels)."),
+    gene_weight: float = typer.Option(0.5, "--gene-weight", help="Probe: weight of an L1 logistic regression on the reference's log-normalised HVGs, averaged with the probe's probabilities (0: the probe alone)."),
     n_top_genes: int = typer.Option(2000, "--n-top-genes", help="Genes of a new model (--from-scratch; highly variable in the reference)."),
     overwrite: bool = OverwriteOpt,
     layer: Optional[str] = LayerOpt,
@@ -59,6 +60,8 @@ def annotate(
             raise InputError(f"--unknown-threshold {threshold:g} is a confidence and must lie in [0, 1] (e.g. 0.5).")
         _at_least(1, n_top_genes=n_top_genes)
         _at_least(0, pretrain_steps=pretrain_steps)
+        if not 0.0 <= gene_weight <= 1.0:
+            raise InputError(f"--gene-weight {gene_weight:g} must lie in [0, 1] (0.5: an even average; 0: the probe alone).")
         if method not in ("auto", "probe", "finetune"):
             raise InputError(f"--method {method!r} must be 'auto', 'probe' or 'finetune'.")
         if annotator is not None and (from_scratch or model is not None):
@@ -67,7 +70,8 @@ def annotate(
         q = read(query)
         with _staged(save_model) as stage:
             if annotator is None:
-                cfg = AnnotationConfig(method=method, gep_weight=gep_weight, pretrain_steps=pretrain_steps)
+                cfg = AnnotationConfig(method=method, gep_weight=gep_weight, pretrain_steps=pretrain_steps,
+                                       gene_weight=gene_weight)
                 ann = fit_annotator(read(reference), label_key, model=model, from_scratch=from_scratch,
                                     unlabeled=q if pretrain_steps else None,
                                     query=q, config=cfg, train_config=default_train_config(seed=seed), epochs=epochs,

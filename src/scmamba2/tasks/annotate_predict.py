@@ -17,6 +17,7 @@ import torch
 from ..data.files import read_json, write_json
 from ..errors import CheckpointError, InputError
 from ..model import ScMamba2
+from ._annotate_genes import GeneProbe, mix
 from ._annotate_probe import LinearProbe
 from ._annotate_typicality import Typicality
 
@@ -54,6 +55,9 @@ class Annotator:
     probe
         A :class:`~scmamba2.tasks._annotate_probe.LinearProbe` on the pooled encoder output, used instead of the
         model's classifier head (``None``: the head).
+    gene_probe, gene_weight
+        A :class:`~scmamba2.tasks._annotate_genes.GeneProbe` whose class probabilities are averaged with the
+        probe's, with this weight (``None`` / 0: the probe alone).
     """
 
     model: ScMamba2
@@ -64,8 +68,13 @@ class Annotator:
     typicality: Typicality | None = None
     info: dict[str, Any] = field(default_factory=dict)
     probe: LinearProbe | None = None
+    gene_probe: GeneProbe | None = None
+    gene_weight: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.gene_probe is not None and (self.probe is None or self.gene_probe.n_classes != len(self.classes)):
+            raise CheckpointError(f"the gene probe has {self.gene_probe.n_classes} outputs for {len(self.classes)} "
+                                  "class names (and needs the linear probe): the annotator files do not match")
         if self.probe is not None:
             if self.probe.n_classes != len(self.classes) or self.probe.weight.shape[1] != self.model.config.d_model:
                 raise CheckpointError(f"the linear probe has {self.probe.n_classes} outputs over "
@@ -85,7 +94,9 @@ class Annotator:
         meta = {"classes": self.classes, "label_key": self.label_key, "temperature": self.temperature,
                 "genes": self.genes, "info": self.info,
                 "typicality": None if self.typicality is None else self.typicality.to_dict(),
-                "probe": None if self.probe is None else self.probe.to_dict()}
+                "probe": None if self.probe is None else self.probe.to_dict(),
+                "gene_probe": None if self.gene_probe is None else self.gene_probe.to_dict(),
+                "gene_weight": self.gene_weight}
         write_json(out / META_FILE, meta, indent=2, default=str)
         return out
 
@@ -97,11 +108,13 @@ class Annotator:
             raise CheckpointError(f"{src} has no {META_FILE}: it is not an annotation model (write one with "
                                   "scmamba2.annotate(..., out_dir=DIR) or `scmamba2 annotate --save-model DIR`)")
         meta = read_json(src / META_FILE, fix="Save the annotator again (`scmamba2 annotate --save-model DIR`).")
-        typ, probe = meta.get("typicality"), meta.get("probe")
+        typ, probe, genes = meta.get("typicality"), meta.get("probe"), meta.get("gene_probe")
         return cls(model=ScMamba2.from_pretrained(src), classes=list(meta["classes"]), genes=list(meta["genes"]),
                    label_key=str(meta["label_key"]), temperature=float(meta["temperature"]),
                    typicality=None if typ is None else Typicality.from_dict(typ), info=dict(meta.get("info") or {}),
-                   probe=None if probe is None else LinearProbe.from_dict(probe))
+                   probe=None if probe is None else LinearProbe.from_dict(probe),
+                   gene_probe=None if genes is None else GeneProbe.from_dict(genes),
+                   gene_weight=float(meta.get("gene_weight", 0.0)))
 
 
 def match_genes(adata, genes: Sequence[str], *, layer: str | None = None, use_raw: bool = False,
@@ -293,6 +306,9 @@ def predict(
     model.to(dev)
     logits, emb = class_logits(model, model.input_cells(prepared.cells), probe=ann.probe, batch_size=batch_size,
                                max_tokens=max_tokens, device=dev, progress=progress)
+    if ann.gene_probe is not None and ann.gene_weight > 0:
+        X = ann.gene_probe.matrix(query, layer=layer, use_raw=use_raw, gene_column=gene_column)
+        logits = mix(logits, ann.gene_probe.proba(X), ann.gene_weight)
     probs = softmax(logits, ann.temperature)
     best = probs.argmax(1)
     typical = np.ones(len(best)) if ann.typicality is None else ann.typicality(emb, best)
