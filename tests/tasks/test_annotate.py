@@ -346,7 +346,7 @@ def test_gene_probe_is_one_vs_rest_l1_logistic_regression():
         ref = OneVsRestClassifier(LogisticRegression(penalty="l1", solver="liblinear", max_iter=1000, C=probe.C,
                                                      random_state=0)).fit(Xs, y)
     np.testing.assert_allclose(probe.proba(Xs), ref.predict_proba(Xs), rtol=1e-6, atol=1e-9)
-    np.testing.assert_allclose(probe.matrix(a), Xs, rtol=1e-6)  # reading an AnnData gives the same matrix
+    np.testing.assert_allclose(probe.matrix(a).toarray(), Xs.toarray(), rtol=1e-6)  # same matrix from the AnnData
     two, _ = fit_gene_probe(X[y < 2], names, y[y < 2], 2, n_top_genes=40, folds=3, seed=0)
     p2 = two.proba(two.select(X[y < 2], names))
     assert (p2.argmax(1) == y[y < 2]).mean() > 0.95 and np.allclose(p2.sum(1), 1.0)
@@ -359,10 +359,13 @@ def test_log_normalised_reads_counts_and_log_values_alike_and_missing_genes_as_z
     a = cells(20, [0, 1])
     b = a.copy()
     b.X = normalize_log1p(b.X).toarray()
-    X, _ = log_normalised(a, ["g3", "absent", "g0"])
-    Y, _ = log_normalised(b, ["g3", "absent", "g0"])
+    X = log_normalised(a, ["g3", "absent", "g0"])[0].toarray()  # counts: sparse after normalisation
+    Y = log_normalised(b, ["g3", "absent", "g0"])[0]  # dense log values stay dense
     np.testing.assert_allclose(X, Y, rtol=1e-6)
     assert (X[:, 1] == 0).all() and (X[:, 0] > 0).any()
+    c = a.copy()  # normalised without the log (CP10k): normalised again, which leaves it as counts would be
+    c.X = c.X / c.X.sum(1, keepdims=True) * 1e4
+    np.testing.assert_allclose(np.asarray(log_normalised(c, ["g3", "absent", "g0"])[0].todense()), X, rtol=1e-5)
 
 
 def test_mix_averages_the_two_classifiers_probabilities():
@@ -382,3 +385,18 @@ def test_probe_alone_when_gene_weight_is_zero(tmp_path):
     assert ann.gene_probe is None and ann.gene_weight == 0.0 and "gene_probe_C" not in ann.info
     with pytest.raises(ValueError, match="gene_weight"):
         AnnotationConfig(gene_weight=1.5)
+
+
+def test_gene_probe_reads_the_first_of_duplicated_gene_names():
+    """A name that appears twice: fitting uses the column predict will read (the first), not the other one."""
+    from scmamba2.tasks._annotate_genes import fit_gene_probe, log_normalised
+
+    a = cells(150, [0, 1, 2])
+    names = list(a.var_names)
+    names[0] = names[1]  # g1 twice: the first copy carries T0's marker, the second T0's marker too
+    a.var_names = names
+    X, got = log_normalised(a)
+    y = np.searchsorted(["T0", "T1", "T2"], a.obs["cell_type"].to_numpy())
+    probe, _ = fit_gene_probe(X, got, y, 3, n_top_genes=59, folds=3, seed=0)
+    assert probe.genes.count("g1") == 1
+    np.testing.assert_allclose(probe.select(X, got).toarray(), probe.matrix(a).toarray(), rtol=1e-6)

@@ -62,6 +62,9 @@ def annotate(
         _at_least(0, pretrain_steps=pretrain_steps)
         if not 0.0 <= gene_weight <= 1.0:
             raise InputError(f"--gene-weight {gene_weight:g} must lie in [0, 1] (0.5: an even average; 0: the probe alone).")
+        if gene_weight != 0.5 and (annotator is not None or method == "finetune" or from_scratch):
+            raise InputError("--gene-weight sets how a new probe annotator is trained; with --annotator, "
+                             "--method finetune or --from-scratch there is no probe to weigh: leave it out")
         if method not in ("auto", "probe", "finetune"):
             raise InputError(f"--method {method!r} must be 'auto', 'probe' or 'finetune'.")
         if annotator is not None and (from_scratch or model is not None):

@@ -58,13 +58,14 @@ class GeneProbe:
     def proba(self, X: np.ndarray) -> np.ndarray:
         """``(n, n_classes)`` class probabilities of the ``(n, n_genes)`` log-normalised matrix: each class's
         sigmoid, normalised to sum to 1 (scikit-learn's one-vs-rest rule)."""
-        z = np.asarray(X, dtype=np.float64) @ self.weight.T + self.bias
+        z = np.asarray(X @ self.weight.T, dtype=np.float64) + self.bias
         p = 1.0 / (1.0 + np.exp(-z))
         return p / np.maximum(p.sum(1, keepdims=True), 1e-300)
 
     def matrix(self, adata, *, layer: str | None = None, use_raw: bool = False,
                gene_column: str | None = None) -> np.ndarray:
-        """The ``(n_cells, n_genes)`` log-normalised matrix of ``adata`` on :attr:`genes`."""
+        """The ``(n_cells, n_genes)`` log-normalised matrix of ``adata`` on :attr:`genes` (sparse for sparse
+        data)."""
         return log_normalised(adata, self.genes, layer=layer, use_raw=use_raw, gene_column=gene_column)[0]
 
     def select(self, X: np.ndarray, names: list[str]) -> np.ndarray:
@@ -72,7 +73,7 @@ class GeneProbe:
         pos: dict[str, int] = {}
         for j, g in enumerate(names):
             pos.setdefault(g, j)
-        return _dense(X[:, [pos[g] for g in self.genes]])
+        return X[:, [pos[g] for g in self.genes]]
 
     def to_dict(self) -> dict[str, Any]:
         return {"genes": self.genes, "weight": self.weight.tolist(), "bias": self.bias.tolist(), "C": self.C}
@@ -84,31 +85,34 @@ class GeneProbe:
 
 def log_normalised(adata, genes=None, *, layer: str | None = None, use_raw: bool = False,
                    gene_column: str | None = None) -> tuple[np.ndarray, list[str]]:
-    """``log1p(counts / total * 1e4)`` of ``adata`` (values already log-normalised are taken as they are) on
-    ``genes``, dense (a gene the data lacks reads as 0), or on all genes (None; sparse input stays sparse), and
-    the gene names."""
+    """``log1p(counts / total * 1e4)`` of ``adata`` on ``genes`` (None: all; a gene the data lacks reads as 0;
+    sparse input stays sparse), and the gene names. Counts and normalised values are normalised; values the
+    validator reads as log-normalised are taken as they are."""
+    import scipy.sparse as sp
+
     from ..data.io import select_matrix
     from ..data.preprocess import normalize_log1p
-    from ..data.validate import _all_integer, strip_gene_prefix
+    from ..data.validate import strip_gene_prefix, validate
 
     a = select_matrix(adata, layer=layer, use_raw=use_raw, gene_column=gene_column)
     names = strip_gene_prefix([str(g) for g in a.var_names])[0]
     X = a.X
-    X = normalize_log1p(X) if _all_integer(X) else X
+    if validate(a, purpose="annotate", raise_on_error=False).value_kind != "log_normalized":
+        X = normalize_log1p(X)
+    X = X.astype(np.float32) if sp.issparse(X) else np.asarray(X, dtype=np.float32)
     if genes is None:
-        return (X.astype(np.float32) if hasattr(X, "toarray") else np.asarray(X, dtype=np.float32)), names
-    pos = {}
+        return X, names
+    pos: dict[str, int] = {}
     for j, g in enumerate(names):
         pos.setdefault(g, j)
-    out = np.zeros((a.n_obs, len(genes)), dtype=np.float32)
     have = [(i, pos[g]) for i, g in enumerate(genes) if g in pos]
     if len(have) < len(genes):
         log.warning("gene probe: %d of its %d genes are missing from the data and read as 0", len(genes) - len(have),
                     len(genes))
-    if have:
-        cols, src = zip(*have)
-        out[:, list(cols)] = _dense(X[:, list(src)])
-    return out, list(genes)
+    cols, src = zip(*have) if have else ((), ())
+    pick = sp.csr_matrix((np.ones(len(cols), dtype=np.float32), (list(src), list(cols))), shape=(X.shape[1], len(genes)))
+    out = X @ pick  # column j of the result = the data's column of genes[j], or 0
+    return (out.tocsr() if sp.issparse(out) else np.asarray(out)), list(genes)
 
 
 def fit_gene_probe(X: np.ndarray, names: list[str], y: np.ndarray, n_classes: int, *, n_top_genes: int = 2000,
@@ -125,13 +129,15 @@ def fit_gene_probe(X: np.ndarray, names: list[str], y: np.ndarray, n_classes: in
 
     if set(np.unique(y)) != set(range(n_classes)):
         raise ValueError("every class needs at least one training cell for the gene probe")
-    keep = _dense(X.max(0)).ravel() > 0
+    first = np.zeros(len(names), dtype=bool)  # a duplicated gene name: only its first column (as predict reads it)
+    first[sorted({g: j for j, g in reversed(list(enumerate(names)))}.values())] = True
+    keep = (_dense(X.max(0)).ravel() > 0) & first
     if n_top_genes < keep.sum():
         a = ad.AnnData(X[:, keep])
         sc.pp.highly_variable_genes(a, n_top_genes=n_top_genes, flavor="seurat")
         keep[np.flatnonzero(keep)[~a.var["highly_variable"].to_numpy()]] = False
     cols = np.flatnonzero(keep)
-    Xs = _dense(X[:, cols])
+    Xs = X[:, cols]  # liblinear takes sparse rows as they are
     base = OneVsRestClassifier(LogisticRegression(penalty="l1", solver="liblinear", max_iter=1000, random_state=seed))
     k = int(min(folds, np.bincount(y, minlength=n_classes).min()))
     with warnings.catch_warnings():
