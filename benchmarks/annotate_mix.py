@@ -64,10 +64,9 @@ def _probe(C):
 
 
 def _genes(C):
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.multiclass import OneVsRestClassifier
+    from scmamba2.eval.annotation_baselines import l1_logreg
 
-    return OneVsRestClassifier(LogisticRegression(penalty="l1", solver="liblinear", max_iter=1000, C=C))
+    return l1_logreg(C)
 
 
 def _proba(m, A, n_classes):
@@ -80,7 +79,7 @@ def run(name: str, data_dir: Path) -> dict:
     from sklearn.metrics import f1_score
     from sklearn.model_selection import StratifiedKFold
 
-    from scmamba2.tasks._annotate_genes import GENE_CS
+    from scmamba2.eval.annotation_baselines import L1_CS
     from scmamba2.tasks._annotate_probe import PROBE_CS
 
     classes, y, qy, E, Eq, X, Xq = features(name, data_dir)
@@ -97,7 +96,7 @@ def run(name: str, data_dir: Path) -> dict:
         return float(f1_score(yy, P.argmax(1), average="macro"))
 
     chosen, cv_proba, q_proba = {}, {}, {}
-    for kind, make, A, Aq, cs in (("probe", _probe, E, Eq, PROBE_CS), ("genes", _genes, X, Xq, GENE_CS)):
+    for kind, make, A, Aq, cs in (("probe", _probe, E, Eq, PROBE_CS), ("genes", _genes, X, Xq, L1_CS)):
         scored = [(f1(y, P), C, P) for C in cs for P in [oof(make, A, C)]]
         best = max(scored, key=lambda t: t[0])
         chosen[kind], cv_proba[kind] = best[1], best[2]

@@ -65,6 +65,15 @@ def logreg_predict(reference, query, label_key: str, n_top_genes: int = 2000, se
 L1_CS = tuple(float(c) for c in np.logspace(-2, 1, 7))
 
 
+def l1_logreg(C: float = 1.0, seed: int = 0):
+    """The L1 baseline's estimator: one-vs-rest L1 logistic regression (liblinear) at ``C``."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.multiclass import OneVsRestClassifier
+
+    return OneVsRestClassifier(LogisticRegression(penalty="l1", solver="liblinear", max_iter=1000, C=C,
+                                                  random_state=seed))
+
+
 @keep_torch_threads()
 def logreg_l1_cv_predict(reference, query, label_key: str, n_top_genes: int = 2000, seed: int = 0,
                          folds: int = 5, info: dict | None = None) -> np.ndarray:
@@ -74,14 +83,11 @@ def logreg_l1_cv_predict(reference, query, label_key: str, n_top_genes: int = 20
     cross-validated macro-F1 and the number of genes with a non-zero weight."""
     import warnings
 
-    from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import GridSearchCV, StratifiedKFold
-    from sklearn.multiclass import OneVsRestClassifier
 
     X, Xq = _hvg_matrices(reference, query, n_top_genes)
     y = reference.obs[label_key].astype(str).to_numpy()
-    base = OneVsRestClassifier(LogisticRegression(penalty="l1", solver="liblinear", max_iter=1000,
-                                                  random_state=seed))
+    base = l1_logreg(seed=seed)
     search = GridSearchCV(base, {"estimator__C": list(L1_CS)}, scoring="f1_macro", n_jobs=1,
                           cv=StratifiedKFold(folds, shuffle=True, random_state=seed))
     with warnings.catch_warnings():

@@ -16,10 +16,17 @@ from typing import Any
 
 import numpy as np
 
+from ..eval.annotation_baselines import _dense
+
 log = logging.getLogger(__name__)
 
-# liblinear's C (larger = weaker penalty), the grid of the cross-validated L1 baseline of the benchmark.
-GENE_CS = tuple(float(c) for c in np.logspace(-2, 1, 7))
+
+def _first_index(names) -> dict[str, int]:
+    """Each gene name's first column (a duplicated name is read from its first column everywhere)."""
+    pos: dict[str, int] = {}
+    for j, g in enumerate(names):
+        pos.setdefault(g, j)
+    return pos
 
 
 @dataclass
@@ -70,9 +77,7 @@ class GeneProbe:
 
     def select(self, X: np.ndarray, names: list[str]) -> np.ndarray:
         """The columns of :attr:`genes` from a log-normalised matrix ``X`` whose columns are ``names``."""
-        pos: dict[str, int] = {}
-        for j, g in enumerate(names):
-            pos.setdefault(g, j)
+        pos = _first_index(names)
         return X[:, [pos[g] for g in self.genes]]
 
     def to_dict(self) -> dict[str, Any]:
@@ -102,9 +107,7 @@ def log_normalised(adata, genes=None, *, layer: str | None = None, use_raw: bool
     X = X.astype(np.float32) if sp.issparse(X) else np.asarray(X, dtype=np.float32)
     if genes is None:
         return X, names
-    pos: dict[str, int] = {}
-    for j, g in enumerate(names):
-        pos.setdefault(g, j)
+    pos = _first_index(names)
     have = [(i, pos[g]) for i, g in enumerate(genes) if g in pos]
     if len(have) < len(genes):
         log.warning("gene probe: %d of its %d genes are missing from the data and read as 0", len(genes) - len(have),
@@ -118,19 +121,19 @@ def log_normalised(adata, genes=None, *, layer: str | None = None, use_raw: bool
 def fit_gene_probe(X: np.ndarray, names: list[str], y: np.ndarray, n_classes: int, *, n_top_genes: int = 2000,
                    folds: int = 5, seed: int = 0) -> tuple[GeneProbe, dict[str, Any]]:
     """The gene probe on the training cells' log-normalised matrix ``X`` (every class present): the
-    ``n_top_genes`` most variable genes of ``X`` (scanpy's ``seurat`` rule), ``C`` from :data:`GENE_CS` by
+    ``n_top_genes`` most variable genes of ``X`` (scanpy's ``seurat`` rule), ``C`` from the L1 baseline's grid by
     stratified ``folds``-fold cross-validation (macro-F1; fewer folds when the rarest class is smaller, ``C`` = 1
     with a single cell)."""
     import anndata as ad
     import scanpy as sc
-    from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import GridSearchCV, StratifiedKFold
-    from sklearn.multiclass import OneVsRestClassifier
+
+    from ..eval.annotation_baselines import L1_CS, l1_logreg
 
     if set(np.unique(y)) != set(range(n_classes)):
         raise ValueError("every class needs at least one training cell for the gene probe")
     first = np.zeros(len(names), dtype=bool)  # a duplicated gene name: only its first column (as predict reads it)
-    first[sorted({g: j for j, g in reversed(list(enumerate(names)))}.values())] = True
+    first[list(_first_index(names).values())] = True
     keep = (_dense(X.max(0)).ravel() > 0) & first
     if n_top_genes < keep.sum():
         a = ad.AnnData(X[:, keep])
@@ -138,12 +141,12 @@ def fit_gene_probe(X: np.ndarray, names: list[str], y: np.ndarray, n_classes: in
         keep[np.flatnonzero(keep)[~a.var["highly_variable"].to_numpy()]] = False
     cols = np.flatnonzero(keep)
     Xs = X[:, cols]  # liblinear takes sparse rows as they are
-    base = OneVsRestClassifier(LogisticRegression(penalty="l1", solver="liblinear", max_iter=1000, random_state=seed))
+    base = l1_logreg(seed=seed)
     k = int(min(folds, np.bincount(y, minlength=n_classes).min()))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # convergence notes at the ends of the C grid
         if k >= 2:
-            search = GridSearchCV(base, {"estimator__C": list(GENE_CS)}, scoring="f1_macro", n_jobs=1,
+            search = GridSearchCV(base, {"estimator__C": list(L1_CS)}, scoring="f1_macro", n_jobs=1,
                                   cv=StratifiedKFold(k, shuffle=True, random_state=seed)).fit(Xs, y)
             clf, c, cv = search.best_estimator_, float(search.best_params_["estimator__C"]), round(search.best_score_, 4)
         else:
@@ -167,7 +170,3 @@ def mix(probe_logits: np.ndarray, gene_proba: np.ndarray, weight: float) -> np.n
 
     p = (1.0 - weight) * softmax(probe_logits) + weight * gene_proba
     return np.log(np.maximum(p, 1e-12)).astype(np.float32)
-
-
-def _dense(x) -> np.ndarray:
-    return np.asarray(x.toarray() if hasattr(x, "toarray") else x, dtype=np.float32)
