@@ -346,7 +346,7 @@ def test_gene_probe_is_one_vs_rest_l1_logistic_regression():
         ref = OneVsRestClassifier(LogisticRegression(penalty="l1", solver="liblinear", max_iter=1000, C=probe.C,
                                                      random_state=0)).fit(Xs, y)
     np.testing.assert_allclose(probe.proba(Xs), ref.predict_proba(Xs), rtol=1e-6, atol=1e-9)
-    np.testing.assert_allclose(probe.matrix(a).toarray(), Xs.toarray(), rtol=1e-6)  # same matrix from the AnnData
+    np.testing.assert_allclose(probe.matrix(a)[0].toarray(), Xs.toarray(), rtol=1e-6)  # same matrix from the AnnData
     two, _ = fit_gene_probe(X[y < 2], names, y[y < 2], 2, n_top_genes=40, folds=3, seed=0)
     p2 = two.proba(two.select(X[y < 2], names))
     assert (p2.argmax(1) == y[y < 2]).mean() > 0.95 and np.allclose(p2.sum(1), 1.0)
@@ -387,6 +387,89 @@ def test_probe_alone_when_gene_weight_is_zero(tmp_path):
         AnnotationConfig(gene_weight=1.5)
 
 
+def test_refit_on_every_reference_cell_keeps_the_chosen_c_and_the_held_out_temperature(tmp_path):
+    model_dir = _tiny_pretrained(tmp_path / "base")
+    ref = cells(150, [0, 1, 2])
+    kept = fit_annotator(ref, "cell_type", model=model_dir, config=AnnotationConfig(probe_folds=2, refit=False))
+    refit = fit_annotator(ref, "cell_type", model=model_dir, config=AnnotationConfig(probe_folds=2))
+    assert refit.info["refit_cells"] == refit.info["n_train"] + refit.info["n_val"] and "refit_cells" not in kept.info
+    assert refit.temperature == kept.temperature and refit.info["val_macro_f1"] == kept.info["val_macro_f1"]
+    assert refit.probe.C == kept.probe.C and refit.gene_probe.C == kept.gene_probe.C
+    assert not np.allclose(refit.probe.weight, kept.probe.weight)  # 15 more cells
+
+
+def test_a_given_c_fits_without_a_search():
+    """``C=`` is plain logistic regression at that C (the refit), in both classifiers."""
+    import warnings
+
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.multiclass import OneVsRestClassifier
+
+    from scmamba2.tasks._annotate_genes import fit_gene_probe, log_normalised
+    from scmamba2.tasks._annotate_probe import fit_probe
+
+    rng = np.random.default_rng(1)
+    y = np.repeat([0, 1, 2], 20)
+    emb = rng.normal(size=(60, 5)) + np.eye(5)[y]
+    probe, info = fit_probe(emb, y, 3, metric=None, class_weight="none", folds=5, seed=0, C=0.3)
+    z = (emb - emb.mean(0)) / emb.std(0)
+    ref = LogisticRegression(C=0.3, max_iter=2000, random_state=0).fit(z, y)
+    np.testing.assert_allclose(probe(emb), ref.decision_function(z), rtol=1e-5, atol=1e-5)
+    assert probe.C == 0.3 and "probe_cv_folds" not in info
+    a = cells(90, [0, 1, 2])
+    X, names = log_normalised(a)
+    yy = np.searchsorted(["T0", "T1", "T2"], a.obs["cell_type"].to_numpy())
+    gp, ginfo = fit_gene_probe(X, names, yy, 3, n_top_genes=30, seed=0, C=0.5)
+    Xs = gp.select(X, names)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        gref = OneVsRestClassifier(LogisticRegression(penalty="l1", solver="liblinear", max_iter=1000, C=0.5,
+                                                      random_state=0)).fit(Xs, yy)
+    np.testing.assert_allclose(gp.proba(Xs), gref.predict_proba(Xs), rtol=1e-6, atol=1e-9)
+    assert gp.C == 0.5 and "gene_probe_cv_macro_f1" not in ginfo
+
+
+def test_gene_probe_without_its_genes_in_the_query_is_left_out_and_reported(tmp_path, caplog):
+    model_dir = _tiny_pretrained(tmp_path / "base")
+    ann = fit_annotator(cells(150, [0, 1, 2]), "cell_type", model=model_dir, config=AnnotationConfig(probe_folds=2))
+    q = cells(60, [0, 1, 2], seed=5)
+    full = predict(q, ann, progress=False, copy=True).uns["scmamba2_annotation"]
+    assert full["gene_weight"] == 0.5 and full["gene_probe_overlap"]["overlap"] == 1.0
+    renamed = q.copy()  # the marker genes (g0-g17) under other names: the model still reads 70 % of its genes
+    renamed.var_names = [f"x{j}" if j < 18 else f"g{j}" for j in range(q.n_vars)]
+    with caplog.at_level("WARNING"):
+        out = predict(renamed, ann, progress=False, copy=True)
+    info = out.uns["scmamba2_annotation"]
+    assert info["gene_weight"] == 0.0 and info["gene_probe_overlap"]["overlap"] < 0.5
+    assert "left out" in caplog.text
+    ann.gene_weight = 0.0  # the same as the probe alone
+    alone = predict(renamed, ann, progress=False, copy=True)
+    np.testing.assert_allclose(out.obsm["scmamba2_probs"], alone.obsm["scmamba2_probs"], rtol=1e-6)
+
+
+def test_c_search_on_a_stratified_sample_of_a_large_reference(monkeypatch):
+    """Above MAX_CV_CELLS the search reads a stratified sample; the weights still come from every cell."""
+    from sklearn.linear_model import LogisticRegression
+
+    from scmamba2.tasks import _annotate_probe
+    from scmamba2.tasks._annotate_probe import cv_sample, fit_probe
+
+    y = np.repeat([0, 1, 2], [300, 60, 6])
+    sub = cv_sample(y, 100, seed=0)
+    counts = np.bincount(y[sub])
+    assert len(sub) <= 106 and counts[0] > counts[1] >= 5 and counts[2] == 5  # rare classes keep 5 cells
+    np.testing.assert_array_equal(sub, cv_sample(y, 100, seed=0))
+    np.testing.assert_array_equal(cv_sample(y, 1000, seed=0), np.arange(len(y)))
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(len(y), 4)) + np.eye(4)[y]
+    monkeypatch.setattr(_annotate_probe, "MAX_CV_CELLS", 100)
+    probe, info = fit_probe(emb, y, 3, metric=None, class_weight="none", folds=3, seed=0)
+    assert info["probe_cv_cells"] == len(sub)
+    z = (emb - emb.mean(0)) / emb.std(0)
+    ref = LogisticRegression(C=probe.C, max_iter=2000, random_state=0).fit(z, y)
+    np.testing.assert_allclose(probe(emb), ref.decision_function(z), rtol=1e-5, atol=1e-5)
+
+
 def test_gene_probe_reads_the_first_of_duplicated_gene_names():
     """A name that appears twice: fitting uses the column predict will read (the first), not the other one."""
     from scmamba2.tasks._annotate_genes import fit_gene_probe, log_normalised
@@ -399,4 +482,4 @@ def test_gene_probe_reads_the_first_of_duplicated_gene_names():
     y = np.searchsorted(["T0", "T1", "T2"], a.obs["cell_type"].to_numpy())
     probe, _ = fit_gene_probe(X, got, y, 3, n_top_genes=59, folds=3, seed=0)
     assert probe.genes.count("g1") == 1
-    np.testing.assert_allclose(probe.select(X, got).toarray(), probe.matrix(a).toarray(), rtol=1e-6)
+    np.testing.assert_allclose(probe.select(X, got).toarray(), probe.matrix(a)[0].toarray(), rtol=1e-6)

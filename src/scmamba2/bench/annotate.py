@@ -66,6 +66,7 @@ TRIED = ("Chosen on the references' own held-out tenth (val macro-F1 pbmc3k / Ka
 LABEL_KEY = "cell_type"
 PROBE = "scmamba2 bundled model: linear probe averaged with a gene-level L1 logistic regression (default)"
 PROBE_ALONE = "scmamba2 bundled model, frozen encoder + linear probe alone"
+PROBE_NO_REFIT = "scmamba2 default without the refit (both classifiers fitted on the reference's training nine-tenths)"
 FINETUNE = "scmamba2 bundled model, fine-tuned"
 SCRATCH = "scmamba2 from scratch"
 L1_CV = "logistic regression (log1p HVG, L1, C by 5-fold CV)"
@@ -215,7 +216,7 @@ def _dataset(res: BenchResult, ref, query, name: str, out: Path, seed: int, s: d
         score(method, pred, res.steps[-1].cpu_s, res.steps[-1].wall_s)
     res.meta.setdefault("l1_cv", {})[name] = l1_info
 
-    runs = [(PROBE, "probe", 0), (PROBE_ALONE, "probe_alone", 0)]
+    runs = [(PROBE, "probe", 0), (PROBE_NO_REFIT, "probe_no_refit", 0), (PROBE_ALONE, "probe_alone", 0)]
     if s["finetune_steps"]:
         runs.append((FINETUNE, "finetune", 0))
     runs += [(SCRATCH, "scratch", p) for p in dict.fromkeys((0, s["pretrain_steps"]))]  # 0 twice: one row
@@ -248,7 +249,8 @@ def _dataset(res: BenchResult, ref, query, name: str, out: Path, seed: int, s: d
 
 
 def _ours(ref, query, start: str, pretrain_steps: int, seed: int, s: dict):
-    """``start``: ``"probe"`` (annotate's defaults), ``"probe_alone"`` (without the gene-level classifier),
+    """``start``: ``"probe"`` (annotate's defaults), ``"probe_no_refit"`` (without the refit on every reference
+    cell), ``"probe_alone"`` (without the gene-level classifier),
     ``"finetune"`` (the bundled model fine-tuned) or
     ``"scratch"`` (a small new model)."""
     from ..data.tokenize import TokenizerConfig
@@ -256,9 +258,10 @@ def _ours(ref, query, start: str, pretrain_steps: int, seed: int, s: dict):
     from ..tasks.annotate import AnnotationConfig, annotate, default_train_config
 
     kw: dict = {}
-    if start in ("probe", "probe_alone"):
+    if start in ("probe", "probe_no_refit", "probe_alone"):
         tcfg = default_train_config(seed=seed)  # only the seed is used: held-out split and CV folds
-        cfg = AnnotationConfig(**({"gene_weight": 0.0} if start == "probe_alone" else {}))
+        cfg = AnnotationConfig(**{"probe": {}, "probe_no_refit": {"refit": False},
+                                  "probe_alone": {"gene_weight": 0.0}}[start])
     else:
         steps, lr = (s["steps"], s["lr"]) if start == "scratch" else (s["finetune_steps"], s["finetune_lr"])
         tcfg = default_train_config(max_steps=steps, batch_size=s["batch_size"], lr=lr,

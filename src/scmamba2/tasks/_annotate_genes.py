@@ -70,10 +70,15 @@ class GeneProbe:
         return p / np.maximum(p.sum(1, keepdims=True), 1e-300)
 
     def matrix(self, adata, *, layer: str | None = None, use_raw: bool = False,
-               gene_column: str | None = None) -> np.ndarray:
+               gene_column: str | None = None) -> tuple[np.ndarray, dict[str, Any]]:
         """The ``(n_cells, n_genes)`` log-normalised matrix of ``adata`` on :attr:`genes` (sparse for sparse
-        data)."""
-        return log_normalised(adata, self.genes, layer=layer, use_raw=use_raw, gene_column=gene_column)[0]
+        data; a missing gene reads as 0) and an overlap report: ``{"n_genes", "n_matched", "overlap"}``, where
+        ``overlap`` is the share of the genes with a non-zero weight (the ones the classifier reads) that the
+        data has."""
+        X, _, present = _log_normalised(adata, self.genes, layer=layer, use_raw=use_raw, gene_column=gene_column)
+        used = np.any(self.weight != 0, axis=0)
+        overlap = float(present[used].mean()) if used.any() else 1.0
+        return X, {"n_genes": len(self.genes), "n_matched": int(present.sum()), "overlap": round(overlap, 4)}
 
     def select(self, X: np.ndarray, names: list[str]) -> np.ndarray:
         """The columns of :attr:`genes` from a log-normalised matrix ``X`` whose columns are ``names``."""
@@ -93,6 +98,11 @@ def log_normalised(adata, genes=None, *, layer: str | None = None, use_raw: bool
     """``log1p(counts / total * 1e4)`` of ``adata`` on ``genes`` (None: all; a gene the data lacks reads as 0;
     sparse input stays sparse), and the gene names. Counts and normalised values are normalised; values the
     validator reads as log-normalised are taken as they are."""
+    return _log_normalised(adata, genes, layer=layer, use_raw=use_raw, gene_column=gene_column)[:2]
+
+
+def _log_normalised(adata, genes, *, layer, use_raw, gene_column) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """:func:`log_normalised`, and which of ``genes`` the data has (a bool array; all True without ``genes``)."""
     import scipy.sparse as sp
 
     from ..data.io import select_matrix
@@ -106,7 +116,7 @@ def log_normalised(adata, genes=None, *, layer: str | None = None, use_raw: bool
         X = normalize_log1p(X)
     X = X.astype(np.float32) if sp.issparse(X) else np.asarray(X, dtype=np.float32)
     if genes is None:
-        return X, names
+        return X, names, np.ones(len(names), dtype=bool)
     pos = _first_index(names)
     have = [(i, pos[g]) for i, g in enumerate(genes) if g in pos]
     if len(have) < len(genes):
@@ -115,20 +125,24 @@ def log_normalised(adata, genes=None, *, layer: str | None = None, use_raw: bool
     cols, src = zip(*have) if have else ((), ())
     pick = sp.csr_matrix((np.ones(len(cols), dtype=np.float32), (list(src), list(cols))), shape=(X.shape[1], len(genes)))
     out = X @ pick  # column j of the result = the data's column of genes[j], or 0
-    return (out.tocsr() if sp.issparse(out) else np.asarray(out)), list(genes)
+    present = np.zeros(len(genes), dtype=bool)
+    present[list(cols)] = True
+    return (out.tocsr() if sp.issparse(out) else np.asarray(out)), list(genes), present
 
 
 def fit_gene_probe(X: np.ndarray, names: list[str], y: np.ndarray, n_classes: int, *, n_top_genes: int = 2000,
-                   folds: int = 5, seed: int = 0) -> tuple[GeneProbe, dict[str, Any]]:
+                   folds: int = 5, seed: int = 0, C: float | None = None) -> tuple[GeneProbe, dict[str, Any]]:
     """The gene probe on the training cells' log-normalised matrix ``X`` (every class present): the
     ``n_top_genes`` most variable genes of ``X`` (scanpy's ``seurat`` rule), ``C`` from the L1 baseline's grid by
     stratified ``folds``-fold cross-validation (macro-F1; fewer folds when the rarest class is smaller, ``C`` = 1
-    with a single cell)."""
+    with a single cell; on a stratified sample of ``MAX_CV_CELLS`` cells when there are more), or ``C`` as given
+    (no search: the refit on every reference cell). The weights are fitted on every cell."""
     import anndata as ad
     import scanpy as sc
     from sklearn.model_selection import GridSearchCV, StratifiedKFold
 
     from ..eval.annotation_baselines import L1_CS, l1_logreg
+    from ._annotate_probe import MAX_CV_CELLS, cv_sample
 
     if set(np.unique(y)) != set(range(n_classes)):
         raise ValueError("every class needs at least one training cell for the gene probe")
@@ -145,10 +159,14 @@ def fit_gene_probe(X: np.ndarray, names: list[str], y: np.ndarray, n_classes: in
     k = int(min(folds, np.bincount(y, minlength=n_classes).min()))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # convergence notes at the ends of the C grid
-        if k >= 2:
-            search = GridSearchCV(base, {"estimator__C": list(L1_CS)}, scoring="f1_macro", n_jobs=1,
-                                  cv=StratifiedKFold(k, shuffle=True, random_state=seed)).fit(Xs, y)
-            clf, c, cv = search.best_estimator_, float(search.best_params_["estimator__C"]), round(search.best_score_, 4)
+        if C is not None:
+            clf, c, cv = base.set_params(estimator__C=C).fit(Xs, y), float(C), None
+        elif k >= 2:
+            sub = cv_sample(y, MAX_CV_CELLS, seed)
+            search = GridSearchCV(base, {"estimator__C": list(L1_CS)}, scoring="f1_macro", n_jobs=1, refit=False,
+                                  cv=StratifiedKFold(k, shuffle=True, random_state=seed)).fit(Xs[sub], y[sub])
+            c, cv = float(search.best_params_["estimator__C"]), round(search.best_score_, 4)
+            clf = base.set_params(estimator__C=c).fit(Xs, y)  # every cell, at the chosen C
         else:
             clf, c, cv = base.set_params(estimator__C=1.0).fit(Xs, y), 1.0, None
     if n_classes == 2:  # one-vs-rest keeps one estimator for a binary problem: class 1 against class 0
@@ -159,9 +177,10 @@ def fit_gene_probe(X: np.ndarray, names: list[str], y: np.ndarray, n_classes: in
         bias = np.array([e.intercept_[0] for e in clf.estimators_])
     probe = GeneProbe([names[j] for j in cols], weight, bias, c)
     used = int(np.any(weight != 0, axis=0).sum())
-    log.info("annotation: gene probe on %d genes (%d with a non-zero weight), C = %.3g by %d-fold cross-validation",
-             len(cols), used, c, k)
-    return probe, {"gene_probe_C": c, "gene_probe_cv_macro_f1": cv, "gene_probe_genes_used": used}
+    log.info("annotation: gene probe on %d cells x %d genes (%d with a non-zero weight), C = %.3g (%s)", len(y),
+             len(cols), used, c, "given" if C is not None else f"{k}-fold cross-validation")
+    info = {"gene_probe_C": c, "gene_probe_genes_used": used}
+    return probe, info if C is not None else {**info, "gene_probe_cv_macro_f1": cv}
 
 
 def mix(probe_logits: np.ndarray, gene_proba: np.ndarray, weight: float) -> np.ndarray:

@@ -22,6 +22,24 @@ log = logging.getLogger(__name__)
 
 # The grid of inverse regularisation strengths searched by cross-validation.
 PROBE_CS = tuple(float(c) for c in np.logspace(-3, 2, 11))
+# Larger training sets choose C on a stratified sample of this many cells (the fit then uses every cell): the
+# search's cost grows with the cells, the choice of C hardly does.
+MAX_CV_CELLS = 10_000
+
+
+def cv_sample(y: np.ndarray, max_cells: int, seed: int) -> np.ndarray:
+    """Indices of at most ``max_cells`` of ``y``, stratified (each class in proportion, at least
+    ``min(its cells, 5)`` of it), sorted; all of them when there are no more than ``max_cells``."""
+    n = len(y)
+    if n <= max_cells:
+        return np.arange(n)
+    rng = np.random.default_rng(seed)
+    keep = []
+    for k in np.unique(y):
+        idx = np.flatnonzero(y == k)
+        m = min(len(idx), max(5, int(round(len(idx) * max_cells / n))))
+        keep.append(rng.choice(idx, m, replace=False))
+    return np.sort(np.concatenate(keep))
 
 
 @dataclass
@@ -81,12 +99,14 @@ def whole_cell_model(base, min_len: int = 0):
 
 
 def fit_probe(emb: np.ndarray, y: np.ndarray, n_classes: int, *, metric: np.ndarray | None, class_weight: str,
-              folds: int, seed: int) -> tuple[LinearProbe, dict[str, Any]]:
+              folds: int, seed: int, C: float | None = None) -> tuple[LinearProbe, dict[str, Any]]:
     """Fit the probe on training embeddings ``emb`` ``(n, D)`` with classes ``y`` (every class present).
 
     ``metric`` is the ``(D, D)`` readout map (None: the raw embedding); ``class_weight`` ``"balanced"`` or
     ``"none"``; ``C`` from :data:`PROBE_CS` by ``folds``-fold stratified cross-validation (fewer folds when the
-    rarest class has fewer cells; none with a single cell, then ``C = 1``). Returns the probe and a summary.
+    rarest class has fewer cells; none with a single cell, then ``C = 1``; on a stratified sample of
+    :data:`MAX_CV_CELLS` cells when there are more), or ``C`` as given (no search: the refit on every reference
+    cell). The weights are fitted on every cell. Returns the probe and a summary.
     """
     from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
     from sklearn.model_selection import StratifiedKFold
@@ -103,13 +123,19 @@ def fit_probe(emb: np.ndarray, y: np.ndarray, n_classes: int, *, metric: np.ndar
     k = int(min(folds, np.bincount(y, minlength=n_classes).min()))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # convergence notes at the extreme ends of the C grid
-        if k >= 2:
+        if C is not None:
+            clf = LogisticRegression(C=C, class_weight=cw, max_iter=2000, random_state=seed).fit(z, y)
+            c, cv = float(C), {}
+        elif k >= 2:
+            sub = cv_sample(y, MAX_CV_CELLS, seed)
             clf = LogisticRegressionCV(Cs=list(PROBE_CS), cv=StratifiedKFold(k, shuffle=True, random_state=seed),
                                        scoring=_macro_f1, class_weight=cw, max_iter=2000, random_state=seed)
-            clf.fit(z, y)
+            clf.fit(z[sub], y[sub])
             c = float(np.ravel(clf.C_)[0])
             scores = np.mean(next(iter(clf.scores_.values())), axis=0)  # (len(Cs),) mean over folds
-            cv = {"probe_cv_folds": k, "probe_cv_macro_f1": round(float(scores.max()), 4)}
+            cv = {"probe_cv_folds": k, "probe_cv_macro_f1": round(float(scores.max()), 4), "probe_cv_cells": len(sub)}
+            if len(sub) < len(y):  # C from the sample, the weights from every cell
+                clf = LogisticRegression(C=c, class_weight=cw, max_iter=2000, random_state=seed).fit(z, y)
         else:
             clf = LogisticRegression(C=1.0, class_weight=cw, max_iter=2000, random_state=seed).fit(z, y)
             c, cv = 1.0, {"probe_cv_folds": 0}
@@ -119,7 +145,8 @@ def fit_probe(emb: np.ndarray, y: np.ndarray, n_classes: int, *, metric: np.ndar
     weight = (w / sd) @ s.T  # logits = ((emb s - mu) / sd) w^T + b = emb (s diag(1/sd) w^T) + b - (mu/sd) w^T
     bias = b - (mu / sd) @ w.T
     probe = LinearProbe(weight, bias, c, "raw" if metric is None else "profile")
-    log.info("annotation: linear probe on the frozen embedding, C = %.3g by %d-fold cross-validation", c, k)
+    log.info("annotation: linear probe on %d cells of the frozen embedding, C = %.3g (%s)", len(y), c,
+             "given" if C is not None else f"{k}-fold cross-validation")
     return probe, {"probe_C": c, **cv}
 
 

@@ -79,6 +79,10 @@ class AnnotationConfig:
         and than the gene classifier alone (benchmarks/results/annotate.md).
     gene_top_genes
         Highly variable genes the gene-level classifier reads.
+    refit
+        The probe only: once the temperature is fitted on the held-out cells, fit the probe and the gene-level
+        classifier again on every reference cell with the ``C`` each chose (scikit-learn's ``refit``; the
+        cross-validated logistic regression baseline also learns from the whole reference).
     """
 
     method: Literal["auto", "probe", "finetune"] = "auto"
@@ -93,6 +97,7 @@ class AnnotationConfig:
     probe_folds: int = 5
     gene_weight: float = 0.5
     gene_top_genes: int = 2000
+    refit: bool = True
 
     def __post_init__(self) -> None:
         if self.method not in ("auto", "probe", "finetune"):
@@ -404,17 +409,41 @@ def _fit_probe(net, cells, y, train_idx, val_idx, n_classes: int, cfg, seed: int
     kind = "none" if cfg.class_weight == "auto" else cfg.class_weight
     probe, fit = fit_probe(emb[train_idx], y[train_idx], n_classes, class_weight=kind, folds=cfg.probe_folds,
                            metric=None if metric is None else metric.numpy(), seed=seed)
-    logits, gene_probe = probe(emb), None
+    gene_probe = None
     if expr is not None:
-        from ._annotate_genes import fit_gene_probe, mix
+        from ._annotate_genes import fit_gene_probe
 
         X, names = expr
         gene_probe, gfit = fit_gene_probe(X[train_idx], names, y[train_idx], n_classes, n_top_genes=cfg.gene_top_genes,
                                           folds=cfg.probe_folds, seed=seed)
-        logits = mix(logits, gene_probe.proba(gene_probe.select(X, names)), cfg.gene_weight)
         fit.update(gfit)
+    logits = _probe_logits(probe, gene_probe, emb, expr, cfg.gene_weight)
     temperature, typicality, scores = _calibration(logits, emb, y, train_idx, val_idx, n_classes, cfg)
+    if cfg.refit and len(val_idx):  # the chosen C's on every reference cell; the temperature stays the held-out one
+        probe, _ = fit_probe(emb, y, n_classes, class_weight=kind, folds=cfg.probe_folds, seed=seed, C=probe.C,
+                             metric=None if metric is None else metric.numpy())
+        if gene_probe is not None:
+            gene_probe, gfit = fit_gene_probe(X, names, y, n_classes, n_top_genes=cfg.gene_top_genes, seed=seed,
+                                              C=gene_probe.C)
+            fit.update(gfit)
+        if typicality is not None:
+            from ._annotate_typicality import Typicality
+
+            logits = _probe_logits(probe, gene_probe, emb, expr, cfg.gene_weight)
+            typicality = Typicality.fit(emb, y, n_classes, emb, logits.argmax(1), tail=cfg.outlier_tail)
+        fit["refit_cells"] = int(len(y))
     return probe, gene_probe, temperature, typicality, {"steps_run": 0, "class_weight": kind, **fit, **scores}
+
+
+def _probe_logits(probe, gene_probe, emb, expr, gene_weight: float):
+    """The probe's logits, mixed with the gene probe's probabilities when there is one."""
+    logits = probe(emb)
+    if gene_probe is None:
+        return logits
+    from ._annotate_genes import mix
+
+    X, names = expr
+    return mix(logits, gene_probe.proba(gene_probe.select(X, names)), gene_weight)
 
 
 def _calibrate(net, cells, y, train_idx, val_idx, n_classes: int, cfg, device):

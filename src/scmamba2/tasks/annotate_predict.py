@@ -259,6 +259,9 @@ def predict(
         Prefix of the keys written.
     min_gene_overlap
         Smallest fraction of the annotator's genes the query must have (else :class:`~scmamba2.InputError`).
+        A gene-level classifier (:class:`~scmamba2.tasks._annotate_genes.GeneProbe`) with less than this share of
+        its weighted genes in the query is left out, with a warning (the probe alone labels the cells; the
+        temperature stays the one fitted on the average).
     batch_size, max_tokens
         At most this many cells and padded tokens per inference batch.
     device
@@ -282,7 +285,8 @@ def predict(
         ``(n_cells, n_classes)`` float32 class probabilities, columns in the order of ``classes`` below.
     ``uns[key_added + '_annotation']``
         ``classes``, ``threshold``, ``unknown_label``, ``n_unknown``, ``temperature``, ``label_key`` of the
-        reference and the gene ``overlap`` report.
+        reference, the gene ``overlap`` report, the ``gene_weight`` used (0: the probe alone) and, with a
+        gene-level classifier, its ``gene_probe_overlap`` report.
     """
     import pandas as pd
 
@@ -306,9 +310,16 @@ def predict(
     model.to(dev)
     logits, emb = class_logits(model, model.input_cells(prepared.cells), probe=ann.probe, batch_size=batch_size,
                                max_tokens=max_tokens, device=dev, progress=progress)
+    gene_weight, gene_overlap = 0.0, None
     if ann.gene_probe is not None and ann.gene_weight > 0:
-        X = ann.gene_probe.matrix(query, layer=layer, use_raw=use_raw, gene_column=gene_column)
-        logits = mix(logits, ann.gene_probe.proba(X), ann.gene_weight)
+        X, gene_overlap = ann.gene_probe.matrix(query, layer=layer, use_raw=use_raw, gene_column=gene_column)
+        if gene_overlap["overlap"] < min_gene_overlap:  # its markers are missing: the probe alone
+            log.warning("the query has only %.1f%% of the gene-level classifier's weighted genes (minimum %.0f%%): "
+                        "it is left out and the linear probe alone labels the cells", 100 * gene_overlap["overlap"],
+                        100 * min_gene_overlap)
+        else:
+            gene_weight = ann.gene_weight
+            logits = mix(logits, ann.gene_probe.proba(X), gene_weight)
     probs = softmax(logits, ann.temperature)
     best = probs.argmax(1)
     typical = np.ones(len(best)) if ann.typicality is None else ann.typicality(emb, best)
@@ -327,7 +338,10 @@ def predict(
         "classes": list(ann.classes), "threshold": -1.0 if threshold is None else float(threshold),
         "unknown_label": unknown_label, "n_unknown": int(low.sum()), "n_no_genes": int(empty.sum()),
         "temperature": float(ann.temperature), "label_key": ann.label_key, "gene_overlap": _no_none(overlap),
+        "gene_weight": float(gene_weight),
     }
+    if gene_overlap is not None:
+        query.uns[f"{key_added}_annotation"]["gene_probe_overlap"] = gene_overlap
     log.info("annotated %d cells: %d unknown (%d below the threshold, %d without annotator genes)", len(labels),
              int(low.sum()), int(low.sum() - empty.sum()), int(empty.sum()))
     return query if copy else None
