@@ -149,3 +149,46 @@ def test_io_read_uses_it(tmp_path):
     a.write_h5ad(path, compression="gzip")
     got = read(path)
     assert got.X.format == "csr" and (got.X != a.X).nnz == 0
+
+
+@pytest.mark.parametrize("string_dtype", ["StringDType", "h5py asstr"])
+def test_string_arrays_read_as_anndata_reads_them(tmp_path, monkeypatch, string_dtype):
+    """Names, string columns, categories and string arrays in uns (non-ASCII, empty, 2-d) come back as anndata's
+    object arrays of str, through numpy's StringDType or, where that is missing, h5py's own decoding."""
+    if string_dtype != "StringDType":
+        monkeypatch.setattr(_h5ad_fast, "_STRING_DTYPE", None)
+    elif _h5ad_fast._STRING_DTYPE is None:
+        pytest.skip("numpy without StringDType")
+    a = _adata(n=40, g=30)
+    a.obs["name"] = [f"cellule-{i}-é" if i % 3 else "" for i in range(a.n_obs)]
+    a.var["symbol"] = pd.Categorical([f"Gène{i % 7}" for i in range(a.n_vars)])
+    a.uns["labels"] = np.array([["α", ""], ["b", "c"]], dtype=object)
+    a.uns["words"] = np.array(["x", "yy"], dtype=object)
+    path = tmp_path / "s.h5ad"
+    a.write_h5ad(path, compression="gzip")
+    want, got = ad.read_h5ad(path), _h5ad_fast.read_h5ad(path)
+    _assert_same(want, got)
+    for k in ("labels", "words"):
+        assert got.uns[k].dtype == want.uns[k].dtype and got.uns[k].shape == want.uns[k].shape
+        assert got.uns[k].tolist() == want.uns[k].tolist()
+    assert all(type(v) is str for v in got.obs["name"]) and got.var_names.dtype == object
+
+
+def test_dataframes_of_every_column_kind_read_as_anndata_reads_them(tmp_path):
+    """obs/var with numeric, bool, string, categorical (string, numeric, ordered), nullable columns and a named
+    index: the fast dataframe reader gives anndata's DataFrame; a frame without columns too."""
+    n = 12
+    a = _adata(n=n, g=5)
+    a.obs["f"] = np.linspace(0, 1, n)
+    a.obs["i"] = np.arange(n, dtype=np.int16)
+    a.obs["b"] = np.arange(n) % 2 == 0
+    a.obs["num_cat"] = pd.Categorical(np.arange(n) % 3)
+    a.obs["ordered"] = pd.Categorical(["lo", "hi"] * (n // 2), categories=["lo", "hi"], ordered=True)
+    a.obs["nullable_int"] = pd.array([1, None] * (n // 2), dtype="Int64")
+    a.obs["nullable_bool"] = pd.array([True, None] * (n // 2), dtype="boolean")
+    a.obs.index.name = "barcode"
+    path = tmp_path / "df.h5ad"
+    a.write_h5ad(path)
+    want, got = ad.read_h5ad(path), _h5ad_fast.read_h5ad(path)
+    _assert_same(want, got)
+    assert got.obs.index.name == want.obs.index.name and list(got.var.columns) == list(want.var.columns) == []

@@ -25,6 +25,9 @@ except ImportError:  # pragma: no cover - isal is a dependency; zlib gives the s
     from zlib import decompress as _inflate
 
 _GZIP = 1  # HDF5 filter id of deflate
+# numpy's variable-width string dtype, which h5py >= 3.14 reads variable-length strings into (None: older ones)
+_STRING_DTYPE = getattr(getattr(np, "dtypes", None), "StringDType", None)
+_STRING_DTYPE = None if _STRING_DTYPE is None else _STRING_DTYPE()
 _MIN_PARALLEL_BYTES = 1 << 20  # smaller arrays: h5py's own read
 
 
@@ -124,6 +127,53 @@ def read_1d(ds, pool: ThreadPoolExecutor | None) -> np.ndarray:
     return finish_1d(start_1d(ds, pool))
 
 
+def read_strings(ds) -> np.ndarray:
+    """A variable-length string dataset as an object array of ``str`` (what anndata returns), read through
+    numpy's ``StringDType``: h5py then converts in C instead of decoding each string in Python (~15 % faster
+    on pbmc3k's gene names)."""
+    try:
+        return ds.astype(_STRING_DTYPE)[()].astype(object)
+    except (TypeError, ValueError):  # a string type h5py cannot read as StringDType: its own route
+        return ds.asstr()[()]
+
+
+def read_dataframe(group):
+    """anndata's ``dataframe`` element (obs, var), read with fewer HDF5 attribute look-ups: string and numeric
+    columns are told apart by their dtype and categoricals by one attribute; any other column (nullable
+    integers, booleans, strings) goes through :func:`anndata.io.read_elem`. The same DataFrame as anndata's."""
+    import h5py
+    import pandas as pd
+    from anndata.io import read_elem
+
+    def column(elem):
+        if isinstance(elem, h5py.Dataset):
+            return read_strings(elem) if h5py.check_string_dtype(elem.dtype) else elem[()]
+        if _attr(elem, "encoding-type") == "categorical":
+            cats = elem["categories"]
+            return pd.Categorical.from_codes(
+                elem["codes"][()], categories=read_strings(cats) if h5py.check_string_dtype(cats.dtype) else cats[()],
+                ordered=bool(elem.attrs["ordered"]))
+        return read_elem(elem)
+
+    columns = list(_attr(group, "column-order"))
+    index_key = _attr(group, "_index")
+    df = pd.DataFrame({k: column(group[k]) for k in columns}, index=column(group[index_key]),
+                      columns=columns if columns else None)
+    if index_key != "_index":
+        df.index.name = index_key
+    return df
+
+
+def _attr(elem, name: str):
+    """An HDF5 attribute as anndata reads it: bytes decoded, a string array as a list of str."""
+    value = elem.attrs[name]
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.ndarray) and value.dtype.kind in "OSU":
+        return [v.decode() if isinstance(v, bytes) else str(v) for v in value]
+    return value
+
+
 def read_h5ad(path: str | Path):
     """``anndata.read_h5ad(path)``, with gzip-compressed sparse matrices inflated in parallel."""
     import anndata as ad
@@ -134,6 +184,10 @@ def read_h5ad(path: str | Path):
         later = {}  # X and layers: inflated while anndata reads the rest, put in place at the end
 
         def callback(read_func, elem_name: str, elem, iospec):
+            if iospec.encoding_type == "string-array" and isinstance(elem, h5py.Dataset) and _STRING_DTYPE:
+                return read_strings(elem)
+            if iospec.encoding_type == "dataframe" and iospec.encoding_version == "0.2.0" and _STRING_DTYPE:
+                return read_dataframe(elem)
             if iospec.encoding_type in ("csr_matrix", "csc_matrix") and isinstance(elem, h5py.Group):
                 cls = sp.csr_matrix if iospec.encoding_type == "csr_matrix" else sp.csc_matrix
                 shape = tuple(int(s) for s in elem.attrs["shape"])
