@@ -151,14 +151,11 @@ def test_io_read_uses_it(tmp_path):
     assert got.X.format == "csr" and (got.X != a.X).nnz == 0
 
 
-@pytest.mark.parametrize("string_dtype", ["StringDType", "h5py asstr"])
-def test_string_arrays_read_as_anndata_reads_them(tmp_path, monkeypatch, string_dtype):
+def test_string_arrays_read_as_anndata_reads_them(tmp_path):
     """Names, string columns, categories and string arrays in uns (non-ASCII, empty, 2-d) come back as anndata's
-    object arrays of str, through numpy's StringDType or, where that is missing, h5py's own decoding."""
-    if string_dtype != "StringDType":
-        monkeypatch.setattr(_h5ad_fast, "_STRING_DTYPE", None)
-    elif _h5ad_fast._STRING_DTYPE is None:
-        pytest.skip("numpy without StringDType")
+    object arrays of str."""
+    if _h5ad_fast._STRING_DTYPE is None:
+        pytest.skip("numpy without StringDType: anndata's own reading")
     a = _adata(n=40, g=30)
     a.obs["name"] = [f"cellule-{i}-é" if i % 3 else "" for i in range(a.n_obs)]
     a.var["symbol"] = pd.Categorical([f"Gène{i % 7}" for i in range(a.n_vars)])
@@ -186,9 +183,37 @@ def test_dataframes_of_every_column_kind_read_as_anndata_reads_them(tmp_path):
     a.obs["ordered"] = pd.Categorical(["lo", "hi"] * (n // 2), categories=["lo", "hi"], ordered=True)
     a.obs["nullable_int"] = pd.array([1, None] * (n // 2), dtype="Int64")
     a.obs["nullable_bool"] = pd.array([True, None] * (n // 2), dtype="boolean")
+    a.obs["bytes"] = np.array([b"x", b"yy"] * (n // 2), dtype="S2")  # anndata writes and reads bytes as bytes
     a.obs.index.name = "barcode"
     path = tmp_path / "df.h5ad"
     a.write_h5ad(path)
     want, got = ad.read_h5ad(path), _h5ad_fast.read_h5ad(path)
     _assert_same(want, got)
     assert got.obs.index.name == want.obs.index.name and list(got.var.columns) == list(want.var.columns) == []
+    assert got.obs["bytes"].tolist() == want.obs["bytes"].tolist() == [b"x", b"yy"] * (n // 2)
+
+
+def test_read_strings_falls_back_to_h5py_decoding(tmp_path, monkeypatch):
+    """Where h5py cannot read into StringDType (older h5py), the strings come from h5py's own decoding."""
+    path = tmp_path / "s.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("s", data=np.array(["a", "é", ""], dtype=object), dtype=h5py.string_dtype())
+    with h5py.File(path) as f:
+        ds = f["s"]
+        fast = _h5ad_fast.read_strings(ds)
+
+        def refuse(*_):
+            raise TypeError("No conversion path for dtype")
+
+        monkeypatch.setattr(h5py.Dataset, "astype", refuse)
+        slow = _h5ad_fast.read_strings(ds)
+    assert fast.dtype == slow.dtype == object and fast.tolist() == slow.tolist() == ["a", "é", ""]
+
+
+def test_file_without_encoding_attributes_is_read_by_anndata(tmp_path):
+    """A file from before anndata 0.7 (no ``encoding-type`` on the root) goes to anndata's own reader."""
+    path = tmp_path / "old.h5ad"
+    _adata(n=20, g=10).write_h5ad(path)
+    with h5py.File(path, "a") as f:
+        del f.attrs["encoding-type"], f.attrs["encoding-version"]
+    _assert_same(ad.read_h5ad(path), _h5ad_fast.read_h5ad(path))

@@ -396,6 +396,11 @@ def test_refit_on_every_reference_cell_keeps_the_chosen_c_and_the_held_out_tempe
     assert refit.temperature == kept.temperature and refit.info["val_macro_f1"] == kept.info["val_macro_f1"]
     assert refit.probe.C == kept.probe.C and refit.gene_probe.C == kept.gene_probe.C
     assert not np.allclose(refit.probe.weight, kept.probe.weight)  # 15 more cells
+    assert refit.gene_probe.weight.shape != kept.gene_probe.weight.shape or not np.allclose(
+        refit.gene_probe.weight, kept.gene_probe.weight)
+    assert "refit_gene_probe_genes_used" in refit.info
+    # The typicality is fitted again on every cell too: its class centres move with the 15 held-out cells.
+    assert not np.allclose(refit.typicality.centroids, kept.typicality.centroids)
 
 
 def test_a_given_c_fits_without_a_search():
@@ -458,6 +463,7 @@ def test_c_search_on_a_stratified_sample_of_a_large_reference(monkeypatch):
     sub = cv_sample(y, 100, seed=0)
     counts = np.bincount(y[sub])
     assert len(sub) <= 106 and counts[0] > counts[1] >= 5 and counts[2] == 5  # rare classes keep 5 cells
+    assert np.bincount(y[cv_sample(y, 100, seed=0, min_per_class=10)])[2] == 6  # all of a class smaller than that
     np.testing.assert_array_equal(sub, cv_sample(y, 100, seed=0))
     np.testing.assert_array_equal(cv_sample(y, 1000, seed=0), np.arange(len(y)))
     rng = np.random.default_rng(0)
@@ -468,6 +474,24 @@ def test_c_search_on_a_stratified_sample_of_a_large_reference(monkeypatch):
     z = (emb - emb.mean(0)) / emb.std(0)
     ref = LogisticRegression(C=probe.C, max_iter=2000, random_state=0).fit(z, y)
     np.testing.assert_allclose(probe(emb), ref.decision_function(z), rtol=1e-5, atol=1e-5)
+    # The gene probe the same way: C from the sample, weights from every cell.
+    import warnings
+
+    from sklearn.multiclass import OneVsRestClassifier
+
+    from scmamba2.tasks._annotate_genes import fit_gene_probe, log_normalised
+
+    a = cells(150, [0, 1, 2])
+    X, names = log_normalised(a)
+    yy = np.searchsorted(["T0", "T1", "T2"], a.obs["cell_type"].to_numpy())
+    monkeypatch.setattr(_annotate_probe, "MAX_CV_CELLS", 60)
+    gp, _ = fit_gene_probe(X, names, yy, 3, n_top_genes=30, folds=3, seed=0)
+    Xs = gp.select(X, names)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        gref = OneVsRestClassifier(LogisticRegression(penalty="l1", solver="liblinear", max_iter=1000, C=gp.C,
+                                                      random_state=0)).fit(Xs, yy)
+    np.testing.assert_allclose(gp.proba(Xs), gref.predict_proba(Xs), rtol=1e-6, atol=1e-9)
 
 
 def test_gene_probe_reads_the_first_of_duplicated_gene_names():

@@ -138,21 +138,32 @@ def read_strings(ds) -> np.ndarray:
 
 
 def read_dataframe(group):
-    """anndata's ``dataframe`` element (obs, var), read with fewer HDF5 attribute look-ups: string and numeric
-    columns are told apart by their dtype and categoricals by one attribute; any other column (nullable
-    integers, booleans, strings) goes through :func:`anndata.io.read_elem`. The same DataFrame as anndata's."""
+    """anndata's ``dataframe`` element (obs, var), read with fewer HDF5 attribute look-ups: numeric columns are
+    read as they are, variable-length string columns and categories through :func:`read_strings` and
+    categoricals are told by one attribute each; any other column (fixed-length bytes, nullable integers,
+    booleans, strings) goes through anndata's own ``read_elem``. The same DataFrame as anndata's."""
     import h5py
     import pandas as pd
-    from anndata.io import read_elem
+
+    try:
+        from anndata.io import read_elem
+    except ImportError:  # anndata < 0.11
+        from anndata.experimental import read_elem
+
+    def array(ds):
+        kind = h5py.check_string_dtype(ds.dtype)
+        if kind is None and ds.dtype.kind not in "OSUV":  # numbers and bools: anndata's "array"
+            return ds[()]
+        if kind is not None and kind.length is None and _attr(ds, "encoding-type") == "string-array":
+            return read_strings(ds)
+        return read_elem(ds)  # bytes columns ("array") and the rest: anndata's own reading
 
     def column(elem):
         if isinstance(elem, h5py.Dataset):
-            return read_strings(elem) if h5py.check_string_dtype(elem.dtype) else elem[()]
+            return array(elem)
         if _attr(elem, "encoding-type") == "categorical":
-            cats = elem["categories"]
-            return pd.Categorical.from_codes(
-                elem["codes"][()], categories=read_strings(cats) if h5py.check_string_dtype(cats.dtype) else cats[()],
-                ordered=bool(elem.attrs["ordered"]))
+            return pd.Categorical.from_codes(elem["codes"][()], categories=array(elem["categories"]),
+                                             ordered=bool(elem.attrs["ordered"]))
         return read_elem(elem)
 
     columns = list(_attr(group, "column-order"))
@@ -180,6 +191,9 @@ def read_h5ad(path: str | Path):
     import h5py
     from anndata.experimental import read_dispatched
 
+    with h5py.File(path, "r") as f:
+        if "encoding-type" not in f.attrs:  # written by anndata < 0.7: anndata's reader knows its layout
+            return ad.read_h5ad(path)
     with h5py.File(path, "r") as f, ThreadPoolExecutor(_workers()) as pool:
         later = {}  # X and layers: inflated while anndata reads the rest, put in place at the end
 

@@ -135,7 +135,7 @@ def fit_gene_probe(X: np.ndarray, names: list[str], y: np.ndarray, n_classes: in
     """The gene probe on the training cells' log-normalised matrix ``X`` (every class present): the
     ``n_top_genes`` most variable genes of ``X`` (scanpy's ``seurat`` rule), ``C`` from the L1 baseline's grid by
     stratified ``folds``-fold cross-validation (macro-F1; fewer folds when the rarest class is smaller, ``C`` = 1
-    with a single cell; on a stratified sample of ``MAX_CV_CELLS`` cells when there are more), or ``C`` as given
+    with a single cell; on a stratified sample of about ``MAX_CV_CELLS`` cells when there are more), or ``C`` as given
     (no search: the refit on every reference cell). The weights are fitted on every cell."""
     import anndata as ad
     import scanpy as sc
@@ -162,7 +162,7 @@ def fit_gene_probe(X: np.ndarray, names: list[str], y: np.ndarray, n_classes: in
         if C is not None:
             clf, c, cv = base.set_params(estimator__C=C).fit(Xs, y), float(C), None
         elif k >= 2:
-            sub = cv_sample(y, MAX_CV_CELLS, seed)
+            sub = cv_sample(y, MAX_CV_CELLS, seed, min_per_class=max(5, k))
             search = GridSearchCV(base, {"estimator__C": list(L1_CS)}, scoring="f1_macro", n_jobs=1, refit=False,
                                   cv=StratifiedKFold(k, shuffle=True, random_state=seed)).fit(Xs[sub], y[sub])
             c, cv = float(search.best_params_["estimator__C"]), round(search.best_score_, 4)

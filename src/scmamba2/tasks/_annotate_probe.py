@@ -22,14 +22,15 @@ log = logging.getLogger(__name__)
 
 # The grid of inverse regularisation strengths searched by cross-validation.
 PROBE_CS = tuple(float(c) for c in np.logspace(-3, 2, 11))
-# Larger training sets choose C on a stratified sample of this many cells (the fit then uses every cell): the
-# search's cost grows with the cells, the choice of C hardly does.
+# Larger training sets choose C on a stratified sample of about this many cells (the fit then uses every cell):
+# the search's cost grows with the cells, the choice of C hardly does.
 MAX_CV_CELLS = 10_000
 
 
-def cv_sample(y: np.ndarray, max_cells: int, seed: int) -> np.ndarray:
-    """Indices of at most ``max_cells`` of ``y``, stratified (each class in proportion, at least
-    ``min(its cells, 5)`` of it), sorted; all of them when there are no more than ``max_cells``."""
+def cv_sample(y: np.ndarray, max_cells: int, seed: int, min_per_class: int = 5) -> np.ndarray:
+    """Indices of about ``max_cells`` of ``y`` (a little more when rare classes need their minimum), stratified:
+    each class in proportion, with at least ``min(its cells, min_per_class)``; sorted. All of them when there
+    are no more than ``max_cells``."""
     n = len(y)
     if n <= max_cells:
         return np.arange(n)
@@ -37,7 +38,7 @@ def cv_sample(y: np.ndarray, max_cells: int, seed: int) -> np.ndarray:
     keep = []
     for k in np.unique(y):
         idx = np.flatnonzero(y == k)
-        m = min(len(idx), max(5, int(round(len(idx) * max_cells / n))))
+        m = min(len(idx), max(min_per_class, int(round(len(idx) * max_cells / n))))
         keep.append(rng.choice(idx, m, replace=False))
     return np.sort(np.concatenate(keep))
 
@@ -105,7 +106,7 @@ def fit_probe(emb: np.ndarray, y: np.ndarray, n_classes: int, *, metric: np.ndar
     ``metric`` is the ``(D, D)`` readout map (None: the raw embedding); ``class_weight`` ``"balanced"`` or
     ``"none"``; ``C`` from :data:`PROBE_CS` by ``folds``-fold stratified cross-validation (fewer folds when the
     rarest class has fewer cells; none with a single cell, then ``C = 1``; on a stratified sample of
-    :data:`MAX_CV_CELLS` cells when there are more), or ``C`` as given (no search: the refit on every reference
+    about :data:`MAX_CV_CELLS` cells when there are more), or ``C`` as given (no search: the refit on every reference
     cell). The weights are fitted on every cell. Returns the probe and a summary.
     """
     from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
@@ -127,7 +128,7 @@ def fit_probe(emb: np.ndarray, y: np.ndarray, n_classes: int, *, metric: np.ndar
             clf = LogisticRegression(C=C, class_weight=cw, max_iter=2000, random_state=seed).fit(z, y)
             c, cv = float(C), {}
         elif k >= 2:
-            sub = cv_sample(y, MAX_CV_CELLS, seed)
+            sub = cv_sample(y, MAX_CV_CELLS, seed, min_per_class=max(5, k))  # every fold keeps every class
             clf = LogisticRegressionCV(Cs=list(PROBE_CS), cv=StratifiedKFold(k, shuffle=True, random_state=seed),
                                        scoring=_macro_f1, class_weight=cw, max_iter=2000, random_state=seed)
             clf.fit(z[sub], y[sub])

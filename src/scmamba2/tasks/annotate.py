@@ -81,8 +81,10 @@ class AnnotationConfig:
         Highly variable genes the gene-level classifier reads.
     refit
         The probe only: once the temperature is fitted on the held-out cells, fit the probe and the gene-level
-        classifier again on every reference cell with the ``C`` each chose (scikit-learn's ``refit``; the
-        cross-validated logistic regression baseline also learns from the whole reference).
+        classifier again on every reference cell with the ``C`` each chose (as scikit-learn's ``refit`` does
+        after a search); the gene classifier's variable genes are chosen again on every cell. The temperature
+        and the held-out scores in ``info`` stay those of the nine-tenths fit; nothing is refitted when
+        ``val_fraction`` is 0 (every cell is then a training cell already).
     """
 
     method: Literal["auto", "probe", "finetune"] = "auto"
@@ -425,7 +427,7 @@ def _fit_probe(net, cells, y, train_idx, val_idx, n_classes: int, cfg, seed: int
         if gene_probe is not None:
             gene_probe, gfit = fit_gene_probe(X, names, y, n_classes, n_top_genes=cfg.gene_top_genes, seed=seed,
                                               C=gene_probe.C)
-            fit.update(gfit)
+            fit["refit_gene_probe_genes_used"] = gfit["gene_probe_genes_used"]
         if typicality is not None:
             from ._annotate_typicality import Typicality
 
