@@ -390,8 +390,8 @@ def test_probe_alone_when_gene_weight_is_zero(tmp_path):
 def test_refit_on_every_reference_cell_keeps_the_chosen_c_and_the_held_out_temperature(tmp_path):
     model_dir = _tiny_pretrained(tmp_path / "base")
     ref = cells(150, [0, 1, 2])
-    kept = fit_annotator(ref, "cell_type", model=model_dir, config=AnnotationConfig(probe_folds=2, refit=False))
-    refit = fit_annotator(ref, "cell_type", model=model_dir, config=AnnotationConfig(probe_folds=2))
+    kept = fit_annotator(ref, "cell_type", model=model_dir, config=AnnotationConfig(probe_folds=2))
+    refit = fit_annotator(ref, "cell_type", model=model_dir, config=AnnotationConfig(probe_folds=2, refit=True))
     assert refit.info["refit_cells"] == refit.info["n_train"] + refit.info["n_val"] and "refit_cells" not in kept.info
     assert refit.temperature == kept.temperature and refit.info["val_macro_f1"] == kept.info["val_macro_f1"]
     assert refit.probe.C == kept.probe.C and refit.gene_probe.C == kept.gene_probe.C

@@ -82,7 +82,8 @@ class AnnotationConfig:
     refit
         The probe only: once the temperature is fitted on the held-out cells, fit the probe and the gene-level
         classifier again on every reference cell with the ``C`` each chose (as scikit-learn's ``refit`` does
-        after a search); the gene classifier's variable genes are chosen again on every cell. The temperature
+        after a search); the gene classifier's variable genes are chosen again on every cell. Off by default:
+        it did not raise the benchmark's query macro-F1 (benchmarks/results/annotate.md). The temperature
         and the held-out scores in ``info`` stay those of the nine-tenths fit; nothing is refitted when
         ``val_fraction`` is 0 (every cell is then a training cell already).
     """
@@ -99,7 +100,7 @@ class AnnotationConfig:
     probe_folds: int = 5
     gene_weight: float = 0.5
     gene_top_genes: int = 2000
-    refit: bool = True
+    refit: bool = False
 
     def __post_init__(self) -> None:
         if self.method not in ("auto", "probe", "finetune"):
