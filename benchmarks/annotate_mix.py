@@ -118,8 +118,10 @@ def run(name: str, data_dir: Path) -> dict:
     return {"classes": len(classes), "reference cells": len(y), "query cells": len(qy), "C": chosen, "rows": rows}
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def cli(doc: str, run_one, render, stem: str, argv=None) -> int:
+    """The scripts' shared command line: ``run_one(name, data_dir)`` on both references (one torch thread),
+    ``render(results, minutes)`` -> markdown lines, written with the JSON to ``<out>/<stem>.md`` / ``.json``."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--data-dir", type=Path, default=HERE.parent.parent / "shared" / "data")
     ap.add_argument("--out", type=Path, default=HERE / "results")
     args = ap.parse_args(argv)
@@ -128,7 +130,16 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")
     t0 = time.time()
-    res = {n: run(n, args.data_dir) for n in ("pbmc3k_raw_labeled", "kang_muscat_8donors")}
+    res = {n: run_one(n, args.data_dir) for n in ("pbmc3k_raw_labeled", "kang_muscat_8donors")}
+    lines = render(res, (time.time() - t0) / 60)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    (args.out / f"{stem}.json").write_text(json.dumps(res, indent=1))
+    print("\n".join(lines))
+    return 0
+
+
+def render(res: dict, minutes: float) -> list[str]:
     lines = ["# Annotation: averaging the linear probe with a gene-level classifier", "",
              "Regenerate: `.venv/bin/python benchmarks/annotate_mix.py`. " + __doc__.split("\n\n")[1].replace("\n", " "),
              "", "Gene weight 0 is the probe alone, 1 the gene-level classifier alone (the annotation benchmark's "
@@ -145,15 +156,10 @@ def main(argv=None) -> int:
         lines.append("")
     mean = {w: np.mean([r["rows"][i]["reference CV macro-F1"] for r in res.values()]) for i, w in enumerate(WEIGHTS)}
     best = max(mean, key=mean.get)
-    lines += [f"Mean reference CV macro-F1 over both references by gene weight: "
-              + ", ".join(f"{w}: {m:.3f}" for w, m in mean.items()) + f". Highest: {best}.", "",
-              f"Wall time {(time.time() - t0) / 60:.1f} min."]
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "annotate_mix.md").write_text("\n".join(lines) + "\n")
-    (args.out / "annotate_mix.json").write_text(json.dumps(res, indent=1))
-    print("\n".join(lines))
-    return 0
+    return lines + [f"Mean reference CV macro-F1 over both references by gene weight: "
+                    + ", ".join(f"{w}: {m:.3f}" for w, m in mean.items()) + f". Highest: {best}.", "",
+                    f"Wall time {minutes:.1f} min."]
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(cli(__doc__, run, render, "annotate_mix"))
