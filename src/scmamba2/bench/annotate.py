@@ -66,7 +66,9 @@ TRIED = ("Chosen on the references' own held-out tenth (val macro-F1 pbmc3k / Ka
          "2026-12-04, evening: the default with both classifiers fitted again on every reference cell after the "
          "temperature (refit=True, the C's kept), query macro-F1 0.901 / 0.788 against 0.904 / 0.794 for the "
          "nine-tenths fit (first run, when the refit was the default): no gain, off by default; its row stays "
-         "in the table.")
+         "in the table. C chosen by cross-validated log-loss instead of macro-F1 (nested CV on each reference, "
+         "results/annotate_c_choice.md): a tie on the references (0.856 vs 0.857), not adopted; the query of Kang "
+         "moves by 0.04 with the C's alone.")
 LABEL_KEY = "cell_type"
 PROBE = "scmamba2 bundled model: linear probe averaged with a gene-level L1 logistic regression (default)"
 PROBE_ALONE = "scmamba2 bundled model, frozen encoder + linear probe alone"
