@@ -217,3 +217,16 @@ def test_file_without_encoding_attributes_is_read_by_anndata(tmp_path):
     with h5py.File(path, "a") as f:
         del f.attrs["encoding-type"], f.attrs["encoding-version"]
     _assert_same(ad.read_h5ad(path), _h5ad_fast.read_h5ad(path))
+
+
+def test_read_frame_is_anndatas_read_elem(tmp_path):
+    """obs and var through read_frame (the corpus shards' reader) equal anndata's read_elem."""
+    from anndata.io import read_elem
+
+    a = _adata(n=30, g=20)
+    a.var["symbol"] = pd.Categorical([f"s{i % 4}" for i in range(a.n_vars)])
+    path = tmp_path / "f.h5ad"
+    a.write_h5ad(path, compression="gzip")
+    with h5py.File(path) as f:
+        for key in ("obs", "var", "raw/var"):
+            pd.testing.assert_frame_equal(_h5ad_fast.read_frame(f[key]), read_elem(f[key]))

@@ -145,10 +145,7 @@ def read_dataframe(group):
     import h5py
     import pandas as pd
 
-    try:
-        from anndata.io import read_elem
-    except ImportError:  # anndata < 0.11
-        from anndata.experimental import read_elem
+    read_elem = _read_elem()
 
     def array(ds):
         kind = h5py.check_string_dtype(ds.dtype)
@@ -173,6 +170,24 @@ def read_dataframe(group):
     if index_key != "_index":
         df.index.name = index_key
     return df
+
+
+def read_frame(group):
+    """An obs/var group as a DataFrame: :func:`read_dataframe` for anndata's current ``dataframe`` encoding
+    (where numpy has ``StringDType``), anndata's ``read_elem`` for anything else."""
+    if _STRING_DTYPE is not None and group.attrs.get("encoding-type") in ("dataframe", b"dataframe") and \
+            group.attrs.get("encoding-version") in ("0.2.0", b"0.2.0"):
+        return read_dataframe(group)
+    return _read_elem()(group)
+
+
+def _read_elem():
+    """anndata's ``read_elem`` (``anndata.io`` from 0.11, ``anndata.experimental`` before)."""
+    try:
+        from anndata.io import read_elem
+    except ImportError:  # anndata < 0.11
+        from anndata.experimental import read_elem
+    return read_elem
 
 
 def _attr(elem, name: str):

@@ -168,8 +168,9 @@ class H5adShard(_Lazy, Shard):
 
     def __init__(self, path: str | Path, *, layer: str | None = None, gene_column: str | None = None,
                  obs_filter: str | None = None) -> None:
-        import anndata.io as aio
         import h5py
+
+        from ._h5ad_fast import read_frame
 
         self.path = Path(path)
         self.name = self.path.name
@@ -179,9 +180,9 @@ class H5adShard(_Lazy, Shard):
             if key not in f:
                 raise InputError(f"{self.path} has no {key!r} matrix (layer={layer!r}); choose another layer.")
             n_obs = int(_matrix_shape(f[key])[0])
-            self._var = aio.read_elem(f["raw/var" if layer == "raw" else "var"])
+            self._var = read_frame(f["raw/var" if layer == "raw" else "var"])
             if obs_filter:
-                obs = aio.read_elem(f["obs"])
+                obs = read_frame(f["obs"])
                 try:
                     keep = obs.reset_index(drop=True).query(obs_filter).index.to_numpy()
                 except Exception as exc:  # pandas raises many kinds for a bad expression
