@@ -325,14 +325,24 @@ def test_cli_probe_from_a_model_folder_saves_and_reloads(tmp_path):
 # ------------------------------------------------------------------ the gene-level classifier beside the probe
 
 
-def test_gene_probe_is_one_vs_rest_l1_logistic_regression():
-    """Its probabilities are scikit-learn's one-vs-rest L1 logistic regression's on the chosen genes, with the C
-    cross-validation chose; two classes work too."""
+def _assert_is_sklearn_l1(gene_probe, X, names, y, C):
+    """The gene probe's probabilities equal scikit-learn's one-vs-rest L1 logistic regression at ``C`` on its genes."""
     import warnings
 
     from sklearn.linear_model import LogisticRegression
     from sklearn.multiclass import OneVsRestClassifier
 
+    Xs = gene_probe.select(X, names)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = OneVsRestClassifier(LogisticRegression(penalty="l1", solver="liblinear", max_iter=1000, C=C,
+                                                     random_state=0)).fit(Xs, y)
+    np.testing.assert_allclose(gene_probe.proba(Xs), ref.predict_proba(Xs), rtol=1e-6, atol=1e-9)
+
+
+def test_gene_probe_is_one_vs_rest_l1_logistic_regression():
+    """Its probabilities are scikit-learn's one-vs-rest L1 logistic regression's on the chosen genes, with the C
+    cross-validation chose; two classes work too."""
     from scmamba2.tasks._annotate_genes import fit_gene_probe, log_normalised
 
     a = cells(150, [0, 1, 2])
@@ -340,13 +350,9 @@ def test_gene_probe_is_one_vs_rest_l1_logistic_regression():
     y = np.searchsorted(["T0", "T1", "T2"], a.obs["cell_type"].to_numpy())
     probe, info = fit_gene_probe(X, names, y, 3, n_top_genes=40, folds=3, seed=0)
     assert len(probe.genes) == 40 and info["gene_probe_genes_used"] <= 40 and info["gene_probe_cv_macro_f1"] > 0.9
-    Xs = probe.select(X, names)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ref = OneVsRestClassifier(LogisticRegression(penalty="l1", solver="liblinear", max_iter=1000, C=probe.C,
-                                                     random_state=0)).fit(Xs, y)
-    np.testing.assert_allclose(probe.proba(Xs), ref.predict_proba(Xs), rtol=1e-6, atol=1e-9)
-    np.testing.assert_allclose(probe.matrix(a)[0].toarray(), Xs.toarray(), rtol=1e-6)  # same matrix from the AnnData
+    _assert_is_sklearn_l1(probe, X, names, y, C=probe.C)
+    from_adata = probe.matrix(a)[0].toarray()  # the same matrix straight from the AnnData
+    np.testing.assert_allclose(from_adata, probe.select(X, names).toarray(), rtol=1e-6)
     two, _ = fit_gene_probe(X[y < 2], names, y[y < 2], 2, n_top_genes=40, folds=3, seed=0)
     p2 = two.proba(two.select(X[y < 2], names))
     assert (p2.argmax(1) == y[y < 2]).mean() > 0.95 and np.allclose(p2.sum(1), 1.0)
@@ -405,10 +411,7 @@ def test_refit_on_every_reference_cell_keeps_the_chosen_c_and_the_held_out_tempe
 
 def test_a_given_c_fits_without_a_search():
     """``C=`` is plain logistic regression at that C (the refit), in both classifiers."""
-    import warnings
-
     from sklearn.linear_model import LogisticRegression
-    from sklearn.multiclass import OneVsRestClassifier
 
     from scmamba2.tasks._annotate_genes import fit_gene_probe, log_normalised
     from scmamba2.tasks._annotate_probe import fit_probe
@@ -425,12 +428,7 @@ def test_a_given_c_fits_without_a_search():
     X, names = log_normalised(a)
     yy = np.searchsorted(["T0", "T1", "T2"], a.obs["cell_type"].to_numpy())
     gp, ginfo = fit_gene_probe(X, names, yy, 3, n_top_genes=30, seed=0, C=0.5)
-    Xs = gp.select(X, names)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        gref = OneVsRestClassifier(LogisticRegression(penalty="l1", solver="liblinear", max_iter=1000, C=0.5,
-                                                      random_state=0)).fit(Xs, yy)
-    np.testing.assert_allclose(gp.proba(Xs), gref.predict_proba(Xs), rtol=1e-6, atol=1e-9)
+    _assert_is_sklearn_l1(gp, X, names, yy, C=0.5)
     assert gp.C == 0.5 and "gene_probe_cv_macro_f1" not in ginfo
 
 
@@ -475,10 +473,6 @@ def test_c_search_on_a_stratified_sample_of_a_large_reference(monkeypatch):
     ref = LogisticRegression(C=probe.C, max_iter=2000, random_state=0).fit(z, y)
     np.testing.assert_allclose(probe(emb), ref.decision_function(z), rtol=1e-5, atol=1e-5)
     # The gene probe the same way: C from the sample, weights from every cell.
-    import warnings
-
-    from sklearn.multiclass import OneVsRestClassifier
-
     from scmamba2.tasks._annotate_genes import fit_gene_probe, log_normalised
 
     a = cells(150, [0, 1, 2])
@@ -486,12 +480,7 @@ def test_c_search_on_a_stratified_sample_of_a_large_reference(monkeypatch):
     yy = np.searchsorted(["T0", "T1", "T2"], a.obs["cell_type"].to_numpy())
     monkeypatch.setattr(_annotate_probe, "MAX_CV_CELLS", 60)
     gp, _ = fit_gene_probe(X, names, yy, 3, n_top_genes=30, folds=3, seed=0)
-    Xs = gp.select(X, names)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        gref = OneVsRestClassifier(LogisticRegression(penalty="l1", solver="liblinear", max_iter=1000, C=gp.C,
-                                                      random_state=0)).fit(Xs, yy)
-    np.testing.assert_allclose(gp.proba(Xs), gref.predict_proba(Xs), rtol=1e-6, atol=1e-9)
+    _assert_is_sklearn_l1(gp, X, names, yy, C=gp.C)
 
 
 def test_gene_probe_reads_the_first_of_duplicated_gene_names():

@@ -12,7 +12,8 @@ counts of the reference's highly variable genes, L1-regularised with C chosen by
 reference (the strong one) and scikit-learn's default (L2, C=1), and CellTypist (a custom model trained on the
 reference). The scmamba2 rows: the default of ``scmamba2 annotate`` (the bundled pretrained model, frozen, with a
 linear probe on its cell embedding whose class probabilities are averaged with a gene-level L1 logistic regression
-on the reference's HVGs); the probe alone (``gene_weight=0``); the bundled model fine-tuned with a classifier head (``finetune_steps > 0``);
+on the reference's HVGs); the same with both classifiers fitted again on every reference cell (``refit=True``); the
+probe alone (``gene_weight=0``); the bundled model fine-tuned with a classifier head (``finetune_steps > 0``);
 and a small model trained from scratch (``from_scratch``), with ``pretrain_steps > 0`` (the quick run: 50) adding a
 row with self-supervised pretraining on the expression of reference + query (no labels) first. Each scmamba2 row
 also reports its macro-F1 on the reference's own held-out tenth, the only score any setting was chosen on. CPU

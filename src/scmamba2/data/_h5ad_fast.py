@@ -129,8 +129,8 @@ def read_1d(ds, pool: ThreadPoolExecutor | None) -> np.ndarray:
 
 def read_strings(ds) -> np.ndarray:
     """A variable-length string dataset as an object array of ``str`` (what anndata returns), read through
-    numpy's ``StringDType``: h5py then converts in C instead of decoding each string in Python (~15 % faster
-    on pbmc3k's gene names)."""
+    numpy's ``StringDType``: h5py then converts in C instead of decoding each string in Python (the gain of this
+    and :func:`read_dataframe`: ``benchmarks/results/tokenize.md``)."""
     try:
         return ds.astype(_STRING_DTYPE)[()].astype(object)
     except (TypeError, ValueError):  # a string type h5py cannot read as StringDType: its own route
@@ -204,12 +204,20 @@ def read_h5ad(path: str | Path):
     """``anndata.read_h5ad(path)``, with gzip-compressed sparse matrices inflated in parallel."""
     import anndata as ad
     import h5py
-    from anndata.experimental import read_dispatched
 
     with h5py.File(path, "r") as f:
-        if "encoding-type" not in f.attrs:  # written by anndata < 0.7: anndata's reader knows its layout
-            return ad.read_h5ad(path)
-    with h5py.File(path, "r") as f, ThreadPoolExecutor(_workers()) as pool:
+        if "encoding-type" in f.attrs:
+            return _read_open(f, path)
+    return ad.read_h5ad(path)  # written by anndata < 0.7: anndata's reader knows its layout
+
+
+def _read_open(f, path):
+    """:func:`read_h5ad` of the open file ``f``."""
+    import anndata as ad
+    import h5py
+    from anndata.experimental import read_dispatched
+
+    with ThreadPoolExecutor(_workers()) as pool:
         later = {}  # X and layers: inflated while anndata reads the rest, put in place at the end
 
         def callback(read_func, elem_name: str, elem, iospec):
