@@ -72,7 +72,10 @@ def test_causality():
     u2[:, t] += torch.randn(32, dtype=torch.float64)
     with torch.no_grad():
         y, y2 = block(u), block(u2)
-    assert torch.equal(y[:, :t], y2[:, :t])
+    # Chunks before t's are untouched bit for bit; inside t's chunk (from 16) the factored scan's per-chunk
+    # reference reads the whole chunk, so earlier positions there may move by rounding only.
+    assert torch.equal(y[:, :16], y2[:, :16])
+    torch.testing.assert_close(y[:, :t], y2[:, :t], rtol=0, atol=1e-12)
     assert (y[:, t] - y2[:, t]).abs().max() > 1e-6  # the change does reach position t ...
     assert (y[:, -1] - y2[:, -1]).abs().max() > 1e-12  # ... and later positions
 
@@ -103,7 +106,7 @@ def test_long_sequences_take_autograd_through_the_scan_with_the_same_gradients(m
         monkeypatch.setattr(mamba2, "MANUAL_BACKWARD_MAX_LEN", limit)
         block = make_block(dtype=torch.float64, chunk_size=8)
         out = block(torch.randn(2, length, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(1)))
-        manual = any("SSDScan" in n for n in _graph_names(out))
+        manual = any(n in ("SSDScanBackward", "FactoredScanBackward") for n in _graph_names(out))
         out.square().sum().backward()
         return manual, {n: p.grad for n, p in block.named_parameters()}
 

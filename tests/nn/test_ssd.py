@@ -1,9 +1,21 @@
 """The chunked SSD scan against the naive sequential recurrence (written here: the test is the reference)."""
 
+import math
+
 import pytest
 import torch
 
+from scmamba2.nn import ssd
 from scmamba2.nn.ssd import ssd_chunked
+
+
+@pytest.fixture(params=["factored", "segsum"])
+def path(request, monkeypatch):
+    """Run a test on each form of the scan: the factored one (forced at any decay range) and the segment-sum one."""
+    limit = math.inf if request.param == "factored" else -1.0
+    for dtype in (torch.float32, torch.float64):
+        monkeypatch.setitem(ssd.FACTORED_MAX_RANGE, dtype, limit)
+    return request.param
 
 
 def ssd_reference(x, dt, A, B, C, initial_state=None):
@@ -37,7 +49,7 @@ def random_inputs(b, l, h, p, g, n, seed, dtype=torch.float64):
 @pytest.mark.parametrize("length", [1, 7, 16, 37])
 @pytest.mark.parametrize("ngroups", [1, 2])
 @pytest.mark.parametrize("with_initial", [False, True])
-def test_chunked_matches_reference(chunk_size, length, ngroups, with_initial):
+def test_chunked_matches_reference(chunk_size, length, ngroups, with_initial, path):
     x, dt, A, B, C, s0 = random_inputs(2, length, 4, 3, ngroups, 5, seed=length * 100 + chunk_size + ngroups)
     init = s0 if with_initial else None
     y_ref, s_ref = ssd_reference(x, dt, A, B, C, init)
@@ -50,7 +62,7 @@ def test_chunked_matches_reference(chunk_size, length, ngroups, with_initial):
     assert torch.equal(ssd_chunked(x, dt, A, B, C, chunk_size, initial_state=init), y)
 
 
-def test_float32_close_and_dtype_kept():
+def test_float32_close_and_dtype_kept(path):
     x, dt, A, B, C, _ = random_inputs(2, 50, 4, 8, 1, 16, seed=3)
     y_ref, _ = ssd_reference(x, dt, A, B, C)
     y = ssd_chunked(x.float(), dt.float(), A.float(), B.float(), C.float(), chunk_size=16)
@@ -72,7 +84,7 @@ def test_strong_decay_is_stable():
 
 
 @pytest.mark.parametrize("manual", [False, True])
-def test_gradcheck_tiny(manual):
+def test_gradcheck_tiny(manual, path):
     x, dt, A, B, C, s0 = random_inputs(1, 6, 2, 2, 1, 3, seed=5)
     inputs = [t.clone().requires_grad_(True) for t in (x, dt, A, B, C, s0)]
 
@@ -84,7 +96,7 @@ def test_gradcheck_tiny(manual):
 
 
 @pytest.mark.parametrize("manual", [False, True])
-def test_gradients_match_reference(manual):
+def test_gradients_match_reference(manual, path):
     x, dt, A, B, C, s0 = random_inputs(2, 21, 4, 3, 2, 5, seed=6)
     grads = []
     for fn in ("ref", "chunked"):
@@ -100,7 +112,7 @@ def test_gradients_match_reference(manual):
         assert (g - g_ref).abs().max() < 1e-8
 
 
-def test_padding_tail_does_not_change_earlier_outputs():
+def test_padding_tail_does_not_change_earlier_outputs(path):
     x, dt, A, B, C, _ = random_inputs(1, 20, 2, 3, 1, 4, seed=7)
     y_short = ssd_chunked(x[:, :13], dt[:, :13], A, B[:, :13], C[:, :13], chunk_size=8)
     y_long = ssd_chunked(x, dt, A, B, C, chunk_size=8)
@@ -118,7 +130,7 @@ def test_shape_errors():
 
 
 @pytest.mark.parametrize("manual", [False, True])
-def test_gradients_with_skip_and_state_only_losses(manual):
+def test_gradients_with_skip_and_state_only_losses(manual, path):
     # Both backward paths: D's gradient, and losses that read only y or only the final state.
     x, dt, A, B, C, s0 = random_inputs(2, 19, 4, 3, 1, 5, seed=9)
     D = torch.randn(4, dtype=torch.float64)
@@ -139,7 +151,7 @@ def test_gradients_with_skip_and_state_only_losses(manual):
 
 
 @pytest.mark.parametrize("manual", [False, True])
-def test_autocast_keeps_the_scan_in_float32(manual):
+def test_autocast_keeps_the_scan_in_float32(manual, path):
     # Under bf16 autocast the scan still computes in float32 (forward and either backward path).
     x, dt, A, B, C, _ = random_inputs(2, 24, 4, 3, 1, 5, seed=10, dtype=torch.float32)
     leaves = [t.clone().requires_grad_(True) for t in (x, dt, A, B, C)]
@@ -151,3 +163,43 @@ def test_autocast_keeps_the_scan_in_float32(manual):
     assert y.dtype == torch.float32
     for a, b in zip(leaves, ref_leaves):
         assert torch.allclose(a.grad, b.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_default_dispatch_by_decay_range(monkeypatch):
+    # Moderate decays take the factored form, strong ones the segment-sum form (both with and without autograd).
+    calls = []
+    monkeypatch.setattr(ssd, "factored_forward", lambda *a: calls.append("factored") or ssd._forward(*a, inplace=True))
+    x, dt, A, B, C, _ = random_inputs(1, 32, 2, 4, 1, 8, seed=11, dtype=torch.float32)
+    ssd_chunked(x, dt, A, B, C, chunk_size=16)
+    assert calls == ["factored"]
+    ssd_chunked(x, dt * 50, A * 20, B, C, chunk_size=16)  # range in the thousands
+    assert calls == ["factored"]
+    # The chunk: the given one, else its half or quarter, else none (segment-sum form).
+    limit = ssd.FACTORED_MAX_RANGE[torch.float32]
+    unit = torch.full((1, 64, 1), limit / 32 * 0.99)  # log-decay per step for A = -1: 0.99 x limit per 32 steps
+    A1 = -torch.ones(1)
+    assert [ssd._factored_chunk(unit * f, A1, 32) for f in (1, 1.5, 3, 5)] == [32, 16, 8, None]
+
+
+@pytest.mark.parametrize("manual", [False, True])
+def test_factored_accurate_at_its_largest_range(manual):
+    # float32 at a chunk decay range just under the limit (factors up to exp(+-60)): forward and gradients as
+    # accurate as the segment-sum form against the float64 recurrence.
+    limit = ssd.FACTORED_MAX_RANGE[torch.float32]
+    x, dt, A, B, C, s0 = random_inputs(2, 64, 2, 4, 1, 8, seed=12)
+    A = -torch.tensor([1.0, 4.0], dtype=torch.float64)
+    dt = dt / (dt * A.abs()).reshape(2, 2, 32, 2).sum(2).amax() * 0.98 * limit  # largest chunk range 0.98 x limit
+    assert ssd._factored_chunk(dt.float(), A.float(), 32) == 32
+    assert ssd._factored_chunk(dt.float() * 1.1, A.float(), 32) == 16
+    leaves64 = [t.clone().requires_grad_(True) for t in (x, dt, A, B, C, s0)]
+    y_ref, s_ref = ssd_reference(*leaves64)
+    (y_ref.sin().sum() + s_ref.cos().sum()).backward()
+    leaves = [t.float().requires_grad_(True) for t in (x, dt, A, B, C, s0)]
+    y, s = ssd_chunked(*leaves[:5], chunk_size=32, initial_state=leaves[5], return_final_state=True,
+                       manual_backward=manual)
+    (y.sin().sum() + s.cos().sum()).backward()
+    assert torch.isfinite(y).all()
+    assert (y.double() - y_ref).abs().max() < 1e-4 * (1 + y_ref.abs().max())
+    for a, b in zip(leaves, leaves64):
+        assert torch.isfinite(a.grad).all()
+        assert (a.grad.double() - b.grad).abs().max() < 1e-3 * (1 + b.grad.abs().max())

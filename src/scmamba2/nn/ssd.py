@@ -17,7 +17,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["ssd_chunked"]
+from .ssd_factored import FactoredScan, factored_forward
+
+__all__ = ["FACTORED_MAX_RANGE", "ssd_chunked"]
+
+# The factored scan (:mod:`scmamba2.nn.ssd_factored`, one matmul per chunk for all heads of a group) runs when no
+# chunk's decay range ``-sum(dt * A)`` exceeds this, per compute dtype: its per-token factors then stay within
+# ``exp(+-limit / 2)``, far from overflow and denormals. Above it the factored scan tries a half and a quarter of the
+# chunk, and then the segment-sum form runs (exact at any decay).
+FACTORED_MAX_RANGE = {torch.float32: 120.0, torch.float64: 1200.0}
 
 
 def _check_shapes(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk_size: int) -> None:
@@ -118,8 +126,12 @@ def ssd_chunked(
     tensors = (x, dt, A, B, C, initial_state, D)
     recording = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
+    # The factored form where the decays allow it, with the given chunk or, when a chunk's decay range is too wide
+    # for it, a shorter one (the output does not depend on the chunk); otherwise the segment-sum form.
+    factored = (not recording or manual_backward) and _factored_chunk(dt.to(dtype), A.to(dtype), chunk_size)
+    q = factored or chunk_size
+
     # 0. Pad the tail to a whole number of chunks: dt = 0 and x = 0 leave the state unchanged.
-    q = chunk_size
     pad = (-length) % q
     if pad:
         x = F.pad(x, (0, 0, 0, 0, 0, pad))
@@ -131,15 +143,35 @@ def ssd_chunked(
     init = None if initial_state is None else initial_state.to(dtype)
     with torch.autocast(x.device.type, enabled=False):  # the compute dtype holds under autocast too
         if recording and manual_backward:  # hand-written backward: stores the inputs and the chunk states only
-            y, state = _SSDScan.apply(x, dt, A, B, C, D, init, q)
-        elif recording:  # differentiated by autograd
+            y, state = (FactoredScan if factored else _SSDScan).apply(x, dt, A, B, C, D, init, q)
+        elif recording:  # differentiated by autograd: the reference path
             y, state, _ = _forward(x, dt, A, B, C, D, init, q, inplace=False)
+        elif factored:
+            y, state, _ = factored_forward(x, dt, A, B, C, D, init, q)
         else:
             y, state, _ = _forward(x, dt, A, B, C, D, init, q, inplace=True)
     y = y.reshape(batch, length + pad, nheads, headdim)[:, :length].to(out_dtype)  # (b, l, h, p)
     if return_final_state:
         return y, state
     return y
+
+
+def _factored_chunk(dt: Tensor, A: Tensor, chunk_size: int) -> int | None:
+    """The chunk for the factored scan: ``chunk_size``, or its half or quarter (not below 8), the first whose decay
+    range ``-sum(dt * A)`` inside every chunk is within :data:`FACTORED_MAX_RANGE` for the compute dtype; None
+    when none is (or some ``A > 0``): the segment-sum form then runs. ``dt`` ``(b, l, h)`` and ``A`` cast."""
+    limit = FACTORED_MAX_RANGE.get(dt.dtype)
+    if limit is None or bool((A > 0).any()):
+        return None
+    b, length, h = dt.shape
+    log_decay = dt * A  # (b, l, h), <= 0
+    for q in (chunk_size, chunk_size // 2, chunk_size // 4):
+        if q < min(8, chunk_size):
+            break
+        spread = F.pad(log_decay, (0, 0, 0, (-length) % q)).reshape(b, -1, q, h).sum(2)  # (b, c, h)
+        if bool(spread.min() >= -limit):
+            return q
+    return None
 
 
 def _forward(
