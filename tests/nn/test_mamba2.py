@@ -198,3 +198,28 @@ def test_fused_and_pure_share_parameter_names():
     auto = make_block(use_kernels=None, seed=1)
     assert list(pure.state_dict()) == list(auto.state_dict())
     auto.load_state_dict(pure.state_dict(), strict=True)
+
+
+@pytest.mark.parametrize("with_context", [False, True])
+@pytest.mark.parametrize("conv_bias", [False, True])
+def test_causal_conv_matches_conv1d_with_gradients(with_context, conv_bias):
+    # The channels-last conv + silu (and its hand-written backward) against torch's depthwise conv1d.
+    torch.manual_seed(3)
+    block = make_block(torch.float64, conv_bias=conv_bias)
+    xbc = torch.randn(2, 11, block.conv_dim, dtype=torch.float64, requires_grad=True)
+    context = torch.randn(2, block.d_conv - 1, block.conv_dim, dtype=torch.float64) if with_context else None
+    out = block._causal_conv_silu(xbc, context)
+    assert out.is_contiguous()
+    left = torch.zeros(2, block.d_conv - 1, block.conv_dim, dtype=torch.float64) if context is None else context
+    ref = torch.nn.functional.conv1d(torch.cat([left, xbc], 1).transpose(1, 2), block.conv1d.weight,
+                                     block.conv1d.bias, groups=block.conv_dim).transpose(1, 2)
+    ref = torch.nn.functional.silu(ref)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+    w = torch.randn_like(out)
+    params = [xbc, block.conv1d.weight] + ([block.conv1d.bias] if conv_bias else [])
+    got = torch.autograd.grad((out * w).sum(), params)
+    want = torch.autograd.grad((ref * w).sum(), params)
+    for g, r in zip(got, want):
+        torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-10)
+    with torch.no_grad():  # the inference path: the same multiply-adds, in place
+        torch.testing.assert_close(block._causal_conv_silu(xbc, context), ref, rtol=0, atol=1e-12)
