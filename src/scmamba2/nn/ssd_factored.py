@@ -112,13 +112,13 @@ def _factored_backward(x, dt, A, B, C, D, before, q, dy, dfinal, has_init):
     dinit = gk.permute(0, 1, 3, 4, 2).reshape(b, h, p, n) if has_init else None
     dlast = (G * before).sum(dim=(3, 5)) * dec  # (b, c, g, r): through the chunk decay exp(cum_last)
 
-    # Chunk states = s * (B^T X'), s = exp(cum_last - ref).
-    s = (last - ref).exp()
-    U = (Bt.transpose(-1, -2) @ Xg).view(b, c, g, n, r, p)
-    dlast += (G * U).sum(dim=(3, 5)) * s
-    dU = G.mul_(_head_scale(s)).view(b, c, g, n, r * p)
+    # Chunk states = s * U, U = B^T X', s = exp(cum_last - ref). Through s: sum over (n, p) of dU * U, which is
+    # the sum over (q, p) of (B dU) * X' (no recomputed U).
+    dU = G.mul_(_head_scale((last - ref).exp())).view(b, c, g, n, r * p)
+    BdU = Bt @ dU  # (b, c, g, q, r * p)
+    dlast += (BdU * Xg).view(b, c, g, q, r, p).sum(dim=(3, 5))
     dBt = Xg @ dU.transpose(-1, -2)  # (b, c, g, q, n)
-    dXg = dXg.add_(Bt @ dU)
+    dXg = dXg.add_(BdU)
 
     # X' = X * w, w = dt exp(-a).
     dXs = dXg.transpose(2, 3).reshape(b, c, q, g, r, p)
