@@ -223,3 +223,26 @@ def test_causal_conv_matches_conv1d_with_gradients(with_context, conv_bias):
         torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-10)
     with torch.no_grad():  # the inference path: the same multiply-adds, in place
         torch.testing.assert_close(block._causal_conv_silu(xbc, context), ref, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("group_size", [None, 8])
+def test_gated_norm_sum_matches_the_norms_with_gradients(group_size):
+    # The summed gated norm (hand-written backward) against the module's own per-direction norms under autograd.
+    from scmamba2.nn.mamba2 import GatedRMSNorm
+
+    torch.manual_seed(4)
+    norm = GatedRMSNorm(16, group_size=group_size).double()
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+    ys = [torch.randn(3, 5, 16, dtype=torch.float64, requires_grad=True) for _ in range(2)]
+    z = torch.randn(3, 5, 16, dtype=torch.float64, requires_grad=True)
+    out = norm.summed(ys, z)
+    ref = norm(ys[0], z) + norm(ys[1], z)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    w = torch.randn_like(out)
+    leaves = [*ys, z, norm.weight]
+    got = torch.autograd.grad((out * w).sum(), leaves)
+    want = torch.autograd.grad((ref * w).sum(), leaves)
+    for g, r in zip(got, want):
+        torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-10)
+    assert torch.autograd.gradcheck(lambda a, b, c: norm.summed([a, b], c), (*ys, z))

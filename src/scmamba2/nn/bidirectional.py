@@ -322,8 +322,7 @@ def _both_directions(
     both = torch.cat([xbcdt, reverse_valid(xbcdt, lengths)], dim=0)  # (2b, l, conv_dim + nheads)
     xbc, dt = torch.split(both, [block.conv_dim, block.nheads], dim=-1)
     y = _conv_scan(block, xbc, dt, recompute)  # (2b, l, d_inner)
-    y = torch.stack([y[:batch], reverse_valid(y[batch:], lengths)])  # (2, b, l, d_inner), both in forward order
-    return block.norm(y, z).sum(0)
+    return block.norm.summed([y[:batch], reverse_valid(y[batch:], lengths)], z)  # both in forward order
 
 
 def _conv_scan(block: Mamba2Block, xbc: Tensor, dt: Tensor, recompute: bool = False) -> Tensor:

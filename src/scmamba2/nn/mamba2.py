@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import _kernels
+from .gated_norm import gated_norm_sum
 from .ssd import ssd_chunked
 
 __all__ = ["GatedRMSNorm", "Mamba2Block", "MANUAL_BACKWARD_MAX_LEN"]
@@ -64,6 +65,20 @@ class GatedRMSNorm(nn.Module):
         grouped = gated.unflatten(-1, (-1, self.group_size))  # (..., groups, group_size)
         normed = grouped * torch.rsqrt(grouped.pow(2).mean(-1, keepdim=True) + self.eps)
         return (normed.flatten(-2) * self.weight.to(fp)).to(y.dtype)
+
+    def summed(self, ys: list[Tensor], z: Tensor) -> Tensor:
+        """``sum(self(y, z) for y in ys)`` (a bidirectional layer's two directions, one gate). Under autograd on
+        the CPU in the compute dtype (no autocast) through :func:`~scmamba2.nn.gated_norm.gated_norm_sum`, which
+        keeps only the inputs and one scale per row for the backward pass; the same values either way."""
+        fp = torch.promote_types(ys[0].dtype, torch.float32)
+        recording = torch.is_grad_enabled() and any(t.requires_grad for t in (*ys, z, self.weight))
+        if (recording and z.device.type == "cpu" and not torch.is_autocast_enabled("cpu")
+                and all(t.dtype == fp for t in (*ys, z, self.weight))):
+            return gated_norm_sum(list(ys), z, self.weight, self.group_size, self.eps)
+        out = self(ys[0], z)
+        for y in ys[1:]:
+            out = out + self(y, z)
+        return out
 
 
 def _causal_conv(padded: Tensor, weight: Tensor, bias: Tensor | None, length: int) -> Tensor:

@@ -6,7 +6,7 @@ The recurrence, per batch element and head, with state ``S_t`` of shape ``(p, n)
     y_t = S_t C_t
 
 is evaluated chunk by chunk: inside a chunk of ``q`` positions it is a masked, decayed attention-like
-product (quadratic in ``q`` only); across chunks a small ``(p, n)`` state per head is carried forward by a
+product (quadratic in ``q`` only; in factored form where the decays allow, see :func:`ssd_chunked`); across chunks a small ``(p, n)`` state per head is carried forward by a
 loop over chunks, so time and memory stay linear in the sequence length and nothing of size ``l x l`` is
 ever built.
 """
@@ -96,11 +96,18 @@ def ssd_chunked(
 
     Notes
     -----
-    All arithmetic runs in float32 (float64 when ``x`` is float64). Decays are ``exp`` of differences of
-    cumulative sums of ``dt * A`` with the upper triangle masked to ``-inf`` before the ``exp``, so no
-    ``exp`` of a large positive number is ever taken.
+    All arithmetic runs in float32 (float64 when ``x`` is float64). Two forms compute the same result:
 
-    Layouts (the speed of the CPU path is mostly about them): the intra-chunk product runs head-major,
+    * the **factored** form (:mod:`scmamba2.nn.ssd_factored`), used whenever the decays allow it (every
+      chunk's range ``-sum(dt * A)`` within :data:`FACTORED_MAX_RANGE`, with the given chunk or its half or
+      quarter): the decays become per-token factors, so one ``(q x q) @ (q x r * p)`` matmul per chunk serves
+      all heads of a group; 1.4-1.7x faster than the form below for the scan's forward and backward at the
+      shapes pretraining runs (one thread, chunk 64; ``benchmarks/results/train_step.md``);
+    * the **segment-sum** form below, for any decay, and as autograd's reference (``manual_backward=False``):
+      decays are ``exp`` of differences of cumulative sums of ``dt * A`` with the upper triangle masked to
+      ``-inf`` before the ``exp``, so no ``exp`` of a large positive number is ever taken.
+
+    Layouts of the segment-sum form (the speed of the CPU path is mostly about them): the intra-chunk product runs head-major,
     ``(b, g, r, c, q, ·)``, so that it is one plain batched matmul over ``b * h * c`` small matrices; the
     chunk-state and state-to-output products run token-major, ``(b, c, q, g, r * p)``, the natural layout of
     ``x`` (no copy), with the ``r`` heads of a group folded into the matmul's column dimension so that ``B``
