@@ -200,13 +200,14 @@ def test_fused_and_pure_share_parameter_names():
     auto.load_state_dict(pure.state_dict(), strict=True)
 
 
+@pytest.mark.parametrize("length", [2, 11])
 @pytest.mark.parametrize("with_context", [False, True])
 @pytest.mark.parametrize("conv_bias", [False, True])
-def test_causal_conv_matches_conv1d_with_gradients(with_context, conv_bias):
+def test_causal_conv_matches_conv1d_with_gradients(length, with_context, conv_bias):
     # The channels-last conv + silu (and its hand-written backward) against torch's depthwise conv1d.
     torch.manual_seed(3)
     block = make_block(torch.float64, conv_bias=conv_bias)
-    xbc = torch.randn(2, 11, block.conv_dim, dtype=torch.float64, requires_grad=True)
+    xbc = torch.randn(2, length, block.conv_dim, dtype=torch.float64, requires_grad=True)  # 2: shorter than the kernel
     context = torch.randn(2, block.d_conv - 1, block.conv_dim, dtype=torch.float64) if with_context else None
     out = block._causal_conv_silu(xbc, context)
     assert out.is_contiguous()

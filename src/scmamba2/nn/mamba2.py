@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import _kernels
+from .causal_conv import causal_conv_silu
 from .gated_norm import gated_norm_sum
 from .ssd import ssd_chunked
 
@@ -79,45 +80,6 @@ class GatedRMSNorm(nn.Module):
         for y in ys[1:]:
             out = out + self(y, z)
         return out
-
-
-def _causal_conv(padded: Tensor, weight: Tensor, bias: Tensor | None, length: int) -> Tensor:
-    """Depthwise causal convolution, channels-last: ``out_t = bias + sum_j w_j * padded_{t + j}`` for ``padded``
-    ``(b, length + k - 1, channels)`` and ``weight`` ``(channels, 1, k)``; ``(b, length, channels)``."""
-    w = weight.squeeze(1).to(padded.dtype)  # (channels, k)
-    out = padded[:, :length] * w[:, 0]
-    for j in range(1, w.shape[1]):
-        out.addcmul_(padded[:, j : j + length], w[:, j])
-    if bias is not None:
-        out.add_(bias.to(out.dtype))
-    return out
-
-
-class _CausalConvSilu(torch.autograd.Function):
-    """``silu(_causal_conv(padded, weight, bias))`` with a channels-last backward pass (the same multiply-adds,
-    shifted the other way), keeping ``padded`` and the pre-activation."""
-
-    @staticmethod
-    def forward(ctx, padded: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        length = padded.shape[1] - weight.shape[-1] + 1
-        pre = _causal_conv(padded, weight, bias, length)
-        ctx.save_for_backward(padded, weight, pre)
-        ctx.has_bias = bias is not None
-        return F.silu(pre)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        padded, weight, pre = ctx.saved_tensors
-        k, length = weight.shape[-1], pre.shape[1]
-        sig = torch.sigmoid(pre)
-        g = pre.mul(1 - sig).add_(1).mul_(sig).mul_(grad)  # silu'(pre) * grad
-        w = weight.squeeze(1).to(g.dtype)
-        d_padded = torch.zeros_like(padded)
-        for j in range(k):  # out_t reads padded_{t + j} with weight j
-            d_padded[:, j : j + length].addcmul_(g, w[:, j])
-        d_weight = torch.stack([(g * padded[:, j : j + length]).sum((0, 1)) for j in range(k)], 1)
-        d_bias = g.sum((0, 1)).to(weight.dtype) if ctx.has_bias else None
-        return d_padded, d_weight.unsqueeze(1).to(weight.dtype), d_bias
 
 
 class Mamba2Block(nn.Module):
@@ -352,19 +314,9 @@ class Mamba2Block(nn.Module):
     def _causal_conv_silu(self, xbc: Tensor, context: Tensor | None) -> Tensor:
         """``silu(causal depthwise conv(xbc))`` with ``context`` (``(b, d_conv - 1, conv_dim)``) as left input.
 
-        ``context`` None means zeros (the start of a sequence). Channels-last throughout (``d_conv`` fused
-        multiply-adds, faster on CPU than the convolution and its two transposes), so the output is token-major
-        and contiguous, as the scan's matmuls want it; under autograd with a hand-written backward pass.
+        ``context`` None means zeros (the start of a sequence); see :mod:`scmamba2.nn.causal_conv`.
         """
-        length, k = xbc.shape[1], self.d_conv
-        if context is None:
-            padded = F.pad(xbc, (0, 0, k - 1, 0))  # (b, l + k - 1, conv_dim)
-        else:
-            padded = torch.cat([context.to(xbc.dtype), xbc], dim=1)
-        weight, bias = self.conv1d.weight, self.conv1d.bias
-        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (padded, weight, bias)):
-            return _CausalConvSilu.apply(padded, weight, bias)
-        return F.silu(_causal_conv(padded, weight, bias, length), inplace=True)
+        return causal_conv_silu(xbc, self.conv1d.weight, self.conv1d.bias, context)
 
     def _mix(
         self, u: Tensor, state: tuple[Tensor, Tensor] | None = None
