@@ -77,23 +77,29 @@ def factored_forward(
     return y, final, before.view(b, c, g, n, r * p)
 
 
-def _factored_backward(x, dt, A, B, C, D, before, q, dy, dfinal, has_init):
-    """Gradients of :func:`factored_forward`'s ``y`` and final state (``dy``, ``dfinal``; either may be None)."""
+def _factored_backward(x, dt, A, B, C, D, before, y, q, dy, dfinal, has_init):
+    """Gradients of :func:`factored_forward`'s ``y`` (its output, token-major) and final state (``dy``, ``dfinal``;
+    either may be None)."""
     b, length, h, p = x.shape
     g, n = B.shape[2], B.shape[3]
     r, c = h // g, length // q
     X, Bt, Ct, dtt, last, ref, E, E_inv, w, Xg, S, causal = _prepare(x, dt, A, B, C, q)
     dY = x.new_zeros(b, c, q, g, r, p) if dy is None else dy.to(x.dtype).reshape(b, c, q, g, r, p)
-    dD = None if D is None else (dY * X).sum(dim=(0, 1, 2, 5)).reshape(h)
-    dX = dY * D.reshape(g, r, 1) if D is not None else torch.zeros_like(X)
     before = before.view(b, c, g, n, r, p)
     eref = _head_scale(ref.exp())
     carried = (before * eref).view(b, c, g, n, r * p)
 
-    # Outputs y = E * inner, inner = S X' + C carried.
-    inner = (S @ Xg).add_(Ct @ carried)  # recomputed (b, c, g, q, r * p)
+    # Outputs y = E * inner + D x, inner = S X' + C carried. Through E: sum over p of dY * E * inner, that is of
+    # dY * (y - D x).
+    da = (dY * y).sum(-1)  # (b, c, q, g, r)
+    if D is None:
+        dD, dX = None, torch.zeros_like(X)
+    else:
+        dYx = (dY * X).sum(-1)  # (b, c, q, g, r)
+        dD = dYx.sum(dim=(0, 1, 2)).reshape(h)
+        da -= dYx * D.reshape(g, r)
+        dX = dY * D.reshape(g, r, 1)
     dI = dY * E.unsqueeze(-1)  # (b, c, q, g, r, p)
-    da = (dI * inner.transpose(2, 3).reshape(b, c, q, g, r, p)).sum(-1)  # (b, c, q, g, r): through E
     dIg = dI.view(b, c, q, g, r * p).transpose(2, 3)  # (b, c, g, q, r * p)
     dS = (dIg @ Xg.transpose(-1, -2)).masked_fill_(~causal, 0.0)  # (b, c, g, q, q)
     dXg = S.transpose(-1, -2) @ dIg  # (b, c, g, q, r * p)
@@ -141,20 +147,20 @@ def _factored_backward(x, dt, A, B, C, D, before, q, dy, dfinal, has_init):
 
 
 class FactoredScan(torch.autograd.Function):
-    """:func:`factored_forward` with a hand-written backward pass that stores the inputs and the chunk states and
-    recomputes the rest (the scores, the factors and the outputs before scaling)."""
+    """:func:`factored_forward` with a hand-written backward pass that stores the inputs, the chunk states and the
+    output, and recomputes the rest (the scores and the factors)."""
 
     @staticmethod
     def forward(ctx, x, dt, A, B, C, D, init, q):
         y, final, before = factored_forward(x, dt, A, B, C, D, init, q)
-        ctx.save_for_backward(x, dt, A, B, C, D, before)
+        ctx.save_for_backward(x, dt, A, B, C, D, before, y)  # y: the callers keep it anyway (the gated norm)
         ctx.q, ctx.has_init = q, init is not None
         ctx.set_materialize_grads(False)
         return y, final
 
     @staticmethod
     def backward(ctx, dy, dfinal):
-        x, dt, A, B, C, D, before = ctx.saved_tensors  # read once (activation checkpointing allows one unpack)
+        x, dt, A, B, C, D, before, y = ctx.saved_tensors  # read once (activation checkpointing allows one unpack)
         with torch.autocast(x.device.type, enabled=False):
-            grads = _factored_backward(x, dt, A, B, C, D, before, ctx.q, dy, dfinal, ctx.has_init)
+            grads = _factored_backward(x, dt, A, B, C, D, before, y, ctx.q, dy, dfinal, ctx.has_init)
         return (*grads, None)
