@@ -16,11 +16,6 @@ from torch import Tensor
 __all__ = ["gated_norm_sum"]
 
 
-def _silu_grad(z: Tensor) -> Tensor:
-    sig = torch.sigmoid(z)
-    return z.mul(1 - sig).add_(1).mul_(sig)  # d silu(z) / dz = sig * (1 + z * (1 - sig))
-
-
 class _GatedNormSum(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z: Tensor, weight: Tensor, eps: float, group: int, *ys: Tensor) -> Tensor:
@@ -54,7 +49,7 @@ class _GatedNormSum(torch.autograd.Function):
             d_gated = normed.mul_(dot).neg_().add_(grad_w).mul_(scale).flatten(-2)
             d_ys.append(d_gated * gate)
             d_gate.addcmul_(d_gated, y)
-        d_z = d_gate.mul_(_silu_grad(z))
+        d_z = torch.ops.aten.silu_backward(d_gate, z)  # d_gate * silu'(z), one fused pass
         return (d_z, d_weight.to(weight.dtype), None, None, *d_ys)
 
 
