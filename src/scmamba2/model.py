@@ -87,7 +87,7 @@ class ModelConfig:
     d_conv: int = 4
     expand: int = 2
     headdim: int = 32
-    chunk_size: int = 32  # scan chunk: compute only, same output (benchmarks/results/chunk_size.md)
+    chunk_size: int = 64  # scan chunk: compute only, same output (benchmarks/results/chunk_size.md)
     n_bins: int = 51
     max_len: int = 1200
     value_mode: Literal["binned", "continuous"] = "binned"

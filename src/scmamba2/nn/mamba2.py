@@ -139,7 +139,7 @@ class Mamba2Block(nn.Module):
         expand: int = 2,
         headdim: int = 64,
         ngroups: int = 1,
-        chunk_size: int = 32,
+        chunk_size: int = 64,
         dt_min: float = 0.001,
         dt_max: float = 0.1,
         dt_init_floor: float = 1e-4,

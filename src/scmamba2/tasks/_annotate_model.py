@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 
 # Mean pooling: with the <cls> output a from-scratch model learned far more slowly on pbmc3k (held-out accuracy
 # 0.33 vs 0.70 after 600 steps), and a cell type missing from the reference stood out less in the embedding.
-SMALL_MODEL = dict(d_model=64, n_layers=2, headdim=16, d_state=32, chunk_size=32, dropout=0.1, cell_pooling="mean")
+SMALL_MODEL = dict(d_model=64, n_layers=2, headdim=16, d_state=32, chunk_size=64, dropout=0.1, cell_pooling="mean")
 
 
 def new_model(adata, n_classes: int, model_config, tokenizer_config, n_top_genes, layer, use_raw,

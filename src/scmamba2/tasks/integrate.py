@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 __all__ = ["IntegrationConfig", "integrate", "META_FILE"]
 
 META_FILE = "integration.json"
-SMALL_MODEL = dict(d_model=64, n_layers=2, headdim=16, d_state=32, chunk_size=32, dropout=0.1,
+SMALL_MODEL = dict(d_model=64, n_layers=2, headdim=16, d_state=32, chunk_size=64, dropout=0.1,
                    cell_pooling="cls")  # what the integration benchmark measured; mean pooling mixed batches worse in the batch-shift test
 
 

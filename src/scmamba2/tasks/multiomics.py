@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 __all__ = ["MultiomicsConfig", "MultiomicModel", "multiomics", "predict_modality", "META_FILE"]
 
 META_FILE = "multiomics.json"
-SMALL_MODEL = dict(d_model=64, n_layers=2, headdim=16, d_state=32, chunk_size=32, dropout=0.0, cell_pooling="mean")
+SMALL_MODEL = dict(d_model=64, n_layers=2, headdim=16, d_state=32, chunk_size=64, dropout=0.0, cell_pooling="mean")
 _VALUE_NAMES = {(PROT, "continuous"): "clr", (PROT, "binned"): "clr_bins", (ATAC, "binary"): "binary",
                 (ATAC, "binned"): "bins"}
 
