@@ -101,8 +101,8 @@ def ssd_chunked(
     * the **factored** form (:mod:`scmamba2.nn.ssd_factored`), used whenever the decays allow it (every
       chunk's range ``-sum(dt * A)`` within :data:`FACTORED_MAX_RANGE`, with the given chunk or its half or
       quarter): the decays become per-token factors, so one ``(q x q) @ (q x r * p)`` matmul per chunk serves
-      all heads of a group; 1.4-1.7x faster than the form below for the scan's forward and backward at the
-      shapes pretraining runs (one thread, chunk 64; ``benchmarks/results/train_step.md``);
+      all heads of a group; forward + backward 1.8-2.8x the form below at chunk 64 at the shapes pretraining
+      runs (one thread; ``benchmarks/results/scan_forms.md``);
     * the **segment-sum** form below, for any decay, and as autograd's reference (``manual_backward=False``):
       decays are ``exp`` of differences of cumulative sums of ``dt * A`` with the upper triangle masked to
       ``-inf`` before the ``exp``, so no ``exp`` of a large positive number is ever taken.
