@@ -45,6 +45,11 @@ def _prepare(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, q: int):
     return X, Bt, Ct, dtt, last, ref, E, E_inv, w, Xg, S, causal
 
 
+def _baddbmm(acc: Tensor, m1: Tensor, m2: Tensor) -> Tensor:
+    """``acc + m1 @ m2`` over the leading dims, the sum written by the matmul itself (``acc`` reused)."""
+    return torch.baddbmm(acc.flatten(0, -3), m1.flatten(0, -3), m2.flatten(0, -3), out=acc.flatten(0, -3)).view(acc.shape)
+
+
 def _head_scale(t: Tensor) -> Tensor:
     """``(b, c, g, r)`` -> ``(b, c, g, 1, r, 1)``: one factor per head, broadcast over a state ``(n, r, p)``."""
     return t[:, :, :, None, :, None]
@@ -69,7 +74,7 @@ def factored_forward(
         state = torch.addcmul(states[:, k], decay[:, k], state)
     # Outputs: exp(a_i) * (sum_j S_ij X'_j + exp(ref) C_i . state_before), since exp(cum_i) = exp(a_i) exp(ref).
     carried = (before * _head_scale(ref.exp())).view(b, c, g, n, r * p)
-    inner = (S @ Xg).add_(Ct @ carried)  # (b, c, g, q, r * p)
+    inner = _baddbmm(Ct @ carried, S, Xg)  # S X' + C carried, (b, c, g, q, r * p)
     y = inner.transpose(2, 3).reshape(b, c, q, g, r, p).mul_(E.unsqueeze(-1))
     if D is not None:
         y.addcmul_(X, D.reshape(g, r, 1))
@@ -102,7 +107,6 @@ def _factored_backward(x, dt, A, B, C, D, before, y, q, dy, dfinal, has_init):
     dI = dY * E.unsqueeze(-1)  # (b, c, q, g, r, p)
     dIg = dI.view(b, c, q, g, r * p).transpose(2, 3)  # (b, c, g, q, r * p)
     dS = (dIg @ Xg.transpose(-1, -2)).masked_fill_(~causal, 0.0)  # (b, c, g, q, q)
-    dXg = S.transpose(-1, -2) @ dIg  # (b, c, g, q, r * p)
     dCt = dIg @ carried.transpose(-1, -2)  # (b, c, g, q, n)
     dbefore = (Ct.transpose(-1, -2) @ dIg).view(b, c, g, n, r, p).mul_(eref)
 
@@ -124,7 +128,7 @@ def _factored_backward(x, dt, A, B, C, D, before, y, q, dy, dfinal, has_init):
     BdU = Bt @ dU  # (b, c, g, q, r * p)
     dlast += (BdU * Xg).view(b, c, g, q, r, p).sum(dim=(3, 5))
     dBt = Xg @ dU.transpose(-1, -2)  # (b, c, g, q, n)
-    dXg = dXg.add_(BdU)
+    dXg = _baddbmm(BdU, S.transpose(-1, -2), dIg)  # S^T dI + B dU, (b, c, g, q, r * p)
 
     # X' = X * w, w = dt exp(-a).
     dXs = dXg.transpose(2, 3).reshape(b, c, q, g, r, p)
