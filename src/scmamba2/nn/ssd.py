@@ -6,9 +6,9 @@ The recurrence, per batch element and head, with state ``S_t`` of shape ``(p, n)
     y_t = S_t C_t
 
 is evaluated chunk by chunk: inside a chunk of ``q`` positions it is a masked, decayed attention-like
-product (quadratic in ``q`` only; in factored form where the decays allow, see :func:`ssd_chunked`); across chunks a small ``(p, n)`` state per head is carried forward by a
-loop over chunks, so time and memory stay linear in the sequence length and nothing of size ``l x l`` is
-ever built.
+product (quadratic in ``q`` only; in factored form where the decays allow, see :func:`ssd_chunked`); across
+chunks a small ``(p, n)`` state per head is carried forward by a loop over chunks, so time and memory stay
+linear in the sequence length and nothing of size ``l x l`` is ever built.
 """
 
 from __future__ import annotations
@@ -107,8 +107,8 @@ def ssd_chunked(
       decays are ``exp`` of differences of cumulative sums of ``dt * A`` with the upper triangle masked to
       ``-inf`` before the ``exp``, so no ``exp`` of a large positive number is ever taken.
 
-    Layouts of the segment-sum form (the speed of the CPU path is mostly about them): the intra-chunk product runs head-major,
-    ``(b, g, r, c, q, ·)``, so that it is one plain batched matmul over ``b * h * c`` small matrices; the
+    Layouts of the segment-sum form (the speed of the CPU path is mostly about them): the intra-chunk product runs
+    head-major, ``(b, g, r, c, q, ·)``, so that it is one plain batched matmul over ``b * h * c`` small matrices; the
     chunk-state and state-to-output products run token-major, ``(b, c, q, g, r * p)``, the natural layout of
     ``x`` (no copy), with the ``r`` heads of a group folded into the matmul's column dimension so that ``B``
     and ``C`` are never repeated per head. The only large permuted write is ``x * dt`` into head-major, done

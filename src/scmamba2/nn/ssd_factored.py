@@ -47,7 +47,8 @@ def _prepare(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, q: int):
 
 def _baddbmm(acc: Tensor, m1: Tensor, m2: Tensor) -> Tensor:
     """``acc + m1 @ m2`` over the leading dims, the sum written by the matmul itself (``acc`` reused)."""
-    return torch.baddbmm(acc.flatten(0, -3), m1.flatten(0, -3), m2.flatten(0, -3), out=acc.flatten(0, -3)).view(acc.shape)
+    flat = acc.flatten(0, -3)
+    return torch.baddbmm(flat, m1.flatten(0, -3), m2.flatten(0, -3), out=flat).view(acc.shape)
 
 
 def _head_scale(t: Tensor) -> Tensor:
