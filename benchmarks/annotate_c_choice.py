@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # annotate_mix, this script's sibling
 CRITERIA = ("macro-F1", "log-loss")
 WEIGHT = 0.5
 
@@ -35,7 +36,6 @@ def choose(make, A, y, cs, k, seed=0):
     from sklearn.metrics import f1_score, log_loss
     from sklearn.model_selection import StratifiedKFold
 
-    sys.path.insert(0, str(HERE))
     from annotate_mix import _proba
 
     n_folds = int(min(5, np.bincount(y, minlength=k).min()))
@@ -54,7 +54,6 @@ def run(name: str, data_dir: Path) -> dict:
     from sklearn.metrics import f1_score
     from sklearn.model_selection import StratifiedKFold
 
-    sys.path.insert(0, str(HERE))
     from annotate_mix import _genes, _probe, _proba, features
 
     from scmamba2.eval.annotation_baselines import L1_CS
@@ -118,7 +117,6 @@ def render(res: dict, minutes: float) -> list[str]:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(HERE))
     from annotate_mix import cli
 
     raise SystemExit(cli(__doc__, run, render, "annotate_c_choice"))

@@ -43,7 +43,7 @@ class _GatedNormSum(torch.autograd.Function):
         d_ys = []
         for y, scale in zip(ys, scales):
             normed = (y * gate).unflatten(-1, (-1, group)).mul_(scale)
-            d_weight += (grad.unflatten(-1, (-1, group)) * normed).flatten(-2).reshape(-1, weight.shape[0]).sum(0)
+            d_weight += (grad * normed.flatten(-2)).flatten(0, -2).sum(0)
             # d/d(gated) of gated * scale(gated): scale * (g - normed * mean(g * normed)) per group.
             dot = (grad_w * normed).mean(-1, keepdim=True)
             d_gated = normed.mul_(dot).neg_().add_(grad_w).mul_(scale).flatten(-2)

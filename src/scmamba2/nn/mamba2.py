@@ -20,9 +20,10 @@ from .ssd import ssd_chunked
 
 __all__ = ["GatedRMSNorm", "Mamba2Block", "MANUAL_BACKWARD_MAX_LEN"]
 
-# Sequences longer than this run the scan's backward through autograd even with ``manual_backward``: on one long
-# cell the hand-written backward holds several (chunks x q x q) blocks per head at once, is 1.1-1.2x slower
-# (benchmarks/results/scan_backward.md) and peaks higher (backbone.md, 8k / 16k fwd+bwd).
+# Sequences longer than this run the scan's backward through autograd even with ``manual_backward``. The limit dates
+# from the segment-sum form, whose hand-written backward was 1.1-1.2x slower on one long cell and peaked higher
+# (backbone.md, 8k / 16k fwd+bwd); with the factored form it is level (benchmarks/results/scan_backward.md), and
+# long training cells are tiled below it anyway (``tile_len``).
 MANUAL_BACKWARD_MAX_LEN = 4096
 # Scans of more than MANUAL_BACKWARD_MAX_LEN tokens use chunks of at least this length: on one long cell under
 # autograd, chunks of 32 hold twice the chunk states of 64 and were ~1.1x slower (16k fwd+bwd 4.6 vs 4.2 s);

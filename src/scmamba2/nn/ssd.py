@@ -149,7 +149,7 @@ def ssd_chunked(
     D = None if D is None else D.to(dtype)
     init = None if initial_state is None else initial_state.to(dtype)
     with torch.autocast(x.device.type, enabled=False):  # the compute dtype holds under autocast too
-        if recording and manual_backward:  # hand-written backward: stores the inputs and the chunk states only
+        if recording and manual_backward:  # hand-written backward: stores the inputs and the chunk states (and y)
             y, state = (FactoredScan if factored else _SSDScan).apply(x, dt, A, B, C, D, init, q)
         elif recording:  # differentiated by autograd: the reference path
             y, state, _ = _forward(x, dt, A, B, C, D, init, q, inplace=False)
