@@ -292,8 +292,10 @@ class Mamba2Block(nn.Module):
         context, ssm_state = (None, None) if state is None else state
         # Conv context for the next tile: the last d_conv - 1 inputs (with the previous context in front).
         keep = self.d_conv - 1
-        recent = xbc if context is None else torch.cat([context, xbc[:, -keep:]], dim=1)
-        recent = F.pad(recent, (0, 0, max(keep - recent.shape[1], 0), 0))  # zeros before the sequence start
+        recent = xbc[:, max(xbc.shape[1] - keep, 0) :]  # a view: F.pad copies even when it pads nothing
+        recent = recent if context is None else torch.cat([context, recent], dim=1)
+        if recent.shape[1] < keep:
+            recent = F.pad(recent, (0, 0, keep - recent.shape[1], 0))  # zeros before the sequence start
         next_context = recent[:, recent.shape[1] - keep :].clone()  # (b, d_conv - 1, conv_dim)
         xbc = self._causal_conv_silu(xbc, context)  # (b, l, conv_dim)
         x, B, C = torch.split(xbc, [self.d_inner, g * n, g * n], dim=-1)
