@@ -200,7 +200,7 @@ def test_fused_and_pure_share_parameter_names():
     auto.load_state_dict(pure.state_dict(), strict=True)
 
 
-@pytest.mark.parametrize("length", [2, 11])
+@pytest.mark.parametrize("length", [2, 11, 1300])  # 1300: the weight gradient's token blocks (1,024) split a row
 @pytest.mark.parametrize("with_context", [False, True])
 @pytest.mark.parametrize("conv_bias", [False, True])
 def test_causal_conv_matches_conv1d_with_gradients(length, with_context, conv_bias):
@@ -224,6 +224,25 @@ def test_causal_conv_matches_conv1d_with_gradients(length, with_context, conv_bi
         torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-10)
     with torch.no_grad():  # the inference path: the same multiply-adds, in place
         torch.testing.assert_close(block._causal_conv_silu(xbc, context), ref, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize(("batch", "length", "block_tokens"), [(5, 7, 3), (5, 7, 16), (3, 2, 1), (2, 9, 100)])
+def test_conv_weight_grads_by_blocks_match_the_whole_sums(batch, length, block_tokens):
+    # Blocks inside a row (block_tokens < length), several rows a block with a partial last group, rows shorter
+    # than the kernel: the same sums as over the whole tensors.
+    from scmamba2.nn.causal_conv import _weight_grads
+
+    torch.manual_seed(0)
+    k, c = 4, 6
+    g, x = torch.randn(batch, length, c, dtype=torch.float64), torch.randn(batch, length, c, dtype=torch.float64)
+    d_w, d_b = _weight_grads(g, x, k, block_tokens=block_tokens)
+    want = torch.zeros(c, k, dtype=torch.float64)
+    for j in range(k):
+        shift = k - 1 - j
+        if shift < length:
+            want[:, j] = (g[:, shift:] * x[:, : length - shift]).sum((0, 1))
+    torch.testing.assert_close(d_w, want, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(d_b, g.sum((0, 1)), rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("group_size", [None, 8])
