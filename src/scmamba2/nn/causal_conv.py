@@ -54,7 +54,7 @@ class _CausalConvSilu(torch.autograd.Function):
 def _weight_grads(g: Tensor, x: Tensor, k: int, block_tokens: int = 1024) -> tuple[Tensor, Tensor]:
     """``d_w[:, j] = sum_{b, t} g[b, t] * x[b, t - (k - 1 - j)]`` ``(channels, k)`` and ``sum_{b, t} g[b, t]``, over
     blocks of about ``block_tokens`` tokens (whole rows when they are shorter), so that each product lives in one
-    small reused buffer in the cache instead of a fresh full-size tensor (the conv's backward 1.2-1.3x faster at
+    small reused buffer in the cache instead of a fresh full-size tensor (the conv's forward + backward 1.27-1.38x at
     the training shapes, one thread; ``benchmarks/results/train_step.md``)."""
     batch, length, channels = g.shape
     d_w, d_bias = g.new_zeros(k, channels), g.new_zeros(channels)
