@@ -59,7 +59,7 @@ def _weight_grads(g: Tensor, x: Tensor, k: int, block_tokens: int = 1024) -> tup
     batch, length, channels = g.shape
     d_w, d_bias = g.new_zeros(k, channels), g.new_zeros(channels)
     rows = max(1, block_tokens // max(length, 1))
-    span = max(block_tokens, 1) if rows == 1 else length
+    span = block_tokens if rows == 1 else length  # tokens a block: part of a row, or whole rows
     buf = g.new_empty(rows * min(span, length) * channels)
     for r in range(0, batch, rows):
         for t0 in range(0, length, span):
