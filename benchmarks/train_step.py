@@ -80,6 +80,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 IMPLS = ("scmamba2", "before", "transformer")
+# --bf16 adds these: the same models with the step under bfloat16 autocast (pretraining's precision="bf16-mixed")
+BF16_IMPLS = ("scmamba2 bf16", "transformer bf16")
 BEFORE_COMMIT = "18b4300"  # the branch point of issue 18: "today's" training step
 # (d_model, n_layers, batch, length): the issue's range; the target shape is (256, 4, 32, 1024).
 FULL_SHAPES = [(64, 2, 64, 256), (128, 4, 32, 512), (256, 4, 32, 1024), (256, 8, 8, 2048)]
@@ -171,7 +173,7 @@ def run_worker(spec: dict, out: Path) -> None:
     d_batch = spec.get("batch", d_batch)
     vocab_size = 20000
     model = ScMamba2(ModelConfig(vocab_size=vocab_size, d_model=d, n_layers=n_layers))
-    if spec["impl"] == "transformer":
+    if spec["impl"].startswith("transformer"):
         sys.path.insert(0, str(HERE))
         from _transformer import TransformerEncoder
 
@@ -182,8 +184,11 @@ def run_worker(spec: dict, out: Path) -> None:
     pad = batch[PADDING_MASK]
     real_tokens = int((~pad).sum())
 
+    bf16 = spec["impl"].endswith("bf16")
+
     def step():
-        out_ = model(batch)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):  # as Lightning's "bf16-mixed"
+            out_ = model(batch)
         loss = masked_mse(out_.expr_pred, batch[TARGET_VALUES], batch[MASK])
         loss = loss + masked_mse(out_.mvc_pred, batch[TARGET_VALUES], batch[MASK])
         opt.zero_grad(set_to_none=True)
@@ -243,11 +248,12 @@ def run_config(spec: dict, tmp: Path, src: Path) -> dict:
 def summarise(runs: list[dict], shape: tuple) -> dict:
     d, n_layers, _, _ = shape
     rows = {}
-    for impl in IMPLS:
+    for impl in IMPLS + BF16_IMPLS:
         mine = [r for r in runs if r["spec"]["impl"] == impl and tuple(r["spec"]["shape"]) == tuple(shape)]
         ok = [r for r in mine if "error" not in r]
         if not ok:
-            rows[impl] = dict(error=mine[0]["error"] if mine else "not run")
+            if mine or impl in IMPLS:
+                rows[impl] = dict(error=mine[0]["error"] if mine else "not run")
             continue
         t = statistics.median([s for r in ok for s in r["cpu_times"]])
         wall = statistics.median([s for r in ok for s in r["times"]])
@@ -255,7 +261,7 @@ def summarise(runs: list[dict], shape: tuple) -> dict:
         tok = ok[0]["real_tokens"]
         cells = ok[0]["spec"].get("batch", shape[2])
         width = ok[0]["width"]
-        enc = (transformer_flops_per_token(d, n_layers, width) if impl == "transformer"
+        enc = (transformer_flops_per_token(d, n_layers, width) if impl.startswith("transformer")
                else mamba_flops_per_token(d, n_layers))
         gflops = 3 * (enc + heads_flops_per_token(d)) * tok / t / 1e9
         rows[impl] = dict(step_s=t, wall_s=wall, tokens_per_s=tok / t, cells_per_s=cells / t, batch=cells,
@@ -290,7 +296,7 @@ def write_markdown(path: Path, args, meta: dict, shapes: list, summaries: dict) 
     verdict = []
     for shape in shapes:
         s = summaries[str(tuple(shape))]
-        for impl in IMPLS:
+        for impl in [i for i in IMPLS + BF16_IMPLS if i in s]:
             r = s[impl]
             head = f"{shape[0]} x {shape[1]} | {r.get('batch', shape[2])} x {r.get('width', '-')}"
             if "error" in r:
@@ -298,8 +304,8 @@ def write_markdown(path: Path, args, meta: dict, shapes: list, summaries: dict) 
                 continue
             head += f" ({100 * r['padding']:.0f} %)"
             vb = (f"{r['tokens_per_s'] / s['before']['tokens_per_s']:.2f}x" if "error" not in s["before"] else "-")
-            vt = (f"{r['tokens_per_s'] / s['transformer']['tokens_per_s']:.2f}x"
-                  if "error" not in s["transformer"] else "-")
+            ref = "transformer bf16" if impl.endswith("bf16") else "transformer"  # same precision
+            vt = (f"{r['tokens_per_s'] / s[ref]['tokens_per_s']:.2f}x" if "error" not in s[ref] else "-")
             lines.append(f"| {head} | {impl} | {r['step_s']:.2f} | {r['tokens_per_s']:,.0f} | {r['cells_per_s']:.2f} | "
                          f"{vb} | {vt} | {r['gflops']:.1f} ({100 * r['gemm_share']:.0f} %) | "
                          f"{r['peak_gb']:.2f} (+{r['step_gb']:.2f}) |")
@@ -313,6 +319,15 @@ def write_markdown(path: Path, args, meta: dict, shapes: list, summaries: dict) 
              f"{m['tokens_per_s'] / tr['tokens_per_s']:.2f}x"),
             ("peak memory of one step < 3 GB", m["peak_gb"] < GOAL_PEAK_GB, f"{m['peak_gb']:.2f} GB"),
         ]
+        if all(k in t and "error" not in t[k] for k in BF16_IMPLS):
+            mb, tb = t["scmamba2 bf16"], t["transformer bf16"]
+            verdict += [
+                ("bf16 autocast: tokens/s >= 3x today's (before, fp32)", mb["tokens_per_s"] / b["tokens_per_s"] >= GOAL_SPEEDUP,
+                 f"{mb['tokens_per_s'] / b['tokens_per_s']:.2f}x"),
+                ("bf16 autocast: tokens/s >= the transformer's, also under bf16 autocast",
+                 mb["tokens_per_s"] >= tb["tokens_per_s"], f"{mb['tokens_per_s'] / tb['tokens_per_s']:.2f}x"),
+                ("bf16 autocast: peak memory of one step < 3 GB", mb["peak_gb"] < GOAL_PEAK_GB, f"{mb['peak_gb']:.2f} GB"),
+            ]
         lines += ["", "## Goals (target shape)", "", "| goal | met | measured |", "|---|---|---:|"]
         lines += [f"| {g} | **{'yes' if ok else 'no'}** | {v} |" for g, ok, v in verdict]
     lines += ["", "## Where the time goes (torch.profiler, self CPU time of one step, top ops)", ""]
@@ -335,11 +350,12 @@ def write_plot(path: Path, shapes: list, summaries: dict) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     labels = [f"{s[0]}x{s[1]}\nb{s[2]} L{s[3]}" for s in shapes]
-    width = 0.27
-    for k, impl in enumerate(IMPLS):
+    impls = [i for i in IMPLS + BF16_IMPLS if i in summaries[str(tuple(shapes[0]))]]
+    width = 0.8 / len(impls)
+    for k, impl in enumerate(impls):
         tps = [summaries[str(tuple(s))][impl].get("tokens_per_s", 0) for s in shapes]
         mem = [summaries[str(tuple(s))][impl].get("peak_gb", 0) for s in shapes]
-        xs = [i + (k - 1) * width for i in range(len(shapes))]
+        xs = [i + (k - (len(impls) - 1) / 2) * width for i in range(len(shapes))]
         axes[0].bar(xs, tps, width, label=impl)
         axes[1].bar(xs, mem, width, label=impl)
     for ax, title in zip(axes, ("real tokens / s (training step)", "peak RSS of the step process, GB")):
@@ -358,6 +374,8 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=None, help="timed steps per worker (default 2)")
     ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 1)")
     ap.add_argument("--before-commit", default=BEFORE_COMMIT)
+    ap.add_argument("--bf16", action="store_true", help="also both models under bfloat16 autocast")
+    ap.add_argument("--shapes", help="only these shapes of the grid, e.g. 256x4 (d_model x layers, comma-separated)")
     ap.add_argument("--out-dir", default=str(HERE / "results"))
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--worker-out", help=argparse.SUPPRESS)
@@ -368,6 +386,8 @@ def main(argv=None) -> int:
     args.steps = args.steps or 2
     args.rounds = args.rounds or 1
     shapes = QUICK_SHAPES if args.quick else FULL_SHAPES
+    if args.shapes:
+        shapes = [s for s in shapes if f"{s[0]}x{s[1]}" in args.shapes.split(",")]
     name = "train_step_quick" if args.quick else "train_step"
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -386,16 +406,16 @@ def main(argv=None) -> int:
         before_src.mkdir()
         archive = subprocess.run(["git", "archive", args.before_commit, "src"], cwd=REPO, capture_output=True, check=True)
         subprocess.run(["tar", "-x", "-C", str(before_src)], input=archive.stdout, check=True)
-        srcs = {"scmamba2": REPO / "src", "before": before_src / "src", "transformer": REPO / "src"}
+        srcs = {"before": before_src / "src"}
         for rnd in range(args.rounds):
             for shape in shapes:
-                for impl in IMPLS:
+                for impl in IMPLS + (BF16_IMPLS if args.bf16 else ()):
                     batch = shape[2]
                     if impl == "before":
                         batch = max(1, min(batch, BEFORE_MAX_TOKENS // shape[3]))
                     spec = dict(impl=impl, shape=list(shape), batch=batch, threads=args.threads,
                                 steps=args.steps, seed=0, profile=(rnd == 0 and impl == "scmamba2"))
-                    r = run_config(spec, tmp, srcs[impl])
+                    r = run_config(spec, tmp, srcs.get(impl, REPO / "src"))
                     runs.append(r)
                     msg = r.get("error", "").splitlines()[-1:] if "error" in r else (
                         f"{statistics.median(r['times']):.2f} s/step, peak {r['peak_rss'] / 1e9:.2f} GB")

@@ -330,3 +330,27 @@ def test_recomputed_slices_take_in_proj_along_and_keep_the_gradients():
     torch.testing.assert_close(results[0][0], results[1][0])
     for a, b in zip(results[0][1], results[1][1]):
         torch.testing.assert_close(a, b)
+
+
+def test_bfloat16_autocast_training_close_to_float32():
+    # Under bf16 autocast on the CPU the projections run in bfloat16 and the scan's matmuls take bfloat16 operands
+    # (the conv, the scan's elementwise steps and the gated norm stay float32): output and every gradient within
+    # bfloat16 rounding of the float32 layer's (relative L2 ~0.3-0.6 % measured; 2 % allowed).
+    torch.manual_seed(0)
+    layer = BiMamba2Layer(D, d_state=8, headdim=16, chunk_size=8, dropout=0.0, use_kernels=False).train()
+    x, mask = pad_to([torch.randn(20, D), torch.randn(13, D)], 20)
+    weights = torch.randn(D)
+    results = []
+    for bf16 in (False, True):
+        layer.zero_grad()
+        leaf = x.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            y = layer(leaf, mask)
+        (y.float() * weights).sum().backward()
+        results.append((y.detach().float(), leaf.grad, {n: p.grad.clone() for n, p in layer.named_parameters()}))
+    (y0, dx0, g0), (y1, dx1, g1) = results
+    rel = lambda a, b: float((a - b).norm() / b.norm())  # noqa: E731
+    assert 0 < rel(y1, y0) < 2e-2  # > 0: bfloat16 really ran
+    assert rel(dx1, dx0) < 2e-2
+    for name in g0:
+        assert rel(g1[name], g0[name]) < 2e-2, name

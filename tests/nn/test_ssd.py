@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from scmamba2.nn import ssd
 from scmamba2.nn.ssd import ssd_chunked
@@ -150,25 +151,56 @@ def test_gradients_with_skip_and_state_only_losses(manual, path):
             assert (g - g_ref).abs().max() < 1e-8
 
 
+class _MatmulDtypes(TorchDispatchMode):
+    """Records the operand dtypes of every matmul dispatched inside it."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket in (torch.ops.aten.bmm, torch.ops.aten.mm, torch.ops.aten.baddbmm):
+            self.seen |= {a.dtype for a in args if isinstance(a, torch.Tensor)}
+        return func(*args, **(kwargs or {}))
+
+
 @pytest.mark.parametrize("manual", [False, True])
-def test_autocast_keeps_the_scan_in_float32(manual, path):
-    # Under bf16 autocast the scan still computes in float32 (forward and either backward path).
+def test_autocast_scan_in_float32_with_bfloat16_matmuls_in_the_factored_form(manual, path):
+    # Under bf16 autocast the scan computes in float32, except that the factored form's hand-written path (forward
+    # and backward) gives its matmuls bfloat16 operands: bf16-close to float32 there, exact elsewhere.
     x, dt, A, B, C, _ = random_inputs(2, 24, 4, 3, 1, 5, seed=10, dtype=torch.float32)
     leaves = [t.clone().requires_grad_(True) for t in (x, dt, A, B, C)]
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        y = ssd_chunked(*leaves, chunk_size=8, manual_backward=manual)
-    y.square().sum().backward()
+    with _MatmulDtypes() as rec:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = ssd_chunked(*leaves, chunk_size=8, manual_backward=manual)
+        y.square().sum().backward()
     ref_leaves = [t.clone().requires_grad_(True) for t in (x, dt, A, B, C)]
-    ssd_chunked(*ref_leaves, chunk_size=8, manual_backward=manual).square().sum().backward()
+    y_ref = ssd_chunked(*ref_leaves, chunk_size=8, manual_backward=manual)
+    y_ref.square().sum().backward()
     assert y.dtype == torch.float32
+    low = manual and path == "factored"
+    assert rec.seen == ({torch.bfloat16} if low else {torch.float32})
+    tol = 2e-2 if low else 1e-6
+    assert (y - y_ref).norm() / y_ref.norm() < tol
     for a, b in zip(leaves, ref_leaves):
-        assert torch.allclose(a.grad, b.grad, rtol=1e-5, atol=1e-5)
+        assert (a.grad - b.grad).norm() / b.grad.norm() < tol
+
+
+def test_bfloat16_matmuls_only_under_bfloat16_autocast():
+    # float16 autocast (its range cannot hold the factors) and float64 inputs keep the compute dtype's matmuls.
+    x, dt, A, B, C, _ = random_inputs(1, 16, 2, 3, 1, 4, seed=12, dtype=torch.float32)
+    assert ssd._matmul_dtype(x) is None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert ssd._matmul_dtype(x) == torch.bfloat16
+        assert ssd._matmul_dtype(x.double()) is None
+    with torch.autocast("cpu", dtype=torch.float16):
+        assert ssd._matmul_dtype(x) is None
 
 
 def test_default_dispatch_by_decay_range(monkeypatch):
     # Moderate decays take the factored form, strong ones the segment-sum form (both with and without autograd).
     calls = []
-    monkeypatch.setattr(ssd, "factored_forward", lambda *a: calls.append("factored") or ssd._forward(*a, inplace=True))
+    monkeypatch.setattr(ssd, "factored_forward", lambda *a: calls.append("factored") or ssd._forward(*a[:8], inplace=True))
     x, dt, A, B, C, _ = random_inputs(1, 32, 2, 4, 1, 8, seed=11, dtype=torch.float32)
     ssd_chunked(x, dt, A, B, C, chunk_size=16)
     assert calls == ["factored"]

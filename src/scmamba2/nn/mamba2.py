@@ -74,9 +74,9 @@ class GatedRMSNorm(nn.Module):
         keeps only the inputs and one scale per row for the backward pass; the same values either way."""
         fp = torch.promote_types(ys[0].dtype, torch.float32)
         recording = torch.is_grad_enabled() and any(t.requires_grad for t in (*ys, z, self.weight))
-        if (recording and z.device.type == "cpu" and not torch.is_autocast_enabled("cpu")
-                and all(t.dtype == fp for t in (*ys, z, self.weight))):
-            return gated_norm_sum(list(ys), z, self.weight, self.group_size, self.eps)
+        if recording and z.device.type == "cpu" and all(t.dtype == fp for t in (*ys, z, self.weight)):
+            with torch.autocast("cpu", enabled=False):  # elementwise only: the inputs' dtype, under autocast too
+                return gated_norm_sum(list(ys), z, self.weight, self.group_size, self.eps)
         out = self(ys[0], z)
         for y in ys[1:]:
             out = out + self(y, z)

@@ -148,19 +148,31 @@ def ssd_chunked(
     x, dt, A, B, C = (t.to(dtype) for t in (x, dt, A, B, C))
     D = None if D is None else D.to(dtype)
     init = None if initial_state is None else initial_state.to(dtype)
+    lo = _matmul_dtype(x)  # before autocast is turned off below: bfloat16 matmuls under bfloat16 autocast
     with torch.autocast(x.device.type, enabled=False):  # the compute dtype holds under autocast too
-        if recording and manual_backward:  # hand-written backward: stores the inputs and the chunk states (and y)
-            y, state = (FactoredScan if factored else _SSDScan).apply(x, dt, A, B, C, D, init, q)
+        if recording and manual_backward and factored:  # hand-written backward: stores the inputs, chunk states, y
+            y, state = FactoredScan.apply(x, dt, A, B, C, D, init, q, lo)
+        elif recording and manual_backward:
+            y, state = _SSDScan.apply(x, dt, A, B, C, D, init, q)
         elif recording:  # differentiated by autograd: the reference path
             y, state, _ = _forward(x, dt, A, B, C, D, init, q, inplace=False)
         elif factored:
-            y, state, _ = factored_forward(x, dt, A, B, C, D, init, q)
+            y, state, _ = factored_forward(x, dt, A, B, C, D, init, q, lo)
         else:
             y, state, _ = _forward(x, dt, A, B, C, D, init, q, inplace=True)
     y = y.reshape(batch, length + pad, nheads, headdim)[:, :length].to(out_dtype)  # (b, l, h, p)
     if return_final_state:
         return y, state
     return y
+
+
+def _matmul_dtype(x: Tensor) -> torch.dtype | None:
+    """bfloat16 when a float32 scan runs under bfloat16 autocast (the factored form's matmuls then take bfloat16
+    operands, everything else stays float32), else None. Not float16: its range cannot hold the factors."""
+    dev = x.device.type
+    if x.dtype == torch.float32 and torch.is_autocast_enabled(dev) and torch.get_autocast_dtype(dev) == torch.bfloat16:
+        return torch.bfloat16
+    return None
 
 
 def _factored_chunk(dt: Tensor, A: Tensor, chunk_size: int) -> int | None:

@@ -22,8 +22,9 @@ from torch import Tensor
 __all__ = ["FactoredScan", "factored_forward"]
 
 
-def _prepare(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, q: int):
-    """Views and per-token factors shared by the forward and the backward pass (inputs padded to whole chunks)."""
+def _prepare(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, q: int, lo: torch.dtype | None = None):
+    """Views and per-token factors shared by the forward and the backward pass (inputs padded to whole chunks).
+    With ``lo`` (a matmul dtype), ``Bt``, ``Ct`` and the scores ``S`` are returned in it, ``Xg`` in both."""
     b, length, h, p = x.shape
     g, n = B.shape[2], B.shape[3]
     r, c = h // g, length // q
@@ -41,14 +42,23 @@ def _prepare(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, q: int):
     Xs = X * w.unsqueeze(-1)  # (b, c, q, g, r, p)
     Xg = Xs.view(b, c, q, g, r * p).transpose(2, 3)  # (b, c, g, q, r * p); a view, contiguous when g == 1
     causal = torch.ones(q, q, dtype=torch.bool, device=x.device).tril()
+    Bt, Ct = _low(Bt, lo), _low(Ct, lo)
     S = (Ct @ Bt.transpose(-1, -2)).masked_fill_(~causal, 0.0)  # (b, c, g, q, q): C_i . B_j for j <= i
     return X, Bt, Ct, dtt, last, ref, E, E_inv, w, Xg, S, causal
 
 
 def _baddbmm(acc: Tensor, m1: Tensor, m2: Tensor) -> Tensor:
-    """``acc + m1 @ m2`` over the leading dims, the sum written by the matmul itself (``acc`` reused)."""
+    """``acc + m1 @ m2`` over the leading dims, the sum written by the matmul itself (``acc`` reused); ``m1`` and
+    ``m2`` may be of a lower precision than ``acc`` (their product is then added in ``acc``'s dtype)."""
+    if m1.dtype != acc.dtype:
+        return acc.add_(m1 @ m2)
     flat = acc.flatten(0, -3)
     return torch.baddbmm(flat, m1.flatten(0, -3), m2.flatten(0, -3), out=flat).view(acc.shape)
+
+
+def _low(t: Tensor, dtype: torch.dtype | None) -> Tensor:
+    """``t`` as a matmul operand: cast to ``dtype`` (bfloat16 matmuls in a float32 scan), or as it is (None)."""
+    return t if dtype is None or t.dtype == dtype else t.to(dtype)
 
 
 def _head_scale(t: Tensor) -> Tensor:
@@ -57,16 +67,20 @@ def _head_scale(t: Tensor) -> Tensor:
 
 
 def factored_forward(
-    x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None, init: Tensor | None, q: int
+    x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None, init: Tensor | None, q: int,
+    lo: torch.dtype | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The scan on padded inputs in the compute dtype: ``y`` token-major ``(b, c, q, g, r, p)``, the final state
-    ``(b, h, p, n)`` and the state entering each chunk ``(b, c, g, n, r * p)``."""
+    ``(b, h, p, n)`` and the state entering each chunk ``(b, c, g, n, r * p)``. ``lo``: the matmuls' operand
+    dtype (e.g. bfloat16; their products are accumulated in float32 and everything else stays in the compute
+    dtype), None for the compute dtype."""
     b, length, h, p = x.shape
     g, n = B.shape[2], B.shape[3]
     r, c = h // g, length // q
-    X, Bt, Ct, _, last, ref, E, _, _, Xg, S, _ = _prepare(x, dt, A, B, C, q)
+    X, Bt, Ct, _, last, ref, E, _, _, Xg, S, _ = _prepare(x, dt, A, B, C, q, lo)
+    Xl = _low(Xg, lo)
     # Chunk states: sum_j exp(cum_last - cum_j) dt_j x_j B_j^T = exp(cum_last - ref) * B^T X'.
-    states = (Bt.transpose(-1, -2) @ Xg).view(b, c, g, n, r, p).mul_(_head_scale((last - ref).exp()))
+    states = (Bt.transpose(-1, -2) @ Xl).to(x.dtype).view(b, c, g, n, r, p).mul_(_head_scale((last - ref).exp()))
     decay = _head_scale(last.exp())  # (b, c, g, 1, r, 1)
     state = x.new_zeros(b, g, n, r, p) if init is None else init.reshape(b, g, r, p, n).permute(0, 1, 4, 2, 3)
     before = torch.empty_like(states)  # the state entering each chunk
@@ -75,7 +89,7 @@ def factored_forward(
         state = torch.addcmul(states[:, k], decay[:, k], state)
     # Outputs: exp(a_i) * (sum_j S_ij X'_j + exp(ref) C_i . state_before), since exp(cum_i) = exp(a_i) exp(ref).
     carried = (before * _head_scale(ref.exp())).view(b, c, g, n, r * p)
-    inner = _baddbmm(Ct @ carried, S, Xg)  # S X' + C carried, (b, c, g, q, r * p)
+    inner = _baddbmm((Ct @ _low(carried, lo)).to(x.dtype), S, Xl)  # S X' + C carried, (b, c, g, q, r * p)
     y = inner.transpose(2, 3).reshape(b, c, q, g, r, p).mul_(E.unsqueeze(-1))
     if D is not None:
         y.addcmul_(X, D.reshape(g, r, 1))
@@ -83,13 +97,15 @@ def factored_forward(
     return y, final, before.view(b, c, g, n, r * p)
 
 
-def _factored_backward(x, dt, A, B, C, D, before, y, q, dy, dfinal, has_init):
+def _factored_backward(x, dt, A, B, C, D, before, y, q, dy, dfinal, has_init, lo=None):
     """Gradients of :func:`factored_forward`'s ``y`` (its output, token-major) and final state (``dy``, ``dfinal``;
-    either may be None)."""
+    either may be None); ``lo`` as there."""
     b, length, h, p = x.shape
     g, n = B.shape[2], B.shape[3]
     r, c = h // g, length // q
-    X, Bt, Ct, dtt, last, ref, E, E_inv, w, Xg, S, causal = _prepare(x, dt, A, B, C, q)
+    X, Bt, Ct, dtt, last, ref, E, E_inv, w, Xg, S, causal = _prepare(x, dt, A, B, C, q, lo)
+    Xl = _low(Xg, lo)
+    fp = x.dtype
     dY = x.new_zeros(b, c, q, g, r, p) if dy is None else dy.to(x.dtype).reshape(b, c, q, g, r, p)
     before = before.view(b, c, g, n, r, p)
     eref = _head_scale(ref.exp())
@@ -106,10 +122,10 @@ def _factored_backward(x, dt, A, B, C, D, before, y, q, dy, dfinal, has_init):
         da -= dYx * D.reshape(g, r)
         dX = dY * D.reshape(g, r, 1)
     dI = dY * E.unsqueeze(-1)  # (b, c, q, g, r, p)
-    dIg = dI.view(b, c, q, g, r * p).transpose(2, 3)  # (b, c, g, q, r * p)
-    dS = (dIg @ Xg.transpose(-1, -2)).masked_fill_(~causal, 0.0)  # (b, c, g, q, q)
-    dCt = dIg @ carried.transpose(-1, -2)  # (b, c, g, q, n)
-    dbefore = (Ct.transpose(-1, -2) @ dIg).view(b, c, g, n, r, p).mul_(eref)
+    dIg = _low(dI.view(b, c, q, g, r * p).transpose(2, 3), lo)  # (b, c, g, q, r * p)
+    dS = (dIg @ Xl.transpose(-1, -2)).masked_fill_(~causal, 0.0)  # (b, c, g, q, q)
+    dCt = (dIg @ _low(carried, lo).transpose(-1, -2)).to(fp)  # (b, c, g, q, n)
+    dbefore = (Ct.transpose(-1, -2) @ dIg).to(fp).view(b, c, g, n, r, p).mul_(eref)
 
     # The recurrence, backwards: G_k = dL/d(state after chunk k).
     dec = last.exp()  # (b, c, g, r)
@@ -125,10 +141,10 @@ def _factored_backward(x, dt, A, B, C, D, before, y, q, dy, dfinal, has_init):
 
     # Chunk states = s * U, U = B^T X', s = exp(cum_last - ref). Through s: sum over (n, p) of dU * U, which is
     # the sum over (q, p) of (B dU) * X' (no recomputed U).
-    dU = G.mul_(_head_scale((last - ref).exp())).view(b, c, g, n, r * p)
-    BdU = Bt @ dU  # (b, c, g, q, r * p)
+    dU = _low(G.mul_(_head_scale((last - ref).exp())).view(b, c, g, n, r * p), lo)
+    BdU = (Bt @ dU).to(fp)  # (b, c, g, q, r * p)
     dlast += (BdU * Xg).view(b, c, g, q, r, p).sum(dim=(3, 5))
-    dBt = Xg @ dU.transpose(-1, -2)  # (b, c, g, q, n)
+    dBt = (Xl @ dU.transpose(-1, -2)).to(fp)  # (b, c, g, q, n)
     dXg = _baddbmm(BdU, S.transpose(-1, -2), dIg)  # S^T dI + B dU, (b, c, g, q, r * p)
 
     # X' = X * w, w = dt exp(-a).
@@ -156,10 +172,10 @@ class FactoredScan(torch.autograd.Function):
     output, and recomputes the rest (the scores and the factors)."""
 
     @staticmethod
-    def forward(ctx, x, dt, A, B, C, D, init, q):
-        y, final, before = factored_forward(x, dt, A, B, C, D, init, q)
+    def forward(ctx, x, dt, A, B, C, D, init, q, lo=None):
+        y, final, before = factored_forward(x, dt, A, B, C, D, init, q, lo)
         ctx.save_for_backward(x, dt, A, B, C, D, before, y)  # y: the callers keep it anyway (the gated norm)
-        ctx.q, ctx.has_init = q, init is not None
+        ctx.q, ctx.has_init, ctx.lo = q, init is not None, lo
         ctx.set_materialize_grads(False)
         return y, final
 
@@ -167,5 +183,5 @@ class FactoredScan(torch.autograd.Function):
     def backward(ctx, dy, dfinal):
         x, dt, A, B, C, D, before, y = ctx.saved_tensors  # read once (activation checkpointing allows one unpack)
         with torch.autocast(x.device.type, enabled=False):
-            grads = _factored_backward(x, dt, A, B, C, D, before, y, ctx.q, dy, dfinal, ctx.has_init)
-        return (*grads, None)
+            grads = _factored_backward(x, dt, A, B, C, D, before, y, ctx.q, dy, dfinal, ctx.has_init, ctx.lo)
+        return (*grads, None, None)
