@@ -63,9 +63,12 @@ def test_pretrain_embed_and_vocab_mismatch(tiny_counts, tmp_path):
         "train: {batch_size: 16, warmup_steps: 1, val_fraction: 0.1, val_every_n_steps: 2, progress_bar: false}\n"
     )
     code, text = run("--quiet", "pretrain", p, "--out", tmp_path / "m", "--config", cfg, "--max-steps", 3, "--seed", 1,
-               "--n-top-genes", 40)
+               "--n-top-genes", 40, "--precision", "bf16-mixed")
     assert code == 0, text
     assert (tmp_path / "m" / "model.safetensors").is_file()
+    import json
+
+    assert json.loads((tmp_path / "m" / "train_config.json").read_text())["precision"] == "bf16-mixed"
     from scmamba2.data.vocab import GeneVocab
 
     assert len(GeneVocab.load(tmp_path / "m" / "vocab.json").genes) == 40  # --n-top-genes

@@ -168,6 +168,7 @@ CASES = [
     # options, checked before any training
     ("pretrain-max-steps-0", ["pretrain", "counts.h5ad", "--out", "m2", "--max-steps", "0"], "--max-steps"),
     ("pretrain-n-top-genes-0", ["pretrain", "counts.h5ad", "--out", "m2", "--n-top-genes", "0"], "--n-top-genes"),
+    ("pretrain-precision", ["pretrain", "counts.h5ad", "--out", "m2", "--precision", "bf16"], "--precision"),
     ("pretrain-scaled", ["pretrain", "zscored.h5ad", "--out", "m2", "--max-steps", "1"], "scaled"),
     ("quickstart-max-steps-0", ["quickstart", "--out", "qs", "--max-steps", "0"], "--max-steps"),
     ("integrate-steps-0", ["integrate", "counts.h5ad", "--batch-key", "batch", "--out", "o.h5ad", "--method", "finetune",

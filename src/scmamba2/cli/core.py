@@ -12,6 +12,8 @@ from ..errors import InputError
 from ._common import (GeneColOpt, LayerOpt, OverwriteOpt, RawOpt, _STATE, _at_least, _removed_on_error,
                       _staged, _user_errors, app, out)
 
+PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")  # what --precision takes (16-mixed: GPUs)
+
 
 @app.command()
 def validate(
@@ -49,6 +51,9 @@ def pretrain(
                                           "data (corpus sources, obs filter, streaming)."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Override train.max_steps."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Override train.seed."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="Override train.precision: 32-true (default) "
+                                            "or bf16-mixed (bfloat16 autocast: ~1.35x faster steps on a CPU with "
+                                            "bfloat16 instructions, e.g. AVX512-BF16 or AMX, and on GPUs)."),
     n_top_genes: Optional[int] = typer.Option(None, "--n-top-genes", help="Keep only this many HVGs."),
     resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in --out from its "
                                 "checkpoints/last.ckpt (same data and settings)."),
@@ -83,7 +88,10 @@ def pretrain(
         run = load_run_config(config) if config else {"model": {}, "tokenizer": None, "train": None,
                                                       "data": CorpusConfig()}
         train, dcfg, data = run["train"], run["data"], list(data or [])
-        overrides = {k: v for k, v in (("max_steps", max_steps), ("seed", seed)) if v is not None}
+        if precision is not None and precision not in PRECISIONS:
+            raise InputError(f"--precision {precision!r}: give one of {', '.join(PRECISIONS)}.")
+        overrides = {k: v for k, v in (("max_steps", max_steps), ("seed", seed), ("precision", precision))
+                     if v is not None}
         if overrides:
             if train is None:  # pretrain()'s defaults: the profile objective with continuous values, else GEP + MVC
                 tok = run["tokenizer"]

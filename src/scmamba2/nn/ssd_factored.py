@@ -12,6 +12,11 @@ chunk's ``cum`` (``cum_last / 2``, as ``cum`` falls monotonically from ~0 to ``c
 chunk's decay range ``R = -cum_last``. :func:`scmamba2.nn.ssd.ssd_chunked` runs this form when every chunk's
 range is within :data:`scmamba2.nn.ssd.FACTORED_MAX_RANGE` and the segment-sum form otherwise. The result does
 not depend on ``ref`` (the factors cancel), so ``ref`` is a constant for differentiation.
+
+Under bfloat16 autocast (``lo = torch.bfloat16``, chosen by :func:`scmamba2.nn.ssd.ssd_chunked`) the matmuls take
+bfloat16 operands and everything else (the factors, the recurrence over chunks, the sums) stays float32: bfloat16
+has float32's exponent range, so the factors' range limit is the same. One d_model 256 layer's forward + backward
+runs ~1.3x faster on a CPU with bfloat16 instructions, within ~0.5 % of float32 (``tests/nn/test_ssd.py``).
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ __all__ = ["FactoredScan", "factored_forward"]
 
 def _prepare(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, q: int, lo: torch.dtype | None = None):
     """Views and per-token factors shared by the forward and the backward pass (inputs padded to whole chunks).
-    With ``lo`` (a matmul dtype), ``Bt``, ``Ct`` and the scores ``S`` are returned in it, ``Xg`` in both."""
+    With ``lo`` (a matmul dtype), ``Bt``, ``Ct`` and the scores ``S`` are returned in it (they only feed matmuls);
+    ``Xg`` stays in the compute dtype."""
     b, length, h, p = x.shape
     g, n = B.shape[2], B.shape[3]
     r, c = h // g, length // q

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from .config import TrainConfig
+
+log = logging.getLogger(__name__)
 
 #: The CLI's ``--quiet``: no progress bars and no Lightning info lines in every trainer (see :func:`set_quiet`).
 _QUIET = False
@@ -26,6 +29,7 @@ def make_trainer(tcfg: TrainConfig, out_dir: str | Path | None = None, *, valida
     stopping on ``val/loss`` when ``early_stopping_patience > 0``; ``tcfg.strategy`` goes through
     :func:`~scmamba2.train.distributed.make_strategy`."""
     import lightning.pytorch as pl
+    import torch
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
 
@@ -57,6 +61,10 @@ def make_trainer(tcfg: TrainConfig, out_dir: str | Path | None = None, *, valida
                                          enable_version_counter=False))
     if validate and tcfg.early_stopping_patience > 0:
         callbacks.append(EarlyStopping("val/loss", patience=tcfg.early_stopping_patience, mode="min"))
+    on_cpu = tcfg.accelerator == "cpu" or (tcfg.accelerator == "auto" and not torch.cuda.is_available())
+    if str(tcfg.precision).startswith("bf16") and on_cpu and not _cpu_has_bf16():
+        log.warning("precision=%r on a CPU without bfloat16 instructions: its matmuls are emulated and run slower "
+                    "than float32; use precision='32-true' here", tcfg.precision)
     return pl.Trainer(
         max_steps=tcfg.max_steps, max_epochs=-1, accelerator=tcfg.accelerator, devices=tcfg.devices,
         num_nodes=tcfg.num_nodes,
@@ -72,3 +80,13 @@ def make_trainer(tcfg: TrainConfig, out_dir: str | Path | None = None, *, valida
         deterministic=False, default_root_dir=str(out) if out else None,
         plugins=[atomic_checkpoint_io()],
     )
+
+
+def _cpu_has_bf16() -> bool:
+    """Whether this CPU runs bfloat16 matmuls natively (oneDNN's check: AVX512-BF16 or AMX)."""
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch build without oneDNN
+        return False
