@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from .lean import Dropout, RMSNorm
+from .long_inference import shared_projection_sweeps
 from .mamba2 import Mamba2Block
 
 __all__ = ["BiMamba2Encoder", "BiMamba2Layer", "maybe_compile", "reverse_valid", "valid_lengths"]
@@ -284,11 +285,15 @@ class BiMamba2Layer(nn.Module):
         lengths = valid_lengths(padding_mask, batch, length, x.device)
         tile = self.block.tile_len
         if not torch.is_grad_enabled() and tile is not None and length > tile and not self.block._fused(x):
-            # Long-sequence inference: one direction at a time, accumulating into the output in place (the pure
-            # path; the fused one does not tile, so it keeps the doubled batch and its shared projections).
+            # Long-sequence inference, tile by tile (the pure path; the fused one does not tile, so it keeps the
+            # doubled batch). Sequences of one length: both directions share each tile's projections
+            # (nn/long_inference.py); a padded batch: one direction at a time, accumulated in place.
             h = self._normed(x, padding_mask)
-            out = self.block(h)  # forward direction, (b, l, d)
-            out += reverse_valid(self.block(reverse_valid(h, lengths)), lengths)
+            if bool((lengths == length).all()):
+                out = shared_projection_sweeps(self, h)
+            else:
+                out = self.block(h)  # forward direction, (b, l, d)
+                out += reverse_valid(self.block(reverse_valid(h, lengths)), lengths)
             out = x + self.dropout(out)
         else:
             out = x + self.dropout(self._mix_both(x, padding_mask, lengths))
