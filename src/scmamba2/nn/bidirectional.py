@@ -160,8 +160,9 @@ class BiMamba2Layer(nn.Module):
         Passed to :class:`Mamba2Block`.
     tile_len : int or None
         Passed to :class:`Mamba2Block`: sequences longer than this are scanned ``tile_len`` tokens at a time,
-        carrying the state. In inference the two directions then also run one after the other instead of as
-        one doubled batch, halving the peak; in training each tile's scan uses the hand-written backward, and
+        carrying the state. In inference the tiles are swept twice so that both directions still share each
+        tile's projections (:mod:`scmamba2.nn.long_inference`; a padded batch sweeps once per direction); in
+        training each tile's scan uses the hand-written backward, and
         beyond the ``recompute_tokens`` budget each tile's conv + scan is also recomputed in the backward pass, so
         one long cell trains in memory linear in its length with a small constant.
     recompute_tokens : int or None

@@ -4,22 +4,24 @@ A bidirectional layer runs its block on ``h = norm(x)`` and on ``h`` reversed. O
 share the projections (``in_proj`` of ``h`` reversed is ``in_proj(h)`` reversed), which are most of a layer's
 arithmetic. A long sequence runs tile by tile to bound memory, and the two directions then sweep the tiles in
 opposite orders, so each tile used to be projected twice (``benchmarks/results/backbone.md``: 29k tokens/s up to
-4k tokens, 19-20k beyond, at d_model 512 on one core).
+4k tokens, 19-20k beyond, at d_model 512 on two threads).
 
-Here the tiles are swept twice, both times left to right in the second sweep:
+Here the tiles are swept twice:
 
-1. **right to left, backward direction only, states only**: each tile's ``x, B, C, dt`` channels (``in_proj``'s
-   rows after ``z``, about half of it), conv and scan, keeping only the state that leaves the tile (the conv's
-   last inputs and the SSM state: a few hundred KB per tile) — the state the backward direction enters the tile to
-   its left with;
-2. **left to right, both directions together**: one full ``in_proj`` of the tile, the forward direction continuing
-   from the previous tile and the backward direction starting from the state stored in sweep 1, as one doubled
-   batch, their gated norms summed and one ``out_proj``.
+1. **right to left**: each tile's ``x, B, C, dt`` channels (``in_proj``'s rows after ``z``: 1,168 of 2,192 at
+   d_model 512), kept for sweep 2, and the backward direction's state leaving the tile (the conv's last inputs and
+   the SSM state, from the conv of ``x`` and ``B`` and one matmul, no outputs): the state it enters the tile to the
+   left with;
+2. **left to right, both directions together**: the tile's ``z`` rows of ``in_proj``, the forward direction
+   continuing from the previous tile and the backward direction starting from the state of sweep 1, as one
+   doubled batch, their gated norms summed and one ``out_proj``.
 
-Per token that is ~1.3x fewer FLOPs than two separate sweeps, with one tile's intermediates in memory at a time.
-The result equals the untiled layer up to float rounding (``tests/nn/test_long_inference.py``). Sequences of one
-length only (no padding), so that a tile holds the same positions in both directions; a padded batch keeps the
-sweep per direction.
+So every projection runs once per token, as on a short sequence. Memory: the kept scan channels (4.7 KB a token
+at d_model 512, in the compute dtype) plus one tile's intermediates; the 60,000-token x 12-layer cell peaks at
+1.79 GB (1.56 GB with a sweep per direction; ``benchmarks/results/backbone.md``). One d_model 512 layer at 16k
+tokens runs 1.38x faster than with a sweep per direction (one thread). The result equals the untiled layer up to
+float rounding (``tests/nn/test_long_inference.py``). Sequences of one length only (no padding), so that a tile
+holds the same positions in both directions; a padded batch keeps the sweep per direction.
 """
 
 from __future__ import annotations
