@@ -16,6 +16,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .lean import Dropout, RMSNorm
 from .long_inference import shared_projection_sweeps
+from .long_training import tiled_training_mix
 from .mamba2 import Mamba2Block
 
 __all__ = ["BiMamba2Encoder", "BiMamba2Layer", "maybe_compile", "reverse_valid", "valid_lengths"]
@@ -255,6 +256,10 @@ class BiMamba2Layer(nn.Module):
                 out[a:b] = self._mix_both(x[a:b], mask, lengths[a:b])
             return out
         if not recording or tokens is None or batch * length <= tokens:  # within the budget: store everything
+            tile = block.tile_len
+            if (recording and tile is not None and length > tile and not block._fused(x)
+                    and bool((lengths == length).all())):
+                return tiled_training_mix(self, x)  # long sequences of one length: tile-sized steps throughout
             mixed = _project_both(self, x, padding_mask, lengths)
         else:
             # Recomputed in the backward pass from the slice's input alone (the norm and in_proj included: their
