@@ -163,8 +163,8 @@ class BiMamba2Layer(nn.Module):
         Passed to :class:`Mamba2Block`: sequences longer than this are scanned ``tile_len`` tokens at a time,
         carrying the state. In inference the tiles are swept twice so that both directions still share each
         tile's projections (:mod:`scmamba2.nn.long_inference`; a padded batch sweeps once per direction); in
-        training each tile's scan uses the hand-written backward, and
-        beyond the ``recompute_tokens`` budget each tile's conv + scan is also recomputed in the backward pass, so
+        training each tile's scan uses the hand-written backward, sequences of one length run every step on
+        tile-sized tensors (:mod:`scmamba2.nn.long_training`), and beyond the ``recompute_tokens`` budget each tile's conv + scan is also recomputed in the backward pass, so
         one long cell trains in memory linear in its length with a small constant.
     recompute_tokens : int or None
         Training memory: a batch of more than this many tokens (padding included) runs the pre-norm, ``in_proj``,
