@@ -333,9 +333,22 @@ def test_recomputed_slices_take_in_proj_along_and_keep_the_gradients():
 
 
 def test_bfloat16_autocast_training_close_to_float32():
-    # Under bf16 autocast on the CPU the projections run in bfloat16 and the scan's matmuls take bfloat16 operands
-    # (the conv, the scan's elementwise steps and the gated norm stay float32): output and every gradient within
-    # bfloat16 rounding of the float32 layer's (relative L2 ~0.3-0.6 % measured; 2 % allowed).
+    # Under bf16 autocast on the CPU the projections run in bfloat16 and everything between them (conv, scan, gated
+    # norm) in float32: output and every gradient within bfloat16 rounding of the float32 layer's (relative L2
+    # ~0.3-0.6 % measured; 2 % allowed).
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Dtypes(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = {}
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.bmm, torch.ops.aten.addmm):
+                self.seen.setdefault(func.overloadpacket.__name__, set()).update(
+                    a.dtype for a in args if isinstance(a, torch.Tensor))
+            return func(*args, **(kwargs or {}))
+
     torch.manual_seed(0)
     layer = BiMamba2Layer(D, d_state=8, headdim=16, chunk_size=8, dropout=0.0, use_kernels=False).train()
     x, mask = pad_to([torch.randn(20, D), torch.randn(13, D)], 20)
@@ -344,10 +357,12 @@ def test_bfloat16_autocast_training_close_to_float32():
     for bf16 in (False, True):
         layer.zero_grad()
         leaf = x.clone().requires_grad_(True)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            y = layer(leaf, mask)
-        (y.float() * weights).sum().backward()
+        with Dtypes() as rec:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                y = layer(leaf, mask)
+            (y.float() * weights).sum().backward()
         results.append((y.detach().float(), leaf.grad, {n: p.grad.clone() for n, p in layer.named_parameters()}))
+    assert rec.seen["mm"] == {torch.bfloat16} and rec.seen["bmm"] == {torch.float32}  # projections; the scan
     (y0, dx0, g0), (y1, dx1, g1) = results
     rel = lambda a, b: float((a - b).norm() / b.norm())  # noqa: E731
     assert 0 < rel(y1, y0) < 2e-2  # > 0: bfloat16 really ran

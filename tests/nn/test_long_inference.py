@@ -52,3 +52,20 @@ def test_padded_batch_keeps_one_sweep_per_direction(monkeypatch):
                             lambda *a: pytest.fail("shared sweeps on a padded batch"))
         got = layer(x, mask)
     assert torch.allclose(got[1, :30], alone[0], atol=1e-5, rtol=1e-4)
+
+
+def test_shared_sweeps_under_bfloat16_autocast_carry_float32_states(monkeypatch):
+    # Under autocast the backward direction's carried state stays in the compute dtype, as the forward direction's
+    # (conv_scan's) does, and the result stays bf16-close to the untiled layer under autocast.
+    from scmamba2.nn import long_inference
+
+    states = []
+    exit_state = long_inference._exit_state
+    monkeypatch.setattr(long_inference, "_exit_state", lambda *a: states.append(exit_state(*a)) or states[-1])
+    tiled, untiled = make_layer(16), make_layer(None)
+    untiled.load_state_dict(tiled.state_dict())
+    x = torch.randn(1, 40, D)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        got, want = tiled(x), untiled(x)
+    assert states and all(t.dtype == torch.float32 for s in states for t in s)
+    assert float((got.float() - want.float()).norm() / want.float().norm()) < 2e-2

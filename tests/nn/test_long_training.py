@@ -42,3 +42,25 @@ def test_tiled_training_equals_the_untiled_layer_with_gradients(length, bias):
     torch.testing.assert_close(g2, g1, rtol=1e-8, atol=1e-10)
     for name in p1:
         torch.testing.assert_close(p2[name], p1[name], rtol=1e-8, atol=1e-10, msg=name)
+
+
+def test_tiled_training_under_bfloat16_autocast_equals_the_whole_sequence_path():
+    # The tiled path takes in_proj's output back to float32 like the whole-sequence path does, so under autocast the
+    # two compute the same arithmetic between the projections: outputs and input gradients equal up to float32
+    # rounding. The weight gradients of the projections are bfloat16 matmuls summed over tiles instead of over the
+    # whole sequence at once: equal up to bfloat16 rounding.
+    x = torch.randn(1, 40, D)
+    results = []
+    for tile_len in (None, 16):
+        torch.manual_seed(0)
+        layer = BiMamba2Layer(D, d_state=8, headdim=16, chunk_size=8, use_kernels=False, tile_len=tile_len).train()
+        leaf = x.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = layer(leaf)
+        out.float().sum().backward()
+        results.append((out.detach().float(), leaf.grad, [p.grad for p in layer.parameters()]))
+    (o1, g1, p1), (o2, g2, p2) = results
+    torch.testing.assert_close(o2, o1, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(g2, g1, rtol=1e-4, atol=1e-5)
+    for a, b in zip(p2, p1):
+        assert float((a - b).norm() / b.norm()) < 1e-2

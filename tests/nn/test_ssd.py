@@ -165,9 +165,9 @@ class _MatmulDtypes(TorchDispatchMode):
 
 
 @pytest.mark.parametrize("manual", [False, True])
-def test_autocast_scan_in_float32_with_bfloat16_matmuls_in_the_factored_form(manual, path):
-    # Under bf16 autocast the scan computes in float32, except that the factored form's hand-written path (forward
-    # and backward) gives its matmuls bfloat16 operands: bf16-close to float32 there, exact elsewhere.
+def test_autocast_keeps_the_scan_in_float32_under_autograd(manual, path):
+    # Under bf16 autocast the scan computes in float32 when it is differentiated (forward and either backward path):
+    # bfloat16 outputs would make the dt and A gradients, differences of nearly equal terms, far noisier.
     x, dt, A, B, C, _ = random_inputs(2, 24, 4, 3, 1, 5, seed=10, dtype=torch.float32)
     leaves = [t.clone().requires_grad_(True) for t in (x, dt, A, B, C)]
     with _MatmulDtypes() as rec:
@@ -175,15 +175,27 @@ def test_autocast_scan_in_float32_with_bfloat16_matmuls_in_the_factored_form(man
             y = ssd_chunked(*leaves, chunk_size=8, manual_backward=manual)
         y.square().sum().backward()
     ref_leaves = [t.clone().requires_grad_(True) for t in (x, dt, A, B, C)]
-    y_ref = ssd_chunked(*ref_leaves, chunk_size=8, manual_backward=manual)
-    y_ref.square().sum().backward()
+    ssd_chunked(*ref_leaves, chunk_size=8, manual_backward=manual).square().sum().backward()
     assert y.dtype == torch.float32
-    low = manual and path == "factored"
+    assert rec.seen == {torch.float32}
+    for a, b in zip(leaves, ref_leaves):
+        assert torch.allclose(a.grad, b.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_autocast_inference_takes_bfloat16_matmuls_in_the_factored_form(path):
+    # Without autograd the factored form's matmuls take bfloat16 operands (float32 everywhere else): bf16-close to
+    # float32; the segment-sum form stays float32, exact.
+    x, dt, A, B, C, s0 = random_inputs(2, 40, 4, 3, 1, 5, seed=13, dtype=torch.float32)
+    with torch.no_grad():
+        with _MatmulDtypes() as rec, torch.autocast("cpu", dtype=torch.bfloat16):
+            y, final = ssd_chunked(x, dt, A, B, C, chunk_size=8, initial_state=s0, return_final_state=True)
+        y_ref, final_ref = ssd_chunked(x, dt, A, B, C, chunk_size=8, initial_state=s0, return_final_state=True)
+    low = path == "factored"
     assert rec.seen == ({torch.bfloat16} if low else {torch.float32})
+    assert y.dtype == final.dtype == torch.float32
     tol = 2e-2 if low else 1e-6
     assert (y - y_ref).norm() / y_ref.norm() < tol
-    for a, b in zip(leaves, ref_leaves):
-        assert (a.grad - b.grad).norm() / b.grad.norm() < tol
+    assert (final - final_ref).norm() / final_ref.norm() < tol
 
 
 def test_bfloat16_matmuls_only_under_bfloat16_autocast():

@@ -314,11 +314,7 @@ def _project_both(
     """The layer's pre-norm and its block's ``in_proj`` of ``x`` (``(b, l, d_model)``), then
     :func:`_both_directions`."""
     block = layer.block
-    projected = block.in_proj(layer._normed(x, padding_mask))
-    if projected.dtype != x.dtype and x.device.type == "cpu":
-        # bfloat16 autocast: in_proj ran in bfloat16; the conv, the scan's elementwise steps and the gated norm run
-        # faster (and sum more exactly) in float32 on the CPU, the scan's matmuls take bfloat16 operands (ssd.py)
-        projected = projected.to(x.dtype)
+    projected = block.in_proj_as(layer._normed(x, padding_mask), x.dtype)  # x's dtype under autocast too (CPU)
     z, xbcdt = torch.split(projected, [block.d_inner, block.conv_dim + block.nheads], dim=-1)
     return _both_directions(block, z, xbcdt, lengths, recompute)
 

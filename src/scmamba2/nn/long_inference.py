@@ -42,7 +42,7 @@ def shared_projection_sweeps(layer, h: Tensor) -> Tensor:
     batch, length, _ = h.shape
     tile, di, cd, nh = block.tile_len, block.d_inner, block.conv_dim, block.nheads
     starts = list(range(0, length, tile))
-    w, bias = block.in_proj.weight, block.in_proj.bias
+    fp = h.dtype  # the scan channels in h's dtype, under autocast too (in_proj_as)
 
     # Sweep 1: every tile's x, B, C, dt channels (kept for sweep 2), and the backward direction's state entering
     # each tile from its right, tile k's from tiles k+1, ...
@@ -50,7 +50,7 @@ def shared_projection_sweeps(layer, h: Tensor) -> Tensor:
     entering: list = [None] * len(starts)
     state = None
     for k in range(len(starts) - 1, -1, -1):
-        scan_inputs[k] = F.linear(h[:, starts[k] : starts[k] + tile], w[di:], None if bias is None else bias[di:])
+        scan_inputs[k] = block.in_proj_as(h[:, starts[k] : starts[k] + tile], fp, slice(di, None))
         if k:
             xbc, dt = torch.split(scan_inputs[k].flip(1), [cd, nh], dim=-1)
             state = _exit_state(block, xbc, dt, state)
@@ -60,7 +60,7 @@ def shared_projection_sweeps(layer, h: Tensor) -> Tensor:
     out = h.new_empty(batch, length, block.out_proj.out_features)
     forward_state = None
     for k, start in enumerate(starts):
-        z = F.linear(h[:, start : start + tile], w[:di], None if bias is None else bias[:di])
+        z = block.in_proj_as(h[:, start : start + tile], fp, slice(None, di))
         xbcdt, scan_inputs[k] = scan_inputs[k], None
         xbc, dt = torch.split(torch.cat([xbcdt, xbcdt.flip(1)]), [cd, nh], dim=-1)
         both = _stack_states(forward_state, entering[k], block, batch, h)
@@ -82,10 +82,11 @@ def _exit_state(block, xbc: Tensor, dt: Tensor, state):
     h, p, g, n, keep = block.nheads, block.headdim, block.ngroups, block.d_state, block.d_conv - 1
     fp = torch.promote_types(xbc.dtype, torch.float32)
     context, ssm = (None, None) if state is None else state
-    inputs = xbc if context is None else torch.cat([context, xbc], dim=1)
-    if inputs.shape[1] < keep:
-        inputs = F.pad(inputs, (0, 0, keep - inputs.shape[1], 0))
-    next_context = inputs[:, inputs.shape[1] - keep :].clone()
+    recent = xbc[:, max(length - keep, 0) :]  # the conv's last inputs, from a view (no copy of the tile)
+    recent = recent if context is None else torch.cat([context, recent], dim=1)
+    if recent.shape[1] < keep:
+        recent = F.pad(recent, (0, 0, keep - recent.shape[1], 0))
+    next_context = recent[:, recent.shape[1] - keep :].clone()
     used = block.d_inner + g * n  # x and B; C only reads the state out
     conv = block.conv1d
     xb = causal_conv_silu(xbc[..., :used], conv.weight[:used], None if conv.bias is None else conv.bias[:used],
@@ -97,7 +98,8 @@ def _exit_state(block, xbc: Tensor, dt: Tensor, state):
     after = log_decay.flip(1).cumsum(1).flip(1) - log_decay
     weight = step * after.exp()  # dt_t exp(sum_{u > t} dt_u A)
     xs = (x.view(batch, length, h, p) * weight.unsqueeze(-1)).view(batch, length, g, h // g * p)
-    added = torch.einsum("blgn,blgk->bgnk", B.view(batch, length, g, n), xs)  # (b, g, n, r * p)
+    with torch.autocast(xbc.device.type, enabled=False):  # the state in the compute dtype, as conv_scan's
+        added = torch.einsum("blgn,blgk->bgnk", B.view(batch, length, g, n), xs)  # (b, g, n, r * p)
     added = added.view(batch, g, n, h // g, p).permute(0, 1, 3, 4, 2).reshape(batch, h, p, n)
     if ssm is not None:
         total = log_decay.sum(1).exp()  # (b, h)

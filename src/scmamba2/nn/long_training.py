@@ -29,7 +29,8 @@ def tiled_training_mix(layer, x: Tensor) -> Tensor:
     starts = list(range(0, x.shape[1], tile))
     gates, scan_inputs = [], []
     for start in starts:
-        z, xbcdt = torch.split(block.in_proj(layer.norm(x[:, start : start + tile])), [di, cd + nh], dim=-1)
+        projected = block.in_proj_as(layer.norm(x[:, start : start + tile]), x.dtype)  # x's dtype under autocast
+        z, xbcdt = torch.split(projected, [di, cd + nh], dim=-1)
         gates.append(z)
         scan_inputs.append(torch.split(xbcdt, [cd, nh], dim=-1))
     forward, state = [], None

@@ -201,6 +201,16 @@ class Mamba2Block(nn.Module):
         self.norm = GatedRMSNorm(self.d_inner, group_size=self.d_inner // ngroups, eps=norm_eps)
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias)
 
+    def in_proj_as(self, h: Tensor, dtype: torch.dtype, rows: slice | None = None) -> Tensor:
+        """``in_proj(h)`` (only its outputs ``rows``, when given) in ``dtype``. Under bfloat16 autocast on the CPU the
+        matmul runs in bfloat16 and its output comes back to ``dtype``: the conv, the scan's elementwise steps and the
+        gated norm run faster, and sum more exactly, in float32 there (``benchmarks/results/train_step.md``)."""
+        if rows is None:
+            out = self.in_proj(h)  # the module itself (its hooks run)
+        else:
+            out = F.linear(h, self.in_proj.weight[rows], None if self.in_proj.bias is None else self.in_proj.bias[rows])
+        return out.to(dtype) if out.dtype != dtype and h.device.type == "cpu" else out
+
     def _fused(self, u: Tensor) -> bool:
         return self.use_kernels is not False and _kernels.kernels_usable(u)
 

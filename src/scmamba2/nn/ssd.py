@@ -148,12 +148,11 @@ def ssd_chunked(
     x, dt, A, B, C = (t.to(dtype) for t in (x, dt, A, B, C))
     D = None if D is None else D.to(dtype)
     init = None if initial_state is None else initial_state.to(dtype)
-    lo = _matmul_dtype(x)  # before autocast is turned off below: bfloat16 matmuls under bfloat16 autocast
+    # without autograd under bfloat16 autocast: the factored form's matmuls take bfloat16 operands (ssd_factored.py)
+    lo = None if recording else _matmul_dtype(x)
     with torch.autocast(x.device.type, enabled=False):  # the compute dtype holds under autocast too
-        if recording and manual_backward and factored:  # hand-written backward: stores the inputs, chunk states, y
-            y, state = FactoredScan.apply(x, dt, A, B, C, D, init, q, lo)
-        elif recording and manual_backward:
-            y, state = _SSDScan.apply(x, dt, A, B, C, D, init, q)
+        if recording and manual_backward:  # hand-written backward: stores the inputs and the chunk states (and y)
+            y, state = (FactoredScan if factored else _SSDScan).apply(x, dt, A, B, C, D, init, q)
         elif recording:  # differentiated by autograd: the reference path
             y, state, _ = _forward(x, dt, A, B, C, D, init, q, inplace=False)
         elif factored:
@@ -167,8 +166,9 @@ def ssd_chunked(
 
 
 def _matmul_dtype(x: Tensor) -> torch.dtype | None:
-    """bfloat16 when a float32 scan runs under bfloat16 autocast (the factored form's matmuls then take bfloat16
-    operands, everything else stays float32), else None. Not float16: its range cannot hold the factors."""
+    """bfloat16 when a float32 scan runs under bfloat16 autocast (the factored form's forward matmuls then take
+    bfloat16 operands, everything else stays float32), else None. Not float16: its range cannot hold the
+    factors."""
     dev = x.device.type
     if x.dtype == torch.float32 and torch.is_autocast_enabled(dev) and torch.get_autocast_dtype(dev) == torch.bfloat16:
         return torch.bfloat16

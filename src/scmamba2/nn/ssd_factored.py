@@ -13,10 +13,12 @@ chunk's decay range ``R = -cum_last``. :func:`scmamba2.nn.ssd.ssd_chunked` runs 
 range is within :data:`scmamba2.nn.ssd.FACTORED_MAX_RANGE` and the segment-sum form otherwise. The result does
 not depend on ``ref`` (the factors cancel), so ``ref`` is a constant for differentiation.
 
-Under bfloat16 autocast (``lo = torch.bfloat16``, chosen by :func:`scmamba2.nn.ssd.ssd_chunked`) the matmuls take
-bfloat16 operands and everything else (the factors, the recurrence over chunks, the sums) stays float32: bfloat16
-has float32's exponent range, so the factors' range limit is the same. One d_model 256 layer's forward + backward
-runs ~1.3x faster on a CPU with bfloat16 instructions, within ~0.5 % of float32 (``tests/nn/test_ssd.py``).
+Without autograd under bfloat16 autocast (``lo = torch.bfloat16``, chosen by :func:`scmamba2.nn.ssd.ssd_chunked`)
+the forward's matmuls take bfloat16 operands; everything else (the factors, the recurrence over chunks, the sums)
+stays float32, and bfloat16 has float32's exponent range, so the factors' range limit is the same. Not in training:
+the gradients of ``dt`` and ``A`` are differences of nearly equal terms, one of them built from the output ``y``,
+and bfloat16 outputs made them 5-15x noisier than rounding the inputs does (a d_model 256 layer would have trained
+1.08x faster).
 """
 
 from __future__ import annotations
@@ -55,7 +57,8 @@ def _prepare(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, q: int, lo:
 
 def _baddbmm(acc: Tensor, m1: Tensor, m2: Tensor) -> Tensor:
     """``acc + m1 @ m2`` over the leading dims, the sum written by the matmul itself (``acc`` reused); ``m1`` and
-    ``m2`` may be of a lower precision than ``acc`` (their product is then added in ``acc``'s dtype)."""
+    ``m2`` may be of a lower precision than ``acc`` (their product, rounded to it, is then added in ``acc``'s
+    dtype)."""
     if m1.dtype != acc.dtype:
         return acc.add_(m1 @ m2)
     flat = acc.flatten(0, -3)
@@ -78,8 +81,8 @@ def factored_forward(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The scan on padded inputs in the compute dtype: ``y`` token-major ``(b, c, q, g, r, p)``, the final state
     ``(b, h, p, n)`` and the state entering each chunk ``(b, c, g, n, r * p)``. ``lo``: the matmuls' operand
-    dtype (e.g. bfloat16; their products are accumulated in float32 and everything else stays in the compute
-    dtype), None for the compute dtype."""
+    dtype (bfloat16: each matmul accumulates in float32 and rounds its result to bfloat16, which is then used in
+    the compute dtype, as everything else), None for the compute dtype."""
     b, length, h, p = x.shape
     g, n = B.shape[2], B.shape[3]
     r, c = h // g, length // q
@@ -103,15 +106,13 @@ def factored_forward(
     return y, final, before.view(b, c, g, n, r * p)
 
 
-def _factored_backward(x, dt, A, B, C, D, before, y, q, dy, dfinal, has_init, lo=None):
+def _factored_backward(x, dt, A, B, C, D, before, y, q, dy, dfinal, has_init):
     """Gradients of :func:`factored_forward`'s ``y`` (its output, token-major) and final state (``dy``, ``dfinal``;
-    either may be None); ``lo`` as there."""
+    either may be None)."""
     b, length, h, p = x.shape
     g, n = B.shape[2], B.shape[3]
     r, c = h // g, length // q
-    X, Bt, Ct, dtt, last, ref, E, E_inv, w, Xg, S, causal = _prepare(x, dt, A, B, C, q, lo)
-    Xl = _low(Xg, lo)
-    fp = x.dtype
+    X, Bt, Ct, dtt, last, ref, E, E_inv, w, Xg, S, causal = _prepare(x, dt, A, B, C, q)
     dY = x.new_zeros(b, c, q, g, r, p) if dy is None else dy.to(x.dtype).reshape(b, c, q, g, r, p)
     before = before.view(b, c, g, n, r, p)
     eref = _head_scale(ref.exp())
@@ -128,10 +129,10 @@ def _factored_backward(x, dt, A, B, C, D, before, y, q, dy, dfinal, has_init, lo
         da -= dYx * D.reshape(g, r)
         dX = dY * D.reshape(g, r, 1)
     dI = dY * E.unsqueeze(-1)  # (b, c, q, g, r, p)
-    dIg = _low(dI.view(b, c, q, g, r * p).transpose(2, 3), lo)  # (b, c, g, q, r * p)
-    dS = (dIg @ Xl.transpose(-1, -2)).masked_fill_(~causal, 0.0)  # (b, c, g, q, q)
-    dCt = (dIg @ _low(carried, lo).transpose(-1, -2)).to(fp)  # (b, c, g, q, n)
-    dbefore = (Ct.transpose(-1, -2) @ dIg).to(fp).view(b, c, g, n, r, p).mul_(eref)
+    dIg = dI.view(b, c, q, g, r * p).transpose(2, 3)  # (b, c, g, q, r * p)
+    dS = (dIg @ Xg.transpose(-1, -2)).masked_fill_(~causal, 0.0)  # (b, c, g, q, q)
+    dCt = dIg @ carried.transpose(-1, -2)  # (b, c, g, q, n)
+    dbefore = (Ct.transpose(-1, -2) @ dIg).view(b, c, g, n, r, p).mul_(eref)
 
     # The recurrence, backwards: G_k = dL/d(state after chunk k).
     dec = last.exp()  # (b, c, g, r)
@@ -147,10 +148,10 @@ def _factored_backward(x, dt, A, B, C, D, before, y, q, dy, dfinal, has_init, lo
 
     # Chunk states = s * U, U = B^T X', s = exp(cum_last - ref). Through s: sum over (n, p) of dU * U, which is
     # the sum over (q, p) of (B dU) * X' (no recomputed U).
-    dU = _low(G.mul_(_head_scale((last - ref).exp())).view(b, c, g, n, r * p), lo)
-    BdU = (Bt @ dU).to(fp)  # (b, c, g, q, r * p)
+    dU = G.mul_(_head_scale((last - ref).exp())).view(b, c, g, n, r * p)
+    BdU = Bt @ dU  # (b, c, g, q, r * p)
     dlast += (BdU * Xg).view(b, c, g, q, r, p).sum(dim=(3, 5))
-    dBt = (Xl @ dU.transpose(-1, -2)).to(fp)  # (b, c, g, q, n)
+    dBt = Xg @ dU.transpose(-1, -2)  # (b, c, g, q, n)
     dXg = _baddbmm(BdU, S.transpose(-1, -2), dIg)  # S^T dI + B dU, (b, c, g, q, r * p)
 
     # X' = X * w, w = dt exp(-a).
@@ -178,10 +179,10 @@ class FactoredScan(torch.autograd.Function):
     output, and recomputes the rest (the scores and the factors)."""
 
     @staticmethod
-    def forward(ctx, x, dt, A, B, C, D, init, q, lo=None):
-        y, final, before = factored_forward(x, dt, A, B, C, D, init, q, lo)
+    def forward(ctx, x, dt, A, B, C, D, init, q):
+        y, final, before = factored_forward(x, dt, A, B, C, D, init, q)
         ctx.save_for_backward(x, dt, A, B, C, D, before, y)  # y: the callers keep it anyway (the gated norm)
-        ctx.q, ctx.has_init, ctx.lo = q, init is not None, lo
+        ctx.q, ctx.has_init = q, init is not None
         ctx.set_materialize_grads(False)
         return y, final
 
@@ -189,5 +190,5 @@ class FactoredScan(torch.autograd.Function):
     def backward(ctx, dy, dfinal):
         x, dt, A, B, C, D, before, y = ctx.saved_tensors  # read once (activation checkpointing allows one unpack)
         with torch.autocast(x.device.type, enabled=False):
-            grads = _factored_backward(x, dt, A, B, C, D, before, y, ctx.q, dy, dfinal, ctx.has_init, ctx.lo)
-        return (*grads, None, None)
+            grads = _factored_backward(x, dt, A, B, C, D, before, y, ctx.q, dy, dfinal, ctx.has_init)
+        return (*grads, None)

@@ -62,7 +62,8 @@ def make_trainer(tcfg: TrainConfig, out_dir: str | Path | None = None, *, valida
     if validate and tcfg.early_stopping_patience > 0:
         callbacks.append(EarlyStopping("val/loss", patience=tcfg.early_stopping_patience, mode="min"))
     on_cpu = tcfg.accelerator == "cpu" or (tcfg.accelerator == "auto" and not torch.cuda.is_available())
-    if str(tcfg.precision).startswith("bf16") and on_cpu and not _cpu_has_bf16():
+    # on the CPU Lightning runs "16-mixed" as bfloat16 too
+    if str(tcfg.precision).startswith(("bf16", "16")) and on_cpu and not _cpu_has_bf16():
         log.warning("precision=%r on a CPU without bfloat16 instructions: its matmuls are emulated and run slower "
                     "than float32; use precision='32-true' here", tcfg.precision)
     return pl.Trainer(
@@ -83,7 +84,14 @@ def make_trainer(tcfg: TrainConfig, out_dir: str | Path | None = None, *, valida
 
 
 def _cpu_has_bf16() -> bool:
-    """Whether this CPU runs bfloat16 matmuls natively (oneDNN's check: AVX512-BF16 or AMX)."""
+    """Whether this CPU has bfloat16 instructions (AVX512-BF16 or AMX on x86, BF16 on Arm), read from
+    ``/proc/cpuinfo``; where there is none, oneDNN's check (which also counts CPUs that only emulate bfloat16)."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        flags = None
+    if flags is not None:
+        return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
     import torch
 
     try:
