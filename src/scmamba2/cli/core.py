@@ -52,7 +52,7 @@ def pretrain(
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Override train.max_steps."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Override train.seed."),
     precision: Optional[str] = typer.Option(None, "--precision", help="Override train.precision: 32-true (default) "
-                                            "or bf16-mixed (bfloat16 autocast: ~1.3x faster steps on a CPU with "
+                                            "or bf16-mixed (bfloat16 autocast: ~1.2x faster steps on a CPU with "
                                             "bfloat16 instructions, e.g. AVX512-BF16 or AMX, and on GPUs)."),
     n_top_genes: Optional[int] = typer.Option(None, "--n-top-genes", help="Keep only this many HVGs."),
     resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in --out from its "

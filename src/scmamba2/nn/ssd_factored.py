@@ -17,7 +17,7 @@ Without autograd under bfloat16 autocast (``lo = torch.bfloat16``, chosen by :fu
 the forward's matmuls take bfloat16 operands; everything else (the factors, the recurrence over chunks, the sums)
 stays float32, and bfloat16 has float32's exponent range, so the factors' range limit is the same. Not in training:
 the gradients of ``dt`` and ``A`` are differences of nearly equal terms, one of them built from the output ``y``,
-and bfloat16 outputs made them 5-15x noisier than rounding the inputs does (a d_model 256 layer would have trained
+and bfloat16 outputs made them 4-15x noisier than rounding the inputs does (a d_model 256 layer would have trained
 1.08x faster).
 """
 
