@@ -172,12 +172,13 @@ def test_tiled_encoder_matches_untiled():
 
 
 @pytest.mark.parametrize(("tile", "recompute_tokens"), [(13, None), (8, None), (2, None), (13, 20)])
-def test_tiled_training_matches_untiled_with_gradients(tile, recompute_tokens):
+@pytest.mark.parametrize("lengths", [(61, 40), (61, 61)])  # padded: whole-sequence path; one length: long_training
+def test_tiled_training_matches_untiled_with_gradients(tile, recompute_tokens, lengths):
     """Training tiles (state carried across; checkpointed beyond the recompute budget) give the untiled outputs and
     gradients, padding included; tiles shorter than the conv width, not multiples of the chunk size, and inside
     recomputed slices."""
     torch.manual_seed(3)
-    seqs = [torch.randn(n, D, dtype=torch.float64) for n in (61, 40)]
+    seqs = [torch.randn(n, D, dtype=torch.float64) for n in lengths]
     x, m = pad_to(seqs, 61)
     x = x.double()
     results = []
@@ -192,8 +193,8 @@ def test_tiled_training_matches_untiled_with_gradients(tile, recompute_tokens):
         results.append((out.detach(), xi.grad, [q.grad.clone() for q in enc.parameters()]))
         if tile_len is None:
             assert set(calls) == {61}
-        elif recompute_tokens is None:  # every tile once: nothing recomputed
-            assert max(calls) <= tile and sum(calls) == 61
+        elif recompute_tokens is None:  # every tile once (per direction without padding): nothing recomputed
+            assert max(calls) <= tile and sum(calls) == (61 if lengths[0] != lengths[1] else 2 * 61)
         else:  # every tile, then each recomputed in the backward pass (inside the recomputed slices)
             assert max(calls) <= tile and sum(calls) >= 2 * 61
     (o1, g1, p1), (o2, g2, p2) = results
