@@ -144,3 +144,18 @@ def test_a_panel_input_model_reads_only_its_panel_genes(tiny_counts, model):
         assert np.allclose(a, b, atol=1e-5) == same, reads
     with pytest.raises(ValueError, match="profile_genes"):
         ModelConfig(vocab_size=10, input_genes="panel")
+
+
+def test_embed_under_bfloat16_autocast_writes_float32_close_to_float32(tiny_counts):
+    # A caller's autocast (bf16 matmuls, e.g. on a GPU or a CPU with bf16 instructions) must not break embed: the
+    # profile readout's product came back in bfloat16, which numpy cannot take.
+    torch.manual_seed(1)
+    vocab = GeneVocab(list(tiny_counts.var_names))
+    cfg = ModelConfig(vocab_size=len(vocab), d_model=32, n_layers=2, d_state=16, headdim=16, chunk_size=8,
+                      dropout=0.0, value_mode="continuous", profile_genes=12)
+    m = ScMamba2(cfg, vocab=vocab, tokenizer_config=TokenizerConfig(value_mode="continuous", max_len=24)).eval()
+    ref = embed(tiny_counts, m, copy=True, progress=False).obsm["X_scmamba2"]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = embed(tiny_counts, m, copy=True, progress=False).obsm["X_scmamba2"]
+    assert got.dtype == np.float32
+    assert 0 < np.linalg.norm(got - ref) / np.linalg.norm(ref) < 3e-2

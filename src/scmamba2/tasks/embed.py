@@ -153,7 +153,7 @@ def embed(
             batch = {k: v.to(dev) for k, v in batch.items()}
             states = model.encode(batch[GENES], batch[VALUES], batch[PADDING_MASK], batch.get(BATCH))
             z = model.cell_embedding(states, batch[PADDING_MASK]).float()
-            emb[rows] = (z if metric is None else z @ metric).cpu().numpy()
+            emb[rows] = (z if metric is None else z @ metric).float().cpu().numpy()  # float32 under autocast too
             bar.update(len(rows))
     adata.obsm[key_added] = emb
     adata.uns.setdefault("scmamba2", {})[key_added] = _without_none({
