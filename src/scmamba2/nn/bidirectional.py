@@ -164,8 +164,9 @@ class BiMamba2Layer(nn.Module):
         carrying the state. In inference the tiles are swept twice so that both directions still share each
         tile's projections (:mod:`scmamba2.nn.long_inference`; a padded batch sweeps once per direction); in
         training each tile's scan uses the hand-written backward, sequences of one length run every step on
-        tile-sized tensors (:mod:`scmamba2.nn.long_training`), and beyond the ``recompute_tokens`` budget each tile's conv + scan is also recomputed in the backward pass, so
-        one long cell trains in memory linear in its length with a small constant.
+        tile-sized tensors (:mod:`scmamba2.nn.long_training`), and beyond the ``recompute_tokens`` budget each
+        tile's conv + scan is also recomputed in the backward pass, so one long cell trains in memory linear in
+        its length with a small constant.
     recompute_tokens : int or None
         Training memory: a batch of more than this many tokens (padding included) runs the pre-norm, ``in_proj``,
         the conv, the scan and the gated norm (whose intermediates are most of a layer's activation memory) under
@@ -267,10 +268,7 @@ class BiMamba2Layer(nn.Module):
             parts = [checkpoint(_project_both, self, x[a:b], mask, lengths[a:b], True, use_reentrant=False)
                      for a, b, mask in pieces]
             mixed = parts[0] if len(parts) == 1 else torch.cat(parts)
-        out = block.out_proj(mixed)
-        if block.out_proj.bias is not None:  # each direction's out_proj adds the bias once
-            out = out + block.out_proj.bias
-        return out
+        return block.out_proj_both(mixed)
 
     def forward(self, x: Tensor, padding_mask: Tensor | None = None) -> Tensor:
         """Apply the layer.

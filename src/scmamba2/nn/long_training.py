@@ -42,10 +42,6 @@ def tiled_training_mix(layer, x: Tensor) -> Tensor:
         xbc, dt = scan_inputs[k]
         y, state = block.conv_scan(xbc.flip(1), dt.flip(1), state)
         backward[k] = y.flip(1)
-    pieces = []
-    for z, y_fwd, y_bwd in zip(gates, forward, backward):
-        piece = block.out_proj(block.norm.summed([y_fwd, y_bwd], z))
-        if block.out_proj.bias is not None:  # each direction's out_proj adds the bias once
-            piece = piece + block.out_proj.bias
-        pieces.append(piece)
+    pieces = [block.out_proj_both(block.norm.summed([y_fwd, y_bwd], z))
+              for z, y_fwd, y_bwd in zip(gates, forward, backward)]
     return torch.cat(pieces, dim=1)

@@ -211,6 +211,12 @@ class Mamba2Block(nn.Module):
             out = F.linear(h, self.in_proj.weight[rows], None if self.in_proj.bias is None else self.in_proj.bias[rows])
         return out.to(dtype) if out.dtype != dtype and h.device.type == "cpu" else out
 
+    def out_proj_both(self, mixed: Tensor) -> Tensor:
+        """``out_proj`` of the two directions' summed gated-norm outputs ``mixed``: one matmul, the bias added once
+        for each direction (the sum of the two directions' ``out_proj``)."""
+        out = self.out_proj(mixed)
+        return out if self.out_proj.bias is None else out + self.out_proj.bias
+
     def _fused(self, u: Tensor) -> bool:
         return self.use_kernels is not False and _kernels.kernels_usable(u)
 
