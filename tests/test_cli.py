@@ -68,7 +68,10 @@ def test_pretrain_embed_and_vocab_mismatch(tiny_counts, tmp_path):
     assert (tmp_path / "m" / "model.safetensors").is_file()
     import json
 
-    assert json.loads((tmp_path / "m" / "train_config.json").read_text())["precision"] == "bf16-mixed"
+    saved = json.loads((tmp_path / "m" / "train_config.json").read_text())
+    assert saved["precision"] == "bf16-mixed"
+    # A config that sets no loss weights keeps the default objective: the whole profile, GEP and MVC off.
+    assert (saved["gep_weight"], saved["mvc_weight"]) == (0.0, 0.0)
     from scmamba2.data.vocab import GeneVocab
 
     assert len(GeneVocab.load(tmp_path / "m" / "vocab.json").genes) == 40  # --n-top-genes

@@ -76,7 +76,7 @@ def pretrain(
     from ..data.corpus import CorpusConfig
     from ..data.files import check_model_dir, clear_dir
     from ..data.io import read
-    from ..train.config import TrainConfig, load_run_config
+    from ..train.config import TrainConfig, load_run_config, objective_loss_weights
     from ..train.pretrain import pretrain as _pretrain
 
     with _user_errors(), _removed_on_error(out_dir):
@@ -94,9 +94,7 @@ def pretrain(
                      if v is not None}
         if overrides:
             if train is None:  # pretrain()'s defaults: the profile objective with continuous values, else GEP + MVC
-                tok = run["tokenizer"]
-                profile = tok is None or tok.value_mode == "continuous"
-                train = TrainConfig(**({"gep_weight": 0.0, "mvc_weight": 0.0} if profile else {}))
+                train = TrainConfig(**objective_loss_weights(run["tokenizer"], run["model"]))
             train = replace(train, **overrides)
         if not data and not dcfg.sources:
             raise InputError("Give DATA (files, folders of h5ad shards, SOMA experiments) or data.sources in --config.")

@@ -113,11 +113,23 @@ def _check_keys(path, section: str, d, known) -> None:
                          f"{', '.join(sorted(known))}.")
 
 
+def objective_loss_weights(tokenizer=None, model: dict | None = None) -> dict[str, float]:
+    """The GEP / MVC weights of pretraining's default objective for this tokenizer and model section: continuous
+    values (no tokenizer: pretraining's default) train the whole-profile decoder with GEP and MVC off (``{gep_weight:
+    0, mvc_weight: 0}``) unless the model sets ``profile_genes: 0``; binned values keep :class:`TrainConfig`'s
+    defaults (``{}``). :func:`scmamba2.train.pretrain.pretrain` applies the same rule when given no TrainConfig."""
+    continuous = tokenizer is None or tokenizer.value_mode == "continuous"
+    profile = (model or {}).get("profile_genes", 1) != 0
+    return {"gep_weight": 0.0, "mvc_weight": 0.0} if continuous and profile else {}
+
+
 def load_run_config(path) -> dict[str, Any]:
     """Read a YAML run configuration with the sections ``model``, ``tokenizer``, ``train`` and ``data``.
 
     Returns a dict with ``model`` (a dict of :class:`~scmamba2.ModelConfig` fields, ``vocab_size`` filled in
-    later), ``tokenizer`` (a :class:`~scmamba2.TokenizerConfig`, None without the section), ``train`` (a :class:`TrainConfig`) and
+    later), ``tokenizer`` (a :class:`~scmamba2.TokenizerConfig`, None without the section; continuous values unless
+    it sets ``value_mode``), ``train`` (a :class:`TrainConfig`, None without the section; GEP / MVC weights that the
+    section leaves out follow :func:`objective_loss_weights`) and
     ``data`` (a :class:`~scmamba2.data.corpus.CorpusConfig`: corpus sources, obs filter, streaming settings).
     Every problem (unreadable file, broken YAML, unknown section or key, with a "did you mean ...?", a value
     out of range) is an :class:`~scmamba2.InputError` that names the file, before any data is read.
@@ -149,13 +161,15 @@ def load_run_config(path) -> dict[str, Any]:
         parts[name] = part
     try:
         ModelConfig(**{"vocab_size": 8, **parts["model"]})  # values checked now, not after the data was read
-        return {
-            "model": dict(parts["model"]),
-            # No section: None, so that each command uses its own default (pretraining: continuous values).
-            "tokenizer": TokenizerConfig.from_dict(parts["tokenizer"]) if "tokenizer" in raw else None,
-            "train": TrainConfig.from_dict(parts["train"]),
-            "data": CorpusConfig.from_dict(parts["data"]),
-        }
+        # No tokenizer section: None, so that each command uses its own default; a section without value_mode
+        # keeps pretraining's continuous values. No train section: None (the command's defaults); a section
+        # without gep_weight / mvc_weight gets the objective's defaults (the whole profile: GEP and MVC off).
+        tok = (TokenizerConfig.from_dict({"value_mode": "continuous", **parts["tokenizer"]}) if "tokenizer" in raw
+               else None)
+        train = (TrainConfig.from_dict({**objective_loss_weights(tok, parts["model"]), **parts["train"]})
+                 if "train" in raw else None)
+        return {"model": dict(parts["model"]), "tokenizer": tok, "train": train,
+                "data": CorpusConfig.from_dict(parts["data"])}
     except (TypeError, ValueError) as exc:
         if isinstance(exc, InputError):
             raise InputError(f"{path}: {exc}") from None
