@@ -27,6 +27,29 @@ def test_validate_ok(tiny_counts, tmp_path):
     code, text = run("validate", p)
     assert code == 0, text
     assert "raw_counts" in text
+    # The tiny file's genes are not the bundled model's: validate says so (the file is still fine to pretrain on) ...
+    assert "bundled model" in text and "cannot read this file" in text
+    # ... and with --model bundled the same mismatch is the error.
+    code, text = run("validate", p, "--model", "bundled")
+    assert_clean_error(code, text, "vocabulary")
+
+
+def test_validate_notes_the_bundled_models_overlap(tiny_counts, tmp_path):
+    from scmamba2.pretrained import load
+
+    a = tiny_counts.copy()
+    a.var_names = load().vocab.genes[10 : 10 + a.n_vars]  # genes of the bundled model's vocabulary
+    a.write_h5ad(tmp_path / "c.h5ad")
+    code, text = run("validate", tmp_path / "c.h5ad")
+    assert code == 0 and f"{a.n_vars} of the file's genes are in its vocabulary" in text, text
+
+
+def test_python_dash_m():
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-m", "scmamba2", "--version"], capture_output=True, text=True)
+    assert res.returncode == 0 and res.stdout.startswith("scmamba2 "), res.stderr
 
 
 def test_scaled_values_refused(tiny_counts, tmp_path):
@@ -81,6 +104,15 @@ def test_pretrain_embed_and_vocab_mismatch(tiny_counts, tmp_path):
     import anndata as ad
 
     assert ad.read_h5ad(tmp_path / "e.h5ad").obsm["X_scmamba2"].shape == (tiny_counts.n_obs, 32)
+    before = (tmp_path / "e.h5ad").stat().st_mtime_ns
+    code, text = run("embed", p, "--model", tmp_path / "m", "--out", tmp_path / "e.h5ad")  # exists: kept
+    assert_clean_error(code, text, "--overwrite")
+    assert (tmp_path / "e.h5ad").stat().st_mtime_ns == before
+    code, text = run("--quiet", "embed", p, "--model", tmp_path / "m", "--out", tmp_path / "e.h5ad", "--overwrite")
+    assert code == 0, text
+    code, text = run("embed", p, "--model", tmp_path / "m", "--out", tmp_path / "e.csv")  # not what it writes
+    assert_clean_error(code, text, ".h5ad")
+    assert not (tmp_path / "e.csv").exists()
     assert (tmp_path / "u.png").stat().st_size > 1000
     other = tiny_counts.copy()
     other.var_names = [f"ENSG{i:011d}" for i in range(other.n_vars)]

@@ -63,6 +63,18 @@ def test_seen_perturbations_get_their_own_effect(trained):
     assert abs(X[1, 20:24].mean() - X[0, 20:24].mean()) < 0.3
 
 
+def test_controls_from_a_file_with_perturbed_cells_use_its_control_cells(trained):
+    pm, held = trained
+    only = predict_perturbation(pm, ["G1", "G2"], controls=held[held.obs["condition"] == "ctrl"].copy(), n_controls=32)
+    mixed = predict_perturbation(pm, ["G1", "G2"], controls=held, n_controls=32)
+    np.testing.assert_array_equal(mixed.X, only.X)  # the perturbed cells of `held` are left out
+    no_label = held[held.obs["condition"] == "ctrl"].copy()
+    del no_label.obs["condition"]  # a file of control cells without the column: every cell is a control
+    np.testing.assert_array_equal(predict_perturbation(pm, ["G1", "G2"], controls=no_label, n_controls=32).X, only.X)
+    with pytest.raises(InputError, match="no cell labelled 'ctrl'"):
+        predict_perturbation(pm, ["G1"], controls=held[held.obs["condition"] != "ctrl"].copy())
+
+
 def test_correction_is_kept_only_when_it_beats_the_baseline_on_validation(trained):
     pm, _ = trained
     rec = pm.meta.correction
@@ -232,6 +244,12 @@ def test_cli_train_predict_reverse(tmp_path):
     r = runner.invoke(app, ["perturb", "predict", "--model", str(tmp_path / "m"), "--perturbations", "G2",
                             "--baseline-only", "--out", str(tmp_path / "b.h5ad")])
     assert r.exit_code == 0 and ad.read_h5ad(tmp_path / "b.h5ad").obs["source"].tolist() == ["baseline"]
+    again = ["perturb", "predict", "--model", str(tmp_path / "m"), "--perturbations", "G1", "--out", str(tmp_path / "b.h5ad")]
+    r = runner.invoke(app, again)  # an existing output is kept without --overwrite
+    assert r.exit_code == 1 and "--overwrite" in r.output
+    assert ad.read_h5ad(tmp_path / "b.h5ad").obs["perturbation"].tolist() == ["G2"]
+    r = runner.invoke(app, [*again, "--overwrite"])
+    assert r.exit_code == 0 and ad.read_h5ad(tmp_path / "b.h5ad").obs["perturbation"].tolist() == ["G1"]
     r = runner.invoke(app, ["perturb", "reverse", "--model", str(tmp_path / "m"), "--query", str(tmp_path / "d.h5ad"),
                             "--groupby", "condition", "--top-k", "2", "--out", str(tmp_path / "r.csv")])
     assert r.exit_code == 0, r.output

@@ -21,25 +21,36 @@ def validate(
     layer: Optional[str] = LayerOpt,
     use_raw: bool = RawOpt,
     gene_column: Optional[str] = GeneColOpt,
-    model: Optional[Path] = typer.Option(None, "--model", help="Check the genes against this model's vocabulary."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Check the genes against this model's vocabulary "
+                                         "(a checkpoint directory, or 'bundled'); a problem is then an error."),
     modality: str = typer.Option("rna", help="Modality of an .h5mu file."),
 ) -> None:
-    """Check a data file: value kind (raw counts, log-normalised, scaled), NaN, empty cells, gene ids."""
+    """Check a data file: value kind (raw counts, log-normalised, scaled), NaN, empty cells, gene ids. Without
+    --model the file is checked as pretraining input, and its genes are also matched against the bundled model
+    (the one embed, annotate and integrate use by default): a note says whether that model can read it."""
     from ..data.io import read, select_matrix
     from ..data.validate import validate as _validate
+    from ..data.vocab import GeneVocab
+    from ..model import VOCAB_FILE
+    from ..pretrained import DEFAULT_MODEL, bundled_name, model_path
 
     with _user_errors():
         adata = select_matrix(read(data, layer=layer, use_raw=use_raw, modality=modality), gene_column=gene_column)
-        vocab = None
-        if model is not None:
-            from ..data.vocab import GeneVocab
-            from ..model import VOCAB_FILE
-
-            vocab = GeneVocab.load(Path(model) / VOCAB_FILE)
+        folder = None if model is None else (model_path(bundled_name(model)) if bundled_name(model) else Path(model))
+        vocab = None if folder is None else GeneVocab.load(folder / VOCAB_FILE)
         report = _validate(adata, vocab=vocab, raise_on_error=False)
         out.print(str(report), highlight=False)
         if not report.ok:
             raise InputError(report.error_message())
+        if model is None:
+            bundled = _validate(adata, vocab=GeneVocab.load(model_path() / VOCAB_FILE), raise_on_error=False)
+            if bundled.ok:
+                out.print(f"bundled model {DEFAULT_MODEL} (the default of embed / annotate / integrate): "
+                          f"{bundled.n_vocab_matched:,} of the file's genes are in its vocabulary "
+                          f"({bundled.vocab_overlap:.1%}).", highlight=False, soft_wrap=True)
+            else:
+                out.print(f"Note: the bundled model {DEFAULT_MODEL}, which embed / annotate / integrate use without "
+                          f"--model, cannot read this file: {bundled.error_message()}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -168,6 +179,7 @@ def embed(
     layer: Optional[str] = LayerOpt,
     use_raw: bool = RawOpt,
     gene_column: Optional[str] = GeneColOpt,
+    overwrite: bool = OverwriteOpt,
 ) -> None:
     """Embed cells with a trained model into obsm['X_scmamba2']."""
     from ..data.files import check_output, read_json, write_h5ad
@@ -175,9 +187,9 @@ def embed(
     from ..tasks.embed import embed as _embed
 
     with _user_errors():
-        check_output(out_path, [data, model])
+        check_output(out_path, [data, model], overwrite=overwrite, suffixes=(".h5ad",))
         if umap is not None:
-            check_output(umap, [data, model, out_path], option="--umap")
+            check_output(umap, [data, model, out_path], option="--umap", overwrite=overwrite, suffixes=(".png",))
         _at_least(1, batch_size=batch_size, max_tokens=max_tokens)
         if umap is not None and not color:
             raise InputError("--umap needs at least one --color KEY (an obs column) to colour the cells by")

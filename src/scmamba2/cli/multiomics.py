@@ -54,9 +54,9 @@ def multiomics_train(
     with _user_errors():
         from ..data.multiomics import read_multiomics, to_container
 
-        check_output(out_path, [data, model])
+        check_output(out_path, [data, model], overwrite=overwrite, suffixes=(".h5mu", ".h5ad"))
         if umap is not None:
-            check_output(umap, [data, model, out_path], option="--umap")
+            check_output(umap, [data, model, out_path], option="--umap", overwrite=overwrite, suffixes=(".png",))
         check_model_dir(model_out, overwrite=overwrite, sources=[data, model, out_path], option="--model-out")
         _at_least(1, steps=steps, n_top_genes=n_top_genes, n_top_peaks=n_top_peaks)
         color = [k for k in (batch_key, label_key) if k]
@@ -91,6 +91,7 @@ def multiomics_predict(
     use_raw: bool = RawOpt,
     gene_column: Optional[str] = GeneColOpt,
     batch_key: Optional[str] = typer.Option(None, "--batch-key", help="obs column of each cell's batch, for a model trained with --batch-key (other batches: the mean batch vector)."),
+    overwrite: bool = OverwriteOpt,
 ) -> None:
     """Predict a modality from RNA alone: with a joint --model (the target modality's tokens are read with their
     values masked), or from a --reference of paired cells by nearest neighbours in the pretrained embedding."""
@@ -111,7 +112,7 @@ def multiomics_predict(
         if reference is not None and batch_key is not None:
             raise InputError("--batch-key applies to a joint --model trained with batches, not to --reference")
         _at_least(1, n_neighbors=n_neighbors)
-        check_output(out_path, [query, model, reference])
+        check_output(out_path, [query, model, reference], overwrite=overwrite, suffixes=(".h5ad",))
         q = read(query, modality="rna")
         if reference is not None:
             from ..tasks.transfer_modality import transfer_modality

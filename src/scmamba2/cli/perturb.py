@@ -85,6 +85,7 @@ def perturb_predict(
     controls: Optional[Path] = typer.Option(None, "--controls", help="Control cells to predict from (default: the stored ones)."),
     n_controls: int = typer.Option(256, "--n-controls"),
     baseline_only: bool = typer.Option(False, "--baseline-only", help="Leave out the learned correction."),
+    overwrite: bool = OverwriteOpt,
 ) -> None:
     """Predict the mean log1p-normalised profile of each perturbation (obs['perturbation'], obs['source'],
     genes as var)."""
@@ -93,7 +94,7 @@ def perturb_predict(
     from ..tasks.perturb import predict_perturbation
 
     with _user_errors():
-        check_output(out_path, [model, controls])
+        check_output(out_path, [model, controls], overwrite=overwrite, suffixes=(".h5ad",))
         _at_least(1, n_controls=n_controls)
         names = _names(perturbations, "--perturbations")
         pred = predict_perturbation(model, names, controls=read(controls) if controls else None,
@@ -113,6 +114,7 @@ def perturb_reverse(
     layer: Optional[str] = LayerOpt,
     use_raw: bool = RawOpt,
     gene_column: Optional[str] = GeneColOpt,
+    overwrite: bool = OverwriteOpt,
 ) -> None:
     """Rank the perturbations whose predicted profile best matches each query (cell or group mean)."""
     from ..data.files import check_output, write_csv
@@ -120,7 +122,7 @@ def perturb_reverse(
     from ..tasks.perturb import reverse_perturbation
 
     with _user_errors():
-        check_output(out_path, [model, query])
+        check_output(out_path, [model, query], overwrite=overwrite, suffixes=(".csv",))
         _at_least(1, top_k=top_k)
         names = _names(candidates, "--candidates") if candidates else None
         ranks = reverse_perturbation(read(query), model, groupby=groupby, top_k=top_k, layer=layer, use_raw=use_raw,

@@ -45,7 +45,7 @@ def annotate(
 
     with _user_errors():
         inputs = [reference, query, model, annotator]
-        check_output(out_path, inputs)
+        check_output(out_path, inputs, overwrite=overwrite, suffixes=(".h5ad",))
         if save_model is not None:
             check_model_dir(save_model, overwrite=overwrite, sources=inputs + [out_path], option="--save-model")
         if annotator is None and (reference is None or label_key is None):
@@ -157,9 +157,9 @@ def integrate(
                                  f"leave out {', '.join(given)}.")
         steps = 1000 if steps is None else steps
         n_top_genes = 2000 if n_top_genes is None else n_top_genes
-        check_output(out_path, [data, model])
+        check_output(out_path, [data, model], overwrite=overwrite, suffixes=(".h5ad",))
         if umap is not None:
-            check_output(umap, [data, model, out_path], option="--umap")
+            check_output(umap, [data, model, out_path], option="--umap", overwrite=overwrite, suffixes=(".png",))
         if save_model is not None:
             check_model_dir(save_model, overwrite=overwrite, sources=[data, model, out_path], option="--save-model")
         _at_least(1, steps=steps, n_top_genes=n_top_genes)

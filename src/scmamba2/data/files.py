@@ -107,14 +107,17 @@ def _inside(child: Path, parent: Path) -> bool:
     return child == parent or parent in child.parents
 
 
-def check_output(out: str | Path, inputs: Sequence[str | Path | None] = (), *, option: str = "--out") -> Path:
-    """Refuse an output file that is one of ``inputs`` or an existing folder; return it as a ``Path``.
+def check_output(out: str | Path, inputs: Sequence[str | Path | None] = (), *, option: str = "--out",
+                 overwrite: bool = False, suffixes: Sequence[str] = ()) -> Path:
+    """Refuse an output file that is one of ``inputs``, a folder, an existing file (unless ``overwrite``) or, when
+    ``suffixes`` are given, a name with another extension; return it as a ``Path``. Nothing is changed on disk.
 
     Raises
     ------
     InputError
-        ``out`` is the same file as an input (it would be replaced while it is the data being read), or a
-        folder.
+        ``out`` is the same file as an input (it would be replaced while it is the data being read, even with
+        ``overwrite``), a folder, an existing file without ``overwrite``, or names another format than the file
+        the command writes (e.g. ``.csv`` for an h5ad).
     """
     out = Path(out).expanduser()
     for src in inputs:
@@ -123,6 +126,11 @@ def check_output(out: str | Path, inputs: Sequence[str | Path | None] = (), *, o
                              f"Give {option} a new file name.")
     if out.is_dir():
         raise InputError(f"{option} {out} is a folder; give the name of the file to write, e.g. {out / 'out.h5ad'}.")
+    if suffixes and out.suffix.lower() not in suffixes:
+        raise InputError(f"{option} {out}: this command writes a {' or '.join(suffixes)} file; give a name that ends "
+                         f"in {suffixes[0]}, e.g. {out.with_suffix(suffixes[0])}.")
+    if out.exists() and not overwrite:
+        raise InputError(f"{option} {out} exists: give --overwrite to replace it, or another file name.")
     return out
 
 

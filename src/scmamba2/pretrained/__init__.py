@@ -31,6 +31,15 @@ def model_path(name: str = DEFAULT_MODEL) -> Path:
     return path
 
 
+def bundled_name(model) -> str | None:
+    """The bundled model a ``--model`` / ``model=`` value names, or None: ``"bundled"`` (the default model) or a
+    bundled model's name, given as a string or a path that does not exist as a folder of its own."""
+    if not isinstance(model, (str, Path)) or Path(model).exists():
+        return None
+    name = str(model)
+    return DEFAULT_MODEL if name == "bundled" else (name if name in available() else None)
+
+
 def load(name: str = DEFAULT_MODEL):
     """The bundled model ``name`` as an :class:`~scmamba2.ScMamba2` (float32, eval mode)."""
     from ..model import ScMamba2

@@ -23,11 +23,12 @@ log = logging.getLogger(__name__)
 
 
 def load_model(model: ScMamba2 | str | Path | None) -> ScMamba2:
-    """A model object as is, one loaded from a checkpoint directory, or (None) the bundled pretrained model."""
-    if model is None:
-        from ..pretrained import load
+    """A model object as is, one loaded from a checkpoint directory, or (None, ``"bundled"`` or a bundled model's
+    name) the bundled pretrained model."""
+    from ..pretrained import DEFAULT_MODEL, bundled_name, load
 
-        return load()
+    if model is None or bundled_name(model):
+        return load(bundled_name(model) or DEFAULT_MODEL)
     return model if isinstance(model, ScMamba2) else ScMamba2.from_pretrained(model)
 
 

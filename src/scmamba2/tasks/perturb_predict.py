@@ -3,6 +3,7 @@ and :func:`reverse_perturbation` (rank the perturbations whose predicted profile
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -15,6 +16,8 @@ from .perturb import PerturbationModel, panel_matrix
 from .perturb_correction import mean_correction
 
 __all__ = ["predict_perturbation", "reverse_perturbation"]
+
+log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------------------------- predict
@@ -43,8 +46,9 @@ def predict_perturbation(
     perturbations
         Names (``A``, ``A+B``, a condition; the control's label gives the control level).
     controls
-        AnnData of control cells to predict from (e.g. a held-out cell type's controls): the control level is
-        their mean, and with a model trained with control matching on conditions every perturbation counts as
+        AnnData of control cells to predict from (e.g. a held-out cell type's controls); when it has the model's
+        perturbation column (``obs[key]``), only its cells labelled as the model's control are used. The control
+        level is their mean, and with a model trained with control matching on conditions every perturbation counts as
         unmeasured in their group. Default: the model's stored control cells and the training control mean
         (of ``control_group`` under control matching).
     n_controls
@@ -85,6 +89,7 @@ def predict_perturbation(
             group = str(control_group)
         level = pm.effects.control_mean(group)
     else:
+        controls = _control_cells(controls, pm.meta.key, pm.meta.control)
         C, _, present = panel_matrix(controls, pm.meta.genes, target_sum=pm.meta.target_sum)
         _check_overlap(present, "controls")
         level = C.mean(0).astype(np.float64)
@@ -203,3 +208,19 @@ def _pearson_rows(A: np.ndarray, B: np.ndarray) -> np.ndarray:
         out = (A @ B.T) / np.outer(na, nb)
     return np.nan_to_num(out)
 
+
+def _control_cells(adata, key: str, control: str):
+    """The control cells of ``adata``: those labelled ``control`` in ``obs[key]`` (the model's perturbation
+    column) when the file has that column, else every cell (a file of control cells)."""
+    if key not in adata.obs:
+        return adata
+    labels = adata.obs[key].astype(str).to_numpy()
+    keep = labels == str(control)
+    if not keep.any():
+        raise InputError(f"controls: obs[{key!r}] has no cell labelled {control!r}, the model's control label "
+                         f"(labels there: {sorted(set(labels.tolist()))[:8]}); give a file of control cells, or "
+                         f"one whose obs[{key!r}] marks them as {control!r}")
+    if not keep.all():
+        log.info("controls: %d of %d cells are labelled %r in obs[%r]; the others are left out", int(keep.sum()),
+                 len(keep), control, key)
+    return adata[keep]

@@ -89,7 +89,7 @@ def _load_init(init_model, model_config, tokenizer_config, vocab):
                          f"from: leave out {', '.join(given)} (or drop init_model to pretrain a new model).")
     from ..tasks.embed import load_model
 
-    init = load_model(None if isinstance(init_model, str) and init_model == "bundled" else init_model)
+    init = load_model(init_model)  # a model, a checkpoint directory or "bundled"
     if init.vocab is None or init.tokenizer_config is None:
         raise CheckpointError("the model to fine-tune has no vocabulary or tokenizer config attached; load it with "
                               "ScMamba2.from_pretrained")
