@@ -144,6 +144,28 @@ def test_fine_tune_starts_from_a_model_and_skips_unmeasured_panel_genes():
         pretrain(part, init_model=base, model_config=TINY_MODEL, train_config=train)
 
 
+def test_fine_tune_leaves_out_panel_genes_expressed_in_too_few_new_cells(caplog):
+    import logging
+
+    adata = programme_counts(n_cells=120)
+    train = TrainConfig(max_steps=8, batch_size=16, warmup_steps=1, val_fraction=0.2, val_every_n_steps=8,
+                        gep_weight=0.0, mvc_weight=0.0, progress_bar=False, seed=0)
+    base = pretrain(adata, model_config=TINY_MODEL, train_config=train).model
+    assert base.vocab.lookup(["g5"])[0] in base.profile_head.gene_ids.tolist()
+    part = adata.copy()
+    x = part.X.toarray()
+    x[3:, 5] = 0  # g5, a panel gene, is expressed in at most 3 of the new cells: no statistics to standardise by
+    part.X = type(adata.X)(x)
+    with caplog.at_level(logging.INFO, logger="scmamba2.train.pretrain"):
+        tuned = pretrain(part, init_model=base, train_config=train)
+    assert "1 of" in caplog.text and "fewer than 10 training cells" in caplog.text
+    assert np.isfinite(tuned.val_loss_end)
+    with caplog.at_level(logging.INFO, logger="scmamba2.train.pretrain"):
+        caplog.clear()
+        pretrain(adata, init_model=base, train_config=train)  # every panel gene well expressed: all are targets
+    assert "fewer than 10 training cells" not in caplog.text
+
+
 def test_fine_tune_on_a_new_panel_chosen_on_the_data():
     adata = programme_counts(n_cells=120)
     train = TrainConfig(max_steps=8, batch_size=16, warmup_steps=1, val_fraction=0.2, val_every_n_steps=8,

@@ -72,6 +72,7 @@ def gene_moments(cells: TokenizedCells, vocab_size: int, group: np.ndarray | Non
 
 
 PANEL_RULES = ("variance", "dispersion")
+PANEL_MIN_CELLS = 10  # a panel gene is expressed in at least this many training cells
 
 
 def _dispersion_score(mean: np.ndarray, var: np.ndarray, ok: np.ndarray, n_bins: int = 20) -> np.ndarray:
@@ -95,7 +96,7 @@ def _dispersion_score(mean: np.ndarray, var: np.ndarray, ok: np.ndarray, n_bins:
     return score
 
 
-def panel_from_moments(moments: np.ndarray, n_cells: int, n_genes: int, *, min_cells: int = 10,
+def panel_from_moments(moments: np.ndarray, n_cells: int, n_genes: int, *, min_cells: int = PANEL_MIN_CELLS,
                        min_measured: float = 0.5, rule: str = "variance") -> GenePanel:
     """The ``n_genes`` most variable genes by :func:`gene_moments` sums over ``n_cells`` cells (the rule of
     :func:`select_panel`)."""
@@ -123,7 +124,7 @@ def panel_from_moments(moments: np.ndarray, n_cells: int, n_genes: int, *, min_c
 
 
 def select_panel(cells: TokenizedCells, vocab_size: int, n_genes: int, *, group: np.ndarray | None = None,
-                 measured: np.ndarray | None = None, min_cells: int = 10,
+                 measured: np.ndarray | None = None, min_cells: int = PANEL_MIN_CELLS,
                  min_measured: float = 0.5, rule: str = "variance") -> GenePanel:
     """The ``n_genes`` most variable genes of ``cells`` (``rule="variance"``: variance of the log-normalised value
     over the cells that measured the gene, zeros included; ``"dispersion"``: that variance over the mean, z-scored

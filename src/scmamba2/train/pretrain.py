@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 from ..data.collate import Collator, LengthBucketSampler, TokenizedDataset
 from ..data.files import write_json
 from ..data.io import select_matrix
-from ..data.panel import refit_panel, select_panel
+from ..data.panel import PANEL_MIN_CELLS, refit_panel, select_panel
 from ..data.prepare import prepare_cells
 from ..data.tokenize import TokenizerConfig
 from ..data.vocab import GeneVocab
@@ -72,6 +72,16 @@ def _panel(train_cells, group, vocab, n_genes, measured_names, init, min_measure
     if init is not None:
         panel = refit_panel(train_cells, init.profile_head.gene_ids.numpy(), len(vocab), group=group,
                             measured=measured_vocab)
+        if measured_vocab is not None:
+            # A panel gene expressed in fewer new cells than a new panel would need (select_panel's min_cells) has
+            # no usable statistics here (a standard deviation from one or two cells standardises a held-out cell's
+            # value to hundreds): it is no target of this fine-tune, as an unmeasured gene.
+            expressed = np.bincount(train_cells.gene_ids[train_cells.values > 0], minlength=len(vocab))[panel.ids]
+            few = expressed < PANEL_MIN_CELLS
+            if few.any():
+                measured_vocab[:, panel.ids[few]] = False
+                log.info("fine-tune: %d of %d panel genes are expressed in fewer than %d training cells and are no "
+                         "targets", int(few.sum()), len(few), PANEL_MIN_CELLS)
     else:
         panel = select_panel(train_cells, len(vocab), n_genes, group=group, measured=measured_vocab,
                              min_measured=min_measured, rule=rule)
