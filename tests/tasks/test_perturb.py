@@ -126,7 +126,8 @@ def test_fresh_model_predicts_exactly_the_baseline():
 def test_reverse_ranks_the_true_perturbation_first(trained):
     pm, held_out_cells = trained
     ranks = reverse_perturbation(held_out_cells, pm, groupby="condition", top_k=3, n_controls=32)
-    assert list(ranks.columns) == ["query", "rank", "perturbation", "score"]
+    assert list(ranks.columns) == ["query", "rank", "perturbation", "score", "source"]
+    assert set(ranks["source"]) == {"seen"}  # every candidate was trained on
     truth = {q: pm.canonical(q) for q in ranks["query"].unique() if q != "ctrl"}
     assert len(truth) == 5
     assert topk_accuracy(ranks, truth, ks=(1,))["top1"] == 1.0
@@ -254,7 +255,9 @@ def test_cli_train_predict_reverse(tmp_path):
                             "--groupby", "condition", "--top-k", "2", "--out", str(tmp_path / "r.csv")])
     assert r.exit_code == 0, r.output
     ranks = pd.read_csv(tmp_path / "r.csv")
-    assert list(ranks.columns) == ["query", "rank", "perturbation", "score"] and len(ranks) == 2 * len(EFFECTS)
+    assert list(ranks.columns) == ["query", "rank", "perturbation", "score", "source"] and len(ranks) == 2 * len(EFFECTS)
+    by_name = ranks.drop_duplicates("perturbation").set_index("perturbation")["source"]
+    assert by_name.get("G2", "baseline").startswith("baseline") and by_name.get("G1", "seen") == "seen"
     assert set(ranks["perturbation"]) <= {"G0", "G1", "XOUT", "G2", "G0+G1"}  # G2 held out of training, ranked too
     r = runner.invoke(app, ["perturb", "predict", "--model", str(tmp_path / "m"), "--perturbations", "NOPE",
                             "--out", str(tmp_path / "x.h5ad")])

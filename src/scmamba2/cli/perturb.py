@@ -107,7 +107,7 @@ def perturb_predict(
 def perturb_reverse(
     model: Path = typer.Option(..., "--model", help="Directory written by `perturb train`."),
     query: Path = typer.Option(..., "--query", help="Observed or desired cells (h5ad, ...)."),
-    out_path: Path = typer.Option(..., "--out", help="Output CSV: query, rank, perturbation, score."),
+    out_path: Path = typer.Option(..., "--out", help="Output CSV: query, rank, perturbation, score, source (seen / baseline / baseline+correction)."),
     groupby: Optional[str] = typer.Option(None, "--groupby", help="Score group means of this obs column, not single cells."),
     top_k: int = typer.Option(8, "--top-k"),
     candidates: Optional[str] = typer.Option(None, "--candidates", help="Comma-separated (default: every known perturbation)."),

@@ -177,7 +177,7 @@ def _select_x(adata: anndata.AnnData, *, layer: str | None, use_raw: bool) -> an
     if use_raw:
         if adata.raw is None:
             raise InputError(f"use_raw=True (--use-raw) was given but the AnnData has no .raw. "
-                             f"{_describe_alternatives(adata)}")
+                             f"{_describe_alternatives(adata, raw=False)}")
         raw = adata.raw
         out = ad.AnnData(
             X=raw.X, obs=adata.obs.copy(), var=raw.var.copy(), uns=dict(adata.uns),
@@ -207,11 +207,13 @@ def _matrix_name(layer: str | None, use_raw: bool) -> str:
     return "X" if layer is None else f"layers/{layer}"
 
 
-def _describe_alternatives(adata: anndata.AnnData) -> str:
+def _describe_alternatives(adata: anndata.AnnData, raw: bool = True) -> str:
+    """The layers (and, with ``raw``, whether there is a ``.raw``) a user could pick instead."""
     layers = list(adata.layers.keys())
     layer_txt = ("Available layers: " + ", ".join(repr(k) for k in layers) + ".") if layers else "It has no layers."
-    raw_txt = " It has a .raw (use_raw=True / --use-raw)." if adata.raw is not None else " It has no .raw."
-    return layer_txt + raw_txt
+    if not raw:
+        return layer_txt
+    return layer_txt + (" It has a .raw (use_raw=True / --use-raw)." if adata.raw is not None else " It has no .raw.")
 
 
 def _supported() -> str:

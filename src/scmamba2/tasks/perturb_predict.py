@@ -167,7 +167,10 @@ def reverse_perturbation(
 
     Returns
     -------
-    DataFrame with columns ``query``, ``rank`` (1 = best), ``perturbation``, ``score``.
+    DataFrame with columns ``query``, ``rank`` (1 = best), ``perturbation``, ``score`` and ``source``: where the
+    candidate's prediction comes from (:func:`predict_perturbation`'s ``obs['source']``: ``seen``, its own training
+    effect; ``baseline``, a perturbation never observed, predicted from what training observed in general, so such
+    candidates can tie with each other; ``baseline+correction``).
     """
     pm = model if isinstance(model, PerturbationModel) else PerturbationModel.load(model)
     if top_k < 1:
@@ -191,12 +194,14 @@ def reverse_perturbation(
     base = pm.control_mean.astype(np.float64)[present]
     scores = _pearson_rows(profiles[:, present] - base, P - base)  # (n_queries, n_candidates)
     cand = predictions.obs["perturbation"].astype(str).to_numpy()
+    source = (predictions.obs["source"].astype(str).to_numpy() if "source" in predictions.obs
+              else np.full(len(cand), "given"))
     k = min(top_k, len(cand))
     rows = []
     for qi, qn in enumerate(qnames):
         order = np.argsort(-scores[qi], kind="stable")[:k]
-        rows += [(qn, r + 1, cand[j], float(scores[qi, j])) for r, j in enumerate(order)]
-    return pd.DataFrame(rows, columns=["query", "rank", "perturbation", "score"])
+        rows += [(qn, r + 1, cand[j], float(scores[qi, j]), source[j]) for r, j in enumerate(order)]
+    return pd.DataFrame(rows, columns=["query", "rank", "perturbation", "score", "source"])
 
 
 def _pearson_rows(A: np.ndarray, B: np.ndarray) -> np.ndarray:

@@ -123,7 +123,7 @@ def train_perturbation(
         genes = list(select_hvg(select_matrix(data, layer=layer, use_raw=use_raw, gene_column=gene_column),
                                 n_top_genes, flavor="seurat").var_names)
     X, genes, _ = panel_matrix(data, genes, layer=layer, use_raw=use_raw, gene_column=gene_column)
-    log.info("gene panel: %s (%d genes)", "every gene" if n_top_genes is None else
+    log.info("gene panel: %s (%d genes)", "every gene" if n_top_genes is None or len(genes) < n_top_genes else
              f"the {n_top_genes} most variable genes (n_top_genes / --n-top-genes; 0 on the CLI = every gene)",
              len(genes))
     if len(genes) > 2000:
