@@ -119,8 +119,14 @@ def test_query_genes_matched_by_name_and_too_small_an_overlap_is_an_error(fitted
     renamed.var_names = [f"ENSG{j:011d}" for j in range(q.n_vars)]
     with pytest.raises(InputError, match="only 0 of the model's 60 genes"):
         predict(renamed, fitted, progress=False)
-    with pytest.raises(InputError, match="minimum"):
-        predict(q[:, :20].copy(), fitted, progress=False)  # 33% < 50%
+    with pytest.raises(InputError, match="looks like a subset of genes") as err:
+        predict(q[:, :20].copy(), fitted, progress=False)  # 33% < 50%, every gene of the file the model's
+    assert "minimum" in str(err.value) and "every measured gene" in str(err.value)
+    hvg = q[:, :20].copy()
+    hvg.raw = q  # scanpy's usual HVG subset, with the full matrix kept in .raw
+    with pytest.raises(InputError, match=r"it has the \.raw \(60 genes; use_raw=True / --use-raw\)"):
+        predict(hvg, fitted, progress=False)
+    assert predict(hvg, fitted, use_raw=True, progress=False, copy=True).n_obs == q.n_obs
 
 
 def test_pretrained_start_and_self_supervised_pretraining(tmp_path):
