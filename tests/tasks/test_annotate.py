@@ -91,6 +91,22 @@ def test_save_load_and_determinism(tmp_path):
         Annotator.load(tmp_path)
 
 
+def test_query_options_read_the_query_where_the_reference_is_read_otherwise():
+    ref = cells(96, [0, 1, 2], seed=6)
+    q = cells(30, [0, 1, 2], seed=7)
+    hvg = q[:, :20].copy()
+    hvg.raw = q  # the query's full counts only in .raw; the reference's in X
+    kw = dict(label_key="cell_type", train_config=_tcfg(4), model_config=TINY, from_scratch=True, progress=False,
+              copy=True)
+    with pytest.raises(InputError, match="subset of genes"):
+        annotate(ref, hvg, **kw)  # the reference's options for the query: its 20-gene X
+    a = annotate(ref, q, **kw)
+    b = annotate(ref, hvg, query_options={"use_raw": True}, **kw)
+    np.testing.assert_allclose(b.obsm["scmamba2_probs"], a.obsm["scmamba2_probs"], atol=1e-6)
+    with pytest.raises(InputError, match="query_options takes"):
+        annotate(ref, q, query_options={"raw": True}, **kw)
+
+
 def test_missing_labels_are_left_out_and_counted(caplog):
     ref = cells(96, [0, 1, 2], seed=6)
     ref.obs["cell_type"] = ref.obs["cell_type"].astype(object)

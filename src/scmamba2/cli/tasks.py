@@ -35,6 +35,9 @@ def annotate(
     layer: Optional[str] = LayerOpt,
     use_raw: bool = RawOpt,
     gene_column: Optional[str] = GeneColOpt,
+    query_layer: Optional[str] = typer.Option(None, "--query-layer", help="The query's layer, where it differs from the reference's (--layer)."),
+    query_use_raw: Optional[bool] = typer.Option(None, "--query-use-raw/--query-no-raw", help="Read the query's .raw (or not), where it differs from the reference (--use-raw)."),
+    query_gene_column: Optional[str] = typer.Option(None, "--query-gene-column", help="The query's var column of gene names, where it differs from the reference's (--gene-column)."),
 ) -> None:
     """Transfer cell-type labels from a labelled reference to a query (by default a linear probe on the bundled
     pretrained model's cell embedding)."""
@@ -71,19 +74,21 @@ def annotate(
             raise InputError("--annotator labels with an annotator saved earlier; --model and --from-scratch choose "
                              "how a new one is trained: leave them out")
         q = read(query)
+        qopts = {k: v for k, v in (("layer", query_layer), ("use_raw", query_use_raw),
+                                   ("gene_column", query_gene_column)) if v is not None}
+        qkw = {"layer": layer, "use_raw": use_raw, "gene_column": gene_column, **qopts}
         with _staged(save_model) as stage:
             if annotator is None:
                 cfg = AnnotationConfig(method=method, gep_weight=gep_weight, pretrain_steps=pretrain_steps,
                                        gene_weight=gene_weight)
                 ann = fit_annotator(read(reference), label_key, model=model, from_scratch=from_scratch,
                                     unlabeled=q if pretrain_steps else None,
-                                    query=q, config=cfg, train_config=default_train_config(seed=seed), epochs=epochs,
+                                    query=q, query_options=qopts, config=cfg, train_config=default_train_config(seed=seed), epochs=epochs,
                                     n_top_genes=n_top_genes, layer=layer, use_raw=use_raw, gene_column=gene_column,
                                     out_dir=stage)
             else:
                 ann = annotator
-            predict(q, ann, threshold=threshold, layer=layer, use_raw=use_raw, gene_column=gene_column,
-                    progress=_STATE["verbose"])
+            predict(q, ann, threshold=threshold, **qkw, progress=_STATE["verbose"])
             write_h5ad(q, out_path)
         info = q.uns["scmamba2_annotation"]
         out.print(f"{q.n_obs} cells labelled ({info['n_unknown']} unknown) -> {out_path}")

@@ -197,6 +197,7 @@ def fit_annotator(
     out_dir: str | Path | None = None,
     device: str | None = None,
     query=None,
+    query_options: dict | None = None,
 ) -> Annotator:
     """Learn a cell-type classifier from a labelled reference: a linear probe on a pretrained model's frozen
     embedding (the default), or fine-tuning.
@@ -238,6 +239,9 @@ def fit_annotator(
     query
         The cells to be labelled afterwards, if known: their genes are checked against the model's before
         training (an :class:`~scmamba2.InputError` now rather than after the training).
+    query_options
+        ``layer`` / ``use_raw`` / ``gene_column`` of ``query`` and ``unlabeled`` where they differ from the
+        reference's (e.g. ``{"use_raw": True}`` for a query with its counts in ``.raw``); None: the reference's.
 
     Raises
     ------
@@ -273,7 +277,7 @@ def fit_annotator(
         net, genes = adapted(base, labelled, len(classes), layer, use_raw, gene_column, cfg.min_gene_overlap,
                               probe=method == "probe")
     if query is not None:
-        match_genes(query, genes, layer=layer, use_raw=use_raw, gene_column=gene_column,
+        match_genes(query, genes, **_query_kwargs(layer, use_raw, gene_column, query_options),
                     min_overlap=cfg.min_gene_overlap, what="query")
     sub, ref_overlap = match_genes(labelled, genes, layer=layer, use_raw=use_raw, gene_column=gene_column,
                                    min_overlap=0.0, what="reference")
@@ -314,7 +318,8 @@ def fit_annotator(
     weights = _class_weights(y[train_idx], len(classes), kind)
     steps_pretrained = 0
     if cfg.pretrain_steps:
-        steps_pretrained = _pretrain(net, cells, unlabeled, genes, cfg, tcfg, layer, use_raw, gene_column, out_dir)
+        steps_pretrained = _pretrain(net, cells, unlabeled, genes, cfg, tcfg,
+                                     _query_kwargs(layer, use_raw, gene_column, query_options), out_dir)
     from ._annotate_train import finetune_config, train_classifier
 
     tcfg = finetune_config(tcfg, cfg, net)
@@ -352,12 +357,14 @@ def annotate(
     device: str | None = None,
     progress: bool = True,
     copy: bool = False,
+    query_options: dict | None = None,
 ):
     """Learn cell types from a labelled ``reference`` and label the cells of ``query``.
 
     :func:`fit_annotator` (with the query as ``unlabeled`` data when ``config.pretrain_steps > 0``: its
     expression, never labels) followed by :func:`~scmamba2.tasks.annotate_predict.predict`. The parameters are
-    theirs; ``layer``, ``use_raw`` and ``gene_column`` apply to both data sets.
+    theirs; ``layer``, ``use_raw`` and ``gene_column`` apply to both data sets, ``query_options`` (e.g.
+    ``{"use_raw": True}``) overrides them for the query.
 
     Writes
     ------
@@ -371,10 +378,10 @@ def annotate(
                         unlabeled=query if cfg.pretrain_steps else None, config=cfg, train_config=train_config,
                         epochs=epochs, model_config=model_config, tokenizer_config=tokenizer_config,
                         n_top_genes=n_top_genes, layer=layer, use_raw=use_raw, gene_column=gene_column,
-                        out_dir=out_dir, device=device, query=query)
+                        out_dir=out_dir, device=device, query=query, query_options=query_options)
     query = query.copy() if copy else query
     predict(query, ann, threshold=threshold, key_added=key_added, min_gene_overlap=cfg.min_gene_overlap,
-            layer=layer, use_raw=use_raw, gene_column=gene_column, device=device, progress=progress)
+            **_query_kwargs(layer, use_raw, gene_column, query_options), device=device, progress=progress)
     info = {k: v for k, v in ann.info.items() if k not in ("config", "train", "class_weights", "gene_overlap")}
     query.uns[f"{key_added}_annotation"]["training"] = {k: v for k, v in info.items() if v is not None}
     return query if copy else None
@@ -490,14 +497,22 @@ def _class_weights(y: np.ndarray, n_classes: int, kind: str):
     return torch.tensor(w, dtype=torch.float32)
 
 
-def _pretrain(net, cells, unlabeled, genes, cfg, tcfg, layer, use_raw, gene_column, out_dir) -> int:
+def _query_kwargs(layer, use_raw: bool, gene_column, options: dict | None) -> dict:
+    """``layer`` / ``use_raw`` / ``gene_column`` for the query: the reference's, updated by ``options``."""
+    unknown = set(options or {}) - {"layer", "use_raw", "gene_column"}
+    if unknown:
+        raise InputError(f"query_options takes layer, use_raw and gene_column, not {sorted(unknown)}")
+    return {"layer": layer, "use_raw": use_raw, "gene_column": gene_column, **(options or {})}
+
+
+def _pretrain(net, cells, unlabeled, genes, cfg, tcfg, query_kwargs: dict, out_dir) -> int:
     """GEP + MVC steps on the reference cells (and ``unlabeled``), no labels."""
     from ..data.prepare import prepare_cells
     from ._annotate_train import pretrain_expression
 
     pool = [cells]
     if unlabeled is not None:
-        sub, _ = match_genes(unlabeled, genes, layer=layer, use_raw=use_raw, gene_column=gene_column,
+        sub, _ = match_genes(unlabeled, genes, **query_kwargs,
                              min_overlap=cfg.min_gene_overlap, what="unlabeled data")
         pool.append(net.input_cells(prepare_cells(sub, net.vocab, net.tokenizer_config, purpose="pretrain",
                                                   drop_empty=True, seed=tcfg.seed).cells))
