@@ -394,7 +394,10 @@ def tokenize(
     if n_empty:
         logger.warning("%d of %d cells have no expressed vocabulary gene (only <cls>)", n_empty, n_cells)
     median = int(np.median(cells.lengths)) if n_cells else 0
-    logger.info("Tokenised %d cells into %d tokens (median length %d)", n_cells, len(gid), median)
+    longer = int(np.sum(np.asarray(cells.lengths) > cfg.max_len)) if n_cells else 0
+    logger.info("Tokenised %d cells into %d tokens (median length %d)%s", n_cells, len(gid), median,
+                f"; {longer} cells are longer than max_len {cfg.max_len} and are read as {'random' if cfg.subsample == 'random' else 'top'} "
+                f"subsets of that many tokens" if longer else "")
     return cells
 
 
