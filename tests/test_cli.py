@@ -82,7 +82,7 @@ def test_pretrain_embed_and_vocab_mismatch(tiny_counts, tmp_path):
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(
         "model: {d_model: 32, n_layers: 1, d_state: 16, headdim: 16, chunk_size: 8}\n"
-        "tokenizer: {n_bins: 11, max_len: 32}\n"
+        "tokenizer: {max_len: 32}\n"
         "train: {batch_size: 16, warmup_steps: 1, val_fraction: 0.1, val_every_n_steps: 2, progress_bar: false}\n"
     )
     code, text = run("--quiet", "pretrain", p, "--out", tmp_path / "m", "--config", cfg, "--max-steps", 3, "--seed", 1,

@@ -1,5 +1,6 @@
 """``python -m scmamba2``: the command line, as the ``scmamba2`` console script."""
 
-from .cli import app
+if __name__ == "__main__":
+    from .cli import app
 
-app(prog_name="scmamba2")
+    app(prog_name="scmamba2")

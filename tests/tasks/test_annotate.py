@@ -105,6 +105,14 @@ def test_query_options_read_the_query_where_the_reference_is_read_otherwise():
     np.testing.assert_allclose(b.obsm["scmamba2_probs"], a.obsm["scmamba2_probs"], atol=1e-6)
     with pytest.raises(InputError, match="query_options takes"):
         annotate(ref, q, query_options={"raw": True}, **kw)
+    # The reference's counts in a layer, the query's in X or in .raw: the query's options choose its whole matrix.
+    layered = ref.copy()
+    layered.layers["counts"] = layered.X.copy()
+    layered.X = layered.X * 0  # X is not what the reference is read from
+    c = annotate(layered, q, layer="counts", query_options={"layer": None}, **kw)
+    d = annotate(layered, hvg, layer="counts", query_options={"use_raw": True}, **kw)
+    np.testing.assert_allclose(c.obsm["scmamba2_probs"], a.obsm["scmamba2_probs"], atol=1e-6)
+    np.testing.assert_allclose(d.obsm["scmamba2_probs"], a.obsm["scmamba2_probs"], atol=1e-6)
 
 
 def test_missing_labels_are_left_out_and_counted(caplog):
@@ -140,7 +148,7 @@ def test_query_genes_matched_by_name_and_too_small_an_overlap_is_an_error(fitted
     assert "minimum" in str(err.value) and "every measured gene" in str(err.value)
     hvg = q[:, :20].copy()
     hvg.raw = q  # scanpy's usual HVG subset, with the full matrix kept in .raw
-    with pytest.raises(InputError, match=r"it has the \.raw \(60 genes; use_raw=True / --use-raw\)"):
+    with pytest.raises(InputError, match=r"it has a \.raw with 60 genes \(use_raw=True / --use-raw\)"):
         predict(hvg, fitted, progress=False)
     assert predict(hvg, fitted, use_raw=True, progress=False, copy=True).n_obs == q.n_obs
 

@@ -73,6 +73,14 @@ def test_controls_from_a_file_with_perturbed_cells_use_its_control_cells(trained
     np.testing.assert_array_equal(predict_perturbation(pm, ["G1", "G2"], controls=no_label, n_controls=32).X, only.X)
     with pytest.raises(InputError, match="no cell labelled 'ctrl'"):
         predict_perturbation(pm, ["G1"], controls=held[held.obs["condition"] != "ctrl"].copy())
+    relabelled = held.copy()  # controls labelled as training reads them too: 'ctrl+ctrl', padded; one label missing
+    cond = relabelled.obs["condition"].astype(object).to_numpy()
+    ctrl = np.flatnonzero(cond == "ctrl")
+    cond[ctrl[::2]] = "ctrl+ctrl"
+    cond[ctrl[1::2]] = " ctrl"
+    cond[np.setdiff1d(np.arange(len(cond)), ctrl)[-1]] = np.nan  # a perturbed cell without a label
+    relabelled.obs["condition"] = cond
+    np.testing.assert_array_equal(predict_perturbation(pm, ["G1", "G2"], controls=relabelled, n_controls=32).X, only.X)
 
 
 def test_correction_is_kept_only_when_it_beats_the_baseline_on_validation(trained):
@@ -256,8 +264,11 @@ def test_cli_train_predict_reverse(tmp_path):
     assert r.exit_code == 0, r.output
     ranks = pd.read_csv(tmp_path / "r.csv")
     assert list(ranks.columns) == ["query", "rank", "perturbation", "score", "source"] and len(ranks) == 2 * len(EFFECTS)
-    by_name = ranks.drop_duplicates("perturbation").set_index("perturbation")["source"]
-    assert by_name.get("G2", "baseline").startswith("baseline") and by_name.get("G1", "seen") == "seen"
+    r = runner.invoke(app, ["perturb", "reverse", "--model", str(tmp_path / "m"), "--query", str(tmp_path / "d.h5ad"),
+                            "--groupby", "condition", "--top-k", "10", "--out", str(tmp_path / "all.csv")])
+    assert r.exit_code == 0, r.output
+    by_name = pd.read_csv(tmp_path / "all.csv").drop_duplicates("perturbation").set_index("perturbation")["source"]
+    assert by_name["G2"].startswith("baseline") and by_name["G1"] == "seen"  # G2 was held out of training
     assert set(ranks["perturbation"]) <= {"G0", "G1", "XOUT", "G2", "G0+G1"}  # G2 held out of training, ranked too
     r = runner.invoke(app, ["perturb", "predict", "--model", str(tmp_path / "m"), "--perturbations", "NOPE",
                             "--out", str(tmp_path / "x.h5ad")])

@@ -158,12 +158,16 @@ def test_fine_tune_leaves_out_panel_genes_expressed_in_too_few_new_cells(caplog)
     part.X = type(adata.X)(x)
     with caplog.at_level(logging.INFO, logger="scmamba2.train.pretrain"):
         tuned = pretrain(part, init_model=base, train_config=train)
-    assert "1 of" in caplog.text and "fewer than 10 training cells" in caplog.text
+    assert "fine-tune: 1 of " in caplog.text and "fewer than 10 training cells" in caplog.text
     assert np.isfinite(tuned.val_loss_end)
     with caplog.at_level(logging.INFO, logger="scmamba2.train.pretrain"):
         caplog.clear()
         pretrain(adata, init_model=base, train_config=train)  # every panel gene well expressed: all are targets
     assert "fewer than 10 training cells" not in caplog.text
+    from scmamba2.errors import InputError
+
+    with pytest.raises(InputError, match="no target"):  # 9 cells: no panel gene can be expressed in 10
+        pretrain(adata[:9].copy(), init_model=base, train_config=replace(train, val_fraction=0.0))
 
 
 def test_fine_tune_on_a_new_panel_chosen_on_the_data():

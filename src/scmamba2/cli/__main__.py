@@ -1,5 +1,6 @@
 """``python -m scmamba2.cli``."""
 
-from . import app
+if __name__ == "__main__":
+    from . import app
 
-app()
+    app(prog_name="scmamba2")

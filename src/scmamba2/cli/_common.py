@@ -22,9 +22,10 @@ _STATE = {"verbose": True}  # the main callback's --verbose/--quiet, for command
 LayerOpt = typer.Option(None, "--layer", help="Take the matrix from this layer instead of X.")
 RawOpt = typer.Option(False, "--use-raw", help="Take the matrix from ..raw instead of X.")
 GeneColOpt = typer.Option(None, "--gene-column", help="Name genes by this var column instead of var_names.")
-OverwriteOpt = typer.Option(False, "--overwrite", help="Replace existing outputs: files given to --out / --umap, a "
-                            "model folder that is not empty (never an input, nor the folder of the model this "
-                            "command starts from).")
+OverwriteOpt = typer.Option(False, "--overwrite", help="Replace outputs that exist (the files of --out / --umap, a "
+                            "model folder that is not empty); never an input, nor the folder of the model this "
+                            "command starts from.")
+PLOT_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")  # what --umap may write (matplotlib picks by suffix)
 
 
 def _setup_logging(verbose: bool) -> None:

@@ -9,7 +9,7 @@ from typing import List, Optional
 import typer
 
 from ..errors import InputError
-from ._common import (GeneColOpt, LayerOpt, OverwriteOpt, RawOpt, _STATE, _at_least, _removed_on_error,
+from ._common import (PLOT_SUFFIXES, GeneColOpt, LayerOpt, OverwriteOpt, RawOpt, _STATE, _at_least, _removed_on_error,
                       _staged, _user_errors, app, out)
 
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")  # what --precision takes (16-mixed: GPUs)
@@ -30,9 +30,11 @@ def validate(
     (the one embed, annotate and integrate use by default): a note says whether that model can read it."""
     from ..data.io import read, select_matrix
     from ..data.validate import validate as _validate
+    from ..data.multiomics import canonical_modality
+    from ..data.validate import vocabulary_overlap
     from ..data.vocab import GeneVocab
     from ..model import VOCAB_FILE
-    from ..pretrained import DEFAULT_MODEL, bundled_name, model_path
+    from ..pretrained import DEFAULT_MODEL, available, bundled_name, model_path
 
     with _user_errors():
         adata = select_matrix(read(data, layer=layer, use_raw=use_raw, modality=modality), gene_column=gene_column)
@@ -42,8 +44,8 @@ def validate(
         out.print(str(report), highlight=False)
         if not report.ok:
             raise InputError(report.error_message())
-        if model is None:
-            bundled = _validate(adata, vocab=GeneVocab.load(model_path() / VOCAB_FILE), raise_on_error=False)
+        if model is None and canonical_modality(modality) == "rna" and available():
+            bundled = vocabulary_overlap(adata, GeneVocab.load(model_path() / VOCAB_FILE))
             if bundled.ok:
                 out.print(f"bundled model {DEFAULT_MODEL} (the default of embed / annotate / integrate): "
                           f"{bundled.n_vocab_matched:,} of the file's genes are in its vocabulary "
@@ -162,8 +164,8 @@ def import_checkpoint(
 @app.command()
 def embed(
     data: Path = typer.Argument(..., help="Data file to embed."),
-    model: Optional[Path] = typer.Option(None, "--model", help="Checkpoint directory (default: the bundled "
-                                         "pretrained model, scmamba2-pbmc-small)."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Checkpoint directory (default, or 'bundled': "
+                                         "the bundled pretrained model, scmamba2-pbmc-small)."),
     out_path: Path = typer.Option(..., "--out", help="Output .h5ad with obsm['X_scmamba2']."),
     umap: Optional[Path] = typer.Option(None, "--umap", help="Also write a UMAP PNG of the embedding."),
     color: List[str] = typer.Option([], "--color", help="obs column(s) to colour the UMAP by."),
@@ -189,7 +191,7 @@ def embed(
     with _user_errors():
         check_output(out_path, [data, model], overwrite=overwrite, suffixes=(".h5ad",))
         if umap is not None:
-            check_output(umap, [data, model, out_path], option="--umap", overwrite=overwrite, suffixes=(".png",))
+            check_output(umap, [data, model, out_path], option="--umap", overwrite=overwrite, suffixes=PLOT_SUFFIXES)
         _at_least(1, batch_size=batch_size, max_tokens=max_tokens)
         if umap is not None and not color:
             raise InputError("--umap needs at least one --color KEY (an obs column) to colour the cells by")

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from ..errors import InputError
-from ._common import GeneColOpt, LayerOpt, OverwriteOpt, RawOpt, _at_least, _staged, _user_errors, app, out
+from ._common import PLOT_SUFFIXES, GeneColOpt, LayerOpt, OverwriteOpt, RawOpt, _at_least, _staged, _user_errors, app, out
 
 
 # --- multiomics (issue: multi-omics) ---
@@ -37,7 +37,7 @@ def multiomics_train(
     label_key: Optional[str] = typer.Option(None, "--label-key", help="obs column of cell types (evaluation and UMAP only)."),
     umap: Optional[Path] = typer.Option(None, "--umap", help="Also write a UMAP PNG of the joint embedding."),
     protein_key: Optional[str] = typer.Option(None, "--protein-key", help="obsm key of the protein counts (.h5ad input)."),
-    model: Optional[Path] = typer.Option(None, "--model", help="Pretrained RNA checkpoint to start from [default: the bundled model]."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Pretrained RNA checkpoint to start from [default, or 'bundled': the bundled model]."),
     from_scratch: bool = typer.Option(False, "--from-scratch", help="Train a small new model on --n-top-genes HVGs instead of starting from a pretrained one."),
     steps: int = typer.Option(1000, "--steps", help="Training steps."),
     seed: int = typer.Option(0, "--seed"),
@@ -56,7 +56,7 @@ def multiomics_train(
 
         check_output(out_path, [data, model], overwrite=overwrite, suffixes=(".h5mu", ".h5ad"))
         if umap is not None:
-            check_output(umap, [data, model, out_path], option="--umap", overwrite=overwrite, suffixes=(".png",))
+            check_output(umap, [data, model, out_path], option="--umap", overwrite=overwrite, suffixes=PLOT_SUFFIXES)
         check_model_dir(model_out, overwrite=overwrite, sources=[data, model, out_path], option="--model-out")
         _at_least(1, steps=steps, n_top_genes=n_top_genes, n_top_peaks=n_top_peaks)
         color = [k for k in (batch_key, label_key) if k]

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from ..errors import InputError
-from ._common import GeneColOpt, LayerOpt, OverwriteOpt, RawOpt, _STATE, _at_least, _staged, _user_errors, app, out
+from ._common import PLOT_SUFFIXES, GeneColOpt, LayerOpt, OverwriteOpt, RawOpt, _STATE, _at_least, _staged, _user_errors, app, out
 
 
 # --- annotate (issue: cell-type annotation) ---
@@ -19,7 +19,7 @@ def annotate(
     label_key: Optional[str] = typer.Option(None, "--label-key", help="obs column of the reference's cell types (also scored in the query when it has it)."),
     query: Path = typer.Option(..., "--query", help="Cells to label."),
     out_path: Path = typer.Option(..., "--out", help="Output .h5ad with obs['scmamba2_label'], obs['scmamba2_confidence'], obsm['scmamba2_probs']."),
-    model: Optional[Path] = typer.Option(None, "--model", help="Pretrained checkpoint to start from (default: the bundled pretrained model)."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Pretrained checkpoint to start from (default, or 'bundled': the bundled pretrained model)."),
     from_scratch: bool = typer.Option(False, "--from-scratch", help="Fine-tune a small new model on the reference's --n-top-genes HVGs instead of starting from a pretrained one."),
     method: str = typer.Option("auto", "--method", help="probe: logistic regression on the frozen pretrained embedding; finetune: train the model with a classifier head; auto: probe from a pretrained model, finetune --from-scratch."),
     annotator: Optional[Path] = typer.Option(None, "--annotator", help="Label with an annotator saved earlier (--save-model) instead of training."),
@@ -35,15 +35,15 @@ def annotate(
     layer: Optional[str] = LayerOpt,
     use_raw: bool = RawOpt,
     gene_column: Optional[str] = GeneColOpt,
-    query_layer: Optional[str] = typer.Option(None, "--query-layer", help="The query's layer, where it differs from the reference's (--layer)."),
-    query_use_raw: Optional[bool] = typer.Option(None, "--query-use-raw/--query-no-raw", help="Read the query's .raw (or not), where it differs from the reference (--use-raw)."),
-    query_gene_column: Optional[str] = typer.Option(None, "--query-gene-column", help="The query's var column of gene names, where it differs from the reference's (--gene-column)."),
+    query_layer: Optional[str] = typer.Option(None, "--query-layer", help="The query's matrix, where it differs from the reference's: a layer name, or X."),
+    query_use_raw: Optional[bool] = typer.Option(None, "--query-use-raw/--query-no-raw", help="Read the query's .raw (--query-no-raw: its X), where it differs from the reference."),
+    query_gene_column: Optional[str] = typer.Option(None, "--query-gene-column", help="The query's var column of gene names, where it differs from the reference's; 'index' for var_names."),
 ) -> None:
     """Transfer cell-type labels from a labelled reference to a query (by default a linear probe on the bundled
     pretrained model's cell embedding)."""
     from ..data.files import check_model_dir, check_output, write_h5ad
     from ..data.io import read
-    from ..tasks.annotate import AnnotationConfig, default_train_config, fit_annotator
+    from ..tasks.annotate import AnnotationConfig, _query_kwargs, default_train_config, fit_annotator
     from ..tasks.annotate_predict import predict
 
     with _user_errors():
@@ -74,9 +74,19 @@ def annotate(
             raise InputError("--annotator labels with an annotator saved earlier; --model and --from-scratch choose "
                              "how a new one is trained: leave them out")
         q = read(query)
-        qopts = {k: v for k, v in (("layer", query_layer), ("use_raw", query_use_raw),
-                                   ("gene_column", query_gene_column)) if v is not None}
-        qkw = {"layer": layer, "use_raw": use_raw, "gene_column": gene_column, **qopts}
+        if query_layer is not None and query_use_raw:
+            raise InputError("--query-layer and --query-use-raw both choose the query's matrix: give one of them")
+        qopts = {}  # only what was given: the rest is the reference's
+        if query_layer is not None:
+            qopts["layer"] = None if query_layer == "X" else query_layer
+        if query_use_raw is not None:
+            qopts["use_raw"] = query_use_raw
+        if query_gene_column is not None:
+            qopts["gene_column"] = None if query_gene_column == "index" else query_gene_column
+        qkw = _query_kwargs(layer, use_raw, gene_column, qopts)
+        if label_key is not None and label_key in q.obs:  # the query's own labels: scored, with a confusion matrix
+            check_output(_confusion_path(out_path), inputs + [out_path], option="the confusion matrix (beside --out)",
+                         overwrite=overwrite)
         with _staged(save_model) as stage:
             if annotator is None:
                 cfg = AnnotationConfig(method=method, gep_weight=gep_weight, pretrain_steps=pretrain_steps,
@@ -96,6 +106,10 @@ def annotate(
             _print_scores(q, label_key, out_path)
 
 
+def _confusion_path(out_path: Path) -> Path:
+    return out_path.with_name(out_path.stem + "_confusion.png")
+
+
 def _print_scores(q, label_key: str, out_path: Path) -> None:
     """Accuracy, macro-F1 and per-class F1 of the query's own labels; a confusion-matrix PNG beside the output."""
     from rich.table import Table
@@ -111,7 +125,7 @@ def _print_scores(q, label_key: str, out_path: Path) -> None:
     for c, f in m["per_class_f1"].items():
         table.add_row(c, f"{f:.3f}", str(m["support"][c]))
     out.print(table)
-    png = confusion_png(truth, pred, out_path.with_name(out_path.stem + "_confusion.png"),
+    png = confusion_png(truth, pred, _confusion_path(out_path),
                         title=f"{out_path.stem}: {label_key} vs scmamba2_label")
     out.print(f"confusion matrix -> {png}")
 
@@ -164,7 +178,7 @@ def integrate(
         n_top_genes = 2000 if n_top_genes is None else n_top_genes
         check_output(out_path, [data, model], overwrite=overwrite, suffixes=(".h5ad",))
         if umap is not None:
-            check_output(umap, [data, model, out_path], option="--umap", overwrite=overwrite, suffixes=(".png",))
+            check_output(umap, [data, model, out_path], option="--umap", overwrite=overwrite, suffixes=PLOT_SUFFIXES)
         if save_model is not None:
             check_model_dir(save_model, overwrite=overwrite, sources=[data, model, out_path], option="--save-model")
         _at_least(1, steps=steps, n_top_genes=n_top_genes)

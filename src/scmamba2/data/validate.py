@@ -413,6 +413,15 @@ def _value_kind(x, rep: ValidationReport) -> None:
         rep.value_kind = "normalized"
 
 
+def vocabulary_overlap(adata: anndata.AnnData, vocab: Any, min_overlap: float = 0.5) -> ValidationReport:
+    """Only the gene-name part of :func:`validate`: how many of ``adata``'s genes ``vocab`` holds. The report's
+    ``ok`` / ``error_message()`` say whether the overlap reaches ``min_overlap``; values are not scanned."""
+    rep = ValidationReport(n_cells=int(adata.n_obs), n_genes=int(adata.n_vars))
+    names, stripped = _gene_names(adata.var_names, rep)
+    _vocab_overlap(adata, names, stripped, vocab, min_overlap, rep)
+    return rep
+
+
 def _gene_names(var_names, rep: ValidationReport) -> tuple[Any, list[str]]:
     """Duplicates, prefix and id kind; returns the names (as str) and the names with the prefix stripped."""
     import pandas as pd

@@ -33,8 +33,9 @@ def model_path(name: str = DEFAULT_MODEL) -> Path:
 
 def bundled_name(model) -> str | None:
     """The bundled model a ``--model`` / ``model=`` value names, or None: ``"bundled"`` (the default model) or a
-    bundled model's name, given as a string or a path that does not exist as a folder of its own."""
-    if not isinstance(model, (str, Path)) or Path(model).exists():
+    bundled model's name, given as a string or path, unless a checkpoint folder of that name (one with a
+    ``config.json``) is in the working directory: that folder is then meant."""
+    if not isinstance(model, (str, Path)) or (Path(model) / "config.json").is_file():
         return None
     name = str(model)
     return DEFAULT_MODEL if name == "bundled" else (name if name in available() else None)

@@ -498,11 +498,18 @@ def _class_weights(y: np.ndarray, n_classes: int, kind: str):
 
 
 def _query_kwargs(layer, use_raw: bool, gene_column, options: dict | None) -> dict:
-    """``layer`` / ``use_raw`` / ``gene_column`` for the query: the reference's, updated by ``options``."""
-    unknown = set(options or {}) - {"layer", "use_raw", "gene_column"}
+    """``layer`` / ``use_raw`` / ``gene_column`` for the query: the reference's, updated by ``options``. The
+    matrix is chosen as a whole: options that name a layer read it (not ``.raw``), ``use_raw=True`` reads ``.raw``
+    (no layer), ``layer=None`` with ``use_raw`` left out reads ``X``."""
+    options = dict(options or {})
+    unknown = set(options) - {"layer", "use_raw", "gene_column"}
     if unknown:
         raise InputError(f"query_options takes layer, use_raw and gene_column, not {sorted(unknown)}")
-    return {"layer": layer, "use_raw": use_raw, "gene_column": gene_column, **(options or {})}
+    out = {"layer": layer, "use_raw": use_raw, "gene_column": gene_column}
+    if "layer" in options or "use_raw" in options:  # the query's matrix is its own choice, not half the reference's
+        out.update(layer=None, use_raw=False)
+    out.update(options)
+    return out
 
 
 def _pretrain(net, cells, unlabeled, genes, cfg, tcfg, query_kwargs: dict, out_dir) -> int:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 
 from ..data.files import read_json, write_json
@@ -153,17 +154,16 @@ def match_genes(adata, genes: Sequence[str], *, layer: str | None = None, use_ra
               "missing_examples": missing}
     if overlap < min_overlap:
         if n_found >= 0.5 * a.n_vars:  # the names match, but the file holds few genes: a subset such as HVGs
-            others = [f"the .raw ({adata.raw.n_vars:,} genes; use_raw=True / --use-raw)"] if (
-                adata.raw is not None and not use_raw) else []
-            others += [f"layer {k!r} (layer= / --layer)" for k in adata.layers if k != layer]
+            raw = (f": it has a .raw with {adata.raw.n_vars:,} genes (use_raw=True / --use-raw)."
+                   if adata.raw is not None and not use_raw and adata.raw.n_vars > a.n_vars else
+                   " (e.g. the file before sc.pp.highly_variable_genes subsetting).")
             raise InputError(
                 f"the {what} has only {n_found:,} of the model's {len(genes):,} genes ({overlap:.1%}), below the "
                 f"minimum of {min_overlap:.0%}, although {n_found:,} of its own {a.n_vars:,} genes are the model's: "
                 f"it looks like a subset of genes (e.g. highly variable genes only). Give the {what} with every "
-                f"measured gene, raw counts or log-normalised values"
-                + (f": it has {', '.join(others)}." if others else " (e.g. the file before sc.pp.highly_variable_genes "
-                   "subsetting)."))
-        text_columns = [c for c in a.var.columns if a.var[c].dtype == object or str(a.var[c].dtype) == "category"]
+                f"measured gene, raw counts or log-normalised values{raw}")
+        text_columns = [c for c in a.var.columns if pd.api.types.is_string_dtype(a.var[c])
+                        or isinstance(a.var[c].dtype, pd.CategoricalDtype)]
         hint = (f" var has the text column(s) {text_columns}: pass gene_column= (--gene-column) if one holds the "
                 "gene names the model uses." if text_columns else "")
         raise InputError(

@@ -89,7 +89,7 @@ def predict_perturbation(
             group = str(control_group)
         level = pm.effects.control_mean(group)
     else:
-        controls = _control_cells(controls, pm.meta.key, pm.meta.control)
+        controls = _control_cells(controls, pm.meta.key, pm.meta.control, pm.meta.kind)
         C, _, present = panel_matrix(controls, pm.meta.genes, target_sum=pm.meta.target_sum)
         _check_overlap(present, "controls")
         level = C.mean(0).astype(np.float64)
@@ -214,13 +214,23 @@ def _pearson_rows(A: np.ndarray, B: np.ndarray) -> np.ndarray:
     return np.nan_to_num(out)
 
 
-def _control_cells(adata, key: str, control: str):
-    """The control cells of ``adata``: those labelled ``control`` in ``obs[key]`` (the model's perturbation
-    column) when the file has that column, else every cell (a file of control cells)."""
+def _control_cells(adata, key: str, control: str, kind: str):
+    """The control cells of ``adata``: those whose ``obs[key]`` (the model's perturbation column) reads as the
+    control the way training read it (:func:`~scmamba2.data.perturb.parse_perturbations`: ``ctrl+ctrl`` and
+    padded labels included; missing labels are no controls) when the file has that column, else every cell (a
+    file of control cells)."""
+    from ..data.perturb import parse_perturbations
+
     if key not in adata.obs:
         return adata
-    labels = adata.obs[key].astype(str).to_numpy()
-    keep = labels == str(control)
+    labels = adata.obs[key]
+    known = labels.notna().to_numpy()
+    keep = np.zeros(adata.n_obs, dtype=bool)
+    try:
+        keep[known] = parse_perturbations(adata.obs[known], key, control, kind=kind).is_control
+    except InputError:  # no control among the labelled cells
+        pass
+    labels = labels.astype(str).to_numpy()
     if not keep.any():
         raise InputError(f"controls: obs[{key!r}] has no cell labelled {control!r}, the model's control label "
                          f"(labels there: {sorted(set(labels.tolist()))[:8]}); give a file of control cells, or "

@@ -115,15 +115,16 @@ def train_perturbation(
              len(split) - len(train_perts), int(keep.sum()), adata.n_obs)
 
     data = adata[keep]
-    genes = None
+    genes, every_gene = None, True
     if n_top_genes is not None:
         from ..data.io import select_matrix
         from ..data.preprocess import select_hvg
 
-        genes = list(select_hvg(select_matrix(data, layer=layer, use_raw=use_raw, gene_column=gene_column),
-                                n_top_genes, flavor="seurat").var_names)
+        selected = select_matrix(data, layer=layer, use_raw=use_raw, gene_column=gene_column)
+        every_gene = selected.n_vars <= n_top_genes
+        genes = list(select_hvg(selected, n_top_genes, flavor="seurat").var_names)
     X, genes, _ = panel_matrix(data, genes, layer=layer, use_raw=use_raw, gene_column=gene_column)
-    log.info("gene panel: %s (%d genes)", "every gene" if n_top_genes is None or len(genes) < n_top_genes else
+    log.info("gene panel: %s (%d genes)", "every gene" if every_gene else
              f"the {n_top_genes} most variable genes (n_top_genes / --n-top-genes; 0 on the CLI = every gene)",
              len(genes))
     if len(genes) > 2000:

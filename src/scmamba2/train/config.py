@@ -128,7 +128,7 @@ def load_run_config(path) -> dict[str, Any]:
 
     Returns a dict with ``model`` (a dict of :class:`~scmamba2.ModelConfig` fields, ``vocab_size`` filled in
     later), ``tokenizer`` (a :class:`~scmamba2.TokenizerConfig`, None without the section; continuous values unless
-    it sets ``value_mode``), ``train`` (a :class:`TrainConfig`, None without the section; GEP / MVC weights that the
+    it sets ``value_mode`` or ``n_bins``), ``train`` (a :class:`TrainConfig`, None without the section; GEP / MVC weights that the
     section leaves out follow :func:`objective_loss_weights`) and
     ``data`` (a :class:`~scmamba2.data.corpus.CorpusConfig`: corpus sources, obs filter, streaming settings).
     Every problem (unreadable file, broken YAML, unknown section or key, with a "did you mean ...?", a value
@@ -162,9 +162,11 @@ def load_run_config(path) -> dict[str, Any]:
     try:
         ModelConfig(**{"vocab_size": 8, **parts["model"]})  # values checked now, not after the data was read
         # No tokenizer section: None, so that each command uses its own default; a section without value_mode
-        # keeps pretraining's continuous values. No train section: None (the command's defaults); a section
-        # without gep_weight / mvc_weight gets the objective's defaults (the whole profile: GEP and MVC off).
-        tok = (TokenizerConfig.from_dict({"value_mode": "continuous", **parts["tokenizer"]}) if "tokenizer" in raw
+        # keeps pretraining's continuous values, unless it sets n_bins (which only binned values use). No train
+        # section: None (the command's defaults); a section without gep_weight / mvc_weight gets the objective's
+        # defaults (the whole profile: GEP and MVC off).
+        mode = "binned" if "n_bins" in parts["tokenizer"] else "continuous"
+        tok = (TokenizerConfig.from_dict({"value_mode": mode, **parts["tokenizer"]}) if "tokenizer" in raw
                else None)
         train = (TrainConfig.from_dict({**objective_loss_weights(tok, parts["model"]), **parts["train"]})
                  if "train" in raw else None)

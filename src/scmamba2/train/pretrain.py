@@ -78,10 +78,15 @@ def _panel(train_cells, group, vocab, n_genes, measured_names, init, min_measure
             # value to hundreds): it is no target of this fine-tune, as an unmeasured gene.
             expressed = np.bincount(train_cells.gene_ids[train_cells.values > 0], minlength=len(vocab))[panel.ids]
             few = expressed < PANEL_MIN_CELLS
+            if few.all():
+                raise InputError(f"No gene of the model's panel is expressed in at least {PANEL_MIN_CELLS} of the "
+                                 f"{len(train_cells)} training cells: the fine-tune would have no target. Use more "
+                                 "cells, or TrainConfig(finetune_panel='data') for a panel chosen on these cells.")
             if few.any():
                 measured_vocab[:, panel.ids[few]] = False
-                log.info("fine-tune: %d of %d panel genes are expressed in fewer than %d training cells and are no "
-                         "targets", int(few.sum()), len(few), PANEL_MIN_CELLS)
+                (log.warning if few.mean() > 0.5 else log.info)(
+                    "fine-tune: %d of %d panel genes are expressed in fewer than %d training cells and are no "
+                    "targets", int(few.sum()), len(few), PANEL_MIN_CELLS)
     else:
         panel = select_panel(train_cells, len(vocab), n_genes, group=group, measured=measured_vocab,
                              min_measured=min_measured, rule=rule)
