@@ -1,4 +1,5 @@
-"""make_trainer's bf16 check: a warning where bfloat16 would only be emulated, none where the CPU has it."""
+"""make_trainer's bf16 check (a warning where bfloat16 would only be emulated, none where the CPU has it), and fit's
+handling of SIGTERM."""
 
 import logging
 
@@ -29,3 +30,23 @@ def test_cpu_flags_decide(monkeypatch, tmp_path):
     assert trainer._cpu_has_bf16()
     cpuinfo.write_text("flags\t\t: fpu sse avx512f avx512bw avx512vl\n")  # AVX512 without BF16: emulated only
     assert not trainer._cpu_has_bf16()
+
+
+def test_sigterm_ends_training_with_status_143_and_says_how_to_resume(caplog):
+    """Lightning stops on SIGTERM with an exception that exits with status 0 (a scheduler would read success)."""
+    import logging
+
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from scmamba2.train.trainer import fit
+
+    class Stopped:
+        global_step = 7
+
+        def fit(self, plan, **kwargs):
+            raise SIGTERMException
+
+    with caplog.at_level(logging.ERROR), pytest.raises(SystemExit) as stop:
+        fit(Stopped(), None, resume_hint="continue with --resume")
+    assert stop.value.code == 143
+    assert "SIGTERM at step 7; continue with --resume" in caplog.text

@@ -17,7 +17,7 @@ from ..data.collate import Collator, LengthBucketSampler, TokenizedDataset
 from ..data.tokenize import TokenizedCells
 from ..train.plan import TrainingPlan
 from ..train.resume import ResumableLoader, step_seed_callback
-from ..train.trainer import make_trainer
+from ..train.trainer import fit, make_trainer
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ def train_classifier(net, cells: TokenizedCells, y: np.ndarray, train_idx: np.nd
     plan = TrainingPlan(net, tcfg, class_weights=class_weights)
     log.info("annotation: fine-tuning on %d cells (%d held out), %d classes, up to %d steps", len(train_idx),
              len(val_idx), net.config.n_classes, tcfg.max_steps)
-    trainer.fit(plan, train_dataloaders=loader, val_dataloaders=val)
+    fit(trainer, plan, train_dataloaders=loader, val_dataloaders=val)
     restored = best.restore(net)
     steps = int(trainer.global_step)
     if restored:
@@ -155,7 +155,7 @@ def pretrain_expression(net, pool: list[TokenizedCells], cfg, tcfg, out_dir) -> 
     loader = _loader(cells, None, tcfg, cfg.mask_ratio, net.vocab.pad_id)
     trainer = make_trainer(tcfg, out_dir, callbacks=[step_seed_callback(tcfg.seed)])
     log.info("annotation: %d steps of expression pretraining on %d cells (no labels)", tcfg.max_steps, len(cells))
-    trainer.fit(TrainingPlan(net, tcfg), train_dataloaders=loader)
+    fit(trainer, TrainingPlan(net, tcfg), train_dataloaders=loader)
     log.info("annotation: pretraining GEP loss %.4f at the end", _metric(trainer, "train/gep") or float("nan"))
     return int(trainer.global_step)
 

@@ -228,7 +228,7 @@ def _fit(net: ScMamba2, adata, codes: np.ndarray, tcfg, layer, use_raw, gene_col
     from ..data.prepare import prepare_cells
     from ..train.plan import TrainingPlan
     from ..train.resume import ResumableLoader, step_seed_callback
-    from ..train.trainer import make_trainer
+    from ..train.trainer import fit, make_trainer
 
     tok = net.tokenizer_config or TokenizerConfig(n_bins=net.config.n_bins, value_mode=net.config.value_mode)
     prepared = prepare_cells(adata, net.vocab, tok, layer=layer, use_raw=use_raw, gene_column=gene_column,
@@ -244,7 +244,7 @@ def _fit(net: ScMamba2, adata, codes: np.ndarray, tcfg, layer, use_raw, gene_col
     plan = TrainingPlan(net, tcfg)
     trainer = make_trainer(tcfg, out_dir, callbacks=[step_seed_callback(tcfg.seed)])
     log.info("integration: %d cells, %d batches, %d steps", len(cells), net.config.n_batches, tcfg.max_steps)
-    trainer.fit(plan, train_dataloaders=loader)
+    fit(trainer, plan, train_dataloaders=loader)
     return {k.removeprefix("train/"): float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
 
 

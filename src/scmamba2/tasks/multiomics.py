@@ -306,7 +306,7 @@ def _fit(mm: MultiomicModel, cells: TokenizedCells, codes, tcfg, out_dir) -> dic
     from ..data.collate import LengthBucketSampler, TokenizedDataset
     from ..train.plan import TrainingPlan
     from ..train.resume import ResumableLoader, step_seed_callback
-    from ..train.trainer import make_trainer
+    from ..train.trainer import fit, make_trainer
 
     net, cfg = mm.model, mm.config
     ds = TokenizedDataset(cells, batch=codes, seed=tcfg.seed)
@@ -318,6 +318,6 @@ def _fit(mm: MultiomicModel, cells: TokenizedCells, codes, tcfg, out_dir) -> dic
     loader = ResumableLoader(ds, sampler, collate, seed=tcfg.seed, num_workers=tcfg.num_workers)
     trainer = make_trainer(tcfg, out_dir, callbacks=[step_seed_callback(tcfg.seed)])
     log.info("multiomics: %d cells, modalities %s, %d steps", len(cells), mm.spec.modalities, tcfg.max_steps)
-    trainer.fit(TrainingPlan(net, tcfg), train_dataloaders=loader)
+    fit(trainer, TrainingPlan(net, tcfg), train_dataloaders=loader)
     net.eval()
     return {k.removeprefix("train/"): float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}

@@ -148,7 +148,7 @@ def fit_resumable(plan, tcfg: TrainConfig, out: Path | None, *, resume: bool, tr
     Returns ``(trainer, val_start, val_end)``; both validations are None without ``val_batches``. The model is
     left in eval mode.
     """
-    from .trainer import make_trainer
+    from .trainer import fit, make_trainer
 
     ckpt_path, kept_metrics, resume_step, ckpt = None, [], 0, None
     if resume:
@@ -170,8 +170,15 @@ def fit_resumable(plan, tcfg: TrainConfig, out: Path | None, *, resume: bool, tr
     val_start = val_end = None
     if val_batches is not None:
         val_start = trainer.validate(plan, val_batches, verbose=False)[0]
-    trainer.fit(plan, train_dataloaders=train_loader, val_dataloaders=val_batches,
-                ckpt_path=None if ckpt_path is None else str(ckpt_path))
+    def hint() -> str | None:
+        if out is None:
+            return None
+        if last_checkpoint_path(out).is_file():
+            return f"its last checkpoint is in {out}: continue the run with --resume (resume=True)"
+        return "no checkpoint was written yet, so the run cannot be resumed: start it again (--overwrite)"
+
+    fit(trainer, plan, resume_hint=hint, train_dataloaders=train_loader, val_dataloaders=val_batches,
+        ckpt_path=None if ckpt_path is None else str(ckpt_path))
     if val_batches is not None:
         val_end = trainer.validate(plan, val_batches, verbose=False)[0]
         report_losses(val_start, val_end)

@@ -98,3 +98,19 @@ def _cpu_has_bf16() -> bool:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):  # a torch build without oneDNN
         return False
+
+
+def fit(trainer, plan, *, resume_hint=None, **kwargs) -> None:
+    """``trainer.fit(plan, **kwargs)``, where a SIGTERM (a job scheduler's stop, ``kill``) ends the process with
+    exit status 143 and a message, not as a finished run: Lightning stops on it with an exception that exits with
+    status 0. ``resume_hint`` (a string, or a function that returns one when the run stops) says how to continue
+    (pretraining: ``--resume``)."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    try:
+        trainer.fit(plan, **kwargs)
+    except SIGTERMException:
+        hint = resume_hint() if callable(resume_hint) else resume_hint
+        log.error("training was stopped by SIGTERM at step %d%s", trainer.global_step,
+                  f"; {hint}" if hint else "; nothing was written")
+        raise SystemExit(143) from None
