@@ -126,9 +126,12 @@ def test_resume_with_other_data_or_model_is_refused(tmp_path, straight):
     import shutil
 
     shutil.copytree(straight.out_dir / "checkpoints", tmp_path / "checkpoints")
+    shutil.copytree(straight.out_dir / "logs", tmp_path / "logs")
+    metrics = (tmp_path / "logs" / "metrics.csv").read_text()
     with pytest.raises(CheckpointError, match="another data order"):
         pretrain(counts(), out_dir=tmp_path, model_config=TINY_MODEL, tokenizer_config=TOK,
                  train_config=config(4, batch_size=6), resume=True)
+    assert (tmp_path / "logs" / "metrics.csv").read_text() == metrics  # a refused resume leaves the run's logs
     with pytest.raises(CheckpointError, match="another data order.*seed"):
         pretrain(counts(), out_dir=tmp_path, model_config=TINY_MODEL, tokenizer_config=TOK,
                  train_config=config(4, seed=8), resume=True)

@@ -161,12 +161,15 @@ def fit_resumable(plan, tcfg: TrainConfig, out: Path | None, *, resume: bool, tr
     elif out is not None and last_checkpoint_path(out).is_file():
         log.warning("%s holds the checkpoint of an earlier run; this new run replaces it (resume=True continues "
                     "it instead)", last_checkpoint_path(out))
-    trainer = make_trainer(tcfg, out, validate=val_batches is not None, tensorboard=True,
-                           callbacks=[step_seed_callback(tcfg.seed), throughput_callback()])
-    if ckpt is not None:
+    if ckpt is not None:  # every check before the trainer exists: its logger would empty the run's metrics.csv
         check_fits(ckpt, plan, ckpt_path)
+        states = (((ckpt.get("loops") or {}).get("fit_loop") or {}).get("state_dict") or {}).get("combined_loader")
+        if states and hasattr(train_loader, "load_state_dict"):
+            train_loader.load_state_dict(states[0])  # the data order's check (Lightning restores it again)
         del ckpt
         log.info("resuming from %s (step %d)", ckpt_path, resume_step)
+    trainer = make_trainer(tcfg, out, validate=val_batches is not None, tensorboard=True,
+                           callbacks=[step_seed_callback(tcfg.seed), throughput_callback()])
     val_start = val_end = None
     if val_batches is not None:
         val_start = trainer.validate(plan, val_batches, verbose=False)[0]
