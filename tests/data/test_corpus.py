@@ -178,6 +178,10 @@ def test_which_inputs_are_streamed(tmp_path):
     assert not auto.streams([one, str(tmp_path / "x.csv")])  # only h5ad files can be streamed
     assert auto.streams(["soma://some/experiment"]) and CorpusConfig(sources=[one]).streams([])
     assert CorpusConfig(stream=True).streams([one]) and not CorpusConfig(stream=False).streams([one, two])
+    tenx = tmp_path / "sample" / "outs" / "filtered_feature_bc_matrix"  # one data set, read as a file
+    tenx.mkdir(parents=True)
+    (tenx / "matrix.mtx.gz").write_bytes(b"")
+    assert not auto.streams([str(tmp_path / "sample")]) and not auto.streams([str(tenx)])
 
 
 def test_cli_streams_several_h5ad_files(tmp_path):
@@ -290,3 +294,23 @@ def test_streamed_pretraining_refuses_a_panel_view(tmp_path):
     corpus = open_corpus([_write_shards(tmp_path / "shards", sizes=(6, 6))])
     with pytest.raises(InputError, match="panel_view_fraction is not supported when streaming"):
         pretrain(corpus, train_config=TrainConfig(max_steps=1, progress_bar=False, panel_view_fraction=0.2))
+
+
+def test_held_out_blocks_too_coarse_for_the_corpus(tmp_path, caplog):
+    """Validation holds out whole blocks: one block cannot be split (a clear error, not a ValueError), and a hold-out
+    far above the asked share is said."""
+    import logging
+
+    tok = TokenizerConfig(max_len=16)
+    one = open_corpus([_write_shards(tmp_path / "one", sizes=(30,))])
+    vocab = build_corpus_vocab(one).vocab
+    with pytest.raises(InputError, match="data.block_size"):
+        CorpusDataset(one, vocab, tok, batch_size=4, block_size=1024, heldout_cells=3, seed=0)
+    two = open_corpus([_write_shards(tmp_path / "two", sizes=(30, 30))])
+    with caplog.at_level(logging.WARNING, logger="scmamba2.data.stream"):
+        ds = CorpusDataset(two, vocab, tok, batch_size=4, block_size=1024, heldout_cells=6, seed=0)
+    assert "holds out 30 of 60 cells (50%; 6 asked for)" in caplog.text and ds.n_cells == 30
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="scmamba2.data.stream"):
+        CorpusDataset(two, vocab, tok, batch_size=4, block_size=5, heldout_cells=6, seed=0)  # two blocks: 10 cells
+    assert "holds out" not in caplog.text

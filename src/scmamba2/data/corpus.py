@@ -91,7 +91,10 @@ class CorpusConfig:
 
     def streams(self, data: Sequence[str | Path]) -> bool:
         """Whether ``data`` (with :attr:`sources`) is streamed rather than read into memory."""
-        if self.sources or any(Path(p).is_dir() or is_soma_uri(str(p)) for p in data):
+        from .io import is_10x_matrix_dir
+
+        # A folder is a corpus of h5ad shards (or a SOMA experiment), unless it is one 10x matrix folder: one file.
+        if self.sources or any((Path(p).is_dir() and not is_10x_matrix_dir(p)) or is_soma_uri(str(p)) for p in data):
             return True
         if self.stream is None:
             return len(data) > 1 and all(str(p).endswith(".h5ad") for p in data)

@@ -224,6 +224,13 @@ def _is_10x_folder(p: Path) -> bool:
     return (p / "matrix.mtx.gz").is_file() or (p / "matrix.mtx").is_file()
 
 
+def is_10x_matrix_dir(p: str | Path) -> bool:
+    """A 10x matrix folder :func:`read` reads as one data set: it, or its ``filtered_feature_bc_matrix/`` (or
+    ``outs/filtered_feature_bc_matrix/``), holds ``matrix.mtx(.gz)``."""
+    p = Path(p)
+    return any(_is_10x_folder(q) for q in (p, p / "filtered_feature_bc_matrix", p / "outs" / "filtered_feature_bc_matrix"))
+
+
 def _detect_format(p: Path) -> str:
     if p.is_dir():
         return "10x_mtx"

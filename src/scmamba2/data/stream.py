@@ -218,7 +218,16 @@ class CorpusDataset(IterableDataset):
             taken = {id(p) for p in self._heldout}
             blocks = [b for b in blocks if id(b) not in taken]
             if not blocks:
-                raise ValueError(f"holding out {heldout_cells} cells leaves no training cell in {corpus}")
+                raise InputError(
+                    f"holding out {heldout_cells} validation cells leaves no training cell in {corpus}: a stream holds "
+                    f"out whole blocks of up to {block_size} cells (data.block_size), so a corpus of one block cannot "
+                    "be split. Give data.block_size a value below the number of cells, or read the file(s) into "
+                    "memory (data.stream: false), or train without validation (train.val_fraction: 0).")
+            total = n + sum(b.hi - b.lo for b in blocks)
+            if n > 2 * heldout_cells:
+                log.warning("validation holds out %d of %d cells (%.0f%%; %d asked for): whole blocks of up to %d cells "
+                            "(data.block_size), never trained on; a smaller data.block_size splits closer to the "
+                            "asked share", n, total, 100 * n / total, heldout_cells, self.block_size)
         self._blocks = blocks
         self.n_cells = sum(b.hi - b.lo for b in blocks)
 
