@@ -80,6 +80,17 @@ def test_select_matrix_does_not_modify_input(adata):
     assert select_matrix(adata) is adata
 
 
+def test_gene_column_with_missing_names_keeps_their_var_names(adata, caplog):
+    a = adata.copy()
+    a.var["symbol"] = [f"S{j}" for j in range(a.n_vars)]
+    a.var.loc[a.var_names[:2], "symbol"] = np.nan
+    a.var.loc[a.var_names[2], "symbol"] = ""
+    with caplog.at_level("WARNING", logger="scmamba2.data.io"):
+        out = select_matrix(a, gene_column="symbol")
+    assert list(out.var_names[:4]) == [*map(str, a.var_names[:3]), "S3"] and out.var_names.is_unique
+    assert "3 of" in caplog.text and "have no name" in caplog.text
+
+
 def test_selection_errors(adata):
     with pytest.raises(InputError, match="'counts'.*'logged'"):
         select_matrix(adata, layer="spliced")

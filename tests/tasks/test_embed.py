@@ -38,6 +38,18 @@ def test_embed_copy_and_all_genes(tiny_counts, model):
     assert not np.allclose(out.obsm["X_all"], default)  # zeros are read too
 
 
+def test_embed_backed_anndata(tiny_counts, model, tmp_path):
+    import anndata as ad
+
+    tiny_counts.write_h5ad(tmp_path / "c.h5ad")
+    backed = ad.read_h5ad(tmp_path / "c.h5ad", backed="r")
+    with pytest.raises(InputError, match="to_memory"):  # anndata's own ValueError before
+        embed(backed, model, copy=True, progress=False)
+    embed(backed, model, progress=False)  # written into the object, as for one in memory
+    ref = embed(tiny_counts, model, copy=True, progress=False)
+    np.testing.assert_allclose(backed.obsm["X_scmamba2"], ref.obsm["X_scmamba2"], atol=1e-5)
+
+
 def test_embed_rejects_unknown_genes(tiny_counts, model):
     other = tiny_counts.copy()
     other.var_names = [f"OTHER{i}" for i in range(other.n_vars)]

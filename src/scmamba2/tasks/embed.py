@@ -114,6 +114,10 @@ def embed(
     model = load_model(model)
     if model.vocab is None:
         raise ValueError("the model has no vocabulary attached: load it with ScMamba2.from_pretrained")
+    if copy and getattr(adata, "isbacked", False):
+        raise InputError("copy=True would load a backed AnnData (read with backed='r') into memory as a copy, which "
+                         "anndata refuses: load it first (adata.to_memory()), or use copy=False to write the "
+                         "embedding into it")
     adata = adata.copy() if copy else adata
     tok = model.tokenizer_config or TokenizerConfig(n_bins=model.config.n_bins, value_mode=model.config.value_mode)
     if batch_size < 1:
