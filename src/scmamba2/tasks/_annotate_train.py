@@ -17,6 +17,7 @@ from ..data.collate import Collator, LengthBucketSampler, TokenizedDataset
 from ..data.tokenize import TokenizedCells
 from ..train.plan import TrainingPlan
 from ..train.resume import ResumableLoader, step_seed_callback
+from ..train.throughput import throughput_callback
 from ..train.trainer import fit, make_trainer
 
 log = logging.getLogger(__name__)
@@ -117,7 +118,7 @@ def train_classifier(net, cells: TokenizedCells, y: np.ndarray, train_idx: np.nd
     best = BestWeights(batches, patience=tcfg.early_stopping_patience)
     # Early stopping is the BestWeights callback's (on the unweighted cross-entropy), not make_trainer's.
     trainer = make_trainer(replace(tcfg, early_stopping_patience=0), out_dir, validate=val is not None,
-                           callbacks=[step_seed_callback(tcfg.seed), best])
+                           callbacks=[step_seed_callback(tcfg.seed), best, throughput_callback()])
     plan = TrainingPlan(net, tcfg, class_weights=class_weights)
     log.info("annotation: fine-tuning on %d cells (%d held out), %d classes, up to %d steps", len(train_idx),
              len(val_idx), net.config.n_classes, tcfg.max_steps)
@@ -153,7 +154,7 @@ def pretrain_expression(net, pool: list[TokenizedCells], cfg, tcfg, out_dir) -> 
                    warmup_steps=min(tcfg.warmup_steps, cfg.pretrain_steps // 5))
     cells = concat_cells(pool)
     loader = _loader(cells, None, tcfg, cfg.mask_ratio, net.vocab.pad_id)
-    trainer = make_trainer(tcfg, out_dir, callbacks=[step_seed_callback(tcfg.seed)])
+    trainer = make_trainer(tcfg, out_dir, callbacks=[step_seed_callback(tcfg.seed), throughput_callback()])
     log.info("annotation: %d steps of expression pretraining on %d cells (no labels)", tcfg.max_steps, len(cells))
     fit(trainer, TrainingPlan(net, tcfg), train_dataloaders=loader)
     log.info("annotation: pretraining GEP loss %.4f at the end", _metric(trainer, "train/gep") or float("nan"))

@@ -228,6 +228,7 @@ def _fit(net: ScMamba2, adata, codes: np.ndarray, tcfg, layer, use_raw, gene_col
     from ..data.prepare import prepare_cells
     from ..train.plan import TrainingPlan
     from ..train.resume import ResumableLoader, step_seed_callback
+    from ..train.throughput import throughput_callback
     from ..train.trainer import fit, make_trainer
 
     tok = net.tokenizer_config or TokenizerConfig(n_bins=net.config.n_bins, value_mode=net.config.value_mode)
@@ -242,7 +243,7 @@ def _fit(net: ScMamba2, adata, codes: np.ndarray, tcfg, layer, use_raw, gene_col
     collate = Collator(pad_id=net.vocab.pad_id, mask_ratio=mask_ratio, seed=tcfg.seed)
     loader = ResumableLoader(ds, sampler, collate, seed=tcfg.seed, num_workers=tcfg.num_workers)
     plan = TrainingPlan(net, tcfg)
-    trainer = make_trainer(tcfg, out_dir, callbacks=[step_seed_callback(tcfg.seed)])
+    trainer = make_trainer(tcfg, out_dir, callbacks=[step_seed_callback(tcfg.seed), throughput_callback()])
     log.info("integration: %d cells, %d batches, %d steps", len(cells), net.config.n_batches, tcfg.max_steps)
     fit(trainer, plan, train_dataloaders=loader)
     return {k.removeprefix("train/"): float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}

@@ -306,6 +306,7 @@ def _fit(mm: MultiomicModel, cells: TokenizedCells, codes, tcfg, out_dir) -> dic
     from ..data.collate import LengthBucketSampler, TokenizedDataset
     from ..train.plan import TrainingPlan
     from ..train.resume import ResumableLoader, step_seed_callback
+    from ..train.throughput import throughput_callback
     from ..train.trainer import fit, make_trainer
 
     net, cfg = mm.model, mm.config
@@ -316,7 +317,7 @@ def _fit(mm: MultiomicModel, cells: TokenizedCells, codes, tcfg, out_dir) -> dic
                                 cross_modal_prob=cfg.cross_modal_prob, source_target_fraction=cfg.rna_target_fraction,
                                 seed=tcfg.seed)
     loader = ResumableLoader(ds, sampler, collate, seed=tcfg.seed, num_workers=tcfg.num_workers)
-    trainer = make_trainer(tcfg, out_dir, callbacks=[step_seed_callback(tcfg.seed)])
+    trainer = make_trainer(tcfg, out_dir, callbacks=[step_seed_callback(tcfg.seed), throughput_callback()])
     log.info("multiomics: %d cells, modalities %s, %d steps", len(cells), mm.spec.modalities, tcfg.max_steps)
     fit(trainer, TrainingPlan(net, tcfg), train_dataloaders=loader)
     net.eval()

@@ -65,9 +65,10 @@ class Throughput(pl.Callback):
 
     def _estimate(self, first_step_s: float, trainer) -> None:
         """The first step's time and what it means for the run (an over-estimate: it includes start-up)."""
-        left = max(trainer.max_steps - trainer.global_step, 0) * first_step_s * trainer.accumulate_grad_batches
-        text = (f"first step: {first_step_s:.2f} s; {trainer.max_steps} steps take about {_duration(left)} at this "
-                "rate")
+        steps = max(trainer.max_steps - trainer.global_step, 0)  # after --resume: the steps still to run
+        left = steps * first_step_s * trainer.accumulate_grad_batches
+        text = (f"first step: {first_step_s:.2f} s; {'the ' if steps < trainer.max_steps else ''}{steps} steps "
+                f"{'left ' if steps < trainer.max_steps else ''}take about {_duration(left)} at this rate")
         if left > LONG_RUN_S:
             log.warning("%s: a long run. A smaller model (model: d_model, n_layers), fewer genes (--n-top-genes), "
                         "shorter cells (tokenizer: max_len) or a GPU make it shorter.", text)
