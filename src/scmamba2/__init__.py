@@ -35,6 +35,11 @@ _LAZY = {
 __all__ = ["InputError", "__version__", *_LAZY]
 
 
+def __dir__() -> list[str]:
+    """The public names too (imported on first use), for tab completion."""
+    return sorted(set(globals()) | set(__all__))
+
+
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         return getattr(import_module(_LAZY[name]), name)

@@ -64,7 +64,9 @@ def test_failures_are_reported_and_the_run_goes_on(fake_tasks, folder, tmp_path)
     assert "boom in bad" in outcomes[0].error and "RuntimeError" in outcomes[0].traceback
     assert fake_tasks["seed"] == 3 and fake_tasks["quick"] is True and fake_tasks["adatas"] == {"mini": (6, 3)}
     assert fake_tasks["files"] == ["mini.h5ad"]  # the task saw a folder holding the chosen dataset
-    assert (tmp_path / "out" / "good.md").is_file()
+    # a quick run never writes under the full results' names (the default --out holds the committed ones)
+    assert (tmp_path / "out" / "good_quick.md").is_file() and not (tmp_path / "out" / "good.md").exists()
+    assert paths["md"].name == "report_quick.md" and not (tmp_path / "out" / "report.md").exists()
     md = paths["md"].read_text()
     assert "boom in bad" in md and "fake_absent_module" in md and "some_other_set" in md and "0.600" in md
 
@@ -180,3 +182,10 @@ def test_a_result_made_by_another_command_names_that_command():
     text = res.to_markdown()
     assert "Regenerate: `.venv/bin/python benchmarks/bundled_ablation.py --build`" in text
     assert "benchmarks/readout.py" not in text
+
+
+def test_bench_help_names_every_task():
+    from scmamba2.bench.runner import TASKS
+
+    text = " ".join(CliRunner().invoke(app, ["bench", "--help"], terminal_width=400).output.split())
+    assert all(task in text for task in TASKS), text

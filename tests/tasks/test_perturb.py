@@ -127,6 +127,7 @@ def test_fresh_model_predicts_exactly_the_baseline():
                          ctrl + eff["G1"], ctrl])  # seen: its own effect; the control
     pred = predict_perturbation(pm, ["G2", "G1+G0", "G1", "ctrl"], n_controls=8)
     assert pred.obs["source"].tolist() == ["baseline+correction", "baseline+correction", "seen", "seen"]
+    assert pred.obs["perturbation"].tolist()[1] == "G0+G1" and pred.obs["requested"].tolist()[1] == "G1+G0"
     np.testing.assert_allclose(pred.X, np.maximum(expected, 0), rtol=0, atol=1e-5)
     np.testing.assert_array_equal(pred.X, predict_perturbation(pm, ["G2", "G0+G1", "G1", "ctrl"], correction=False).X)
 

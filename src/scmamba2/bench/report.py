@@ -66,8 +66,9 @@ def environment() -> dict[str, Any]:
 
 
 def build_report(outcomes: list[TaskOutcome], out_dir: str | Path, *, run: dict[str, Any] | None = None,
-                 env: dict[str, Any] | None = None, title: str = "scmamba2 benchmark report") -> dict[str, Path]:
-    """Write ``report.md``, ``report.html`` and ``report.json`` into ``out_dir``.
+                 env: dict[str, Any] | None = None, title: str = "scmamba2 benchmark report",
+                 name: str = "report") -> dict[str, Path]:
+    """Write ``<name>.md``, ``<name>.html`` and ``<name>.json`` (``report.*``) into ``out_dir``.
 
     Parameters
     ----------
@@ -90,7 +91,7 @@ def build_report(outcomes: list[TaskOutcome], out_dir: str | Path, *, run: dict[
     env = env if env is not None else environment()
     run = dict(run or {})
     figures = _collect_figures(outcomes, out)
-    paths = {"md": out / "report.md", "html": out / "report.html", "json": out / "report.json"}
+    paths = {ext: out / f"{name}.{ext}" for ext in ("md", "html", "json")}
     _write(paths["md"], _markdown(outcomes, figures, run, env, title))
     _write(paths["html"], _html(outcomes, figures, run, env, title))
     _write(paths["json"], json.dumps(_json(outcomes, figures, run, env, title), indent=2, default=str))

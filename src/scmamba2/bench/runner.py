@@ -48,7 +48,8 @@ def run_benchmarks(tasks: list[str] | None = None, *, datasets: list[str] | None
                    cache: str | Path | None = None, shared_dir: str | Path | None = None,
                    command: str = "scmamba2 bench", on_task: Callable[[TaskOutcome], None] | None = None,
                    ) -> tuple[list[TaskOutcome], dict[str, Path]]:
-    """Run ``tasks`` (default: every task in :data:`TASKS`) and write ``report.md/.html/.json`` to ``out_dir``.
+    """Run ``tasks`` (default: every task in :data:`TASKS`) and write ``report.md/.html/.json`` to ``out_dir``
+    (``report_quick.*`` with ``quick``, and each task's ``<task>_quick.*``, so a quick run never replaces full results).
 
     Parameters
     ----------
@@ -110,7 +111,8 @@ def run_benchmarks(tasks: list[str] | None = None, *, datasets: list[str] | None
             if on_task is not None:
                 on_task(outcomes[i])
             run_info["finished"] = _now()
-            paths = build_report(outcomes, out, run=run_info, env=env)  # after every task: a crash keeps the rest
+            # after every task: a crash keeps the rest; a quick run never replaces the full report
+            paths = build_report(outcomes, out, run=run_info, env=env, name="report_quick" if quick else "report")
             gc.collect()
     return outcomes, paths
 
@@ -206,6 +208,8 @@ def run_task(task: str, *, data_dir: Path | None, datasets: dict[str, Path], out
         if not isinstance(result, BenchResult):
             raise TypeError(f"{module.__name__}.run returned {type(result).__name__}, not a BenchResult")
         result.meta.setdefault("code_version", code)
+        if quick and not result.task.endswith("_quick"):  # never under the full result's name (<task>_quick.*)
+            result.task = f"{result.task}_quick"
         result.write(out_dir)
     except (Exception, SystemExit) as e:  # noqa: BLE001 - the report states the failure, the run goes on
         return TaskOutcome(task, "failed", error=f"{type(e).__name__}: {e}", traceback=_tb(),

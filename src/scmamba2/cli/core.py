@@ -226,7 +226,7 @@ def embed(
 @app.command()
 def quickstart(
     out_dir: Path = typer.Option(Path("out/quickstart"), "--out", help="Where to write the results."),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Fine-tuning steps (default: the demo's 100)."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Fine-tuning steps (default: the demo's 200)."),
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
     """The demo: the bundled model on scanpy's pbmc68k_reduced, zero-shot and after a short self-supervised

@@ -71,13 +71,16 @@ def datasets_get(name: str = typer.Argument(..., help="A name from `scmamba2 dat
 
 @app.command()
 def bench(
-    tasks: Optional[List[str]] = typer.Argument(None, help="Tasks to run (default: all)."),
+    tasks: Optional[List[str]] = typer.Argument(None, help="Tasks to run (default: all): pretrain, pretrain_real, representation, readout, annotate, "
+                                                "integrate, multiomics, perturb; the other "
+                                                "benchmarks are scripts in benchmarks/."),
     data: List[str] = typer.Option([], "--data", help="Dataset name(s), repeat or comma-separate; 'local' = "
                                    "every local file (default: each task's own)."),
     out_dir: Path = typer.Option(Path("benchmarks/results"), "--out",
                                  help="Folder for the task results and the report."),
     seed: int = typer.Option(0, "--seed"),
-    quick: bool = typer.Option(False, "--quick", help="Each task's small, fast setting."),
+    quick: bool = typer.Option(False, "--quick", help="Each task's small, fast setting, written as <task>_quick.* and "
+                               "report_quick.* (the full results in --out stay)."),
     cache: Optional[Path] = CacheOpt,
     shared_dir: Optional[Path] = SharedOpt,
     strict: bool = typer.Option(False, "--strict", help="Exit with code 1 when a task failed or is missing."),

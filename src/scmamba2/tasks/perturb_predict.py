@@ -66,7 +66,8 @@ def predict_perturbation(
 
     Returns
     -------
-    AnnData with one row per perturbation (``obs['perturbation']``, ``obs['n_controls']``, ``obs['source']``:
+    AnnData with one row per perturbation (``obs['perturbation']``: the canonical name, targets of a combination in
+    sorted order, e.g. ``IRF1+STAT1`` for ``STAT1+IRF1``; ``obs['requested']``: the name as given; ``obs['n_controls']``, ``obs['source']``:
     ``seen`` (own training effect), ``baseline`` or ``baseline+correction``), the panel genes as ``var`` and
     the mean prediction in ``X``; ``uns['scmamba2_perturb']`` holds the control mean and the correction record.
     """
@@ -120,7 +121,8 @@ def predict_perturbation(
             pred = pred + scale * (mean_corr(name) - (ctrl_corr if relative_to_control else 0.0))
         source.append("seen" if seen else "baseline+correction" if use_correction else "baseline")
         out[r] = np.maximum(pred, 0.0)
-    obs = pd.DataFrame({"perturbation": names, "n_controls": len(C), "source": source},
+    obs = pd.DataFrame({"perturbation": names, "requested": [str(p) for p in perturbations], "n_controls": len(C),
+                        "source": source},
                        index=pd.Index(names).astype(str))
     if obs.index.has_duplicates:
         obs.index = [f"{n}-{i}" for i, n in enumerate(names)]

@@ -235,7 +235,7 @@ def pretrain(
         (:mod:`scmamba2.train.pretrain_corpus`; the vocabulary then comes from the shards' gene tables).
     out_dir
         Where the checkpoint goes (``config.json``, ``model.safetensors``, ``vocab.json``), with
-        ``train_config.json``, ``metrics.csv`` (one row per logging step) and Lightning checkpoints.
+        ``train_config.json``, ``logs/metrics.csv`` (one row per logging step) and Lightning checkpoints.
     model_config
         A :class:`~scmamba2.ModelConfig`, or a dict of its fields (``vocab_size`` and the tokenizer-derived
         fields are filled in).
