@@ -309,6 +309,26 @@ def test_default_start_is_the_bundled_model():
     assert ann.genes == genes and ann.info["gene_overlap"]["overlap"] == 1.0
 
 
+def test_probe_after_self_supervised_steps_on_reference_and_query():
+    import torch
+
+    from scmamba2 import TrainConfig, pretrain
+
+    ref, q = cells(64, [0, 1], seed=30), cells(32, [0, 1], seed=31)
+    base = pretrain(ref, model_config=TINY, train_config=TrainConfig(max_steps=2, batch_size=16, warmup_steps=1,
+                                                                     val_fraction=0.0, progress_bar=False)).model
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    cfg = AnnotationConfig(pretrain_steps=3, probe_folds=2)
+    ann = fit_annotator(ref, "cell_type", model=base, unlabeled=q, query=q, config=cfg)
+    assert ann.info["method"] == "probe" and ann.info["pretrain_steps"] == 3
+    for k, v in base.state_dict().items():  # the model given is not changed
+        assert torch.equal(v, before[k]), k
+    key = "gene_encoder.embedding.weight"
+    assert not torch.equal(ann.model.state_dict()[key], before[key])  # the probe reads the adapted encoder
+    again = fit_annotator(ref, "cell_type", model=base, unlabeled=q, query=q, config=cfg)
+    torch.testing.assert_close(again.model.state_dict()[key], ann.model.state_dict()[key])  # seeded
+
+
 def test_start_options_that_do_not_go_together(tmp_path):
     ref = cells(40, [0, 1], seed=21)
     model_dir = _tiny_pretrained(tmp_path / "base")

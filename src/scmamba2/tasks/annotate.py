@@ -55,8 +55,12 @@ class AnnotationConfig:
     mask_ratio
         Fraction of values hidden for GEP/MVC (fine-tuning regulariser and ``pretrain_steps``).
     pretrain_steps
-        Steps of GEP + MVC training (no labels) on the reference's expression, plus the query's when
-        :func:`annotate` is given one (transductive self-supervision), before the classifier is trained.
+        Self-supervised steps (no labels) on the reference's expression, plus the query's when :func:`annotate`
+        is given one (transductive self-supervision), before the classifier is trained. Fine-tuning: GEP + MVC.
+        The probe: the pretrained model's own objective (its whole-profile decoder, the quickstart's fine-tune:
+        batch 32, lr 1e-3; :func:`scmamba2.pretrain` with ``init_model``), after which its encoder is frozen. 200
+        steps: the references' held-out macro-F1 pbmc3k 0.832 -> 0.840, Kang 0.778 -> 0.778 (queries 0.904 -> 0.912,
+        0.794 -> 0.785) at ~3x the CPU time: within noise, so off by default (benchmarks/results/annotate.md).
     val_fraction
         Fraction of each class held out (stratified, seeded) for early stopping, the best weights and the
         temperature; a class with fewer than 2 cells stays in training.
@@ -270,6 +274,10 @@ def fit_annotator(
 
     pl.seed_everything(tcfg.seed, workers=True, verbose=False)
     base = None if from_scratch else load_model(model)  # None: the bundled model
+    if base is not None and method == "probe" and cfg.pretrain_steps:
+        base = _adapt_encoder(base, labelled, unlabeled, cfg.pretrain_steps, tcfg.seed,
+                              {"layer": layer, "use_raw": use_raw, "gene_column": gene_column},
+                              _query_kwargs(layer, use_raw, gene_column, query_options))
     if base is None:
         net, genes = new_model(labelled, len(classes), model_config, tokenizer_config, n_top_genes, layer,
                                 use_raw, gene_column)
@@ -296,7 +304,8 @@ def fit_annotator(
     info = {"n_reference_cells": int(reference.n_obs), "n_unlabeled_dropped": n_missing,
             "n_empty_dropped": int(prepared.n_empty), "n_train": int(len(train_idx)), "n_val": int(len(val_idx)),
             "class_counts": {c: int(n) for c, n in zip(classes, counts)}, "gene_overlap": ref_overlap,
-            "method": method, "config": cfg.to_dict(), "from_pretrained": base is not None}
+            "method": method, "config": cfg.to_dict(), "from_pretrained": base is not None,
+            **({"pretrain_steps": cfg.pretrain_steps} if method == "probe" and base is not None else {})}
     if method == "probe":
         expr = None
         if cfg.gene_weight > 0:  # the gene-level classifier reads the same cells
@@ -397,9 +406,9 @@ def _method(cfg: AnnotationConfig, model, from_scratch: bool, model_config, toke
     if method == "probe" and from_scratch:
         raise InputError("a linear probe reads a pretrained encoder; a new model (from_scratch) must be fine-tuned: "
                          "use method='finetune' or leave out from_scratch")
-    if method == "probe" and (cfg.pretrain_steps or cfg.gep_weight):
-        raise InputError("pretrain_steps and gep_weight train the encoder, which the linear probe keeps frozen: "
-                         "use method='finetune' (--method finetune) with them")
+    if method == "probe" and cfg.gep_weight:
+        raise InputError("gep_weight regularises fine-tuning; the linear probe keeps the encoder frozen: use "
+                         "method='finetune' (--method finetune) with it")
     return method
 
 
@@ -495,6 +504,27 @@ def _class_weights(y: np.ndarray, n_classes: int, kind: str):
     counts = np.bincount(y, minlength=n_classes).astype(np.float64)
     w = np.where(counts > 0, len(y) / (n_classes * np.maximum(counts, 1)), 0.0)
     return torch.tensor(w, dtype=torch.float32)
+
+
+def _adapt_encoder(base, reference, unlabeled, steps: int, seed: int, ref_kwargs: dict, query_kwargs: dict):
+    """``base`` fine-tuned with its own self-supervised objective on the reference's (and ``unlabeled``) cells for
+    ``steps`` steps (the quickstart's recipe), for the probe; ``base`` itself is not changed."""
+    from ..data.io import select_matrix
+    from ..quickstart import TRAIN
+    from ..train.config import TrainConfig
+    from ..train.pretrain import pretrain
+
+    if base.profile_head is None:
+        raise InputError("pretrain_steps with the probe fine-tunes the model's whole-profile decoder, which this "
+                         "model has not: use method='finetune' (--method finetune) for its GEP + MVC steps")
+    parts = [select_matrix(reference, **ref_kwargs)]
+    if unlabeled is not None:
+        parts.append(select_matrix(unlabeled, **query_kwargs))
+    tcfg = TrainConfig(**{**TRAIN, "max_steps": steps, "val_every_n_steps": steps, "seed": seed,
+                          "progress_bar": False})
+    log.info("pretrain_steps: %d self-supervised steps on %s before the probe", steps,
+             "reference + query cells" if unlabeled is not None else "the reference cells")
+    return pretrain(parts, init_model=base, train_config=tcfg).model.eval()
 
 
 def _query_kwargs(layer, use_raw: bool, gene_column, options: dict | None) -> dict:
