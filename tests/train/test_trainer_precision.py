@@ -49,4 +49,4 @@ def test_sigterm_ends_training_with_status_143_and_says_how_to_resume(caplog):
     with caplog.at_level(logging.ERROR), pytest.raises(SystemExit) as stop:
         fit(Stopped(), None, resume_hint="continue with --resume")
     assert stop.value.code == 143
-    assert "SIGTERM at step 7; continue with --resume" in caplog.text
+    assert "SIGTERM at step 7; continue with --resume" in caplog.text and isinstance(stop.value, SIGTERMException)

@@ -212,6 +212,8 @@ def run_task(task: str, *, data_dir: Path | None, datasets: dict[str, Path], out
             result.task = f"{result.task}_quick"
         result.write(out_dir)
     except (Exception, SystemExit) as e:  # noqa: BLE001 - the report states the failure, the run goes on
+        if isinstance(e, SystemExit) and e.code == 143:  # a SIGTERM stops the whole run, not one task
+            raise
         return TaskOutcome(task, "failed", error=f"{type(e).__name__}: {e}", traceback=_tb(),
                            wall_s=time.perf_counter() - w0, cpu_s=time.process_time() - c0, datasets=list(chosen))
     return TaskOutcome(task, "ok", result=result, wall_s=time.perf_counter() - w0, cpu_s=time.process_time() - c0,

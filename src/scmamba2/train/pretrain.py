@@ -148,7 +148,7 @@ def fit_resumable(plan, tcfg: TrainConfig, out: Path | None, *, resume: bool, tr
     Returns ``(trainer, val_start, val_end)``; both validations are None without ``val_batches``. The model is
     left in eval mode.
     """
-    from .trainer import fit, make_trainer
+    from .trainer import fit, make_trainer, stopped_by_sigterm
 
     ckpt_path, kept_metrics, resume_step, ckpt = None, [], 0, None
     if resume:
@@ -164,15 +164,14 @@ def fit_resumable(plan, tcfg: TrainConfig, out: Path | None, *, resume: bool, tr
     if ckpt is not None:  # every check before the trainer exists: its logger would empty the run's metrics.csv
         check_fits(ckpt, plan, ckpt_path)
         states = (((ckpt.get("loops") or {}).get("fit_loop") or {}).get("state_dict") or {}).get("combined_loader")
-        if states and hasattr(train_loader, "load_state_dict"):
+        one_process = str(tcfg.devices) == "1" and int(tcfg.num_nodes) == 1  # a loader's layout counts the processes
+        if states and one_process and hasattr(train_loader, "load_state_dict"):
             train_loader.load_state_dict(states[0])  # the data order's check (Lightning restores it again)
         del ckpt
         log.info("resuming from %s (step %d)", ckpt_path, resume_step)
     trainer = make_trainer(tcfg, out, validate=val_batches is not None, tensorboard=True,
                            callbacks=[step_seed_callback(tcfg.seed), throughput_callback()])
-    val_start = val_end = None
-    if val_batches is not None:
-        val_start = trainer.validate(plan, val_batches, verbose=False)[0]
+
     def hint() -> str | None:
         if out is None:
             return None
@@ -180,10 +179,15 @@ def fit_resumable(plan, tcfg: TrainConfig, out: Path | None, *, resume: bool, tr
             return f"its last checkpoint is in {out}: continue the run with --resume (resume=True)"
         return "no checkpoint was written yet, so the run cannot be resumed: start it again (--overwrite)"
 
+    val_start = val_end = None
+    if val_batches is not None:
+        with stopped_by_sigterm(trainer, hint):
+            val_start = trainer.validate(plan, val_batches, verbose=False)[0]
     fit(trainer, plan, resume_hint=hint, train_dataloaders=train_loader, val_dataloaders=val_batches,
         ckpt_path=None if ckpt_path is None else str(ckpt_path))
     if val_batches is not None:
-        val_end = trainer.validate(plan, val_batches, verbose=False)[0]
+        with stopped_by_sigterm(trainer, hint):
+            val_end = trainer.validate(plan, val_batches, verbose=False)[0]
         report_losses(val_start, val_end)
     if ckpt_path is not None and trainer.is_global_zero:
         restore_metrics(out, kept_metrics, resume_step)  # the CSV logger started a new file

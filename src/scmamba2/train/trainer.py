@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
@@ -101,16 +102,23 @@ def _cpu_has_bf16() -> bool:
 
 
 def fit(trainer, plan, *, resume_hint=None, **kwargs) -> None:
-    """``trainer.fit(plan, **kwargs)``, where a SIGTERM (a job scheduler's stop, ``kill``) ends the process with
-    exit status 143 and a message, not as a finished run: Lightning stops on it with an exception that exits with
-    status 0. ``resume_hint`` (a string, or a function that returns one when the run stops) says how to continue
-    (pretraining: ``--resume``)."""
+    """``trainer.fit(plan, **kwargs)`` under :func:`stopped_by_sigterm`."""
+    with stopped_by_sigterm(trainer, resume_hint):
+        trainer.fit(plan, **kwargs)
+
+
+@contextlib.contextmanager
+def stopped_by_sigterm(trainer, resume_hint=None):
+    """A SIGTERM (a job scheduler's stop, ``kill``) inside Lightning's loops ends the process with exit status 143
+    and a message, not as a finished run: Lightning stops on it with a ``SIGTERMException`` that exits with status
+    0. It is raised again with code 143 (still a ``SIGTERMException``). ``resume_hint`` (a string, or a function
+    that returns one when the run stops) says how to continue (pretraining: ``--resume``)."""
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     try:
-        trainer.fit(plan, **kwargs)
+        yield
     except SIGTERMException:
         hint = resume_hint() if callable(resume_hint) else resume_hint
         log.error("training was stopped by SIGTERM at step %d%s", trainer.global_step,
-                  f"; {hint}" if hint else "; nothing was written")
-        raise SystemExit(143) from None
+                  f"; {hint}" if hint else "; the model was not saved")
+        raise SIGTERMException(143) from None
