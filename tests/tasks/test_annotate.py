@@ -327,6 +327,13 @@ def test_probe_after_self_supervised_steps_on_reference_and_query():
     assert not torch.equal(ann.model.state_dict()[key], before[key])  # the probe reads the adapted encoder
     again = fit_annotator(ref, "cell_type", model=base, unlabeled=q, query=q, config=cfg)
     torch.testing.assert_close(again.model.state_dict()[key], ann.model.state_dict()[key])  # seeded
+    logq = q.copy()  # the query log-normalised, the reference counts: pooled they would be read as one kind
+    logq.X = np.log1p(logq.X)
+    with pytest.raises(InputError, match="same kind of values"):
+        fit_annotator(ref, "cell_type", model=base, unlabeled=logq, query=logq, config=cfg)
+    few = q[:, :10].copy()  # a query sharing few genes is refused before any self-supervised step
+    with pytest.raises(InputError, match="query"):
+        fit_annotator(ref, "cell_type", model=base, unlabeled=few, query=few, config=cfg)
 
 
 def test_start_options_that_do_not_go_together(tmp_path):
@@ -338,8 +345,10 @@ def test_start_options_that_do_not_go_together(tmp_path):
         fit_annotator(ref, "cell_type", model=model_dir, model_config=TINY)
     with pytest.raises(InputError, match="pretrained encoder"):
         fit_annotator(ref, "cell_type", from_scratch=True, config=AnnotationConfig(method="probe"))
-    with pytest.raises(InputError, match="method='finetune'"):
+    with pytest.raises(InputError, match="whole-profile decoder"):  # the probe's pretrain_steps need one
         fit_annotator(ref, "cell_type", model=model_dir, config=AnnotationConfig(pretrain_steps=2))
+    with pytest.raises(InputError, match="gep_weight regularises fine-tuning"):
+        fit_annotator(ref, "cell_type", model=model_dir, config=AnnotationConfig(gep_weight=0.5))
     with pytest.raises(ValueError, match="method"):
         AnnotationConfig(method="linear")
     renamed = ref.copy()

@@ -252,7 +252,7 @@ def fit_annotator(
     InputError
         A bad label column, too small a gene overlap, or options that do not go together (``model`` with
         ``from_scratch``; ``model_config`` / ``tokenizer_config`` without it; the probe with ``from_scratch``,
-        ``pretrain_steps`` or ``gep_weight``).
+        ``gep_weight``; ``pretrain_steps`` with a model without a whole-profile decoder).
     """
     import lightning.pytorch as pl
 
@@ -274,19 +274,21 @@ def fit_annotator(
 
     pl.seed_everything(tcfg.seed, workers=True, verbose=False)
     base = None if from_scratch else load_model(model)  # None: the bundled model
-    if base is not None and method == "probe" and cfg.pretrain_steps:
-        base = _adapt_encoder(base, labelled, unlabeled, cfg.pretrain_steps, tcfg.seed,
-                              {"layer": layer, "use_raw": use_raw, "gene_column": gene_column},
-                              _query_kwargs(layer, use_raw, gene_column, query_options))
+    qkw = _query_kwargs(layer, use_raw, gene_column, query_options)
     if base is None:
         net, genes = new_model(labelled, len(classes), model_config, tokenizer_config, n_top_genes, layer,
                                 use_raw, gene_column)
     else:
         net, genes = adapted(base, labelled, len(classes), layer, use_raw, gene_column, cfg.min_gene_overlap,
                               probe=method == "probe")
-    if query is not None:
-        match_genes(query, genes, **_query_kwargs(layer, use_raw, gene_column, query_options),
-                    min_overlap=cfg.min_gene_overlap, what="query")
+    for other, what in ((query, "query"), (unlabeled if unlabeled is not query else None, "unlabeled data")):
+        if other is not None:  # every gene check before any training
+            match_genes(other, genes, **qkw, min_overlap=cfg.min_gene_overlap, what=what)
+    if base is not None and method == "probe" and cfg.pretrain_steps:  # the adapted model keeps base's vocabulary
+        base = _adapt_encoder(base, labelled, unlabeled, cfg.pretrain_steps, tcfg.seed,
+                              {"layer": layer, "use_raw": use_raw, "gene_column": gene_column}, qkw)
+        net, genes = adapted(base, labelled, len(classes), layer, use_raw, gene_column, cfg.min_gene_overlap,
+                             probe=True)
     sub, ref_overlap = match_genes(labelled, genes, layer=layer, use_raw=use_raw, gene_column=gene_column,
                                    min_overlap=0.0, what="reference")
     tok = net.tokenizer_config
@@ -517,9 +519,16 @@ def _adapt_encoder(base, reference, unlabeled, steps: int, seed: int, ref_kwargs
     if base.profile_head is None:
         raise InputError("pretrain_steps with the probe fine-tunes the model's whole-profile decoder, which this "
                          "model has not: use method='finetune' (--method finetune) for its GEP + MVC steps")
+    from ..data.validate import validate
+
     parts = [select_matrix(reference, **ref_kwargs)]
     if unlabeled is not None:
         parts.append(select_matrix(unlabeled, **query_kwargs))
+    kinds = [validate(p, raise_on_error=False).value_kind for p in parts]  # pooled, they are read as one kind
+    if len({"raw_counts" if k == "raw_counts" else "normalised" for k in kinds}) > 1:
+        raise InputError(f"pretrain_steps pools the reference ({kinds[0]}) and the query ({kinds[1]}) for "
+                         "self-supervised steps, so both must hold the same kind of values: give both raw counts "
+                         "(layer= / use_raw=, query_options=) or both log-normalised values")
     tcfg = TrainConfig(**{**TRAIN, "max_steps": steps, "val_every_n_steps": steps, "seed": seed,
                           "progress_bar": False})
     log.info("pretrain_steps: %d self-supervised steps on %s before the probe", steps,
