@@ -208,9 +208,8 @@ def run_task(task: str, *, data_dir: Path | None, datasets: dict[str, Path], out
         if not isinstance(result, BenchResult):
             raise TypeError(f"{module.__name__}.run returned {type(result).__name__}, not a BenchResult")
         result.meta.setdefault("code_version", code)
-        if quick and not result.task.endswith("_quick"):  # never under the full result's name (<task>_quick.*)
-            result.task = f"{result.task}_quick"
-        result.write(out_dir)
+        # never under the full result's name: <task>_quick.*, as the benchmark scripts write it
+        result.write(out_dir, stem=f"{result.task}_quick" if quick and not result.task.endswith("_quick") else None)
     except (Exception, SystemExit) as e:  # noqa: BLE001 - the report states the failure, the run goes on
         if isinstance(e, SystemExit) and e.code == 143:  # a SIGTERM stops the whole run, not one task
             raise

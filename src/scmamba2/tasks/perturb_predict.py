@@ -74,6 +74,7 @@ def predict_perturbation(
     import anndata as ad
 
     pm = model if isinstance(model, PerturbationModel) else PerturbationModel.load(model)
+    perturbations = list(perturbations)  # read twice: names and obs['requested']
     names = [pm.canonical(p) for p in perturbations]
     for name in names:  # unknown targets / conditions fail before any work
         pm.tokens(name)

@@ -31,9 +31,11 @@ class Throughput(pl.Callback):
         self._t = None
         self._cells = self._tokens = None
         self._estimated = False
+        self._start_step = 0
 
     def on_train_start(self, trainer, pl_module):
         """Say what is being trained before the first step: parameters, layers, tokens per batch."""
+        self._start_step = int(trainer.global_step)  # > 0 when a run is resumed
         n = sum(p.numel() for p in pl_module.parameters())
         cfg = getattr(getattr(pl_module, "model", None), "config", None)
         shape = f", d_model {cfg.d_model} x {cfg.n_layers} layers, up to {cfg.max_len} tokens a cell" if cfg else ""
@@ -65,10 +67,11 @@ class Throughput(pl.Callback):
 
     def _estimate(self, first_step_s: float, trainer) -> None:
         """The first step's time and what it means for the run (an over-estimate: it includes start-up)."""
-        steps = max(trainer.max_steps - trainer.global_step, 0)  # after --resume: the steps still to run
+        done = self._start_step  # after --resume: the steps run before
+        steps = max(trainer.max_steps - done, 0)
         left = steps * first_step_s * trainer.accumulate_grad_batches
-        text = (f"first step: {first_step_s:.2f} s; {'the ' if steps < trainer.max_steps else ''}{steps} steps "
-                f"{'left ' if steps < trainer.max_steps else ''}take about {_duration(left)} at this rate")
+        text = (f"first step: {first_step_s:.2f} s; {'the ' if done else ''}{steps} steps "
+                f"{'left ' if done else ''}take about {_duration(left)} at this rate")
         if left > LONG_RUN_S:
             log.warning("%s: a long run. A smaller model (model: d_model, n_layers), fewer genes (--n-top-genes), "
                         "shorter cells (tokenizer: max_len) or a GPU make it shorter.", text)
