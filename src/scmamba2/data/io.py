@@ -158,7 +158,8 @@ def select_matrix(
 
     var = out.var.copy()
     names = var[gene_column]
-    missing = (names.isna() | (names.astype(str).str.strip() == "")).to_numpy()
+    text = names.astype(str).str.strip()
+    missing = (names.isna() | text.isin(["", "nan", "NaN", "None"])).to_numpy()  # incl. NaN stored as text
     # A gene without a name there keeps its var_name (not the text "nan", which made the genes one duplicate).
     var.index = np.where(missing, out.var_names.astype(str), names.astype(str).to_numpy())
     if missing.any():

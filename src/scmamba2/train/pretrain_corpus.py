@@ -55,19 +55,21 @@ def pretrain_corpus(corpus: Corpus, *, out_dir=None, model_config: ModelConfig |
                              "in-memory AnnData")
     dcfg = data_config or CorpusConfig()
     out = Path(out_dir) if out_dir is not None else None
+    built = None
     if vocab is None:
         built = build_corpus_vocab(corpus, min_shards=dcfg.min_shards)
         vocab, aliases = built.vocab, built.aliases
         log.info("%s", built.report.summary())
-        if out is not None and rank_zero_only.rank == 0:  # under DDP every rank runs this script
-            out.mkdir(parents=True, exist_ok=True)
-            built.report.write(out / "vocab_report.json")
     aliases = aliases or {}
 
     n_val = min(int(round(tcfg.val_fraction * corpus.n_cells)), dcfg.max_val_cells) if tcfg.val_fraction > 0 else 0
     train_ds = CorpusDataset(corpus, vocab, tok, batch_size=tcfg.batch_size, mask_ratio=tcfg.mask_ratio,
                              aliases=aliases, block_size=dcfg.block_size, buffer_size=dcfg.buffer_size,
                              heldout_cells=n_val, seed=tcfg.seed)
+    # Written once the corpus could be split: a refused run leaves --out as it was.
+    if built is not None and out is not None and rank_zero_only.rank == 0:  # under DDP every rank runs this
+        out.mkdir(parents=True, exist_ok=True)
+        built.report.write(out / "vocab_report.json")
     train_loader = CorpusLoader(train_ds, num_workers=tcfg.num_workers)
     # As in memory: continuous values default to the whole-profile objective (GEP/MVC off without a
     # train_config); its panel and per-gene statistics come from one streamed pass over the training cells.
