@@ -145,6 +145,8 @@ def test_vocab_and_embedding_must_agree(tmp_path):
     (src / "best_model.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="cannot read .*best_model.pt"):
         import_checkpoint(src)
+    with pytest.raises(CheckpointError, match="does not exist"):  # not "lacks best_model.pt, vocab.json"
+        import_checkpoint(tmp_path / "no_such_release")
 
 
 def test_cli_import_checkpoint(tmp_path):

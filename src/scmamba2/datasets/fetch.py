@@ -65,7 +65,8 @@ def get(name: str, *, cache: str | Path | None = None, shared_dir: str | Path | 
             raise InputError(
                 f"{record.name} cannot be downloaded automatically ({record.manual}). Open {missing[0].url} in a "
                 f"browser, download {', '.join(f.filename for f in missing)} into {raw}, then run "
-                f"`scmamba2 datasets get {record.name}` again to check and convert them.")
+                f"`scmamba2 datasets get {record.name}{'' if cache is None else f' --dir {cache}'}` again to check and "
+                "convert them.")
     files = {}
     for f in record.files:
         if on_file is not None:

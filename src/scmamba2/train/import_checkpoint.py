@@ -200,6 +200,9 @@ def import_checkpoint(source: str | Path, *, allow_partial: bool = False):
     src = Path(source)
     folder = src.parent if src.is_file() else src
     weights = src if src.is_file() else folder / WEIGHTS
+    if not src.exists():
+        raise CheckpointError(f"{src} does not exist: give the release folder that holds {WEIGHTS}, {ARGS} and "
+                              f"{VOCAB}")
     missing = [p.name for p in (weights, folder / VOCAB) if not p.is_file()]
     if missing:
         raise CheckpointError(f"{folder} lacks {', '.join(missing)}: a release folder holds {WEIGHTS}, {ARGS} "
