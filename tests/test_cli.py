@@ -178,3 +178,10 @@ def test_overwrite_replaces_a_model_folder_whole(tiny_counts, tmp_path):
     assert sorted(q.name for q in tmp_path.iterdir()) == ["c.h5ad", "i.h5ad", "m"]  # no staging folder left
     code, text = run("--quiet", "embed", p, "--model", m, "--out", tmp_path / "e.h5ad", "--batch-size", 8)
     assert code == 0, text
+
+
+def test_help_texts_keep_their_defaults():
+    """Rich reads '[default: ...]' in a help text as markup and drops it (the help then ended in ' .')."""
+    for command in (["integrate"], ["multiomics", "train"], ["embed"], ["annotate"]):
+        code, text = run(*command, "--help")
+        assert code == 0 and " . " not in " ".join(text.replace("│", " ").split()) + " ", (command, text)

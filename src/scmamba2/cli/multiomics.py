@@ -37,7 +37,7 @@ def multiomics_train(
     label_key: Optional[str] = typer.Option(None, "--label-key", help="obs column of cell types (evaluation and UMAP only)."),
     umap: Optional[Path] = typer.Option(None, "--umap", help="Also write a UMAP PNG of the joint embedding."),
     protein_key: Optional[str] = typer.Option(None, "--protein-key", help="obsm key of the protein counts (.h5ad input)."),
-    model: Optional[Path] = typer.Option(None, "--model", help="Pretrained RNA checkpoint to start from [default, or 'bundled': the bundled model]."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Pretrained RNA checkpoint to start from (default, or 'bundled': the bundled model)."),
     from_scratch: bool = typer.Option(False, "--from-scratch", help="Train a small new model on --n-top-genes HVGs instead of starting from a pretrained one."),
     steps: int = typer.Option(1000, "--steps", help="Training steps."),
     seed: int = typer.Option(0, "--seed"),
