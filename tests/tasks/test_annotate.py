@@ -215,6 +215,7 @@ def test_cli_annotate_scores_a_labelled_query(tmp_path):
     r2 = runner.invoke(app, ["--quiet", "annotate", "--annotator", str(tmp_path / "ann"), "--query",
                              str(tmp_path / "query.h5ad"), "--out", str(tmp_path / "again.h5ad")])
     assert r2.exit_code == 0, r2.output
+    assert "macro-F1" in r2.output  # the saved annotator's label column, present in the query, is scored
     again = ad.read_h5ad(tmp_path / "again.h5ad")
     np.testing.assert_allclose(again.obsm["scmamba2_probs"], labelled.obsm["scmamba2_probs"], atol=1e-6)
     r3 = runner.invoke(app, ["--quiet", "annotate", "--query", str(tmp_path / "query.h5ad"), "--out",

@@ -44,7 +44,8 @@ def annotate(
     from ..data.files import check_model_dir, check_output, write_h5ad
     from ..data.io import read
     from ..tasks.annotate import AnnotationConfig, _query_kwargs, default_train_config, fit_annotator
-    from ..tasks.annotate_predict import predict
+    from ..data.files import read_json
+    from ..tasks.annotate_predict import META_FILE, predict
 
     with _user_errors():
         inputs = [reference, query, model, annotator]
@@ -74,6 +75,9 @@ def annotate(
             raise InputError("--annotator labels with an annotator saved earlier; --model and --from-scratch choose "
                              "how a new one is trained: leave them out")
         q = read(query)
+        if label_key is None and annotator is not None:  # a saved annotator knows its label column: scored too
+            meta = Path(annotator) / META_FILE
+            label_key = read_json(meta).get("label_key") if meta.is_file() else None
         if query_layer is not None and query_use_raw:
             raise InputError("--query-layer and --query-use-raw both choose the query's matrix: give one of them")
         qopts = {}  # only what was given: the rest is the reference's
