@@ -29,8 +29,8 @@ def validate(
     --model the file is checked as pretraining input, and its genes are also matched against the bundled model
     (the one embed, annotate and integrate use by default): a note says whether that model can read it."""
     from ..data.io import read, select_matrix
-    from ..data.validate import validate as _validate
     from ..data.multiomics import canonical_modality
+    from ..data.validate import validate as _validate
     from ..data.validate import vocabulary_overlap
     from ..data.vocab import GeneVocab
     from ..model import VOCAB_FILE

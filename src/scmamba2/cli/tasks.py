@@ -41,10 +41,9 @@ def annotate(
 ) -> None:
     """Transfer cell-type labels from a labelled reference to a query (by default a linear probe on the bundled
     pretrained model's cell embedding)."""
-    from ..data.files import check_model_dir, check_output, write_h5ad
+    from ..data.files import check_model_dir, check_output, read_json, write_h5ad
     from ..data.io import read
     from ..tasks.annotate import AnnotationConfig, _query_kwargs, default_train_config, fit_annotator
-    from ..data.files import read_json
     from ..tasks.annotate_predict import META_FILE, predict
 
     with _user_errors():

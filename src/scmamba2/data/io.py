@@ -163,8 +163,8 @@ def select_matrix(
     # A gene without a name there keeps its var_name (not the text "nan", which made the genes one duplicate).
     var.index = np.where(missing, out.var_names.astype(str), names.astype(str).to_numpy())
     if missing.any():
-        logger.warning("%d of %d genes have no name in var[%r]; they keep their var_names (e.g. %s)", int(missing.sum()),
-                    len(missing), gene_column, ", ".join(map(str, out.var_names[missing][:3])))
+        logger.warning("%d of %d genes have no name in var[%r]; they keep their var_names (e.g. %s)",
+                       int(missing.sum()), len(missing), gene_column, ", ".join(map(str, out.var_names[missing][:3])))
     renamed = ad.AnnData(X=out.X, obs=out.obs, var=var, uns=dict(out.uns))
     return renamed
 

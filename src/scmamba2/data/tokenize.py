@@ -395,9 +395,9 @@ def tokenize(
         logger.warning("%d of %d cells have no expressed vocabulary gene (only <cls>)", n_empty, n_cells)
     median = int(np.median(cells.lengths)) if n_cells else 0
     longer = int(np.sum(np.asarray(cells.lengths) > cfg.max_len)) if n_cells else 0
-    logger.info("Tokenised %d cells into %d tokens (median length %d)%s", n_cells, len(gid), median,
-                f"; {longer} cells are longer than max_len {cfg.max_len} and are read as {'random' if cfg.subsample == 'random' else 'top'} "
-                f"subsets of that many tokens" if longer else "")
+    cut = (f"; {longer} cells are longer than max_len {cfg.max_len} and are read as {cfg.subsample} subsets of that "
+           "many tokens") if longer else ""
+    logger.info("Tokenised %d cells into %d tokens (median length %d)%s", n_cells, len(gid), median, cut)
     return cells
 
 

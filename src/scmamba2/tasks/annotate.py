@@ -329,8 +329,7 @@ def fit_annotator(
     weights = _class_weights(y[train_idx], len(classes), kind)
     steps_pretrained = 0
     if cfg.pretrain_steps:
-        steps_pretrained = _pretrain(net, cells, unlabeled, genes, cfg, tcfg,
-                                     _query_kwargs(layer, use_raw, gene_column, query_options), out_dir)
+        steps_pretrained = _pretrain(net, cells, unlabeled, genes, cfg, tcfg, qkw, out_dir)
     from ._annotate_train import finetune_config, train_classifier
 
     tcfg = finetune_config(tcfg, cfg, net)
@@ -512,6 +511,7 @@ def _adapt_encoder(base, reference, unlabeled, steps: int, seed: int, ref_kwargs
     """``base`` fine-tuned with its own self-supervised objective on the reference's (and ``unlabeled``) cells for
     ``steps`` steps (the quickstart's recipe), for the probe; ``base`` itself is not changed."""
     from ..data.io import select_matrix
+    from ..data.validate import validate
     from ..quickstart import TRAIN
     from ..train.config import TrainConfig
     from ..train.pretrain import pretrain
@@ -519,8 +519,6 @@ def _adapt_encoder(base, reference, unlabeled, steps: int, seed: int, ref_kwargs
     if base.profile_head is None:
         raise InputError("pretrain_steps with the probe fine-tunes the model's whole-profile decoder, which this "
                          "model has not: use method='finetune' (--method finetune) for its GEP + MVC steps")
-    from ..data.validate import validate
-
     parts = [select_matrix(reference, **ref_kwargs)]
     if unlabeled is not None:
         parts.append(select_matrix(unlabeled, **query_kwargs))
