@@ -110,6 +110,18 @@ def test_pretrain_embed_and_vocab_mismatch(tiny_counts, tmp_path):
     assert (tmp_path / "e.h5ad").stat().st_mtime_ns == before
     code, text = run("--quiet", "embed", p, "--model", tmp_path / "m", "--out", tmp_path / "e.h5ad", "--overwrite")
     assert code == 0, text
+    # The written file keeps the input's X as stored (CSC of int32 here), and the embedding does not depend on it.
+    import scipy.sparse as sp
+
+    csc = tiny_counts.copy()
+    csc.X = sp.csc_matrix(csc.X.astype(np.int32))
+    csc.write_h5ad(tmp_path / "csc.h5ad")
+    code, text = run("--quiet", "embed", tmp_path / "csc.h5ad", "--model", tmp_path / "m", "--out", tmp_path / "ec.h5ad")
+    assert code == 0, text
+    ec, e = ad.read_h5ad(tmp_path / "ec.h5ad"), ad.read_h5ad(tmp_path / "e.h5ad")
+    assert ec.X.format == "csc" and ec.X.dtype == np.int32
+    np.testing.assert_array_equal(ec.X.toarray(), csc.X.toarray())
+    np.testing.assert_allclose(ec.obsm["X_scmamba2"], e.obsm["X_scmamba2"], atol=1e-6)
     code, text = run("embed", p, "--model", tmp_path / "m", "--out", tmp_path / "e.csv")  # not what it writes
     assert_clean_error(code, text, ".h5ad")
     assert not (tmp_path / "e.csv").exists()

@@ -47,6 +47,22 @@ def test_lookup_vectorised_unknown_is_minus_one():
     assert vocab.lookup([]).shape == (0,)
 
 
+def test_lookup_matches_case_only_where_the_names_otherwise_agree(caplog):
+    vocab = GeneVocab(["CD3E", "MS4A1", "C1orf159", "Abc", "ABC", "Xyz"])
+    # An upper-cased file (as pbmc_10k_protein_v3 stores its symbols): C1ORF159 is C1orf159.
+    with caplog.at_level("INFO", logger="scmamba2"):
+        np.testing.assert_array_equal(vocab.lookup(["CD3E", "MS4A1", "C1ORF159"]), [4, 5, 6])
+    assert "C1ORF159" in caplog.text and "case is ignored" in caplog.text
+    # Two tokens spelt 'ABC' ignoring case: an ambiguous name stays unmatched; an exact one wins.
+    np.testing.assert_array_equal(vocab.lookup(["CD3E", "MS4A1", "abc", "ABC"]), [4, 5, -1, 8])
+    # A token that another name matches exactly is not taken twice.
+    np.testing.assert_array_equal(vocab.lookup(["CD3E", "Xyz", "XYZ"]), [4, 9, -1])
+    # Mostly unmatched names (another species or identifier): no case folding at all.
+    np.testing.assert_array_equal(vocab.lookup(["Cd3e", "Ms4a1", "CD3E"]), [-1, -1, 4])
+    # Special tokens are never matched ignoring case.
+    np.testing.assert_array_equal(vocab.lookup(["CD3E", "<CLS>"]), [4, -1])
+
+
 def test_from_adata_union_first_seen_order():
     a, b = _adata(["G1", "G2", "G3"]), _adata(["G3", "G0", "G1", "G9"])
     vocab = GeneVocab.from_adata([a, b])

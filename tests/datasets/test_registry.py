@@ -173,6 +173,8 @@ def test_cli_list_and_get(shared_data):
     res = runner.invoke(app, ["datasets", "list", "--shared-dir", str(shared_data)])
     assert res.exit_code == 0, res.output
     assert "pbmc3k_raw_labeled" in res.output and "scib_immune_human" in res.output
+    row = next(line for line in res.output.splitlines() if line.split()[:1] == ["scib_immune_human"])
+    assert "obs columns" in res.output and "cell_type,batch" in row  # the columns the tasks read
     res = runner.invoke(app, ["datasets", "get", "ifnb1k", "--shared-dir", str(shared_data)])
     assert res.exit_code == 0 and "ifnb1k.h5ad" in res.output
     res = runner.invoke(app, ["datasets", "get", "no_such_set", "--shared-dir", str(shared_data)])

@@ -195,7 +195,7 @@ def embed(
         _at_least(1, batch_size=batch_size, max_tokens=max_tokens)
         if umap is not None and not color:
             raise InputError("--umap needs at least one --color KEY (an obs column) to colour the cells by")
-        adata = read(data)
+        adata = read(data, standardise=False)  # written back: X as the user stored it
         missing = [c for c in color if c not in adata.obs]
         if missing:
             raise InputError(f"--color {missing} not found in obs; available columns: {list(adata.obs.columns)}")

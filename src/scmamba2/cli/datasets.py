@@ -22,15 +22,16 @@ SharedOpt = typer.Option(None, "--shared-dir",
 
 @datasets_app.command("list")
 def datasets_list(cache: Optional[Path] = CacheOpt, shared_dir: Optional[Path] = SharedOpt) -> None:
-    """Every registered dataset: source, tasks, shape, licence, whether a checksum is known and where it is."""
+    """Every registered dataset: remote or local, tasks, shape, the obs columns the tasks use, licence, whether a
+    checksum is known and where it is."""
     from rich.table import Table
 
     from ..datasets import cache_dir, list_datasets
 
     with _user_errors():
         table = Table(box=None, header_style="bold")
-        for col in ("name", "source", "tasks", "cells x features", "licence", "sha256", "status"):
-            table.add_column(col, overflow="fold", no_wrap=col != "licence")
+        for col in ("name", "source", "tasks", "cells x features", "obs columns", "licence", "sha256", "status"):
+            table.add_column(col, overflow="fold", no_wrap=col not in ("licence", "obs columns"))
         root = cache_dir(cache)
         for r in list_datasets(shared_dir):
             if r.source == "local":
@@ -42,8 +43,9 @@ def datasets_list(cache: Optional[Path] = CacheOpt, shared_dir: Optional[Path] =
             known = "yes" if r.files and all(f.sha256 for f in r.files) else "no"
             licence = r.licence.split(" (")[0].split(";")[0]  # the short form; the record has the rest
             licence = "not stated" if licence.startswith("not stated") else licence
-            table.add_row(r.name, r.source, ",".join(r.tasks) or "-", r.shape, licence, known, status)
-        Console(width=max(out.width, 130)).print(table)  # one row per dataset, also in a narrow pipe
+            table.add_row(r.name, r.source, ",".join(r.tasks) or "-", r.shape, ",".join(r.obs_keys) or "-", licence,
+                          known, status)
+        Console(width=max(out.width, 150)).print(table)  # one row per dataset, also in a narrow pipe
 
 
 @datasets_app.command("get")

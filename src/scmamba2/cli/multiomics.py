@@ -113,7 +113,7 @@ def multiomics_predict(
             raise InputError("--batch-key applies to a joint --model trained with batches, not to --reference")
         _at_least(1, n_neighbors=n_neighbors)
         check_output(out_path, [query, model, reference], overwrite=overwrite, suffixes=(".h5ad",))
-        q = read(query, modality="rna")
+        q = read(query, modality="rna", standardise=False)
         if reference is not None:
             from ..tasks.transfer_modality import transfer_modality
 

@@ -73,7 +73,7 @@ def annotate(
         if annotator is not None and (from_scratch or model is not None):
             raise InputError("--annotator labels with an annotator saved earlier; --model and --from-scratch choose "
                              "how a new one is trained: leave them out")
-        q = read(query)
+        q = read(query, standardise=False)
         if label_key is None and annotator is not None:  # a saved annotator knows its label column: scored too
             meta = Path(annotator) / META_FILE
             label_key = read_json(meta).get("label_key") if meta.is_file() else None
@@ -185,7 +185,7 @@ def integrate(
         if save_model is not None:
             check_model_dir(save_model, overwrite=overwrite, sources=[data, model, out_path], option="--save-model")
         _at_least(1, steps=steps, n_top_genes=n_top_genes)
-        adata = read(data)
+        adata = read(data, standardise=False)
         if method == "harmony":
             from ..tasks.integrate_harmony import integrate_harmony
 

@@ -46,6 +46,7 @@ def read(
     layer: str | None = None,
     use_raw: bool = False,
     modality: str = "rna",
+    standardise: bool = True,
 ) -> anndata.AnnData:
     """Read single-cell data from any supported format into an AnnData.
 
@@ -62,11 +63,16 @@ def read(
         Use ``adata.raw.X`` as X, with the genes of ``adata.raw.var``.
     modality
         For ``.h5mu`` files: the modality to return. Ignored for other formats.
+    standardise
+        Store X as float32 CSR (see Returns). ``False`` keeps X as the file stores it (format and dtype), for data
+        that is written back with results added, as the CLI's ``embed``, ``annotate`` and ``integrate`` do; the
+        tasks read any of these formats.
 
     Returns
     -------
     anndata.AnnData
-        Cells x genes. X is float32, stored as CSR unless it is dense-friendly (>= 50% non-zero). For 10x
+        Cells x genes. X is float32, stored as CSR unless it is dense-friendly (>= 50% non-zero) or ``standardise``
+        is ``False``. For 10x
         inputs var_names are unique gene symbols and ``var["gene_ids"]`` holds the gene ids.
         ``adata.uns["scmamba2_source"]`` records ``{"path": ..., "matrix": "X" | "layers/NAME" | "raw"}``.
 
@@ -92,7 +98,8 @@ def read(
                          "completely (compare its size or checksum with the source) and that its extension "
                          f"matches its content. Supported formats: {_supported()}.") from None
     adata = select_matrix(adata, layer=layer, use_raw=use_raw)
-    adata.X = _standardise_matrix(adata.X)
+    if standardise:
+        adata.X = _standardise_matrix(adata.X)
     adata.uns[SOURCE_KEY] = {"path": str(p.resolve()), "matrix": _matrix_name(layer, use_raw)}
     logger.info("Read %d cells x %d genes from %s (%s)", adata.n_obs, adata.n_vars, p, adata.uns[SOURCE_KEY]["matrix"])
     return adata

@@ -64,6 +64,7 @@ class GeneVocab:
         self._tokens = tokens
         self._index = index
         self._last_lookup: tuple[pd.Index, np.ndarray] | None = None  # see lookup()
+        self._folded: tuple[pd.Index, np.ndarray] | None = None  # see _match_ignoring_case()
         special = set(SPECIAL_TOKENS)
         self._genes = [t for t in tokens if t not in special]
 
@@ -169,6 +170,14 @@ class GeneVocab:
         -------
         numpy.ndarray of int64
             The id of each name, ``-1`` where the name is not in the vocabulary.
+
+        Notes
+        -----
+        A name not found as written is matched ignoring case (``C1ORF159`` -> ``C1orf159``, as some files
+        upper-case every symbol) when at least half of ``names`` match exactly (the same identifiers, so the
+        difference is formatting, not species), exactly one vocabulary token has that spelling ignoring case,
+        and no name of ``names`` already matches that token exactly. Mouse symbols on a human vocabulary
+        (``Cd4`` vs ``CD4``) match almost nothing exactly, so they are not mapped across species.
         """
         if not isinstance(names, pd.Index):
             if not isinstance(names, (np.ndarray, list, tuple, pd.Series)):
@@ -181,8 +190,37 @@ class GeneVocab:
         if last is not None and last[0] is names:
             return last[1].copy()
         ids = self._index.get_indexer(names.astype(object)).astype(np.int64, copy=False)
+        missing = ids < 0
+        if missing.any() and (~missing).sum() >= 0.5 * len(ids):
+            ids = self._match_ignoring_case(names, ids)
         self._last_lookup = (names, ids)
         return ids.copy()
+
+    def _match_ignoring_case(self, names: pd.Index, ids: np.ndarray) -> np.ndarray:
+        """``ids`` with the unmatched names matched ignoring case, under the rules of :meth:`lookup`'s Notes."""
+        if self._folded is None:  # upper-cased tokens spelt one way only, and their ids
+            folded = pd.Index([t.upper() for t in self._tokens], dtype=object)
+            unique = ~folded.duplicated(keep=False)
+            self._folded = (pd.Index(folded[unique], dtype=object), np.flatnonzero(unique))
+        by_fold, token_id = self._folded
+        miss = np.flatnonzero(ids < 0)
+        keys = pd.Index([n.upper() if isinstance(n, str) else None for n in names[miss]], dtype=object)
+        pos = by_fold.get_indexer(keys)
+        cand = np.where(pos >= 0, token_id[np.maximum(pos, 0)], -1)
+        taken = set(ids[ids >= 0].tolist())
+        ids = ids.copy()
+        examples = []
+        for i, c in zip(miss, cand):
+            if c >= 0 and c not in taken and c >= len(SPECIAL_TOKENS):
+                ids[i] = c
+                taken.add(c)
+                if len(examples) < 3:
+                    examples.append(f"{names[i]!r} -> {self._tokens[c]!r}")
+        n = int((ids[miss] >= 0).sum())
+        if n:
+            logger.info("%d gene name(s) match the vocabulary only when case is ignored (e.g. %s)", n,
+                        ", ".join(examples))
+        return ids
 
     def extend(self, names: Iterable[str]) -> GeneVocab:
         """A new vocabulary with ``names`` appended (those already present are skipped); ids of existing
@@ -207,7 +245,7 @@ class GeneVocab:
         from .files import write_json
 
         write_json(path, self.to_dict(), ensure_ascii=False)
-        logger.info("Saved a vocabulary of %d tokens to %s", len(self), path)
+        logger.debug("Saved a vocabulary of %d tokens to %s", len(self), path)
 
     @classmethod
     def load(cls, path: str | Path, *, add_missing_specials: bool = False) -> GeneVocab:

@@ -178,7 +178,8 @@ def fit_gene_probe(X: np.ndarray, names: list[str], y: np.ndarray, n_classes: in
     probe = GeneProbe([names[j] for j in cols], weight, bias, c)
     used = int(np.any(weight != 0, axis=0).sum())
     log.info("annotation: gene probe on %d cells x %d genes (%d with a non-zero weight), C = %.3g (%s)", len(y),
-             len(cols), used, c, "given" if C is not None else f"{k}-fold cross-validation")
+             len(cols), used, c, "given" if C is not None else f"{k}-fold cross-validation" if k >= 2
+             else "default: the rarest type has one training cell, too few to cross-validate")
     info = {"gene_probe_C": c, "gene_probe_genes_used": used}
     return probe, info if C is not None else {**info, "gene_probe_cv_macro_f1": cv}
 

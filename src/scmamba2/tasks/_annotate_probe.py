@@ -147,7 +147,8 @@ def fit_probe(emb: np.ndarray, y: np.ndarray, n_classes: int, *, metric: np.ndar
     bias = b - (mu / sd) @ w.T
     probe = LinearProbe(weight, bias, c, "raw" if metric is None else "profile")
     log.info("annotation: linear probe on %d cells of the frozen embedding, C = %.3g (%s)", len(y), c,
-             "given" if C is not None else f"{k}-fold cross-validation")
+             "given" if C is not None else f"{k}-fold cross-validation" if k >= 2
+             else "default: the rarest type has one training cell, too few to cross-validate")
     return probe, {"probe_C": c, **cv}
 
 
