@@ -12,7 +12,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.pytorch.callbacks import RichProgressBar
+from lightning.pytorch.callbacks import RichProgressBar, WeightAveraging
 
 from .checkpoint import _unreadable, atomic_torch_save
 from .resume import ResumableLoader, derive_seed
@@ -69,3 +69,19 @@ class StepProgressBar(RichProgressBar):
         if trainer.max_steps and trainer.max_steps > 0:
             text += f" ({trainer.max_steps} steps)"
         return f"{text:{len(self.validation_description)}}"
+
+
+class EMAWeights(WeightAveraging):
+    """Lightning's weight averaging as an exponential moving average of the weights (``decay`` per optimiser
+    step), updated from the first step after ``start_step`` (the warm-up's end: earlier weights are far from the
+    trained ones). Validation and the saved model use the average; a checkpoint keeps both, so a resume goes on
+    exactly."""
+
+    def __init__(self, decay: float, start_step: int) -> None:
+        from torch.optim.swa_utils import get_ema_multi_avg_fn
+
+        super().__init__(multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+        self.decay, self.start_step = float(decay), int(start_step)
+
+    def should_update(self, step_idx=None, epoch_idx=None) -> bool:
+        return step_idx is not None and step_idx >= self.start_step

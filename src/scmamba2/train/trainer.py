@@ -27,8 +27,8 @@ def make_trainer(tcfg: TrainConfig, out_dir: str | Path | None = None, *, valida
     """A step-based ``Trainer``: ``max_steps`` updates, validation every ``val_every_n_steps`` when
     ``validate``, CSV metrics in ``out_dir/logs/metrics.csv`` and a ``last.ckpt`` in ``out_dir/checkpoints``
     when ``out_dir`` is given (and TensorBoard event files in ``out_dir/tensorboard`` with ``tensorboard``), early
-    stopping on ``val/loss`` when ``early_stopping_patience > 0``; ``tcfg.strategy`` goes through
-    :func:`~scmamba2.train.distributed.make_strategy`."""
+    stopping on ``val/loss`` when ``early_stopping_patience > 0``, a moving average of the weights (validated and
+    kept) when ``ema_decay > 0``; ``tcfg.strategy`` goes through :func:`~scmamba2.train.distributed.make_strategy`."""
     import lightning.pytorch as pl
     import torch
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
@@ -60,6 +60,10 @@ def make_trainer(tcfg: TrainConfig, out_dir: str | Path | None = None, *, valida
         callbacks.append(ModelCheckpoint(dirpath=str(out / "checkpoints"), save_last=True,
                                          every_n_train_steps=tcfg.val_every_n_steps, save_top_k=0,
                                          enable_version_counter=False))
+    if tcfg.ema_decay > 0:
+        from ._lightning_parts import EMAWeights
+
+        callbacks.append(EMAWeights(tcfg.ema_decay, start_step=tcfg.warmup_steps))
     if validate and tcfg.early_stopping_patience > 0:
         callbacks.append(EarlyStopping("val/loss", patience=tcfg.early_stopping_patience, mode="min"))
     on_cpu = tcfg.accelerator == "cpu" or (tcfg.accelerator == "auto" and not torch.cuda.is_available())
