@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
+from pathlib import Path
 
 import lightning.pytorch as pl
 import numpy as np
@@ -164,3 +165,26 @@ def pretrain_expression(net, pool: list[TokenizedCells], cfg, tcfg, out_dir) -> 
 def _metric(trainer, key: str) -> float | None:
     v = trainer.callback_metrics.get(key)
     return None if v is None else round(float(v), 5)
+
+
+def class_weights(y: np.ndarray, n_classes: int, kind: str):
+    """Cross-entropy weights: ``None`` for ``kind="none"``, else inverse class frequencies (``"balanced"``)."""
+    if kind == "none":
+        return None
+    counts = np.bincount(y, minlength=n_classes).astype(np.float64)
+    w = np.where(counts > 0, len(y) / (n_classes * np.maximum(counts, 1)), 0.0)
+    return torch.tensor(w, dtype=torch.float32)
+
+
+def pretrain_unlabeled(net, cells, unlabeled, genes, cfg, tcfg, query_kwargs: dict, out_dir) -> int:
+    """GEP + MVC steps on the reference cells (and ``unlabeled``), no labels."""
+    from ..data.prepare import prepare_cells
+    from .annotate_predict import match_genes
+
+    pool = [cells]
+    if unlabeled is not None:
+        sub, _ = match_genes(unlabeled, genes, **query_kwargs,
+                             min_overlap=cfg.min_gene_overlap, what="unlabeled data")
+        pool.append(net.input_cells(prepare_cells(sub, net.vocab, net.tokenizer_config, purpose="pretrain",
+                                                  drop_empty=True, seed=tcfg.seed).cells))
+    return pretrain_expression(net, pool, cfg, tcfg, None if out_dir is None else Path(out_dir) / "pretrain")

@@ -25,7 +25,9 @@ from ..data.tokenize import TokenizerConfig
 from ..errors import InputError
 from ..model import ScMamba2
 from ._annotate_model import SMALL_MODEL, adapted, new_model  # noqa: F401 (SMALL_MODEL: the documented default)
-from .annotate_predict import META_FILE, UNKNOWN, Annotator, class_logits, fit_temperature, match_genes, predict
+from ._annotate_confidence import calibrate_model
+from ._annotate_frozen import adapt_encoder, fit_probes
+from .annotate_predict import META_FILE, UNKNOWN, Annotator, match_genes, predict
 from .embed import check_start
 
 log = logging.getLogger(__name__)
@@ -285,8 +287,8 @@ def fit_annotator(
         if other is not None:  # every gene check before any training
             match_genes(other, genes, **qkw, min_overlap=cfg.min_gene_overlap, what=what)
     if base is not None and method == "probe" and cfg.pretrain_steps:  # the adapted model keeps base's vocabulary
-        base = _adapt_encoder(base, labelled, unlabeled, cfg.pretrain_steps, tcfg.seed,
-                              {"layer": layer, "use_raw": use_raw, "gene_column": gene_column}, qkw)
+        base = adapt_encoder(base, labelled, unlabeled, cfg.pretrain_steps, tcfg.seed,
+                             {"layer": layer, "use_raw": use_raw, "gene_column": gene_column}, qkw)
         net, genes = adapted(base, labelled, len(classes), layer, use_raw, gene_column, cfg.min_gene_overlap,
                              probe=True)
     sub, ref_overlap = match_genes(labelled, genes, layer=layer, use_raw=use_raw, gene_column=gene_column,
@@ -314,8 +316,8 @@ def fit_annotator(
             from ._annotate_genes import log_normalised
 
             expr = log_normalised(labelled[prepared.obs_index], layer=layer, use_raw=use_raw, gene_column=gene_column)
-        probe, gene_probe, temperature, typicality, fit = _fit_probe(net, cells, y, train_idx, val_idx, len(classes),
-                                                                     cfg, tcfg.seed, device, expr)
+        probe, gene_probe, temperature, typicality, fit = fit_probes(net, cells, y, train_idx, val_idx, len(classes),
+                                                                    cfg, tcfg.seed, device, expr)
         ann = Annotator(model=net.eval(), classes=classes, genes=genes, label_key=label_key,
                         temperature=temperature, typicality=typicality, info={**info, **fit}, probe=probe,
                         gene_probe=gene_probe, gene_weight=cfg.gene_weight if gene_probe is not None else 0.0)
@@ -325,16 +327,16 @@ def fit_annotator(
         return ann
     if epochs is not None:
         tcfg = replace(tcfg, max_steps=max(1, math.ceil(epochs * len(train_idx) / tcfg.batch_size)))
+    from ._annotate_train import class_weights, finetune_config, pretrain_unlabeled, train_classifier
+
     kind = "balanced" if cfg.class_weight == "auto" else cfg.class_weight
-    weights = _class_weights(y[train_idx], len(classes), kind)
+    weights = class_weights(y[train_idx], len(classes), kind)
     steps_pretrained = 0
     if cfg.pretrain_steps:
-        steps_pretrained = _pretrain(net, cells, unlabeled, genes, cfg, tcfg, qkw, out_dir)
-    from ._annotate_train import finetune_config, train_classifier
-
+        steps_pretrained = pretrain_unlabeled(net, cells, unlabeled, genes, cfg, tcfg, qkw, out_dir)
     tcfg = finetune_config(tcfg, cfg, net)
     fit = train_classifier(net, cells, y, train_idx, val_idx, weights, cfg, tcfg, out_dir)
-    temperature, typicality, val_scores = _calibrate(net, cells, y, train_idx, val_idx, len(classes), cfg, device)
+    temperature, typicality, val_scores = calibrate_model(net, cells, y, train_idx, val_idx, len(classes), cfg, device)
     info.update({"class_weights": None if weights is None else [round(float(w), 4) for w in weights],
                  "pretrain_steps": steps_pretrained, "train": tcfg.to_dict(), **fit, **val_scores})
     ann = Annotator(model=net.eval(), classes=classes, genes=genes, label_key=label_key, temperature=temperature,
@@ -413,127 +415,6 @@ def _method(cfg: AnnotationConfig, model, from_scratch: bool, model_config, toke
     return method
 
 
-def _fit_probe(net, cells, y, train_idx, val_idx, n_classes: int, cfg, seed: int, device, expr=None):
-    """The linear probe on the frozen embedding of the training cells, with the gene-level classifier on ``expr``
-    (log-normalised matrix, gene names) when ``cfg.gene_weight > 0``, then calibration on the held-out cells."""
-    import torch
-
-    from ._annotate_probe import fit_probe
-    from .annotate_predict import cell_embeddings
-    from .embed import _readout_metric
-
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    emb = cell_embeddings(net.to(dev), cells, device=dev)
-    net.cpu()
-    metric = _readout_metric(net, None)
-    kind = "none" if cfg.class_weight == "auto" else cfg.class_weight
-    probe, fit = fit_probe(emb[train_idx], y[train_idx], n_classes, class_weight=kind, folds=cfg.probe_folds,
-                           metric=None if metric is None else metric.numpy(), seed=seed)
-    gene_probe = None
-    if expr is not None:
-        from ._annotate_genes import fit_gene_probe
-
-        X, names = expr
-        gene_probe, gfit = fit_gene_probe(X[train_idx], names, y[train_idx], n_classes, n_top_genes=cfg.gene_top_genes,
-                                          folds=cfg.probe_folds, seed=seed)
-        fit.update(gfit)
-    logits = _probe_logits(probe, gene_probe, emb, expr, cfg.gene_weight)
-    temperature, typicality, scores = _calibration(logits, emb, y, train_idx, val_idx, n_classes, cfg)
-    if cfg.refit and len(val_idx):  # the chosen C's on every reference cell; the temperature stays the held-out one
-        probe, _ = fit_probe(emb, y, n_classes, class_weight=kind, folds=cfg.probe_folds, seed=seed, C=probe.C,
-                             metric=None if metric is None else metric.numpy())
-        if gene_probe is not None:
-            gene_probe, gfit = fit_gene_probe(X, names, y, n_classes, n_top_genes=cfg.gene_top_genes, seed=seed,
-                                              C=gene_probe.C)
-            fit["refit_gene_probe_genes_used"] = gfit["gene_probe_genes_used"]
-        if typicality is not None:
-            from ._annotate_typicality import Typicality
-
-            logits = _probe_logits(probe, gene_probe, emb, expr, cfg.gene_weight)
-            typicality = Typicality.fit(emb, y, n_classes, emb, logits.argmax(1), tail=cfg.outlier_tail)
-        fit["refit_cells"] = int(len(y))
-    return probe, gene_probe, temperature, typicality, {"steps_run": 0, "class_weight": kind, **fit, **scores}
-
-
-def _probe_logits(probe, gene_probe, emb, expr, gene_weight: float):
-    """The probe's logits, mixed with the gene probe's probabilities when there is one."""
-    logits = probe(emb)
-    if gene_probe is None:
-        return logits
-    from ._annotate_genes import mix
-
-    X, names = expr
-    return mix(logits, gene_probe.proba(gene_probe.select(X, names)), gene_weight)
-
-
-def _calibrate(net, cells, y, train_idx, val_idx, n_classes: int, cfg, device):
-    """:func:`_calibration` of the fine-tuned model's logits."""
-    import torch
-
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    logits, emb = class_logits(net.to(dev), cells, device=dev)
-    net.cpu()
-    return _calibration(logits, emb, y, train_idx, val_idx, n_classes, cfg)
-
-
-def _calibration(logits, emb, y, train_idx, val_idx, n_classes: int, cfg):
-    """The softmax temperature (fitted on the held-out cells), the embedding typicality (centroids and covariance
-    from the training cells; distances calibrated on every reference cell at its predicted class: the held-out
-    cells alone are too few for a 5% tail, e.g. 24 in a 240-cell reference) and the held-out scores."""
-    from ._annotate_typicality import Typicality
-
-    temperature = fit_temperature(logits[val_idx], y[val_idx]) if cfg.calibrate and len(val_idx) else 1.0
-    typicality = None
-    if cfg.outlier_tail > 0:
-        typicality = Typicality.fit(emb[train_idx], y[train_idx], n_classes, emb, logits.argmax(1),
-                                    tail=cfg.outlier_tail)
-    scores = {}
-    if len(val_idx):
-        from ..eval.classification import classification_metrics
-
-        m = classification_metrics(y[val_idx], logits[val_idx].argmax(1))  # classes with held-out cells
-        scores = {"val_accuracy": round(m["accuracy"], 4), "val_macro_f1": round(m["macro_f1"], 4)}
-        log.info("annotation: held-out reference cells: accuracy %.3f, macro-F1 %.3f", m["accuracy"], m["macro_f1"])
-    return temperature, typicality, scores
-
-
-def _class_weights(y: np.ndarray, n_classes: int, kind: str):
-    import torch
-
-    if kind == "none":
-        return None
-    counts = np.bincount(y, minlength=n_classes).astype(np.float64)
-    w = np.where(counts > 0, len(y) / (n_classes * np.maximum(counts, 1)), 0.0)
-    return torch.tensor(w, dtype=torch.float32)
-
-
-def _adapt_encoder(base, reference, unlabeled, steps: int, seed: int, ref_kwargs: dict, query_kwargs: dict):
-    """``base`` fine-tuned with its own self-supervised objective on the reference's (and ``unlabeled``) cells for
-    ``steps`` steps (the quickstart's recipe), for the probe; ``base`` itself is not changed."""
-    from ..data.io import select_matrix
-    from ..data.validate import validate
-    from ..quickstart import TRAIN
-    from ..train.config import TrainConfig
-    from ..train.pretrain import pretrain
-
-    if base.profile_head is None:
-        raise InputError("pretrain_steps with the probe fine-tunes the model's whole-profile decoder, which this "
-                         "model has not: use method='finetune' (--method finetune) for its GEP + MVC steps")
-    parts = [select_matrix(reference, **ref_kwargs)]
-    if unlabeled is not None:
-        parts.append(select_matrix(unlabeled, **query_kwargs))
-    kinds = [validate(p, raise_on_error=False).value_kind for p in parts]  # pooled, they are read as one kind
-    if len({"raw_counts" if k == "raw_counts" else "normalised" for k in kinds}) > 1:
-        raise InputError(f"pretrain_steps pools the reference ({kinds[0]}) and the query ({kinds[1]}) for "
-                         "self-supervised steps, so both must hold the same kind of values: give both raw counts "
-                         "(layer= / use_raw=, query_options=) or both log-normalised values")
-    tcfg = TrainConfig(**{**TRAIN, "max_steps": steps, "val_every_n_steps": steps, "seed": seed,
-                          "progress_bar": False})
-    log.info("pretrain_steps: %d self-supervised steps on %s before the probe", steps,
-             "reference + query cells" if unlabeled is not None else "the reference cells")
-    return pretrain(parts, init_model=base, train_config=tcfg).model.eval()
-
-
 def _query_kwargs(layer, use_raw: bool, gene_column, options: dict | None) -> dict:
     """``layer`` / ``use_raw`` / ``gene_column`` for the query: the reference's, updated by ``options``. The
     matrix is chosen as a whole: options that name a layer read it (not ``.raw``), ``use_raw=True`` reads ``.raw``
@@ -547,17 +428,3 @@ def _query_kwargs(layer, use_raw: bool, gene_column, options: dict | None) -> di
         out.update(layer=None, use_raw=False)
     out.update(options)
     return out
-
-
-def _pretrain(net, cells, unlabeled, genes, cfg, tcfg, query_kwargs: dict, out_dir) -> int:
-    """GEP + MVC steps on the reference cells (and ``unlabeled``), no labels."""
-    from ..data.prepare import prepare_cells
-    from ._annotate_train import pretrain_expression
-
-    pool = [cells]
-    if unlabeled is not None:
-        sub, _ = match_genes(unlabeled, genes, **query_kwargs,
-                             min_overlap=cfg.min_gene_overlap, what="unlabeled data")
-        pool.append(net.input_cells(prepare_cells(sub, net.vocab, net.tokenizer_config, purpose="pretrain",
-                                                  drop_empty=True, seed=tcfg.seed).cells))
-    return pretrain_expression(net, pool, cfg, tcfg, None if out_dir is None else Path(out_dir) / "pretrain")
