@@ -63,6 +63,14 @@ def test_lookup_matches_case_only_where_the_names_otherwise_agree(caplog):
     np.testing.assert_array_equal(vocab.lookup(["CD3E", "<CLS>"]), [4, -1])
 
 
+def test_case_matching_in_a_loaded_vocabulary_with_special_tokens_last(tmp_path):
+    path = tmp_path / "vocab.json"
+    tokens = ["C1orf159", "CD3E", "MS4A1", *SPECIAL_TOKENS]  # scGPT files may put the special tokens anywhere
+    path.write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
+    vocab = GeneVocab.load(path)
+    np.testing.assert_array_equal(vocab.lookup(["CD3E", "MS4A1", "C1ORF159", "<PAD>"]), [1, 2, 0, -1])
+
+
 def test_from_adata_union_first_seen_order():
     a, b = _adata(["G1", "G2", "G3"]), _adata(["G3", "G0", "G1", "G9"])
     vocab = GeneVocab.from_adata([a, b])

@@ -139,6 +139,11 @@ def test_query_genes_matched_by_name_and_too_small_an_overlap_is_an_error(fitted
     partial = q[:, 6:].copy()  # the markers of T0 missing
     p = predict(partial, fitted, progress=False, copy=True)
     assert p.uns["scmamba2_annotation"]["gene_overlap"]["overlap"] == pytest.approx(54 / 60, abs=1e-3)
+    cased = q.copy()  # a few names in another case (an upper-cased file): still the model's genes
+    cased.var_names = [n.upper() if j < 5 else n for j, n in enumerate(q.var_names)]
+    assert any(a != b for a, b in zip(cased.var_names, q.var_names))
+    c = predict(cased, fitted, progress=False, copy=True)
+    assert c.uns["scmamba2_annotation"]["gene_overlap"]["overlap"] == 1.0
     renamed = q.copy()
     renamed.var_names = [f"ENSG{j:011d}" for j in range(q.n_vars)]
     with pytest.raises(InputError, match="only 0 of the model's 60 genes"):

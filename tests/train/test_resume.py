@@ -167,10 +167,12 @@ def test_weight_average_is_what_is_kept_and_resumes_exactly(tmp_path, monkeypatc
         if original is not None:
             return original(self, outputs, batch, batch_idx)
 
-    decay = 0.7
+    decay = 0.9  # 0.9 truncated integer buffers when they were averaged too
+    model = {**TINY_MODEL, "profile_genes": 30}  # a profile decoder: its gene ids are an integer buffer
+    tok = TokenizerConfig(value_mode="continuous", max_len=24)  # as the profile decoder needs
     with monkeypatch.context() as m:
         m.setattr(TrainingPlan, "on_train_batch_end", record, raising=False)
-        ema = pretrain(data, out_dir=tmp_path / "ema", model_config=TINY_MODEL, tokenizer_config=TOK,
+        ema = pretrain(data, out_dir=tmp_path / "ema", model_config=model, tokenizer_config=tok,
                        train_config=config(4, ema_decay=decay))
     # By hand: weights after step 3 (the warm-up's end) start the average; each later step mixes in.
     avg = None
@@ -180,16 +182,36 @@ def test_weight_average_is_what_is_kept_and_resumes_exactly(tmp_path, monkeypatc
     got = ema.model.state_dict()
     for k in got:
         torch.testing.assert_close(got[k], avg[k], rtol=1e-5, atol=1e-6, msg=k)
+    assert torch.equal(got["profile_head.gene_ids"], steps_seen[-1]["profile_head.gene_ids"])
     assert not torch.equal(got["encoder.layers.0.block.in_proj.weight"],
                            steps_seen[-1]["encoder.layers.0.block.in_proj.weight"])
 
     with monkeypatch.context() as m:
         crash_at(m, 6)
         with pytest.raises(Crash):
-            pretrain(data, out_dir=tmp_path / "r", model_config=TINY_MODEL, tokenizer_config=TOK,
+            pretrain(data, out_dir=tmp_path / "r", model_config=model, tokenizer_config=tok,
                      train_config=config(4, ema_decay=decay))
-    res = pretrain(data, out_dir=tmp_path / "r", model_config=TINY_MODEL, tokenizer_config=TOK,
+    with pytest.raises(CheckpointError, match="ema_decay"):  # its weights are the average: not without one
+        pretrain(data, out_dir=tmp_path / "r", model_config=model, tokenizer_config=tok, train_config=config(4),
+                 resume=True)
+    res = pretrain(data, out_dir=tmp_path / "r", model_config=model, tokenizer_config=tok,
                    train_config=config(4, ema_decay=decay), resume=True)
     for k, v in res.model.state_dict().items():
         assert torch.equal(v, got[k]), k
     assert res.val_loss_end == ema.val_loss_end
+
+
+def test_weight_average_never_updated_keeps_the_trained_weights(tmp_path):
+    """A run that ends before the warm-up does keeps its trained weights, not the initial copy of the average."""
+    import pickle
+
+    from scmamba2.train._lightning_parts import EMAWeights
+
+    pickle.dumps(EMAWeights(0.9, start_step=3))  # ddp_spawn sends callbacks to its workers
+    data = counts()
+    plain = pretrain(data, model_config=TINY_MODEL, tokenizer_config=TOK, train_config=config(2, max_steps=3))
+    ema = pretrain(data, model_config=TINY_MODEL, tokenizer_config=TOK,
+                   train_config=config(2, max_steps=3, ema_decay=0.9))  # warm-up 3 steps: no update
+    for k, v in plain.model.state_dict().items():
+        assert torch.equal(v, ema.model.state_dict()[k]), k
+    assert ema.val_loss_end == plain.val_loss_end != ema.val_loss_start

@@ -16,7 +16,49 @@ from ..errors import InputError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["GeneVocab"]
+__all__ = ["GeneVocab", "fold_case_index", "match_ignoring_case"]
+
+_LOGGED_CASE_MATCHES: set[tuple] = set()  # (target, count, examples) already logged: streamed blocks repeat them
+
+
+def fold_case_index(tokens: Sequence[str], exclude: Iterable[str] = ()) -> tuple[pd.Index, np.ndarray]:
+    """The upper-cased spellings of ``tokens`` that only one token has (``exclude``d tokens left out), and the
+    position of that token in ``tokens``: the index :func:`match_ignoring_case` looks names up in."""
+    skip = set(exclude)
+    keep = np.array([t not in skip for t in tokens], dtype=bool)
+    folded = pd.Index([str(t).upper() for t in tokens], dtype=object)
+    unique = keep & ~folded.duplicated(keep=False) & ~folded.isin(folded[~keep])
+    return pd.Index(folded[unique], dtype=object), np.flatnonzero(unique)
+
+
+def match_ignoring_case(names: pd.Index, ids: np.ndarray, folded: tuple[pd.Index, np.ndarray], tokens: Sequence[str],
+                        *, what: str) -> np.ndarray:
+    """``ids`` (a position in ``tokens`` per name, ``-1`` unmatched) with unmatched names matched ignoring case
+    (``C1ORF159`` -> ``C1orf159``), where at least half of ``names`` match as written (the same identifiers, so
+    the difference is formatting, not species), only one token has that spelling ignoring case (``folded``,
+    from :func:`fold_case_index`) and no name already matches that token as written."""
+    miss = np.flatnonzero(ids < 0)
+    if len(miss) == 0 or len(ids) - len(miss) < 0.5 * len(ids):
+        return ids
+    by_fold, token_pos = folded
+    keys = pd.Index([n.upper() if isinstance(n, str) else None for n in names[miss]], dtype=object)
+    pos = by_fold.get_indexer(keys)
+    taken = set(ids[ids >= 0].tolist())
+    ids = ids.copy()
+    examples = []
+    for i, p in zip(miss[pos >= 0], pos[pos >= 0]):
+        c = int(token_pos[p])
+        if c not in taken:
+            ids[i] = c
+            taken.add(c)
+            if len(examples) < 3:
+                examples.append(f"{names[i]!r} -> {tokens[c]!r}")
+    n = int((ids[miss] >= 0).sum())
+    key = (what, n, tuple(examples))
+    if n and key not in _LOGGED_CASE_MATCHES:
+        _LOGGED_CASE_MATCHES.add(key)
+        logger.info("%d gene name(s) match %s only when case is ignored (e.g. %s)", n, what, ", ".join(examples))
+    return ids
 
 
 class GeneVocab:
@@ -190,37 +232,11 @@ class GeneVocab:
         if last is not None and last[0] is names:
             return last[1].copy()
         ids = self._index.get_indexer(names.astype(object)).astype(np.int64, copy=False)
-        missing = ids < 0
-        if missing.any() and (~missing).sum() >= 0.5 * len(ids):
-            ids = self._match_ignoring_case(names, ids)
+        if self._folded is None:
+            self._folded = fold_case_index(self._tokens, exclude=SPECIAL_TOKENS)
+        ids = match_ignoring_case(names, ids, self._folded, self._tokens, what="the vocabulary")
         self._last_lookup = (names, ids)
         return ids.copy()
-
-    def _match_ignoring_case(self, names: pd.Index, ids: np.ndarray) -> np.ndarray:
-        """``ids`` with the unmatched names matched ignoring case, under the rules of :meth:`lookup`'s Notes."""
-        if self._folded is None:  # upper-cased tokens spelt one way only, and their ids
-            folded = pd.Index([t.upper() for t in self._tokens], dtype=object)
-            unique = ~folded.duplicated(keep=False)
-            self._folded = (pd.Index(folded[unique], dtype=object), np.flatnonzero(unique))
-        by_fold, token_id = self._folded
-        miss = np.flatnonzero(ids < 0)
-        keys = pd.Index([n.upper() if isinstance(n, str) else None for n in names[miss]], dtype=object)
-        pos = by_fold.get_indexer(keys)
-        cand = np.where(pos >= 0, token_id[np.maximum(pos, 0)], -1)
-        taken = set(ids[ids >= 0].tolist())
-        ids = ids.copy()
-        examples = []
-        for i, c in zip(miss, cand):
-            if c >= 0 and c not in taken and c >= len(SPECIAL_TOKENS):
-                ids[i] = c
-                taken.add(c)
-                if len(examples) < 3:
-                    examples.append(f"{names[i]!r} -> {self._tokens[c]!r}")
-        n = int((ids[miss] >= 0).sum())
-        if n:
-            logger.info("%d gene name(s) match the vocabulary only when case is ignored (e.g. %s)", n,
-                        ", ".join(examples))
-        return ids
 
     def extend(self, names: Iterable[str]) -> GeneVocab:
         """A new vocabulary with ``names`` appended (those already present are skipped); ids of existing

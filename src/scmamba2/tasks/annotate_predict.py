@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 
 from ..data.files import read_json, write_json
+from ..data.vocab import fold_case_index, match_ignoring_case
 from ..errors import CheckpointError, InputError
 from ..model import ScMamba2
 from ._annotate_genes import GeneProbe, mix
@@ -122,8 +123,8 @@ def match_genes(adata, genes: Sequence[str], *, layer: str | None = None, use_ra
                 gene_column: str | None = None, min_overlap: float = 0.5, what: str = "query"):
     """The matrix of ``adata`` restricted to ``genes`` (in the data's column order), and an overlap report.
 
-    Gene names are compared after stripping a genome prefix (e.g. ``hg19_``); a gene present in several
-    columns keeps its first. A gene of ``genes`` missing from the data reads as not expressed.
+    Gene names are compared after stripping a genome prefix (e.g. ``hg19_``), and ignoring case as
+    :meth:`~scmamba2.data.vocab.GeneVocab.lookup` does; a gene present in several columns keeps its first. A gene of ``genes`` missing from the data reads as not expressed.
 
     Returns
     -------
@@ -141,11 +142,14 @@ def match_genes(adata, genes: Sequence[str], *, layer: str | None = None, use_ra
 
     a = select_matrix(adata, layer=layer, use_raw=use_raw, gene_column=gene_column)
     names, prefix = strip_gene_prefix([str(g) for g in a.var_names])
-    wanted = set(genes)
+    genes = list(dict.fromkeys(genes))
+    names_ix = pd.Index(names, dtype=object)
+    ids = pd.Index(genes, dtype=object).get_indexer(names_ix)
+    ids = match_ignoring_case(names_ix, ids, fold_case_index(genes), genes, what="the model's genes")
     first: dict[str, int] = {}
-    for j, n in enumerate(names):
-        if n in wanted and n not in first:
-            first[n] = j
+    for j, i in enumerate(ids):
+        if i >= 0 and genes[i] not in first:
+            first[genes[i]] = j
     cols = np.array(sorted(first.values()), dtype=np.int64)
     n_found = len(first)
     overlap = n_found / max(len(genes), 1)

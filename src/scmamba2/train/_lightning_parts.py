@@ -71,17 +71,55 @@ class StepProgressBar(RichProgressBar):
         return f"{text:{len(self.validation_description)}}"
 
 
+class _EMAUpdate:
+    """The in-place moving-average step of :class:`EMAWeights` (``multi_avg_fn`` of ``AveragedModel``): floating
+    tensors move ``1 - decay`` of the way to the model's, other tensors (integer buffers such as the profile
+    decoder's gene ids) are copied, never averaged. A class at module level, so that it pickles (``ddp_spawn``)."""
+
+    def __init__(self, decay: float) -> None:
+        self.decay = float(decay)
+
+    def __call__(self, averaged, current, num_averaged) -> None:
+        with torch.no_grad():
+            for a, c in zip(averaged, current):
+                if a.is_floating_point():
+                    a.lerp_(c.to(a.device, a.dtype), 1.0 - self.decay)
+                else:
+                    a.copy_(c)
+
+
 class EMAWeights(WeightAveraging):
     """Lightning's weight averaging as an exponential moving average of the weights (``decay`` per optimiser
     step), updated from the first step after ``start_step`` (the warm-up's end: earlier weights are far from the
-    trained ones). Validation and the saved model use the average; a checkpoint keeps both, so a resume goes on
-    exactly."""
+    trained ones). Validation and the saved model use the average once it exists (before its first update, the
+    trained weights); a checkpoint keeps both, so a resume goes on exactly. The average lives on the device the
+    strategy trains on."""
 
     def __init__(self, decay: float, start_step: int) -> None:
-        from torch.optim.swa_utils import get_ema_multi_avg_fn
-
-        super().__init__(multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+        super().__init__(multi_avg_fn=_EMAUpdate(decay), use_buffers=True)
         self.decay, self.start_step = float(decay), int(start_step)
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if self._device is None:
+            self._device = trainer.strategy.root_device
+        super().setup(trainer, pl_module, stage)
 
     def should_update(self, step_idx=None, epoch_idx=None) -> bool:
         return step_idx is not None and step_idx >= self.start_step
+
+    def _averaged(self) -> bool:
+        return self._average_model is not None and int(self._average_model.n_averaged) > 0
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self._averaged():
+            super().on_train_end(trainer, pl_module)
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        self._swapped = self._averaged()
+        if self._swapped:
+            super().on_validation_epoch_start(trainer, pl_module)
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if getattr(self, "_swapped", False):
+            super().on_validation_epoch_end(trainer, pl_module)
+        self._swapped = False

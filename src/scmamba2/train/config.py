@@ -79,6 +79,9 @@ class TrainConfig:
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay={self.ema_decay} must be in [0, 1) (0: off; e.g. 0.998 averages over "
                              "~500 steps)")
+        if self.ema_decay > 0 and str(self.strategy).startswith("fsdp"):
+            raise ValueError("ema_decay averages whole copies of the weights, which a sharded strategy (fsdp) does "
+                             "not hold: use ema_decay=0 with fsdp")
         if self.num_nodes < 1:
             raise ValueError(f"num_nodes={self.num_nodes} must be >= 1")
         if self.accumulate_grad_batches < 1:

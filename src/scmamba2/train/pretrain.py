@@ -163,6 +163,11 @@ def fit_resumable(plan, tcfg: TrainConfig, out: Path | None, *, resume: bool, tr
                     "it instead)", last_checkpoint_path(out))
     if ckpt is not None:  # every check before the trainer exists: its logger would empty the run's metrics.csv
         check_fits(ckpt, plan, ckpt_path)
+        if ("current_model_state" in ckpt) != (tcfg.ema_decay > 0):  # the checkpoint's weights are the average
+            raise CheckpointError(
+                f"{ckpt_path} was written by a run {'with' if 'current_model_state' in ckpt else 'without'} a moving "
+                f"average of the weights (ema_decay), and this run has ema_decay={tcfg.ema_decay}: resume with the "
+                "interrupted run's train_config.json (its ema_decay)")
         states = (((ckpt.get("loops") or {}).get("fit_loop") or {}).get("state_dict") or {}).get("combined_loader")
         one_process = str(tcfg.devices) == "1" and int(tcfg.num_nodes) == 1  # a loader's layout counts the processes
         if states and one_process and hasattr(train_loader, "load_state_dict"):
