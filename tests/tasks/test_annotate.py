@@ -144,6 +144,7 @@ def test_query_genes_matched_by_name_and_too_small_an_overlap_is_an_error(fitted
     assert any(a != b for a, b in zip(cased.var_names, q.var_names))
     c = predict(cased, fitted, progress=False, copy=True)
     assert c.uns["scmamba2_annotation"]["gene_overlap"]["overlap"] == 1.0
+    np.testing.assert_allclose(c.obsm["scmamba2_probs"], a.obsm["scmamba2_probs"], atol=1e-5)  # the same cells
     renamed = q.copy()
     renamed.var_names = [f"ENSG{j:011d}" for j in range(q.n_vars)]
     with pytest.raises(InputError, match="only 0 of the model's 60 genes"):
@@ -437,6 +438,10 @@ def test_log_normalised_reads_counts_and_log_values_alike_and_missing_genes_as_z
     c = a.copy()  # normalised without the log (CP10k): normalised again, which leaves it as counts would be
     c.X = c.X / c.X.sum(1, keepdims=True) * 1e4
     np.testing.assert_allclose(np.asarray(log_normalised(c, ["g3", "absent", "g0"])[0].todense()), X, rtol=1e-5)
+    d = a.copy()  # a gene named in another case (an upper-cased file): the same column
+    d.var_names = [n.upper() if n == "g0" else n for n in a.var_names]
+    genes = ["g3", "g5", "g0"]
+    np.testing.assert_allclose(log_normalised(d, genes)[0].toarray(), log_normalised(a, genes)[0].toarray(), rtol=1e-6)
 
 
 def test_mix_averages_the_two_classifiers_probabilities():

@@ -34,11 +34,12 @@ def fold_case_index(tokens: Sequence[str], exclude: Iterable[str] = ()) -> tuple
 def match_ignoring_case(names: pd.Index, ids: np.ndarray, folded: tuple[pd.Index, np.ndarray], tokens: Sequence[str],
                         *, what: str) -> np.ndarray:
     """``ids`` (a position in ``tokens`` per name, ``-1`` unmatched) with unmatched names matched ignoring case
-    (``C1ORF159`` -> ``C1orf159``), where at least half of ``names`` match as written (the same identifiers, so
-    the difference is formatting, not species), only one token has that spelling ignoring case (``folded``,
-    from :func:`fold_case_index`) and no name already matches that token as written."""
+    (``C1ORF159`` -> ``C1orf159``), where at least half of the names that could match (``names`` or ``tokens``,
+    whichever is shorter) match as written (the same identifiers, so the difference is formatting, not species),
+    only one token has that spelling ignoring case (``folded``, from :func:`fold_case_index`) and no name
+    already matches that token as written."""
     miss = np.flatnonzero(ids < 0)
-    if len(miss) == 0 or len(ids) - len(miss) < 0.5 * len(ids):
+    if len(miss) == 0 or len(ids) - len(miss) < 0.5 * min(len(ids), len(tokens)):
         return ids
     by_fold, token_pos = folded
     keys = pd.Index([n.upper() if isinstance(n, str) else None for n in names[miss]], dtype=object)
@@ -216,8 +217,8 @@ class GeneVocab:
         Notes
         -----
         A name not found as written is matched ignoring case (``C1ORF159`` -> ``C1orf159``, as some files
-        upper-case every symbol) when at least half of ``names`` match exactly (the same identifiers, so the
-        difference is formatting, not species), exactly one vocabulary token has that spelling ignoring case,
+        upper-case every symbol) when at least half of ``names`` (or of the vocabulary, if smaller) match exactly
+        (the same identifiers, so the difference is formatting, not species), exactly one vocabulary token has that spelling ignoring case,
         and no name of ``names`` already matches that token exactly. Mouse symbols on a human vocabulary
         (``Cd4`` vs ``CD4``) match almost nothing exactly, so they are not mapped across species.
         """

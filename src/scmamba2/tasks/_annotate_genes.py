@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
+from ..data.vocab import fold_case_index, match_ignoring_case
 from ..eval.annotation_baselines import _dense
 
 log = logging.getLogger(__name__)
@@ -117,8 +119,16 @@ def _log_normalised(adata, genes, *, layer, use_raw, gene_column) -> tuple[np.nd
     X = X.astype(np.float32) if sp.issparse(X) else np.asarray(X, dtype=np.float32)
     if genes is None:
         return X, names, np.ones(len(names), dtype=bool)
-    pos = _first_index(names)
-    have = [(i, pos[g]) for i, g in enumerate(genes) if g in pos]
+    genes = list(genes)
+    gpos = _first_index(genes)
+    names_ix = pd.Index(names, dtype=object)
+    ids = np.array([gpos.get(n, -1) for n in names], dtype=np.int64)
+    ids = match_ignoring_case(names_ix, ids, fold_case_index(genes), genes, what="the gene probe's genes")
+    first: dict[int, int] = {}  # gene position -> the data's first column of it
+    for j, i in enumerate(ids):
+        if i >= 0:
+            first.setdefault(int(i), j)
+    have = sorted(first.items())
     if len(have) < len(genes):
         log.warning("gene probe: %d of its %d genes are missing from the data and read as 0", len(genes) - len(have),
                     len(genes))
