@@ -177,8 +177,13 @@ def test_quiet_training_prints_only_the_result(tiny_counts, tmp_path):
 
 
 def test_overwrite_replaces_a_model_folder_whole(tiny_counts, tmp_path):
+    import anndata as ad
+    import scipy.sparse as sp
+
     p = tmp_path / "c.h5ad"
-    tiny_counts.write_h5ad(p)
+    stored = tiny_counts.copy()
+    stored.X = sp.csc_matrix(stored.X.astype(np.int32))  # integrate writes it back as stored
+    stored.write_h5ad(p)
     m = tmp_path / "m"
     m.mkdir()
     (m / "stale.txt").write_text("from another run")
@@ -188,6 +193,8 @@ def test_overwrite_replaces_a_model_folder_whole(tiny_counts, tmp_path):
     names = {q.name for q in m.iterdir()}
     assert "stale.txt" not in names and {"config.json", "model.safetensors", "integration.json"} <= names
     assert sorted(q.name for q in tmp_path.iterdir()) == ["c.h5ad", "i.h5ad", "m"]  # no staging folder left
+    written = ad.read_h5ad(tmp_path / "i.h5ad")
+    assert written.X.format == "csc" and written.X.dtype == np.int32 and "X_scmamba2" in written.obsm
     code, text = run("--quiet", "embed", p, "--model", m, "--out", tmp_path / "e.h5ad", "--batch-size", 8)
     assert code == 0, text
 

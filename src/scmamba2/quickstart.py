@@ -30,16 +30,16 @@ def pca_baseline(adata, seed: int = 0):
 
 def _verdict(ours: dict, pca: dict) -> str:
     """One line per metric: our best embedding (zero-shot or fine-tuned) against PCA."""
-    parts = []
+    parts, won = [], []
     for metric in ("kNN accuracy", "kNN macro-F1"):
         key = max(ours, key=lambda k: ours[k][metric])
         best = ours[key][metric]
         which = "zero-shot" if key.endswith("zeroshot") else "fine-tuned" if key == "X_scmamba2" else key
-        parts.append(f"{metric}: scmamba2 ({which}) {best:.3f} {'at or above' if best >= pca[metric] else 'below'} "
+        won.append(best >= pca[metric])
+        parts.append(f"{metric}: scmamba2 ({which}) {best:.3f} {'at or above' if won[-1] else 'below'} "
                      f"PCA {pca[metric]:.3f}")
-    won = [p for p in parts if "at or above" in p]
-    head = ("scmamba2 is at or above PCA here" if len(won) == len(parts) else
-            "PCA wins here" if not won else "Mixed: scmamba2 leads on one metric, PCA on the other")
+    head = ("scmamba2 is at or above PCA here" if all(won) else
+            "PCA wins here" if not any(won) else "Mixed: scmamba2 leads on one metric, PCA on the other")
     return f"{head} ({'; '.join(parts)}; one seed)."
 
 

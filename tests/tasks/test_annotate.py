@@ -218,11 +218,17 @@ def test_cli_annotate_scores_a_labelled_query(tmp_path):
 
     labelled = ad.read_h5ad(out)
     assert {"scmamba2_label", "scmamba2_confidence"} <= set(labelled.obs) and "scmamba2_probs" in labelled.obsm
+    import scipy.sparse as sp
+
+    csc = ad.read_h5ad(tmp_path / "query.h5ad")  # the same query stored as CSC integers: written back as stored
+    csc.X = sp.csc_matrix(csc.X.astype(np.int32))
+    csc.write_h5ad(tmp_path / "query_csc.h5ad")
     r2 = runner.invoke(app, ["--quiet", "annotate", "--annotator", str(tmp_path / "ann"), "--query",
-                             str(tmp_path / "query.h5ad"), "--out", str(tmp_path / "again.h5ad")])
+                             str(tmp_path / "query_csc.h5ad"), "--out", str(tmp_path / "again.h5ad")])
     assert r2.exit_code == 0, r2.output
     assert "macro-F1" in r2.output  # the saved annotator's label column, present in the query, is scored
     again = ad.read_h5ad(tmp_path / "again.h5ad")
+    assert again.X.format == "csc" and again.X.dtype == np.int32
     np.testing.assert_allclose(again.obsm["scmamba2_probs"], labelled.obsm["scmamba2_probs"], atol=1e-6)
     r3 = runner.invoke(app, ["--quiet", "annotate", "--query", str(tmp_path / "query.h5ad"), "--out",
                              str(tmp_path / "x.h5ad")])

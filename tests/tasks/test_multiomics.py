@@ -156,15 +156,21 @@ def test_cli_train_default_command_and_predict(tmp_path):
     assert res.exit_code == 0, res.output
     back = mudata.read_h5mu(str(out))
     assert back.obsm["X_scmamba2"].shape[0] == 48 and set(back.mod) == {"rna", "prot", "atac"}
+    import scipy.sparse as sp
+
     q = tmp_path / "q.h5ad"
-    back.mod["rna"].write_h5ad(q)
+    query = back.mod["rna"].copy()
+    query.X = sp.csc_matrix(np.asarray(query.X.todense() if sp.issparse(query.X) else query.X).astype(np.int32))
+    query.write_h5ad(q)
     for modality, n in (("adt", 5), ("atac", 12)):
         pred = tmp_path / f"pred_{modality}.h5ad"
         res = runner.invoke(app, ["multiomics", "predict", "--model", str(model), "--query", str(q),
                                   "--modality", modality, "--out", str(pred)])
         assert res.exit_code == 0, res.output
         key = "scmamba2_pred_prot" if modality == "adt" else "scmamba2_pred_atac"
-        assert ad.read_h5ad(pred).obsm[key].shape == (48, n)
+        written = ad.read_h5ad(pred)
+        assert written.obsm[key].shape == (48, n)
+        assert written.X.format == "csc" and written.X.dtype == np.int32  # the query's X as stored
     res = runner.invoke(app, ["multiomics", "predict", "--model", str(model), "--query", str(q),
                               "--modality", "rna", "--out", str(tmp_path / "x.h5ad")])
     assert res.exit_code == 1 and "Traceback" not in res.output and "Error:" in res.output

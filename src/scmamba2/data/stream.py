@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 import numpy as np
+import pandas as pd
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
@@ -200,6 +201,8 @@ class CorpusDataset(IterableDataset):
         # normalise by the whole cell: there every column is kept.
         self._columns = [None if self.config.value_mode != "binned" else np.flatnonzero(vocab.lookup(t) >= 0)
                          for t in self._tokens]
+        # Each shard's names as one Index object, block after block: the vocabulary's lookup is then done once.
+        self._names = [pd.Index(t if c is None else t[c], dtype=object) for t, c in zip(self._tokens, self._columns)]
         no_overlap = [sh.name for sh, t in zip(corpus.shards, self._tokens) if not (vocab.lookup(t) >= 0).any()]
         if no_overlap:
             raise InputError(f"{len(no_overlap)} shard(s) share no gene with the vocabulary (e.g. {no_overlap[:3]}); "
@@ -285,11 +288,11 @@ class CorpusDataset(IterableDataset):
         """The :class:`~scmamba2.data.tokenize.TokenizedCells` of one block."""
         shard = self.corpus.shards[piece.shard]
         x = shard.read(np.arange(piece.lo, piece.hi))
-        names, cols = self._tokens[piece.shard], self._columns[piece.shard]
-        if cols is not None and len(cols) < x.shape[1]:
-            x, names = x[:, cols], names[cols]
+        cols = self._columns[piece.shard]
+        if cols is not None and len(cols) < x.shape[1]:  # the names (self._names) are cut the same way
+            x = x[:, cols]
         with _quiet_tokenizer():
-            return tokenize(x, self.vocab, self.config, gene_names=names, seed=self.seed)
+            return tokenize(x, self.vocab, self.config, gene_names=self._names[piece.shard], seed=self.seed)
 
     def _read(self, piece: _Piece) -> TokenizedDataset:
         cells = self.tokens(piece)

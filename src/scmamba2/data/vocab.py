@@ -16,8 +16,9 @@ from ..errors import InputError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["GeneVocab", "fold_case_index", "match_ignoring_case"]
+__all__ = ["GeneVocab", "fold_case_index", "match_ignoring_case", "match_names"]
 
+_RECENT_LOOKUPS = 32  # Index objects whose ids GeneVocab.lookup keeps (a streamed corpus: one per shard)
 _LOGGED_CASE_MATCHES: set[tuple] = set()  # (target, count, examples) already logged: streamed blocks repeat them
 
 
@@ -60,6 +61,21 @@ def match_ignoring_case(names: pd.Index, ids: np.ndarray, folded: tuple[pd.Index
         _LOGGED_CASE_MATCHES.add(key)
         logger.info("%d gene name(s) match %s only when case is ignored (e.g. %s)", n, what, ", ".join(examples))
     return ids
+
+
+def match_names(names: Sequence[str], targets: Sequence[str], *, what: str) -> np.ndarray:
+    """The position in ``targets`` of each of ``names`` (a repeated target: its first; ``-1``: none), matched as
+    written or, under the rules of :func:`match_ignoring_case`, ignoring case. ``what`` names ``targets`` in the
+    log line of case-only matches."""
+    targets = list(targets)
+    first: dict[str, int] = {}
+    for i, t in enumerate(targets):
+        first.setdefault(t, i)
+    names = pd.Index(names, dtype=object)
+    ids = np.array([first.get(n, -1) for n in names], dtype=np.int64)
+    if not (ids < 0).any():
+        return ids
+    return match_ignoring_case(names, ids, fold_case_index(targets), targets, what=what)
 
 
 class GeneVocab:
@@ -106,8 +122,8 @@ class GeneVocab:
             )
         self._tokens = tokens
         self._index = index
-        self._last_lookup: tuple[pd.Index, np.ndarray] | None = None  # see lookup()
-        self._folded: tuple[pd.Index, np.ndarray] | None = None  # see _match_ignoring_case()
+        self._recent: dict[int, tuple[pd.Index, np.ndarray]] = {}  # see lookup()
+        self._folded: tuple[pd.Index, np.ndarray] | None = None  # fold_case_index of the tokens, built when needed
         special = set(SPECIAL_TOKENS)
         self._genes = [t for t in tokens if t not in special]
 
@@ -217,26 +233,27 @@ class GeneVocab:
         Notes
         -----
         A name not found as written is matched ignoring case (``C1ORF159`` -> ``C1orf159``, as some files
-        upper-case every symbol) when at least half of ``names`` (or of the vocabulary, if smaller) match exactly
-        (the same identifiers, so the difference is formatting, not species), exactly one vocabulary token has that spelling ignoring case,
-        and no name of ``names`` already matches that token exactly. Mouse symbols on a human vocabulary
-        (``Cd4`` vs ``CD4``) match almost nothing exactly, so they are not mapped across species.
+        upper-case every symbol) under the rules of :func:`match_ignoring_case`. Mouse symbols on a human
+        vocabulary (``Cd4`` vs ``CD4``) match almost nothing as written, so they are not mapped across species.
         """
         if not isinstance(names, pd.Index):
             if not isinstance(names, (np.ndarray, list, tuple, pd.Series)):
                 names = list(names)
             names = pd.Index(np.asarray(names, dtype=object))
-        last = self._last_lookup
-        # The same Index object as last time (validate, then tokenize): its ids again. An Index is immutable
-        # through its API; writing into its underlying array in place would leave these ids (and pandas' own
-        # caches of it) stale.
-        if last is not None and last[0] is names:
-            return last[1].copy()
+        # An Index object looked up recently (validate then tokenize; a streamed shard's names, block after
+        # block): its ids again. An Index is immutable through its API; writing into its underlying array in place
+        # would leave these ids (and pandas' own caches of it) stale.
+        hit = self._recent.get(id(names))
+        if hit is not None and hit[0] is names:
+            return hit[1].copy()
         ids = self._index.get_indexer(names.astype(object)).astype(np.int64, copy=False)
-        if self._folded is None:
-            self._folded = fold_case_index(self._tokens, exclude=SPECIAL_TOKENS)
-        ids = match_ignoring_case(names, ids, self._folded, self._tokens, what="the vocabulary")
-        self._last_lookup = (names, ids)
+        if (ids < 0).any():
+            if self._folded is None:
+                self._folded = fold_case_index(self._tokens, exclude=SPECIAL_TOKENS)
+            ids = match_ignoring_case(names, ids, self._folded, self._tokens, what="the vocabulary")
+        if len(self._recent) >= _RECENT_LOOKUPS:
+            del self._recent[next(iter(self._recent))]  # the oldest
+        self._recent[id(names)] = (names, ids)
         return ids.copy()
 
     def extend(self, names: Iterable[str]) -> GeneVocab:

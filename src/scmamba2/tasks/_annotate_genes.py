@@ -15,9 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
-from ..data.vocab import fold_case_index, match_ignoring_case
+from ..data.vocab import match_names
 from ..eval.annotation_baselines import _dense
 
 log = logging.getLogger(__name__)
@@ -120,10 +119,7 @@ def _log_normalised(adata, genes, *, layer, use_raw, gene_column) -> tuple[np.nd
     if genes is None:
         return X, names, np.ones(len(names), dtype=bool)
     genes = list(genes)
-    gpos = _first_index(genes)
-    names_ix = pd.Index(names, dtype=object)
-    ids = np.array([gpos.get(n, -1) for n in names], dtype=np.int64)
-    ids = match_ignoring_case(names_ix, ids, fold_case_index(genes), genes, what="the gene probe's genes")
+    ids = match_names(names, genes, what="the gene probe's genes")
     first: dict[int, int] = {}  # gene position -> the data's first column of it
     for j, i in enumerate(ids):
         if i >= 0:

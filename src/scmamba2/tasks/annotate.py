@@ -61,7 +61,7 @@ class AnnotationConfig:
         is given one (transductive self-supervision), before the classifier is trained. Fine-tuning: GEP + MVC.
         The probe: the pretrained model's own objective (its whole-profile decoder, the quickstart's fine-tune:
         batch 32, lr 1e-3; :func:`scmamba2.pretrain` with ``init_model``), after which its encoder is frozen. 200
-        steps: the references' held-out macro-F1 pbmc3k 0.832 -> 0.840, Kang 0.778 -> 0.778 (queries 0.904 -> 0.912,
+        steps: the references' held-out macro-F1 pbmc3k 0.832 -> 0.833, Kang 0.778 -> 0.778 (queries 0.904 -> 0.910,
         0.794 -> 0.785) at ~3x the CPU time: within noise, so off by default (benchmarks/results/annotate.md).
     val_fraction
         Fraction of each class held out (stratified, seeded) for early stopping, the best weights and the

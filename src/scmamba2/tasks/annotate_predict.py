@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 
 from ..data.files import read_json, write_json
-from ..data.vocab import fold_case_index, match_ignoring_case
+from ..data.vocab import match_names
 from ..errors import CheckpointError, InputError
 from ..model import ScMamba2
 from ._annotate_genes import GeneProbe, mix
@@ -143,9 +143,7 @@ def match_genes(adata, genes: Sequence[str], *, layer: str | None = None, use_ra
     a = select_matrix(adata, layer=layer, use_raw=use_raw, gene_column=gene_column)
     names, prefix = strip_gene_prefix([str(g) for g in a.var_names])
     genes = list(dict.fromkeys(genes))
-    names_ix = pd.Index(names, dtype=object)
-    ids = pd.Index(genes, dtype=object).get_indexer(names_ix)
-    ids = match_ignoring_case(names_ix, ids, fold_case_index(genes), genes, what="the model's genes")
+    ids = match_names(names, genes, what="the model's genes")
     first: dict[str, int] = {}
     for j, i in enumerate(ids):
         if i >= 0 and genes[i] not in first:

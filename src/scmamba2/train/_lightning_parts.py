@@ -93,11 +93,13 @@ class EMAWeights(WeightAveraging):
     step), updated from the first step after ``start_step`` (the warm-up's end: earlier weights are far from the
     trained ones). Validation and the saved model use the average once it exists (before its first update, the
     trained weights); a checkpoint keeps both, so a resume goes on exactly. The average lives on the device the
-    strategy trains on."""
+    strategy trains on. (Lightning's own ``EMAWeightAveraging`` averages integer buffers too, does not pickle and
+    copies the untrained weights over the trained ones when it never updated.)"""
 
     def __init__(self, decay: float, start_step: int) -> None:
         super().__init__(multi_avg_fn=_EMAUpdate(decay), use_buffers=True)
-        self.decay, self.start_step = float(decay), int(start_step)
+        self.start_step = int(start_step)
+        self._swapped = False  # whether the running validation swapped the average in
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         if self._device is None:
@@ -120,6 +122,6 @@ class EMAWeights(WeightAveraging):
             super().on_validation_epoch_start(trainer, pl_module)
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
-        if getattr(self, "_swapped", False):
+        if self._swapped:
             super().on_validation_epoch_end(trainer, pl_module)
         self._swapped = False
