@@ -26,10 +26,10 @@ def tiled_training_mix(layer, x: Tensor) -> Tensor:
     (no padding), in tiles of ``layer.block.tile_len``; the output of :meth:`BiMamba2Layer._mix_both`."""
     block = layer.block
     tile, di, cd, nh = block.tile_len, block.d_inner, block.conv_dim, block.nheads
-    starts = list(range(0, x.shape[1], tile))
+    tiles = x.split(tile, dim=1)  # not x[:, a:b]: each such slice's gradient would be a zero-filled x
     gates, scan_inputs = [], []
-    for start in starts:
-        projected = block.in_proj_as(layer.norm(x[:, start : start + tile]), x.dtype)  # x's dtype under autocast
+    for x_tile in tiles:
+        projected = block.in_proj_as(layer.norm(x_tile), x.dtype)  # x's dtype under autocast
         z, xbcdt = torch.split(projected, [di, cd + nh], dim=-1)
         gates.append(z)
         scan_inputs.append(torch.split(xbcdt, [cd, nh], dim=-1))
@@ -37,8 +37,8 @@ def tiled_training_mix(layer, x: Tensor) -> Tensor:
     for xbc, dt in scan_inputs:
         y, state = block.conv_scan(xbc, dt, state)
         forward.append(y)
-    backward, state = [None] * len(starts), None
-    for k in range(len(starts) - 1, -1, -1):
+    backward, state = [None] * len(tiles), None
+    for k in range(len(tiles) - 1, -1, -1):
         xbc, dt = scan_inputs[k]
         y, state = block.conv_scan(xbc.flip(1), dt.flip(1), state)
         backward[k] = y.flip(1)
