@@ -77,6 +77,11 @@ def test_writes_keys_and_the_feature_vocabulary_is_saved(tmp_path):
     predict_modality(q1, mm)
     predict_modality(q2, tmp_path / "m")
     np.testing.assert_allclose(q1.obsm["scmamba2_pred_prot"], q2.obsm["scmamba2_pred_prot"], rtol=1e-5, atol=1e-6)
+    q5 = a.copy()  # five genes spelled in upper case (G0 for the model's g0): matched ignoring case, same result
+    q5.var_names = [n.upper() if i < 5 else n for i, n in enumerate(a.var_names)]
+    predict_modality(q5, mm)
+    np.testing.assert_allclose(q5.obsm["scmamba2_pred_prot"], q1.obsm["scmamba2_pred_prot"], rtol=1e-5, atol=1e-6)
+    assert q5.uns["scmamba2"]["scmamba2_pred_prot"]["n_genes_found"] == 30
     # the batch decoder: known batches are predicted as themselves, unknown ones with the mean batch vector
     assert back.model.batch_encoder is not None
     q3, q4 = a.copy(), a.copy()

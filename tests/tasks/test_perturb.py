@@ -153,6 +153,19 @@ def test_save_load_round_trip_and_unknown_target(trained, tmp_path):
     assert again.meta.genes == pm.meta.genes
     with pytest.raises(InputError, match="not in the model's vocabulary"):
         predict_perturbation(again, ["NOTAGENE"])
+    with pytest.raises(InputError, match="'g0' is spelled 'G0' there"):  # a target's case is named, not guessed
+        predict_perturbation(again, ["g0"])
+
+
+def test_panel_genes_spelled_in_another_case_reuse_the_pretrained_tokens():
+    from scmamba2.tasks.perturb import _vocab
+
+    genes = [f"G{j}" for j in range(N_GENES)]
+    base = ScMamba2(ModelConfig(vocab_size=4 + N_GENES, **SMALL), vocab=GeneVocab(genes))
+    panel = ["g0", *genes[1:], "NEW1"]  # g0: the pretrained G0; NEW1: a gene the base never saw
+    vocab = _vocab(panel, ["G1"], base)
+    assert vocab.genes == [*genes, "NEW1"]
+    np.testing.assert_array_equal(vocab.lookup(panel), [4 + j for j in range(N_GENES)] + [4 + N_GENES])
 
 
 @pytest.mark.parametrize("name", ["perturb_head.pt", "perturb_controls.npz"])

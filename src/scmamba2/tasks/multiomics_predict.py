@@ -14,6 +14,7 @@ import numpy as np
 from .._keys import MASK_VALUE
 from ..data.multiomics import MultiomicCollator, canonical_modality, joint_cells
 from ..data.tokenize import TokenizedCells, TokenizerConfig
+from ..data.vocab import match_names
 from ..errors import InputError
 
 log = logging.getLogger(__name__)
@@ -22,22 +23,25 @@ __all__ = ["predict_modality", "run_model", "model_cells"]
 
 
 def _model_genes(mm, a, min_fraction: float):
-    """``a`` restricted to the model's RNA genes (matched after stripping a genome prefix), and how many of
-    them it has; an :class:`~scmamba2.InputError` below ``min_fraction`` of them."""
+    """``a`` restricted to the model's RNA genes (matched after stripping a genome prefix, and ignoring case as
+    :meth:`~scmamba2.data.vocab.GeneVocab.lookup` does; a gene in several columns keeps its first), and how many
+    of them it has; an :class:`~scmamba2.InputError` below ``min_fraction`` of them."""
     from ..data.validate import strip_gene_prefix
 
-    genes = mm.rna_genes
+    genes = list(mm.rna_genes)
     names, _ = strip_gene_prefix(list(map(str, a.var_names)))
-    present = np.isin(np.asarray(names, dtype=object), np.asarray(genes, dtype=object))
-    found = len(set(np.asarray(names, dtype=object)[present]))
+    first: dict[int, int] = {}
+    for column, gene in enumerate(match_names(names, genes, what="the model's RNA genes")):
+        if gene >= 0:
+            first.setdefault(int(gene), column)
+    found = len(first)
     if found == 0 or found < min_fraction * len(genes):
-        have = set(names)
-        missing = [g for g in genes if g not in have][:5]
+        missing = [g for i, g in enumerate(genes) if i not in first][:5]
         raise InputError(f"the query has {found} of the model's {len(genes)} RNA genes ({found / len(genes):.0%}, "
                          f"below {min_fraction:.0%}; missing e.g. {missing}; the query's genes look like "
                          f"{names[:3]}). Check that query and model use the same gene identifiers (symbols vs "
                          "Ensembl ids: --gene-column NAME picks a var column) and that the query holds RNA")
-    return a[:, present], found
+    return a[:, np.sort(np.fromiter(first.values(), dtype=np.int64, count=found))], found
 
 
 def model_cells(mm, rna, others: dict[str, np.ndarray]) -> TokenizedCells:

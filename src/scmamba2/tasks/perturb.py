@@ -165,9 +165,15 @@ def target_tokens(targets: Sequence[str], genes: Sequence[str], vocab: GeneVocab
     pos = {g: i for i, g in enumerate(genes)}
     unknown = [t for t in targets if t not in pos and t not in vocab]
     if unknown:
+        # Target names come from the condition labels, one or two at a time: too few to tell a formatting
+        # difference from another species as gene names are (vocab.match_ignoring_case), so they must match as
+        # written; a spelling that differs only in case is named in the message.
+        folded = {str(g).upper(): g for g in [*genes, *vocab.genes]}
+        close = {t: folded[t.upper()] for t in unknown if t.upper() in folded}
+        hint = "".join(f"; {t!r} is spelled {g!r} there" for t, g in close.items())
         raise InputError(f"target gene(s) {unknown} are not in the model's vocabulary ({len(vocab.genes)} genes), "
-                         "so the model has no token for them; check the spelling (symbols vs Ensembl ids) or use "
-                         "a model whose vocabulary has them")
+                         f"so the model has no token for them{hint}; check the spelling (symbols vs Ensembl ids, "
+                         "case) in the condition labels or use a model whose vocabulary has them")
     in_panel = np.array([pos[t] for t in targets if t in pos and t not in generic], dtype=np.int64)
     extra = np.array([vocab.mask_id if t in generic else vocab[t] for t in targets if t not in pos or t in generic],
                      dtype=np.int64)
@@ -230,7 +236,7 @@ def _vocab(genes: list[str], targets: list[str], base: ScMamba2 | None) -> GeneV
     if base.vocab is None:
         raise CheckpointError("the pretrained model has no vocabulary attached")
     target_tokens(targets, genes, base.vocab)  # raises on a target unknown to the pretrained vocabulary
-    missing = [g for g in genes if g not in base.vocab]
+    missing = [g for g, i in zip(genes, base.vocab.lookup(genes)) if i < 0]  # lookup: C1ORF159 is C1orf159
     if missing:
         log.info("%d panel genes are new to the pretrained vocabulary and get new tokens", len(missing))
     return base.vocab.extend(missing)
