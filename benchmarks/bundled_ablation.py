@@ -154,8 +154,9 @@ def main() -> None:
         tag = "_".join(f"{SHORT.get(key, key)}{value}" for key, value in changes.items())
         run = args.run_root / f"bundled_run_{tag}"
         if args.build and not (run / "build_info.json").is_file():
-            # Again here: the shipped model's scores above (scanpy's numba kernels) and a scoring before reset
-            # torch's count to every core; builds from 2026-12-04 to 2026-12-05 ran on two threads that way.
+            # Again here: candidates built from 2026-12-04 to 2026-12-05 ran on two threads although --threads was 1
+            # (something before the build reset torch's count; not found: neither the scores above nor a short
+            # build reset it when run alone). Set here, the count holds through the build (build_info records it).
             torch.set_num_threads(args.threads)
             bundled.build(args.data_dir, run, seed=args.seed, changes=changes)
         info = json.loads((run / "build_info.json").read_text())
