@@ -16,7 +16,7 @@ from ..errors import InputError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["GeneVocab", "fold_case_index", "match_ignoring_case", "match_names"]
+__all__ = ["GeneVocab", "first_columns", "fold_case_index", "match_ignoring_case", "match_names"]
 
 _RECENT_LOOKUPS = 32  # Index objects whose ids GeneVocab.lookup keeps (a streamed corpus: one per shard)
 _LOGGED_CASE_MATCHES: set[tuple] = set()  # (target, count, examples) already logged: streamed blocks repeat them
@@ -77,6 +77,17 @@ def match_names(names: Sequence[str], targets: Sequence[str], *, what: str) -> n
         return ids
     return match_ignoring_case(names, ids, fold_case_index(targets), targets, what=what)
 
+
+
+def first_columns(names: Sequence[str], targets: Sequence[str], *, what: str) -> dict[int, int]:
+    """``{position in targets: position of the first of names that matches it}`` for every matched target, names
+    matched as :func:`match_names` does: the data columns to read each of ``targets`` from (a gene in several
+    columns: its first), in the order of ``names``."""
+    first: dict[int, int] = {}
+    for column, target in enumerate(match_names(names, targets, what=what)):
+        if target >= 0:
+            first.setdefault(int(target), column)
+    return first
 
 class GeneVocab:
     """A mapping between tokens (special tokens and gene names) and integer ids.

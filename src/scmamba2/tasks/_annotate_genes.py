@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..data.vocab import match_names
+from ..data.vocab import first_columns
 from ..eval.annotation_baselines import _dense
 
 log = logging.getLogger(__name__)
@@ -119,12 +119,7 @@ def _log_normalised(adata, genes, *, layer, use_raw, gene_column) -> tuple[np.nd
     if genes is None:
         return X, names, np.ones(len(names), dtype=bool)
     genes = list(genes)
-    ids = match_names(names, genes, what="the gene probe's genes")
-    first: dict[int, int] = {}  # gene position -> the data's first column of it
-    for j, i in enumerate(ids):
-        if i >= 0:
-            first.setdefault(int(i), j)
-    have = sorted(first.items())
+    have = sorted(first_columns(names, genes, what="the gene probe's genes").items())  # (gene, data column)
     if len(have) < len(genes):
         log.warning("gene probe: %d of its %d genes are missing from the data and read as 0", len(genes) - len(have),
                     len(genes))

@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 
 from ..data.files import read_json, write_json
-from ..data.vocab import match_names
+from ..data.vocab import first_columns
 from ..errors import CheckpointError, InputError
 from ..model import ScMamba2
 from ._annotate_genes import GeneProbe, mix
@@ -143,15 +143,11 @@ def match_genes(adata, genes: Sequence[str], *, layer: str | None = None, use_ra
     a = select_matrix(adata, layer=layer, use_raw=use_raw, gene_column=gene_column)
     names, prefix = strip_gene_prefix([str(g) for g in a.var_names])
     genes = list(dict.fromkeys(genes))
-    ids = match_names(names, genes, what="the model's genes")
-    first: dict[str, int] = {}
-    for j, i in enumerate(ids):
-        if i >= 0 and genes[i] not in first:
-            first[genes[i]] = j
+    first = first_columns(names, genes, what="the model's genes")
     cols = np.array(sorted(first.values()), dtype=np.int64)
     n_found = len(first)
     overlap = n_found / max(len(genes), 1)
-    missing = [g for g in genes if g not in first][:5]
+    missing = [g for i, g in enumerate(genes) if i not in first][:5]
     report = {"n_model_genes": len(genes), "n_matched": n_found, "overlap": round(overlap, 4),
               "missing_examples": missing}
     if overlap < min_overlap:

@@ -14,7 +14,7 @@ import numpy as np
 from .._keys import MASK_VALUE
 from ..data.multiomics import MultiomicCollator, canonical_modality, joint_cells
 from ..data.tokenize import TokenizedCells, TokenizerConfig
-from ..data.vocab import match_names
+from ..data.vocab import first_columns
 from ..errors import InputError
 
 log = logging.getLogger(__name__)
@@ -30,10 +30,7 @@ def _model_genes(mm, a, min_fraction: float):
 
     genes = list(mm.rna_genes)
     names, _ = strip_gene_prefix(list(map(str, a.var_names)))
-    first: dict[int, int] = {}
-    for column, gene in enumerate(match_names(names, genes, what="the model's RNA genes")):
-        if gene >= 0:
-            first.setdefault(int(gene), column)
+    first = first_columns(names, genes, what="the model's RNA genes")
     found = len(first)
     if found == 0 or found < min_fraction * len(genes):
         missing = [g for i, g in enumerate(genes) if i not in first][:5]
