@@ -82,6 +82,7 @@ def _hvg_file(model_dir, data_dir: Path, seed: int) -> tuple[float, float]:
     or (``model_dir`` None) of PCA-50 of the same scaled matrix."""
     import scanpy as sc
 
+    from scmamba2._threads import keep_torch_threads
     from scmamba2.bench.representation import pbmc3k_qc_cells
     from scmamba2.eval.baselines import pca_embedding
     from scmamba2.eval.knn import knn_label_transfer_scores
@@ -90,9 +91,10 @@ def _hvg_file(model_dir, data_dir: Path, seed: int) -> tuple[float, float]:
 
     if "hv" not in _HVG_CACHE:
         a = pbmc3k_qc_cells(data_dir)
-        sc.pp.normalize_total(a, target_sum=1e4)
-        sc.pp.log1p(a)
-        sc.pp.highly_variable_genes(a, n_top_genes=2000, flavor="seurat")
+        with keep_torch_threads():  # scanpy's numba kernels reset torch's thread count (to every core) otherwise
+            sc.pp.normalize_total(a, target_sum=1e4)
+            sc.pp.log1p(a)
+            sc.pp.highly_variable_genes(a, n_top_genes=2000, flavor="seurat")
         _HVG_CACHE["hv"] = a[:, a.var["highly_variable"].to_numpy()].copy()
     hv = _HVG_CACHE["hv"]
     if model_dir is None:
@@ -154,9 +156,8 @@ def main() -> None:
         tag = "_".join(f"{SHORT.get(key, key)}{value}" for key, value in changes.items())
         run = args.run_root / f"bundled_run_{tag}"
         if args.build and not (run / "build_info.json").is_file():
-            # Again here: candidates built from 2026-12-04 to 2026-12-05 ran on two threads although --threads was 1
-            # (something before the build reset torch's count; not found: neither the scores above nor a short
-            # build reset it when run alone). Set here, the count holds through the build (build_info records it).
+            # Again here (a guard): candidates built from 2026-12-04 to 2026-12-05 ran on two threads although
+            # --threads was 1, because _hvg_file's scanpy calls (numba) reset torch's count; they now keep it.
             torch.set_num_threads(args.threads)
             bundled.build(args.data_dir, run, seed=args.seed, changes=changes)
         info = json.loads((run / "build_info.json").read_text())

@@ -31,6 +31,7 @@ def _sets(data_dir: Path, seed: int):
     import anndata as ad
     import scanpy as sc
 
+    from scmamba2._threads import keep_torch_threads
     from scmamba2.bench.representation import load_kang, log_norm, pca_train_eval
     from scmamba2.quickstart import pca_baseline
 
@@ -39,7 +40,8 @@ def _sets(data_dir: Path, seed: int):
     kang = kang_train[np.sort(rng.choice(kang_train.n_obs, 3000, replace=False))].copy()
     ifnb = ad.read_h5ad(data_dir / "ifnb1k.h5ad")
     norm = log_norm(ifnb)
-    sc.pp.highly_variable_genes(norm, n_top_genes=1000, flavor="seurat")
+    with keep_torch_threads():  # scanpy's numba kernels reset torch's thread count otherwise
+        sc.pp.highly_variable_genes(norm, n_top_genes=1000, flavor="seurat")
     ifnb_hvg = ifnb[:, norm.var["highly_variable"].to_numpy()].copy()
     for name, a in (("Kang training donors (3,000 cells)", kang), ("ifnb1k", ifnb),
                     ("ifnb1k, 1,000 HVGs only", ifnb_hvg)):

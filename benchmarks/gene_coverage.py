@@ -58,6 +58,7 @@ def main() -> None:
     import scipy.sparse as sp
     import torch
 
+    from scmamba2._threads import keep_torch_threads
     from scmamba2.bench.representation import pbmc3k_qc_cells
     from scmamba2.eval.baselines import pca_embedding
     from scmamba2.eval.knn import knn_label_transfer_scores
@@ -71,9 +72,10 @@ def main() -> None:
     raw.X = sp.csr_matrix(raw.X)
     labels = raw.obs["cell_type"].astype(str).to_numpy()
     ln = raw.copy()
-    sc.pp.normalize_total(ln, target_sum=1e4)
-    sc.pp.log1p(ln)
-    sc.pp.highly_variable_genes(ln, n_top_genes=2000, flavor="seurat")
+    with keep_torch_threads():  # scanpy's numba kernels reset torch's thread count otherwise
+        sc.pp.normalize_total(ln, target_sum=1e4)
+        sc.pp.log1p(ln)
+        sc.pp.highly_variable_genes(ln, n_top_genes=2000, flavor="seurat")
     hv = ln.var["highly_variable"].to_numpy()
     library = np.asarray(raw.X.sum(1)).ravel()
     n_hv = np.asarray((raw.X[:, hv] > 0).sum(1)).ravel()

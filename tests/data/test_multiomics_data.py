@@ -76,6 +76,13 @@ def test_anndata_with_protein_in_obsm():
     assert list(read_multiomics(b).mods["prot"].var_names) == ["x", "y", "z", "u", "v"]
     mu = read_multiomics(a).as_mudata()
     assert set(mu.mod) == {"rna", "prot"} and "protein_expression" not in mu.obsm
+    # integer counts stay integer counts in the protein modality (a .h5mu output writes them back as given)
+    c = rna.copy()
+    c.obsm["protein_expression"] = prot.X.astype(np.int64)
+    c.uns["protein_names"] = np.asarray(prot.var_names)
+    X = read_multiomics(c).as_mudata().mod["prot"].X
+    assert X.dtype == np.int64 and np.array_equal(X, c.obsm["protein_expression"])
+    assert X is not c.obsm["protein_expression"]
 
 
 def test_bad_inputs_name_the_problem():

@@ -414,13 +414,17 @@ def _assert_is_sklearn_l1(gene_probe, X, names, y, C):
 
 def test_gene_probe_is_one_vs_rest_l1_logistic_regression():
     """Its probabilities are scikit-learn's one-vs-rest L1 logistic regression's on the chosen genes, with the C
-    cross-validation chose; two classes work too."""
+    cross-validation chose; two classes work too; torch's thread count is left as it was."""
     from scmamba2.tasks._annotate_genes import fit_gene_probe, log_normalised
 
     a = cells(150, [0, 1, 2])
     X, names = log_normalised(a)
     y = np.searchsorted(["T0", "T1", "T2"], a.obs["cell_type"].to_numpy())
+    import torch
+
+    threads = torch.get_num_threads()  # one, set by this folder's conftest
     probe, info = fit_gene_probe(X, names, y, 3, n_top_genes=40, folds=3, seed=0)
+    assert torch.get_num_threads() == threads  # scanpy's HVG kernels (numba) did not leave torch on every core
     assert len(probe.genes) == 40 and info["gene_probe_genes_used"] <= 40 and info["gene_probe_cv_macro_f1"] > 0.9
     _assert_is_sklearn_l1(probe, X, names, y, C=probe.C)
     from_adata = probe.matrix(a)[0].toarray()  # the same matrix straight from the AnnData

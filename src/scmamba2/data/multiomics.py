@@ -229,7 +229,8 @@ def _from_anndata(adata, protein_key: str | None) -> MultiomicData:
     if counts.ndim != 2 or counts.shape[1] != len(names):
         raise InputError(f"obsm[{protein_key!r}] has shape {counts.shape} but {len(names)} protein names")
     rna = adata.copy()
-    prot = ad.AnnData(X=counts.astype(np.float32), obs=pd.DataFrame(index=adata.obs_names),
+    # The counts as given (dtype kept, a copy): they become the MuData's protein modality when written as .h5mu.
+    prot = ad.AnnData(X=counts.copy(), obs=pd.DataFrame(index=adata.obs_names),
                       var=pd.DataFrame(index=pd.Index(names)))
     return MultiomicData(mods={RNA: rna, PROT: prot}, container=adata, rows=np.arange(adata.n_obs))
 

@@ -142,6 +142,7 @@ def fit_gene_probe(X: np.ndarray, names: list[str], y: np.ndarray, n_classes: in
     import scanpy as sc
     from sklearn.model_selection import GridSearchCV, StratifiedKFold
 
+    from .._threads import keep_torch_threads
     from ..eval.annotation_baselines import L1_CS, l1_logreg
     from ._annotate_probe import MAX_CV_CELLS, cv_sample
 
@@ -152,7 +153,8 @@ def fit_gene_probe(X: np.ndarray, names: list[str], y: np.ndarray, n_classes: in
     keep = (_dense(X.max(0)).ravel() > 0) & first
     if n_top_genes < keep.sum():
         a = ad.AnnData(X[:, keep])
-        sc.pp.highly_variable_genes(a, n_top_genes=n_top_genes, flavor="seurat")
+        with keep_torch_threads():  # scanpy's numba kernels would leave torch on every core
+            sc.pp.highly_variable_genes(a, n_top_genes=n_top_genes, flavor="seurat")
         keep[np.flatnonzero(keep)[~a.var["highly_variable"].to_numpy()]] = False
     cols = np.flatnonzero(keep)
     Xs = X[:, cols]  # liblinear takes sparse rows as they are
