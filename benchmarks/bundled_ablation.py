@@ -156,9 +156,6 @@ def main() -> None:
         tag = "_".join(f"{SHORT.get(key, key)}{value}" for key, value in changes.items())
         run = args.run_root / f"bundled_run_{tag}"
         if args.build and not (run / "build_info.json").is_file():
-            # Again here (a guard): candidates built from 2026-12-04 to 2026-12-05 ran on two threads although
-            # --threads was 1, because _hvg_file's scanpy calls (numba) reset torch's count; they now keep it.
-            torch.set_num_threads(args.threads)
             bundled.build(args.data_dir, run, seed=args.seed, changes=changes)
         info = json.loads((run / "build_info.json").read_text())
         loss = (f"{info['val_end']['val/profile']:.3f} (before training {info['val_start']['val/profile']:.3f}, "

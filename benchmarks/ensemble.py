@@ -69,11 +69,11 @@ def main() -> None:
 
     torch.set_num_threads(1)
     from scmamba2.bench.readout import _sets
-    from scmamba2.eval.knn import knn_label_transfer_scores as knn
     from scmamba2.model import ScMamba2
     from scmamba2.pretrained import model_path
     from scmamba2.quickstart import LABEL_KEY, pca_baseline
     from scmamba2.tasks.embed import embed
+    from zero_shot_splits import split_scores  # this folder's script: kNN scores over several fold seeds
 
     paths = {k: (model_path() if v == "bundled" else Path(v)) for k, v in _named(args.member).items()}
     models = {k: ScMamba2.from_pretrained(p).eval() for k, p in paths.items()}
@@ -85,14 +85,14 @@ def main() -> None:
         models[f"soup {spec}"] = _soup([models[k] for k in spec.split("+")])
 
     def sets():
-        yield from ((n, r, a, pca) for n, r, a, pca in _sets(args.data_dir, args.seed, args.quick))
+        yield from _sets(args.data_dir, args.seed, args.quick)
         q = sc.datasets.pbmc68k_reduced()
         q.obs["cell_type"] = q.obs[LABEL_KEY].astype(str)
         yield QUICKSTART, "report", q, pca_baseline(q, args.seed)
 
-    def scores(x, labels) -> dict:
-        runs = [knn(x, labels, args.seed + i) for i in range(args.splits)]
-        return {key: float(np.mean([r[key] for r in runs])) for key in runs[0]}
+    def scores(x, labels) -> dict:  # each score's mean over the fold seeds
+        runs = split_scores(labels, x, range(args.seed, args.seed + args.splits))
+        return {key: float(v.mean()) for key, v in runs.items()}
 
     t0, rows = time.perf_counter(), []
     for name, role, a, pca in sets():

@@ -78,7 +78,6 @@ def match_names(names: Sequence[str], targets: Sequence[str], *, what: str) -> n
     return match_ignoring_case(names, ids, fold_case_index(targets), targets, what=what)
 
 
-
 def first_columns(names: Sequence[str], targets: Sequence[str], *, what: str) -> dict[int, int]:
     """``{position in targets: position of the first of names that matches it}`` for every matched target, names
     matched as :func:`match_names` does: the data columns to read each of ``targets`` from (a gene in several
@@ -88,6 +87,7 @@ def first_columns(names: Sequence[str], targets: Sequence[str], *, what: str) ->
         if target >= 0:
             first.setdefault(int(target), column)
     return first
+
 
 class GeneVocab:
     """A mapping between tokens (special tokens and gene names) and integer ids.
