@@ -14,7 +14,8 @@ candidate is exported (fp16, as shipped) and scored by the readout benchmark (:m
 selection sets Kang training donors and ifnb1k, which the model was pretrained on without labels, decide; pbmc3k
 and Kang's held-out donors only report), written to ``<out>/readout_<tag>.md`` (a candidate scored before is
 not rescored without ``--rescore``). The summary ``<out>/bundled_ablation.md`` puts embed's default readout of
-every candidate next to the shipped model's (``<out>/readout.json``).
+every candidate next to the shipped default model alone (``<out>/readout_shipped_seed0.json``: candidates are
+single builds, while embed's default puts two builds side by side).
 """
 
 import argparse
@@ -144,7 +145,7 @@ def main() -> None:
     if args.default_only:
         readout.VARIANTS = {k: v for k, v in readout.VARIANTS.items() if k == DEFAULT.removeprefix("scmamba2: ")}
 
-    shipped = json.loads((args.out / "readout.json").read_text())
+    shipped = json.loads((args.out / "readout_shipped_seed0.json").read_text())  # the default model alone
     ours, pca = _default_rows(next(iter(shipped["tables"].values())))
     ours.update(_extra(model_path(), args))
     pca.update(_extra(None, args))

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/ensemble.py --member ship=bundled --member seed1=out/bundled_run_seed1 ...
                                             [--pair ship+seed1] [--soup ship+bf16] [--out benchmarks/results]
 
-Each ``--member NAME=DIR`` is a finished pretraining run (``bundled`` = the shipped model), e.g. the builds that
+Each ``--member NAME=DIR`` is a finished pretraining run (``bundled`` = the default model alone), e.g. the builds that
 ``benchmarks/bundled_ablation.py --build`` leaves in ``out/bundled_run_<tag>``; they must share the vocabulary.
 Every member, every ``--pair A+B`` (embed's default embedding of each, side by side: in the profile metric the
 squared distance is the sum of the two models' decoded-profile distances) and every ``--soup A+B+...`` (the
@@ -53,7 +53,8 @@ def _soup(models: list):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-    ap.add_argument("--member", action="append", default=[], help="NAME=DIR (a finished run; 'bundled': shipped)")
+    ap.add_argument("--member", action="append", default=[],
+                    help="NAME=DIR (a finished run, a bundled model's name, or 'bundled': the default model alone)")
     ap.add_argument("--pair", action="append", default=[], help="A+B: the two members' embeddings side by side")
     ap.add_argument("--soup", action="append", default=[], help="A+B+...: the members' weights averaged")
     ap.add_argument("--data-dir", type=Path, default=_HERE.parent.parent / "shared" / "data")
@@ -70,12 +71,12 @@ def main() -> None:
     torch.set_num_threads(1)
     from scmamba2.bench.readout import _sets
     from scmamba2.model import ScMamba2
-    from scmamba2.pretrained import model_path
+    from scmamba2.pretrained import bundled_name, model_path
     from scmamba2.quickstart import LABEL_KEY, pca_baseline
     from scmamba2.tasks.embed import embed
     from zero_shot_splits import split_scores  # this folder's script: kNN scores over several fold seeds
 
-    paths = {k: (model_path() if v == "bundled" else Path(v)) for k, v in _named(args.member).items()}
+    paths = {k: (model_path(bundled_name(v)) if bundled_name(v) else Path(v)) for k, v in _named(args.member).items()}
     models = {k: ScMamba2.from_pretrained(p).eval() for k, p in paths.items()}
     genes = list(next(iter(models.values())).vocab.genes)
     for k, m in models.items():

@@ -1,9 +1,10 @@
 """Benchmark: how much the bundled model's zero-shot comparison with PCA moves with the kNN folds alone.
 
-The model card scores one 5-fold split (seed 0). This script embeds the same evaluation cells once (the bundled
-model, zero-shot; PCA-50 fitted on those cells, as the card does) and repeats the 5-fold kNN (k=15) label
-transfer over ``--splits`` fold seeds: the mean and spread of each score, the paired difference scmamba2 - PCA
-per split, and in how many splits scmamba2 is at or above PCA. Nothing is trained or chosen here.
+The model card scores one 5-fold split (seed 0). This script embeds the same evaluation cells once (embed's
+default, the bundled builds side by side, zero-shot; PCA-50 fitted on those cells, as the card does) and repeats
+the 5-fold kNN (k=15) label transfer over ``--splits`` fold seeds: the mean and spread of each score, the paired
+difference scmamba2 - PCA per split, and in how many splits scmamba2 is at or above PCA.
+Nothing is trained or chosen here.
 
 Run from the repository root::
 
@@ -26,15 +27,14 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 
 
-def embeddings(data_dir: Path, model_dir: Path | None = None) -> dict:
-    """``{set name: (labels, {method: embedding})}`` for pbmc3k's QC cells and Kang's held-out donors, with the
-    bundled model or the model in ``model_dir``."""
+def embeddings(data_dir: Path, model_dir: list[Path] | None = None) -> dict:
+    """``{set name: (labels, {method: embedding})}`` for pbmc3k's QC cells and Kang's held-out donors, with
+    embed's default (the bundled builds side by side) or the models in ``model_dir`` (side by side)."""
     from scmamba2.bench.representation import load_kang, load_pbmc3k, pbmc3k_qc_cells, pca_train_eval
-    from scmamba2.model import ScMamba2
-    from scmamba2.pretrained import load
-    from scmamba2.tasks.embed import embed
+    from scmamba2.tasks.embed import embed, embedding_models
 
-    model = load() if model_dir is None else ScMamba2.from_pretrained(model_dir).eval()
+    models = embedding_models(model_dir or None)[1]
+    genes = set().union(*(m.vocab.genes for m in models))
     out = {}
     for name in ("pbmc3k (2,638 QC cells)", "Kang held-out donors"):
         if name.startswith("pbmc3k"):
@@ -42,8 +42,8 @@ def embeddings(data_dir: Path, model_dir: Path | None = None) -> dict:
         else:
             evaluate = pca_cells = load_kang(data_dir)[1]
         labels = evaluate.obs["cell_type"].astype(str).to_numpy()
-        e = evaluate[:, evaluate.var_names.isin(model.vocab.genes)].copy()
-        embed(e, model, progress=False)
+        e = evaluate[:, evaluate.var_names.isin(genes)].copy()
+        embed(e, models, progress=False)
         out[name] = (labels, {"scmamba2 zero-shot": e.obsm["X_scmamba2"],
                               "PCA-50": pca_train_eval(pca_cells, pca_cells, seed=0)})
     return out
@@ -61,7 +61,8 @@ def main(argv=None) -> int:
     ap.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "data")
     ap.add_argument("--splits", type=int, default=20, help="fold seeds 0 .. N-1")
     ap.add_argument("--out-dir", type=Path, default=HERE / "results")
-    ap.add_argument("--model-dir", type=Path, default=None, help="a model folder instead of the bundled model")
+    ap.add_argument("--model-dir", type=Path, action="append", default=None,
+                    help="a model folder instead of embed's default (repeat: side by side)")
     ap.add_argument("--stem", default="zero_shot_splits", help="name of the result files")
     args = ap.parse_args(argv)
     if not (args.data_dir / "pbmc3k_raw_labeled.h5ad").exists():
@@ -74,9 +75,11 @@ def main(argv=None) -> int:
         "# Zero-shot vs PCA over kNN fold splits",
         "",
         f"Regenerate: `.venv/bin/python benchmarks/zero_shot_splits.py --splits {args.splits}"
-        + (f" --model-dir {args.model_dir} --stem {args.stem}" if args.model_dir else "") + "`. "
-        + ("The bundled model's" if args.model_dir is None else f"The model in `{args.model_dir}`'s")
-        + " zero-shot embedding and PCA-50 fitted on the evaluated cells (as in the model card), embedded once; the "
+        + "".join(f" --model-dir {d}" for d in args.model_dir or [])
+        + (f" --stem {args.stem}" if args.model_dir else "")
+        + "`. The zero-shot embedding of " + ("embed's default (the bundled builds side by side)" if args.model_dir
+                                                 is None else " + ".join(f"`{d}`" for d in args.model_dir))
+        + " and PCA-50 fitted on the evaluated cells (as in the model card), embedded once; the "
         f"5-fold kNN (k=15) label transfer of `cell_type` repeated with fold seeds 0-{args.splits - 1}. Seed 0 is "
         "the model card's split. Paired difference: scmamba2 - PCA on the same split.",
         "",

@@ -43,15 +43,20 @@ TRANSFORMS = {
 }
 
 
-def _decoded_scaled(e: np.ndarray, model) -> np.ndarray:
-    """The profile the model decodes for each cell (its 2,000 panel genes), z-scored per gene on the set's own cells:
-    scanpy's scale step on the model's denoised expression. ``e`` is embed's default (``z S``, ``S = (W^T W)^(1/2)``),
-    so the centred profile is ``(e - mean) S^-1 W^T``."""
-    w = model.profile_head.decoder.weight.detach().double().cpu().numpy()  # (P, D)
-    evals, evecs = np.linalg.eigh(w.T @ w)
-    s_inv = (evecs / np.sqrt(np.maximum(evals, 1e-12))) @ evecs.T
-    prof = (e - e.mean(0)) @ s_inv @ w.T
-    return prof / np.maximum(prof.std(0), 1e-12)
+def _decoded_scaled(e: np.ndarray, models) -> np.ndarray:
+    """The profile each model decodes for each cell (its 2,000 panel genes), z-scored per gene on the set's own cells:
+    scanpy's scale step on the model's denoised expression. ``e`` is embed's default (``z S``, ``S = (W^T W)^(1/2)``;
+    one block per model), so the centred profile is ``(e - mean) S^-1 W^T``."""
+    out, start = [], 0
+    for model in models:
+        block = e[:, start:start + model.config.d_model]
+        start += model.config.d_model
+        w = model.profile_head.decoder.weight.detach().double().cpu().numpy()  # (P, D)
+        evals, evecs = np.linalg.eigh(w.T @ w)
+        s_inv = (evecs / np.sqrt(np.maximum(evals, 1e-12))) @ evecs.T
+        prof = (block - block.mean(0)) @ s_inv @ w.T
+        out.append(prof / np.maximum(prof.std(0), 1e-12))
+    return np.hstack(out)
 
 
 def _whiten(e: np.ndarray, k: int) -> np.ndarray:
@@ -85,27 +90,27 @@ def _sets(data_dir: Path, seed: int, quick: bool):
 
 
 def run(data_dir: str | Path, out_dir: str | Path, *, seed: int = 0, quick: bool = False,
-        model_dir: str | Path | None = None) -> BenchResult:
-    """Every :data:`VARIANTS` readout of the model (default: the bundled one) on every set, PCA-50 beside."""
+        model_dir: str | Path | list | None = None) -> BenchResult:
+    """Every :data:`VARIANTS` readout of the model (a checkpoint folder, a list of them side by side, or None:
+    embed's default, the bundled builds side by side) on every set, PCA-50 beside."""
     import pandas as pd
     import torch
 
-    from ..pretrained import model_path
-    from ..model import ScMamba2
-    from ..tasks.embed import embed
+    from ..tasks.embed import embed, embedding_models
 
     torch.set_num_threads(1)
-    model = ScMamba2.from_pretrained(model_dir or model_path()).eval()
+    names, models = embedding_models(model_dir)
+    genes = set().union(*(m.vocab.genes for m in models))
     res = BenchResult(task="readout_quick" if quick else "readout")
     rows, per_class = [], []  # per_class: of the last variant, embed()'s default
     for name, role, a, pca in _sets(Path(data_dir), seed, quick):
         labels = a.obs["cell_type"].astype(str).to_numpy()
-        a = a[:, a.var_names.isin(model.vocab.genes)].copy()
+        a = a[:, a.var_names.isin(genes)].copy()
         rows.append({"set": name, "role": role, "embedding": "baseline: PCA-50 of these cells",
                      **knn_scores(pca, labels, seed)})
         for label, kw in VARIANTS.items():
             with res.step(f"{name}: {label}"):
-                embed(a, model, progress=False, **kw)
+                embed(a, models, progress=False, **kw)
                 rows.append({"set": name, "role": role, "embedding": f"scmamba2: {label}",
                              **knn_scores(a.obsm["X_scmamba2"], labels, seed)})
             log.info("%s | %s | acc %.3f F1 %.3f", name, label, rows[-1]["kNN accuracy"], rows[-1]["kNN macro-F1"])
@@ -113,7 +118,7 @@ def run(data_dir: str | Path, out_dir: str | Path, *, seed: int = 0, quick: bool
             rows.append({"set": name, "role": role, "embedding": f"scmamba2: {label}",
                          **knn_scores(transform(a.obsm["X_scmamba2"]), labels, seed)})
         rows.append({"set": name, "role": role, "embedding": f"scmamba2: {DECODED_SCALED}",
-                     **knn_scores(_decoded_scaled(a.obsm["X_scmamba2"], model), labels, seed)})
+                     **knn_scores(_decoded_scaled(a.obsm["X_scmamba2"], models), labels, seed)})
         ours, base = knn_per_class_f1(a.obsm["X_scmamba2"], labels, seed), knn_per_class_f1(pca, labels, seed)
         counts = pd.Series(labels).value_counts()
         per_class += [{"set": name, "cell type": t, "cells": int(counts[t]), "F1 PCA-50": base[t],
@@ -134,6 +139,6 @@ def run(data_dir: str | Path, out_dir: str | Path, *, seed: int = 0, quick: bool
         "Per cell type: the F1 of each type under the same folds (macro-F1 is their mean), for embed's default "
         "and PCA-50, so that a macro-F1 gap can be traced to the types behind it.",
     ]
-    res.meta = {"seed": seed, "quick": quick, "model": str(model_dir) if model_dir else f"bundled: {model_path().name}",
+    res.meta = {"seed": seed, "quick": quick, "model": " + ".join(names),
                 "variants": {k: {kk: str(vv) for kk, vv in v.items()} for k, v in VARIANTS.items()}}
     return res

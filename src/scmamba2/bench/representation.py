@@ -191,11 +191,12 @@ def run(data_dir: str | Path, out_dir: str | Path, *, seed: int = 0, quick: bool
     res = BenchResult(task=stem)
     names = recipes or (QUICK_RECIPES if quick else tuple(RECIPES))
     torch.set_num_threads(1)
-    if extra_models is None:
-        from ..pretrained import DEFAULT_MODEL, available, model_path
+    if extra_models is None:  # label -> embed's model argument (None: embed's default, the bundled builds)
+        from ..pretrained import DEFAULT_EMBEDDING, DEFAULT_MODEL, available, model_path
 
-        extra_models = ({f"bundled {DEFAULT_MODEL}, zero-shot": model_path()} if DEFAULT_MODEL in available()
-                        else {})
+        extra_models = ({f"bundled {DEFAULT_MODEL} alone, zero-shot": model_path(),
+                         f"embed's default: bundled {' + '.join(DEFAULT_EMBEDDING)} side by side, zero-shot": None}
+                        if set(DEFAULT_EMBEDDING) <= set(available()) else {})
     for ds in sets or tuple(DATASETS):
         with res.step(f"{ds}: read"):
             train, evaluate = DATASETS[ds](data_dir)
@@ -227,11 +228,11 @@ def run(data_dir: str | Path, out_dir: str | Path, *, seed: int = 0, quick: bool
                 add(f"{name} ({r['steps']} steps)", r["X"], r["minutes"], loss_note(r["val"]))
         for label, path in (extra_models or {}).items():
             with res.step(f"{ds}: {label}"):
-                from ..model import ScMamba2
+                from ..tasks.embed import embedding_models
 
-                model = ScMamba2.from_pretrained(path)
-                e = evaluate[:, evaluate.var_names.isin(model.vocab.genes)].copy()
-                embed(e, model, progress=False)
+                models = embedding_models(path)[1]
+                e = evaluate[:, evaluate.var_names.isin(set().union(*(m.vocab.genes for m in models)))].copy()
+                embed(e, models, progress=False)
                 add(label, e.obsm["X_scmamba2"], None, "zero-shot")
         res.tables[f"{ds}: {evaluate.n_obs} evaluation cells, {len(set(labels))} cell types"] = pd.DataFrame(rows)
     res.notes += [

@@ -164,8 +164,10 @@ def import_checkpoint(
 @app.command()
 def embed(
     data: Path = typer.Argument(..., help="Data file to embed."),
-    model: Optional[Path] = typer.Option(None, "--model", help="Checkpoint directory (default, or 'bundled': "
-                                         "the bundled pretrained model, scmamba2-pbmc-small)."),
+    models: List[Path] = typer.Option([], "--model", help="Checkpoint directory or bundled model name; repeat it "
+                                      "to put several models' embeddings side by side. Default (or 'bundled'): "
+                                      "the two bundled builds scmamba2-pbmc-small and scmamba2-pbmc-small-seed2 "
+                                      "side by side."),
     out_path: Path = typer.Option(..., "--out", help="Output .h5ad with obsm['X_scmamba2']."),
     umap: Optional[Path] = typer.Option(None, "--umap", help="Also write a UMAP PNG of the embedding."),
     color: List[str] = typer.Option([], "--color", help="obs column(s) to colour the UMAP by."),
@@ -189,9 +191,10 @@ def embed(
     from ..tasks.embed import embed as _embed
 
     with _user_errors():
-        check_output(out_path, [data, model], overwrite=overwrite, suffixes=(".h5ad",))
+        check_output(out_path, [data, *models], overwrite=overwrite, suffixes=(".h5ad",))
         if umap is not None:
-            check_output(umap, [data, model, out_path], option="--umap", overwrite=overwrite, suffixes=PLOT_SUFFIXES)
+            check_output(umap, [data, *models, out_path], option="--umap", overwrite=overwrite, suffixes=PLOT_SUFFIXES)
+        model = None if not models else models[0] if len(models) == 1 else list(models)
         _at_least(1, batch_size=batch_size, max_tokens=max_tokens)
         if umap is not None and not color:
             raise InputError("--umap needs at least one --color KEY (an obs column) to colour the cells by")
@@ -203,9 +206,9 @@ def embed(
         if batch_key is not None:
             from ..tasks.integrate import META_FILE
 
-            if model is None:
-                raise InputError("--batch-key applies to a model trained with batches (scmamba2 integrate "
-                                 "--save-model DIR): pass it with --model DIR")
+            if len(models) != 1:
+                raise InputError("--batch-key applies to one model trained with batches (scmamba2 integrate "
+                                 "--save-model DIR): pass it with a single --model DIR")
             meta = model / META_FILE
             if not meta.is_file():
                 raise InputError(f"--batch-key needs the batch names the model was trained with: {meta} is missing "

@@ -46,7 +46,7 @@ def check_start(model, from_scratch: bool, model_config=None, tokenizer_config=N
 @torch.no_grad()
 def embed(
     adata,
-    model: ScMamba2 | str | Path | None = None,
+    model: ScMamba2 | str | Path | Sequence[ScMamba2 | str | Path] | None = None,
     *,
     key_added: str = "X_scmamba2",
     batch_size: int = 64,
@@ -63,15 +63,19 @@ def embed(
     batch_categories: Sequence[str] | None = None,
     copy: bool = False,
 ):
-    """Embed every cell of ``adata`` with the cell embedding of ``model`` (its ``cell_pooling`` readout).
+    """Embed every cell of ``adata`` with the cell embedding of ``model`` (its ``cell_pooling`` readout), or of
+    several models side by side.
 
     Parameters
     ----------
     adata
         Cells x genes; raw counts (or log-normalised values) in ``X``, ``layers[layer]`` or ``raw``.
     model
-        An :class:`~scmamba2.ScMamba2`, the path of a checkpoint directory, or None for the bundled pretrained
-        model (:mod:`scmamba2.pretrained`).
+        An :class:`~scmamba2.ScMamba2`, the path of a checkpoint directory, a bundled model's name, or a list of
+        these: each model embeds the cells and the embeddings are put side by side (the squared distance between
+        two cells is then the sum over the models). None or ``"bundled"`` (default): the bundled default
+        embedding, two builds of the bundled recipe side by side (:data:`scmamba2.pretrained.DEFAULT_EMBEDDING`);
+        ``"scmamba2-pbmc-small"`` reads cells with the default model alone (the one the tasks fine-tune).
     key_added
         Key in ``obsm`` for the embedding.
     layer, use_raw, gene_column
@@ -103,53 +107,100 @@ def embed(
     Writes
     ------
     ``obsm[key_added]``
-        ``(n_cells, d_model)`` float32 cell embeddings.
+        ``(n_cells, d_model)`` float32 cell embeddings (``d_model`` summed over the models).
     ``uns['scmamba2'][key_added]``
-        The settings used (model config, tokenizer config, genes matched).
+        The settings used (model config, tokenizer config, genes matched; of the first model, with
+        ``members`` and ``member_dims`` when there are several).
 
     Every cell is tokenised the same way whatever the batch it falls in (subsampling is seeded per cell),
     so batch size and order never change an embedding.
     """
     tune_cpu_allocator()
-    model = load_model(model)
-    if model.vocab is None:
-        raise ValueError("the model has no vocabulary attached: load it with ScMamba2.from_pretrained")
+    names, models = embedding_models(model)
     if copy and getattr(adata, "isbacked", False):
         raise InputError("copy=True would load a backed AnnData (read with backed='r') into memory as a copy, which "
                          "anndata refuses: load it first (adata.to_memory()), or use copy=False to write the "
                          "embedding into it")
-    adata = adata.copy() if copy else adata
-    tok = model.tokenizer_config or TokenizerConfig(n_bins=model.config.n_bins, value_mode=model.config.value_mode)
     if batch_size < 1:
         raise InputError(f"batch_size={batch_size} (--batch-size) must be at least 1 cell")
+    if max_len is not None and max_len < 2:
+        raise InputError(f"max_len={max_len} (--max-len) must be at least 2 (<cls> and one gene), or None for "
+                         "every expressed gene")
+    toks = [_tokenizer(net, max_tokens, max_len, all_genes) for net in models]
+    metrics = [_readout_metric(net, readout) for net in models]
+    adata = adata.copy() if copy else adata
+    parts, infos, key, cells = [], [], None, None
+    for net, tok, metric in zip(models, toks, metrics):
+        if key != (net.vocab.tokens, tok):  # members with one vocabulary and tokenizer share the tokenised cells
+            key = (net.vocab.tokens, tok)
+            cells = prepare_cells(adata, net.vocab, tok, layer=layer, use_raw=use_raw, gene_column=gene_column,
+                                  purpose="embed")
+        codes = _batch_codes(adata, net, batch_key, batch_categories)
+        parts.append(_embed_cells(net, cells, tok, metric, codes, adata.n_obs, batch_size=batch_size,
+                                  max_tokens=max_tokens, device=device, progress=progress))
+        infos.append(_without_none({
+            "model": net.config.to_dict(),
+            "tokenizer": tok.to_dict(),
+            "readout": "raw" if metric is None else "profile",
+            "vocab_overlap": cells.report.vocab_overlap,
+            "n_cells_without_vocab_genes": cells.n_empty,
+        }))
+    adata.obsm[key_added] = parts[0] if len(parts) == 1 else np.hstack(parts)
+    info = infos[0]
+    if len(models) > 1:  # side by side: the first member's settings, and each member's name and width
+        info["members"] = names
+        info["member_dims"] = [int(p.shape[1]) for p in parts]
+    adata.uns.setdefault("scmamba2", {})[key_added] = info
+    return adata if copy else None
+
+
+def embedding_models(model) -> tuple[list[str], list[ScMamba2]]:
+    """Names and networks that ``embed`` reads cells with: the bundled default embedding's builds (``model`` None
+    or ``"bundled"``), each model of a list, or the one model given (see :func:`load_model`)."""
+    from ..pretrained import DEFAULT_EMBEDDING, is_default_embedding, load
+
+    if is_default_embedding(model):
+        names, models = list(DEFAULT_EMBEDDING), [load(name) for name in DEFAULT_EMBEDDING]
+    else:
+        given = list(model) if isinstance(model, (list, tuple)) else [model]
+        if not given:
+            raise InputError("model=[] names no model: give a model, a list of models, or None for the bundled one")
+        names = [f"model {i}" if isinstance(m, ScMamba2) else str(m) for i, m in enumerate(given)]
+        models = [load_model(m) for m in given]
+    for m in models:
+        if m.vocab is None:
+            raise ValueError("the model has no vocabulary attached: load it with ScMamba2.from_pretrained")
+    return names, models
+
+
+def _tokenizer(model: ScMamba2, max_tokens: int | None, max_len: int | None, all_genes: bool) -> TokenizerConfig:
+    """How ``embed`` tokenises cells for ``model`` (every expressed gene unless ``max_len``)."""
+    tok = model.tokenizer_config or TokenizerConfig(n_bins=model.config.n_bins, value_mode=model.config.value_mode)
     one_cell = max(tok.max_len, max_len or 0)  # the model's training length, or the longer one asked for
     if max_tokens is not None and max_tokens < one_cell:
         raise InputError(f"max_tokens={max_tokens} (--max-tokens) is less than one cell of {one_cell} tokens: every "
                          f"cell would be cut or embedded alone. Give at least {one_cell} (the default 65536 suits most "
                          "machines).")
-    if max_len is not None and max_len < 2:
-        raise InputError(f"max_len={max_len} (--max-len) must be at least 2 (<cls> and one gene), or None for "
-                         "every expressed gene")
-    metric = _readout_metric(model, readout)
     if all_genes or max_len is None:
-        tok = replace(tok, max_len=len(model.vocab) + 1, **({"include_zeros": "all"} if all_genes else {}))
-    else:
-        tok = replace(tok, max_len=max_len)
-    prepared = prepare_cells(adata, model.vocab, tok, layer=layer, use_raw=use_raw, gene_column=gene_column,
-                             purpose="embed")
+        return replace(tok, max_len=len(model.vocab) + 1, **({"include_zeros": "all"} if all_genes else {}))
+    return replace(tok, max_len=max_len)
+
+
+def _embed_cells(model: ScMamba2, prepared, tok: TokenizerConfig, metric, codes, n_obs: int, *, batch_size: int,
+                 max_tokens: int | None, device: str | None, progress: bool) -> np.ndarray:
+    """``(n_obs, d_model)`` embedding of the prepared cells by ``model`` (in the ``metric``, if any)."""
     cells = model.input_cells(prepared.cells)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = model.to(dev).eval()
     metric = None if metric is None else metric.float().to(dev)
-
-    ds = TokenizedDataset(cells, batch=_batch_codes(adata, model, batch_key, batch_categories))
+    ds = TokenizedDataset(cells, batch=codes)
     lengths = np.minimum(np.asarray(cells.lengths), tok.max_len)
     if max_tokens is None:
         sampler = LengthBucketSampler(lengths, batch_size=batch_size, shuffle=False)
     else:
         sampler = token_budget_batches(lengths, max_tokens=max_tokens, max_batch_size=batch_size)
     loader = DataLoader(ds, batch_sampler=sampler, collate_fn=Collator(pad_id=model.vocab.pad_id))
-    emb = np.zeros((adata.n_obs, model.config.d_model), dtype=np.float32)
+    emb = np.zeros((n_obs, model.config.d_model), dtype=np.float32)
     from tqdm.auto import tqdm
 
     with tqdm(total=len(cells), desc="embedding cells", unit="cell", disable=not progress) as bar:
@@ -160,15 +211,7 @@ def embed(
             z = model.cell_embedding(states, batch[PADDING_MASK]).float()
             emb[rows] = (z if metric is None else z @ metric).float().cpu().numpy()  # float32 under autocast too
             bar.update(len(rows))
-    adata.obsm[key_added] = emb
-    adata.uns.setdefault("scmamba2", {})[key_added] = _without_none({
-        "model": model.config.to_dict(),
-        "tokenizer": tok.to_dict(),
-        "readout": "raw" if metric is None else "profile",
-        "vocab_overlap": prepared.report.vocab_overlap,
-        "n_cells_without_vocab_genes": prepared.n_empty,
-    })
-    return adata if copy else None
+    return emb
 
 
 def _readout_metric(model: ScMamba2, readout: str | None) -> torch.Tensor | None:
