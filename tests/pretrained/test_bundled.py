@@ -74,6 +74,14 @@ def test_embed_without_a_model_puts_the_bundled_builds_side_by_side(model):
     assert list(info["members"]) == list(DEFAULT_EMBEDDING) and sum(info["member_dims"]) == expected.shape[1]
 
 
+def test_bundled_inside_a_list_means_both_builds():
+    a, expected = default_embedding()
+    model = load()
+    embed(a, ["bundled", model], progress=False)
+    d = expected.shape[1] // 2
+    np.testing.assert_allclose(a.obsm["X_scmamba2"], np.hstack([expected, expected[:, :d]]), rtol=1e-3, atol=1e-4)
+
+
 def test_a_list_of_models_is_their_embeddings_side_by_side_in_its_order():
     a, expected = default_embedding()
     d = expected.shape[1] // 2

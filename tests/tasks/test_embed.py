@@ -171,3 +171,23 @@ def test_embed_under_bfloat16_autocast_writes_float32_close_to_float32(tiny_coun
         got = embed(tiny_counts, m, copy=True, progress=False).obsm["X_scmamba2"]
     assert got.dtype == np.float32
     assert 0 < np.linalg.norm(got - ref) / np.linalg.norm(ref) < 3e-2
+
+
+def test_several_models_sit_side_by_side_and_share_the_tokenised_cells(tiny_counts, model):
+    torch.manual_seed(1)
+    other = ScMamba2(model.config, vocab=model.vocab, tokenizer_config=model.tokenizer_config).eval()
+    a, b = (embed(tiny_counts, m, progress=False, copy=True).obsm["X_scmamba2"] for m in (model, other))
+    both = embed(tiny_counts, (model, other), progress=False, copy=True)
+    np.testing.assert_allclose(both.obsm["X_scmamba2"], np.hstack([a, b]), rtol=1e-5, atol=1e-6)
+    assert list(both.uns["scmamba2"]["X_scmamba2"]["member_dims"]) == [a.shape[1], b.shape[1]]
+
+
+def test_several_batch_aware_models_are_refused_before_any_work(tiny_counts, model):
+    dsbn = ScMamba2(replace_config(model.config, dsbn=True, n_batches=2), vocab=model.vocab,
+                    tokenizer_config=model.tokenizer_config).eval()
+    tiny_counts.obs["b"] = ["x", "y"] * (tiny_counts.n_obs // 2) + ["x"] * (tiny_counts.n_obs % 2)
+    with pytest.raises(InputError, match="several of the models"):
+        embed(tiny_counts, [dsbn, dsbn], batch_key="b", batch_categories=["x", "y"], progress=False)
+    with pytest.raises(InputError, match="batch_categories"):  # the batch check of a member comes before embedding
+        embed(tiny_counts, [model, dsbn], batch_key="b", progress=False)
+    assert "X_scmamba2" not in tiny_counts.obsm

@@ -26,8 +26,9 @@ def validate(
     modality: str = typer.Option("rna", help="Modality of an .h5mu file."),
 ) -> None:
     """Check a data file: value kind (raw counts, log-normalised, scaled), NaN, empty cells, gene ids. Without
-    --model the file is checked as pretraining input, and its genes are also matched against the bundled model
-    (the one embed, annotate and integrate use by default): a note says whether that model can read it."""
+    --model the file is checked as pretraining input, and its genes are also matched against the bundled model's
+    vocabulary (the one annotate and integrate start from; embed's default builds share it): a note says whether
+    that model can read it."""
     from ..data.io import read, select_matrix
     from ..data.multiomics import canonical_modality
     from ..data.validate import validate as _validate
@@ -47,12 +48,13 @@ def validate(
         if model is None and canonical_modality(modality) == "rna" and available():
             bundled = vocabulary_overlap(adata, GeneVocab.load(model_path() / VOCAB_FILE))
             if bundled.ok:
-                out.print(f"bundled model {DEFAULT_MODEL} (the default of embed / annotate / integrate): "
+                out.print(f"bundled model {DEFAULT_MODEL} (the default of annotate / integrate; embed's default builds "
+                          "share its vocabulary): "
                           f"{bundled.n_vocab_matched:,} of the file's genes are in its vocabulary "
                           f"({bundled.vocab_overlap:.1%}).", highlight=False, soft_wrap=True)
             else:
-                out.print(f"Note: the bundled model {DEFAULT_MODEL}, which embed / annotate / integrate use without "
-                          f"--model, cannot read this file: {bundled.error_message()}", highlight=False, soft_wrap=True)
+                out.print(f"Note: the bundled model {DEFAULT_MODEL} (and embed's default builds, which share its "
+                          f"vocabulary), used without --model, cannot read this file: {bundled.error_message()}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -185,7 +187,8 @@ def embed(
     gene_column: Optional[str] = GeneColOpt,
     overwrite: bool = OverwriteOpt,
 ) -> None:
-    """Embed cells with a trained model into obsm['X_scmamba2']."""
+    """Embed cells with a trained model, or several side by side (default: the two bundled builds), into
+    obsm['X_scmamba2']."""
     from ..data.files import check_output, read_json, write_h5ad
     from ..data.io import read
     from ..tasks.embed import embed as _embed
@@ -232,8 +235,8 @@ def quickstart(
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Fine-tuning steps (default: the demo's 200)."),
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
-    """The demo: the bundled model on scanpy's pbmc68k_reduced, zero-shot and after a short self-supervised
-    fine-tune, each compared with PCA by kNN label transfer."""
+    """The demo: embed's default (the two bundled builds side by side) on scanpy's pbmc68k_reduced, zero-shot and
+    after a short self-supervised fine-tune of each build, each compared with PCA by kNN label transfer."""
     from ..quickstart import run_quickstart
 
     with _user_errors():

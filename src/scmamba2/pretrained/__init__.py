@@ -4,7 +4,7 @@ Two builds of one recipe, differing only in their seed (folders beside this file
 ``MODEL_CARD.md``):
 
 - ``scmamba2-pbmc-small`` (seed 0) is the default model: the network that ``annotate``, ``integrate``,
-  ``multiomics`` and ``pretrain --init-model bundled`` start from;
+  ``multiomics``, ``transfer_modality`` and ``pretrain --init-model bundled`` start from;
 - :func:`scmamba2.embed` and ``scmamba2 embed`` without a model read cells with both builds and put their
   embeddings side by side (:data:`DEFAULT_EMBEDDING`): on the readout benchmark's selection sets that measured
   better than either build alone (``benchmarks/results/ensemble_seeds.md``).

@@ -71,8 +71,8 @@ def embed(
     adata
         Cells x genes; raw counts (or log-normalised values) in ``X``, ``layers[layer]`` or ``raw``.
     model
-        An :class:`~scmamba2.ScMamba2`, the path of a checkpoint directory, a bundled model's name, or a list of
-        these: each model embeds the cells and the embeddings are put side by side (the squared distance between
+        An :class:`~scmamba2.ScMamba2`, the path of a checkpoint directory, a bundled model's name, or a list or
+        tuple of these: each model embeds the cells and the embeddings are put side by side (the squared distance between
         two cells is then the sum over the models). None or ``"bundled"`` (default): the bundled default
         embedding, two builds of the bundled recipe side by side (:data:`scmamba2.pretrained.DEFAULT_EMBEDDING`);
         ``"scmamba2-pbmc-small"`` reads cells with the default model alone (the one the tasks fine-tune).
@@ -128,16 +128,20 @@ def embed(
                          "every expressed gene")
     toks = [_tokenizer(net, max_tokens, max_len, all_genes) for net in models]
     metrics = [_readout_metric(net, readout) for net in models]
+    if sum(net.dsbn is not None for net in models) > 1:
+        raise InputError("several of the models were trained with domain-specific batch norm: batch_categories "
+                         "names one model's batches; embed them one at a time and put the embeddings side by side")
+    codes = [_batch_codes(adata, net, batch_key, batch_categories) for net in models]
     adata = adata.copy() if copy else adata
     parts, infos, key, cells = [], [], None, None
-    for net, tok, metric in zip(models, toks, metrics):
+    for name, net, tok, metric, batch in zip(names, models, toks, metrics, codes):
         if key != (net.vocab.tokens, tok):  # members with one vocabulary and tokenizer share the tokenised cells
             key = (net.vocab.tokens, tok)
             cells = prepare_cells(adata, net.vocab, tok, layer=layer, use_raw=use_raw, gene_column=gene_column,
                                   purpose="embed")
-        codes = _batch_codes(adata, net, batch_key, batch_categories)
-        parts.append(_embed_cells(net, cells, tok, metric, codes, adata.n_obs, batch_size=batch_size,
-                                  max_tokens=max_tokens, device=device, progress=progress))
+        desc = "embedding cells" + (f" ({Path(name).name})" if len(models) > 1 else "")
+        parts.append(_embed_cells(net, cells, tok, metric, batch, adata.n_obs, batch_size=batch_size,
+                                  max_tokens=max_tokens, device=device, progress=progress, desc=desc))
         infos.append(_without_none({
             "model": net.config.to_dict(),
             "tokenizer": tok.to_dict(),
@@ -156,17 +160,21 @@ def embed(
 
 def embedding_models(model) -> tuple[list[str], list[ScMamba2]]:
     """Names and networks that ``embed`` reads cells with: the bundled default embedding's builds (``model`` None
-    or ``"bundled"``), each model of a list, or the one model given (see :func:`load_model`)."""
+    or ``"bundled"``, also as an item of a list), each model of a list or tuple, or the one model given (see
+    :func:`load_model`)."""
     from ..pretrained import DEFAULT_EMBEDDING, is_default_embedding, load
 
-    if is_default_embedding(model):
-        names, models = list(DEFAULT_EMBEDDING), [load(name) for name in DEFAULT_EMBEDDING]
-    else:
-        given = list(model) if isinstance(model, (list, tuple)) else [model]
-        if not given:
-            raise InputError("model=[] names no model: give a model, a list of models, or None for the bundled one")
-        names = [f"model {i}" if isinstance(m, ScMamba2) else str(m) for i, m in enumerate(given)]
-        models = [load_model(m) for m in given]
+    given = list(model) if isinstance(model, (list, tuple)) else [model]
+    if not given:
+        raise InputError("model=[] names no model: give a model, a list of models, or None for the bundled builds")
+    names, models = [], []
+    for i, m in enumerate(given):
+        if is_default_embedding(m):
+            names += DEFAULT_EMBEDDING
+            models += [load(name) for name in DEFAULT_EMBEDDING]
+        else:
+            names.append(f"model {i}" if isinstance(m, ScMamba2) else str(m))
+            models.append(load_model(m))
     for m in models:
         if m.vocab is None:
             raise ValueError("the model has no vocabulary attached: load it with ScMamba2.from_pretrained")
@@ -187,7 +195,8 @@ def _tokenizer(model: ScMamba2, max_tokens: int | None, max_len: int | None, all
 
 
 def _embed_cells(model: ScMamba2, prepared, tok: TokenizerConfig, metric, codes, n_obs: int, *, batch_size: int,
-                 max_tokens: int | None, device: str | None, progress: bool) -> np.ndarray:
+                 max_tokens: int | None, device: str | None, progress: bool,
+                 desc: str = "embedding cells") -> np.ndarray:
     """``(n_obs, d_model)`` embedding of the prepared cells by ``model`` (in the ``metric``, if any)."""
     cells = model.input_cells(prepared.cells)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -203,7 +212,7 @@ def _embed_cells(model: ScMamba2, prepared, tok: TokenizerConfig, metric, codes,
     emb = np.zeros((n_obs, model.config.d_model), dtype=np.float32)
     from tqdm.auto import tqdm
 
-    with tqdm(total=len(cells), desc="embedding cells", unit="cell", disable=not progress) as bar:
+    with tqdm(total=len(cells), desc=desc, unit="cell", disable=not progress) as bar:
         for batch in loader:
             rows = batch.pop(CELL_INDEX).numpy()  # rows of adata
             batch = {k: v.to(dev) for k, v in batch.items()}
