@@ -70,14 +70,11 @@ def main() -> None:
 
     torch.set_num_threads(1)
     from scmamba2.bench.readout import _sets
-    from scmamba2.model import ScMamba2
-    from scmamba2.pretrained import bundled_name, model_path
     from scmamba2.quickstart import LABEL_KEY, pca_baseline
-    from scmamba2.tasks.embed import embed
+    from scmamba2.tasks.embed import embed, load_model
     from zero_shot_splits import split_scores  # this folder's script: kNN scores over several fold seeds
 
-    paths = {k: (model_path(bundled_name(v)) if bundled_name(v) else Path(v)) for k, v in _named(args.member).items()}
-    models = {k: ScMamba2.from_pretrained(p).eval() for k, p in paths.items()}
+    models = {k: load_model(v).eval() for k, v in _named(args.member).items()}  # a run folder or a bundled name
     genes = list(next(iter(models.values())).vocab.genes)
     for k, m in models.items():
         if list(m.vocab.genes) != genes:

@@ -31,10 +31,10 @@ def embeddings(data_dir: Path, model_dir: list[Path] | None = None) -> dict:
     """``{set name: (labels, {method: embedding})}`` for pbmc3k's QC cells and Kang's held-out donors, with
     embed's default (the bundled builds side by side) or the models in ``model_dir`` (side by side)."""
     from scmamba2.bench.representation import load_kang, load_pbmc3k, pbmc3k_qc_cells, pca_train_eval
-    from scmamba2.tasks.embed import embed, embedding_models
+    from scmamba2.tasks.embed import embed, embedding_models, vocabulary_genes
 
     models = embedding_models(model_dir or None)[1]
-    genes = set().union(*(m.vocab.genes for m in models))
+    genes = vocabulary_genes(models)
     out = {}
     for name in ("pbmc3k (2,638 QC cells)", "Kang held-out donors"):
         if name.startswith("pbmc3k"):

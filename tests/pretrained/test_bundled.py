@@ -41,6 +41,8 @@ def test_the_bundled_models_ship_with_their_cards_within_the_size_limit():
             assert (path / f).is_file(), (name, f)
         card = (path / "MODEL_CARD.md").read_text()
         assert "scripts/build_pretrained.py" in card and f"--name {name}" in card and "Zero-shot scores" in card
+    vocabs = {(model_path(name) / "vocab.json").read_text() for name in DEFAULT_EMBEDDING}
+    assert len(vocabs) == 1  # one vocabulary: validate's overlap note for the default model holds for every build
     size = sum(p.stat().st_size for p in model_path().parent.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
     assert size <= PACKAGE_LIMIT_BYTES, f"the bundled models take {size / 2**20:.1f} MB: the package allows 10 MB"
 
@@ -100,6 +102,22 @@ def test_cli_embed_without_model(tmp_path):
     result = CliRunner().invoke(app, ["embed", str(tmp_path / "cells.h5ad"), "--out", str(tmp_path / "e.h5ad")])
     assert result.exit_code == 0, result.output
     np.testing.assert_allclose(ad.read_h5ad(tmp_path / "e.h5ad").obsm["X_scmamba2"], expected, rtol=1e-3, atol=1e-4)
+
+
+def test_cli_embed_with_repeated_model_options(tmp_path):
+    from typer.testing import CliRunner
+
+    from scmamba2.cli import app
+
+    a, expected = default_embedding()
+    d = expected.shape[1] // 2
+    a.write_h5ad(tmp_path / "cells.h5ad")
+    args = ["embed", str(tmp_path / "cells.h5ad"), "--out", str(tmp_path / "e.h5ad"),
+            "--model", DEFAULT_EMBEDDING[1], "--model", str(model_path())]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    np.testing.assert_allclose(ad.read_h5ad(tmp_path / "e.h5ad").obsm["X_scmamba2"],
+                               np.hstack([expected[:, d:], expected[:, :d]]), rtol=1e-3, atol=1e-4)
 
 
 def test_a_missing_bundled_model_is_a_clear_error():

@@ -160,13 +160,13 @@ def zero_shot_scores(models: dict, data_dir: Path, seed: int = 0):
     evaluation cells themselves), on pbmc3k's QC cells and on Kang's held-out donors."""
     import pandas as pd
 
-    from ..tasks.embed import embed, embedding_models
+    from ..tasks.embed import embed, embedding_models, vocabulary_genes
     from ..eval.knn import knn_label_transfer_scores as knn_scores
     from ..eval.scib import bio_conservation
     from .representation import load_kang, load_pbmc3k, pbmc3k_qc_cells, pca_train_eval
 
     nets = {label: embedding_models(m)[1] for label, m in models.items()}
-    genes = set().union(*(n.vocab.genes for ms in nets.values() for n in ms))
+    genes = vocabulary_genes([n for ms in nets.values() for n in ms])
     rows = []
     for name, loader in (("pbmc3k (2,638 QC cells, all genes)", "pbmc3k"), ("Kang held-out donors", "kang")):
         if loader == "pbmc3k":

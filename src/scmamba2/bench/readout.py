@@ -96,11 +96,11 @@ def run(data_dir: str | Path, out_dir: str | Path, *, seed: int = 0, quick: bool
     import pandas as pd
     import torch
 
-    from ..tasks.embed import embed, embedding_models
+    from ..tasks.embed import embed, embedding_models, vocabulary_genes
 
     torch.set_num_threads(1)
     names, models = embedding_models(model_dir)
-    genes = set().union(*(m.vocab.genes for m in models))
+    genes = vocabulary_genes(models)
     res = BenchResult(task="readout_quick" if quick else "readout")
     rows, per_class = [], []  # per_class: of the last variant, embed()'s default
     for name, role, a, pca in _sets(Path(data_dir), seed, quick):

@@ -228,10 +228,10 @@ def run(data_dir: str | Path, out_dir: str | Path, *, seed: int = 0, quick: bool
                 add(f"{name} ({r['steps']} steps)", r["X"], r["minutes"], loss_note(r["val"]))
         for label, path in (extra_models or {}).items():
             with res.step(f"{ds}: {label}"):
-                from ..tasks.embed import embedding_models
+                from ..tasks.embed import embedding_models, vocabulary_genes
 
                 models = embedding_models(path)[1]
-                e = evaluate[:, evaluate.var_names.isin(set().union(*(m.vocab.genes for m in models)))].copy()
+                e = evaluate[:, evaluate.var_names.isin(vocabulary_genes(models))].copy()
                 embed(e, models, progress=False)
                 add(label, e.obsm["X_scmamba2"], None, "zero-shot")
         res.tables[f"{ds}: {evaluate.n_obs} evaluation cells, {len(set(labels))} cell types"] = pd.DataFrame(rows)

@@ -54,7 +54,8 @@ def validate(
                           f"({bundled.vocab_overlap:.1%}).", highlight=False, soft_wrap=True)
             else:
                 out.print(f"Note: the bundled model {DEFAULT_MODEL} (and embed's default builds, which share its "
-                          f"vocabulary), used without --model, cannot read this file: {bundled.error_message()}", highlight=False, soft_wrap=True)
+                          f"vocabulary), used without --model, cannot read this file: {bundled.error_message()}",
+                          highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -71,10 +71,10 @@ def embed(
     adata
         Cells x genes; raw counts (or log-normalised values) in ``X``, ``layers[layer]`` or ``raw``.
     model
-        An :class:`~scmamba2.ScMamba2`, the path of a checkpoint directory, a bundled model's name, or a list or
-        tuple of these: each model embeds the cells and the embeddings are put side by side (the squared distance between
-        two cells is then the sum over the models). None or ``"bundled"`` (default): the bundled default
-        embedding, two builds of the bundled recipe side by side (:data:`scmamba2.pretrained.DEFAULT_EMBEDDING`);
+        An :class:`~scmamba2.ScMamba2`, the path of a checkpoint directory, a bundled model's name, or a list
+        or tuple of these: each model embeds the cells and the embeddings are put side by side (the squared
+        distance between two cells is then the sum over the models). None or ``"bundled"`` (default, also as an
+        item of a list): the bundled default embedding, two builds of the bundled recipe side by side (:data:`scmamba2.pretrained.DEFAULT_EMBEDDING`);
         ``"scmamba2-pbmc-small"`` reads cells with the default model alone (the one the tasks fine-tune).
     key_added
         Key in ``obsm`` for the embedding.
@@ -133,7 +133,7 @@ def embed(
                          "names one model's batches; embed them one at a time and put the embeddings side by side")
     codes = [_batch_codes(adata, net, batch_key, batch_categories) for net in models]
     adata = adata.copy() if copy else adata
-    parts, infos, key, cells = [], [], None, None
+    parts, key, cells, info = [], None, None, None
     for name, net, tok, metric, batch in zip(names, models, toks, metrics, codes):
         if key != (net.vocab.tokens, tok):  # members with one vocabulary and tokenizer share the tokenised cells
             key = (net.vocab.tokens, tok)
@@ -142,15 +142,15 @@ def embed(
         desc = "embedding cells" + (f" ({Path(name).name})" if len(models) > 1 else "")
         parts.append(_embed_cells(net, cells, tok, metric, batch, adata.n_obs, batch_size=batch_size,
                                   max_tokens=max_tokens, device=device, progress=progress, desc=desc))
-        infos.append(_without_none({
-            "model": net.config.to_dict(),
-            "tokenizer": tok.to_dict(),
-            "readout": "raw" if metric is None else "profile",
-            "vocab_overlap": cells.report.vocab_overlap,
-            "n_cells_without_vocab_genes": cells.n_empty,
-        }))
+        if info is None:  # the first model's settings stand for all
+            info = _without_none({
+                "model": net.config.to_dict(),
+                "tokenizer": tok.to_dict(),
+                "readout": "raw" if metric is None else "profile",
+                "vocab_overlap": cells.report.vocab_overlap,
+                "n_cells_without_vocab_genes": cells.n_empty,
+            })
     adata.obsm[key_added] = parts[0] if len(parts) == 1 else np.hstack(parts)
-    info = infos[0]
     if len(models) > 1:  # side by side: the first member's settings, and each member's name and width
         info["members"] = names
         info["member_dims"] = [int(p.shape[1]) for p in parts]
@@ -179,6 +179,11 @@ def embedding_models(model) -> tuple[list[str], list[ScMamba2]]:
         if m.vocab is None:
             raise ValueError("the model has no vocabulary attached: load it with ScMamba2.from_pretrained")
     return names, models
+
+
+def vocabulary_genes(models) -> set[str]:
+    """Every gene some of ``models`` has in its vocabulary: the columns worth keeping before embedding with them."""
+    return set().union(*(m.vocab.genes for m in models))
 
 
 def _tokenizer(model: ScMamba2, max_tokens: int | None, max_len: int | None, all_genes: bool) -> TokenizerConfig:
