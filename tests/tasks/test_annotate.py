@@ -320,6 +320,60 @@ def test_default_start_is_the_bundled_model():
     assert ann.info["method"] == "probe" and ann.info["from_pretrained"]
     assert ann.model.vocab.genes == bundled.vocab.genes and ann.model.config.d_model == bundled.config.d_model
     assert ann.genes == genes and ann.info["gene_overlap"]["overlap"] == 1.0
+    # The probe reads the bundled default embedding: both builds side by side, the default model first.
+    from scmamba2.pretrained import DEFAULT_EMBEDDING
+
+    second = load(DEFAULT_EMBEDDING[1])
+    assert len(ann.side_models) == 1 and ann.probe.weight.shape[1] == 2 * bundled.config.d_model
+    import torch
+
+    key = "gene_encoder.embedding.weight"
+    torch.testing.assert_close(ann.side_models[0].state_dict()[key], second.state_dict()[key])
+    one = fit_annotator(ref, "cell_type", model="scmamba2-pbmc-small", config=AnnotationConfig(probe_folds=2))
+    assert one.side_models == [] and one.probe.weight.shape[1] == bundled.config.d_model  # a bundled name: it alone
+
+
+def test_probe_reads_several_models_side_by_side_and_round_trips(tmp_path):
+    """model=[a, b]: the probe reads both embeddings side by side (a's first), and the annotator saves and reloads
+    both models; models that read cells differently, or a list with fine-tuning, are refused before training."""
+    import torch
+
+    from scmamba2 import ScMamba2
+    from scmamba2.data.prepare import prepare_cells
+    from scmamba2.data.vocab import GeneVocab
+    from scmamba2.model import ModelConfig
+    from scmamba2.tasks.annotate_predict import cell_embeddings, match_genes, side_by_side, softmax
+
+    a, b = _tiny_pretrained(tmp_path / "a", seed=0), _tiny_pretrained(tmp_path / "b", seed=1)
+    ref, q = cells(120, [0, 1, 2], seed=40), cells(45, [0, 1, 2], seed=41)
+    ann = fit_annotator(ref, "cell_type", model=[a, b], out_dir=tmp_path / "ann",
+                        config=AnnotationConfig(probe_folds=3, gene_weight=0.0))
+    d = ann.model.config.d_model
+    assert len(ann.side_models) == 1 and ann.probe.weight.shape == (3, 2 * d)
+    sub, _ = match_genes(q, ann.genes, min_overlap=0.0)
+    tok = ann.model.input_cells(prepare_cells(sub, ann.model.vocab, ann.model.tokenizer_config,
+                                              purpose="annotate").cells)
+    emb = side_by_side(ann.models, tok)
+    np.testing.assert_array_equal(emb[:, :d], cell_embeddings(ann.model, tok))  # the first model's columns first
+    np.testing.assert_array_equal(emb[:, d:], cell_embeddings(ann.side_models[0], tok))
+    assert not np.allclose(emb[:, :d], emb[:, d:])  # two different encoders
+    predict(q, ann, progress=False)
+    np.testing.assert_allclose(q.obsm["scmamba2_probs"], softmax(ann.probe(emb), ann.temperature), atol=1e-5)
+    loaded = Annotator.load(tmp_path / "ann")
+    assert len(loaded.side_models) == 1 and (tmp_path / "ann" / "side_model_1" / "config.json").is_file()
+    for k, v in ann.side_models[0].state_dict().items():
+        torch.testing.assert_close(loaded.side_models[0].state_dict()[k], v)
+    again = predict(q, tmp_path / "ann", progress=False, copy=True)
+    np.testing.assert_allclose(again.obsm["scmamba2_probs"], q.obsm["scmamba2_probs"], atol=1e-6)
+
+    torch.manual_seed(0)
+    other_vocab = GeneVocab([f"g{j}" for j in range(81)])  # one gene more: another vocabulary
+    ScMamba2(ModelConfig(vocab_size=len(other_vocab), **TINY, max_len=32, value_mode="continuous"),
+             vocab=other_vocab, tokenizer_config=ann.model.tokenizer_config).save_pretrained(tmp_path / "c")
+    with pytest.raises(InputError, match="another vocabulary or tokenizer"):
+        fit_annotator(ref, "cell_type", model=[a, tmp_path / "c"])
+    with pytest.raises(InputError, match="fine-tuning trains one model"):
+        fit_annotator(ref, "cell_type", model=[a, b], config=AnnotationConfig(method="finetune"))
 
 
 def test_probe_after_self_supervised_steps_on_reference_and_query():
@@ -378,12 +432,14 @@ def test_cli_probe_from_a_model_folder_saves_and_reloads(tmp_path):
     from scmamba2.cli import app
 
     model_dir = _tiny_pretrained(tmp_path / "base", seed=1)
+    side_dir = _tiny_pretrained(tmp_path / "side", seed=2)
     cells(96, [0, 1, 2], seed=22).write_h5ad(tmp_path / "ref.h5ad")
     cells(48, [0, 1, 2], seed=23).write_h5ad(tmp_path / "query.h5ad")
     runner = CliRunner()
     r = runner.invoke(app, ["--quiet", "annotate", "--reference", str(tmp_path / "ref.h5ad"), "--label-key",
                             "cell_type", "--query", str(tmp_path / "query.h5ad"), "--out", str(tmp_path / "a.h5ad"),
-                            "--model", str(model_dir), "--save-model", str(tmp_path / "ann")])
+                            "--model", str(model_dir), "--model", str(side_dir), "--save-model",
+                            str(tmp_path / "ann")])
     assert r.exit_code == 0, r.output
     assert "macro-F1" in r.output
     r2 = runner.invoke(app, ["--quiet", "annotate", "--annotator", str(tmp_path / "ann"), "--query",
@@ -391,7 +447,8 @@ def test_cli_probe_from_a_model_folder_saves_and_reloads(tmp_path):
     assert r2.exit_code == 0, r2.output
     a, b = ad.read_h5ad(tmp_path / "a.h5ad"), ad.read_h5ad(tmp_path / "b.h5ad")
     np.testing.assert_allclose(b.obsm["scmamba2_probs"], a.obsm["scmamba2_probs"], atol=1e-6)
-    assert Annotator.load(tmp_path / "ann").info["method"] == "probe"
+    loaded = Annotator.load(tmp_path / "ann")  # --model twice: both models side by side, both saved
+    assert loaded.info["method"] == "probe" and len(loaded.side_models) == 1
 
 
 # ------------------------------------------------------------------ the gene-level classifier beside the probe

@@ -10,10 +10,11 @@
 Every method sees only the reference's labels. Baselines: logistic regression (scikit-learn) on log1p-normalised
 counts of the reference's highly variable genes, L1-regularised with C chosen by 5-fold cross-validation on the
 reference (the strong one) and scikit-learn's default (L2, C=1), and CellTypist (a custom model trained on the
-reference). The scmamba2 rows: the default of ``scmamba2 annotate`` (the bundled pretrained model, frozen, with a
-linear probe on its cell embedding whose class probabilities are averaged with a gene-level L1 logistic regression
-on the reference's HVGs); the same with both classifiers fitted again on every reference cell (``refit=True``); the
-probe alone (``gene_weight=0``); the bundled model fine-tuned with a classifier head (``finetune_steps > 0``);
+reference). The scmamba2 rows: the default of ``scmamba2 annotate`` (both bundled pretrained builds, frozen, with a
+linear probe on their cell embeddings side by side whose class probabilities are averaged with a gene-level L1
+logistic regression on the reference's HVGs); the same with the default model ``scmamba2-pbmc-small`` alone (the
+default until 2026-12-05); the default with both classifiers fitted again on every reference cell (``refit=True``);
+the probe alone (``gene_weight=0``); the bundled model fine-tuned with a classifier head (``finetune_steps > 0``);
 and a small model trained from scratch (``from_scratch``), with ``pretrain_steps > 0`` (the quick run: 50) adding a
 row with self-supervised pretraining on the expression of reference + query (no labels) first. Each scmamba2 row
 also reports its macro-F1 on the reference's own held-out tenth, the only score any setting was chosen on. CPU
@@ -75,8 +76,10 @@ TRIED = ("Chosen on the references' own held-out tenth (val macro-F1 pbmc3k / Ka
          "reference held-out macro-F1 pbmc3k 0.840 vs 0.832, Kang 0.778 vs 0.778 (queries 0.912 vs 0.904, 0.785 vs "
          "0.794) at ~3x the CPU time: within noise, not the default.")
 LABEL_KEY = "cell_type"
-PROBE = "scmamba2 bundled model: linear probe averaged with a gene-level L1 logistic regression (default)"
-PROBE_ALONE = "scmamba2 bundled model, frozen encoder + linear probe alone"
+PROBE = ("scmamba2 both bundled builds side by side: linear probe averaged with a gene-level L1 logistic regression "
+         "(default)")
+PROBE_ONE = "scmamba2 the same with the default model scmamba2-pbmc-small alone (the default until 2026-12-05)"
+PROBE_ALONE = "scmamba2 both bundled builds, frozen encoders + linear probe alone"
 PROBE_REFIT = "scmamba2 default + refit (both classifiers fitted again on every reference cell, refit=True)"
 FINETUNE = "scmamba2 bundled model, fine-tuned"
 PROBE_ADAPTED = "scmamba2 default after self-supervised steps on reference + query expression (pretrain_steps)"
@@ -131,10 +134,10 @@ def run(data_dir: str | Path | None = None, out_dir: str | Path = "benchmarks/re
     out = Path(out_dir)
     s = _settings(quick)
     res = BenchResult(task="annotate")
-    from ..pretrained import model_path
+    from ..pretrained import DEFAULT_EMBEDDING, model_path
 
     res.meta.update({"seed": seed, "quick": quick, "torch_threads": 1, **s,
-                     "bundled_model": _bundled_summary(model_path())})
+                     "bundled_models": [_bundled_summary(model_path(n)) for n in DEFAULT_EMBEDDING]})
     cpu0 = time.process_time()
     rows, unknown_rows = [], []
     try:
@@ -229,8 +232,8 @@ def _dataset(res: BenchResult, ref, query, name: str, out: Path, seed: int, s: d
         score(method, pred, res.steps[-1].cpu_s, res.steps[-1].wall_s)
     res.meta.setdefault("l1_cv", {})[name] = l1_info
 
-    runs = [(PROBE, "probe", 0), (PROBE_ADAPTED, "probe_adapted", 0), (PROBE_REFIT, "probe_refit", 0),
-            (PROBE_ALONE, "probe_alone", 0)]
+    runs = [(PROBE, "probe", 0), (PROBE_ONE, "probe_one", 0), (PROBE_ADAPTED, "probe_adapted", 0),
+            (PROBE_REFIT, "probe_refit", 0), (PROBE_ALONE, "probe_alone", 0)]
     if s["finetune_steps"]:
         runs.append((FINETUNE, "finetune", 0))
     runs += [(SCRATCH, "scratch", p) for p in dict.fromkeys((0, s["pretrain_steps"]))]  # 0 twice: one row
@@ -263,20 +266,22 @@ def _dataset(res: BenchResult, ref, query, name: str, out: Path, seed: int, s: d
 
 
 def _ours(ref, query, start: str, pretrain_steps: int, seed: int, s: dict):
-    """``start``: ``"probe"`` (annotate's defaults), ``"probe_adapted"`` (after ``adapt_steps`` self-supervised
+    """``start``: ``"probe"`` (annotate's defaults), ``"probe_one"`` (the default model alone), ``"probe_adapted"`` (after ``adapt_steps`` self-supervised
     steps on reference + query), ``"probe_refit"`` (with the refit on every reference cell),
     ``"probe_alone"`` (without the gene-level classifier),
     ``"finetune"`` (the bundled model fine-tuned) or
     ``"scratch"`` (a small new model)."""
     from ..data.tokenize import TokenizerConfig
-    from ..pretrained import model_path
+    from ..pretrained import DEFAULT_MODEL, model_path
     from ..tasks.annotate import AnnotationConfig, annotate, default_train_config
 
     kw: dict = {}
-    if start in ("probe", "probe_adapted", "probe_refit", "probe_alone"):
+    if start in ("probe", "probe_one", "probe_adapted", "probe_refit", "probe_alone"):
         tcfg = default_train_config(seed=seed)  # only the seed is used: held-out split and CV folds
-        cfg = AnnotationConfig(**{"probe": {}, "probe_adapted": {"pretrain_steps": s["adapt_steps"]},
-                                  "probe_refit": {"refit": True}, "probe_alone": {"gene_weight": 0.0}}[start])
+        cfg = AnnotationConfig(**{"probe_adapted": {"pretrain_steps": s["adapt_steps"]}, "probe_refit": {"refit": True},
+                                  "probe_alone": {"gene_weight": 0.0}}.get(start, {}))
+        if start == "probe_one":
+            kw = dict(model=DEFAULT_MODEL)
     else:
         steps, lr = (s["steps"], s["lr"]) if start == "scratch" else (s["finetune_steps"], s["finetune_lr"])
         tcfg = default_train_config(max_steps=steps, batch_size=s["batch_size"], lr=lr,

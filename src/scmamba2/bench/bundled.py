@@ -217,9 +217,10 @@ def write_card(dest: Path, run_dir: Path, scores) -> Path:
         f"{' and '.join(f'`{n}`' for n in DEFAULT_EMBEDDING)}. "
         "`embed` without a model reads cells with both and puts their embeddings side by side (width "
         f"{len(DEFAULT_EMBEDDING)} x {MODEL['d_model']}): on the readout benchmark's selection sets every pair of "
-        "builds measured better than either build alone (`benchmarks/results/ensemble_seeds.md`). The tasks "
-        "(`annotate`, `integrate`, `multiomics`, `transfer_modality`, `pretrain --init-model bundled`) start "
-        f"from `{NAME}` alone.", "",
+        "builds measured better than either build alone (`benchmarks/results/ensemble_seeds.md`). `annotate`'s "
+        "linear probe reads both side by side too (`benchmarks/results/annotate_pair.md`); the other tasks "
+        "(`integrate`, `multiomics`, `transfer_modality`, `pretrain --init-model bundled`, `annotate --method "
+        f"finetune`) start from `{NAME}` alone.", "",
         "## Recipe", "",
         f"- Architecture: `{json.dumps(MODEL)}`, {n_params:,} parameters ({size_mb:.1f} MB as fp16 safetensors).",
         "- Readout: mean over the encoder outputs of all tokens. Objective: the whole-profile decoder "

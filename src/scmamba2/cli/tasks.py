@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -19,7 +19,7 @@ def annotate(
     label_key: Optional[str] = typer.Option(None, "--label-key", help="obs column of the reference's cell types (also scored in the query when it has it)."),
     query: Path = typer.Option(..., "--query", help="Cells to label."),
     out_path: Path = typer.Option(..., "--out", help="Output .h5ad with obs['scmamba2_label'], obs['scmamba2_confidence'], obsm['scmamba2_probs']."),
-    model: Optional[Path] = typer.Option(None, "--model", help="Pretrained checkpoint to start from (default, or 'bundled': the bundled pretrained model)."),
+    models: List[Path] = typer.Option([], "--model", help="Pretrained checkpoint or bundled model name to start from; the probe reads several side by side when it is repeated. Default (or 'bundled'): the probe reads both bundled builds side by side, fine-tuning starts from scmamba2-pbmc-small."),
     from_scratch: bool = typer.Option(False, "--from-scratch", help="Fine-tune a small new model on the reference's --n-top-genes HVGs instead of starting from a pretrained one."),
     method: str = typer.Option("auto", "--method", help="probe: logistic regression on the frozen pretrained embedding; finetune: train the model with a classifier head; auto: probe from a pretrained model, finetune --from-scratch."),
     annotator: Optional[Path] = typer.Option(None, "--annotator", help="Label with an annotator saved earlier (--save-model) instead of training."),
@@ -39,15 +39,16 @@ def annotate(
     query_use_raw: Optional[bool] = typer.Option(None, "--query-use-raw/--query-no-raw", help="Read the query's .raw (--query-no-raw: its X), where it differs from the reference."),
     query_gene_column: Optional[str] = typer.Option(None, "--query-gene-column", help="The query's var column of gene names, where it differs from the reference's; 'index' for var_names."),
 ) -> None:
-    """Transfer cell-type labels from a labelled reference to a query (by default a linear probe on the bundled
-    pretrained model's cell embedding)."""
+    """Transfer cell-type labels from a labelled reference to a query (by default a linear probe on the cell
+    embedding of both bundled pretrained builds side by side, averaged with a gene-level classifier)."""
     from ..data.files import check_model_dir, check_output, read_json, write_h5ad
     from ..data.io import read
     from ..tasks.annotate import AnnotationConfig, _query_kwargs, default_train_config, fit_annotator
     from ..tasks.annotate_predict import META_FILE, predict
 
     with _user_errors():
-        inputs = [reference, query, model, annotator]
+        model = None if not models else models[0] if len(models) == 1 else list(models)
+        inputs = [reference, query, *models, annotator]
         check_output(out_path, inputs, overwrite=overwrite, suffixes=(".h5ad",))
         if save_model is not None:
             check_model_dir(save_model, overwrite=overwrite, sources=inputs + [out_path], option="--save-model")

@@ -3,11 +3,12 @@
 Two builds of one recipe, differing only in their seed (folders beside this file, fp16 weights, each with
 ``MODEL_CARD.md``):
 
-- ``scmamba2-pbmc-small`` (seed 0) is the default model: the network that ``annotate``, ``integrate``,
-  ``multiomics``, ``transfer_modality`` and ``pretrain --init-model bundled`` start from;
+- ``scmamba2-pbmc-small`` (seed 0) is the default model: the network that ``integrate``, ``multiomics``,
+  ``transfer_modality``, ``pretrain --init-model bundled`` and ``annotate --method finetune`` start from;
 - :func:`scmamba2.embed` and ``scmamba2 embed`` without a model read cells with both builds and put their
   embeddings side by side (:data:`DEFAULT_EMBEDDING`): on the readout benchmark's selection sets that measured
-  better than either build alone (``benchmarks/results/ensemble_seeds.md``).
+  better than either build alone (``benchmarks/results/ensemble_seeds.md``); so does ``annotate``'s linear probe
+  (``benchmarks/results/annotate_pair.md``).
 
 ``scripts/build_pretrained.py`` rebuilds them; the cards say from what, for how long, and how they score.
 """

@@ -11,24 +11,30 @@ from ._annotate_confidence import calibration
 from ._annotate_genes import fit_gene_probe, mix
 from ._annotate_probe import fit_probe
 from ._annotate_typicality import Typicality
-from .annotate_predict import cell_embeddings
+from .annotate_predict import side_by_side
 from .embed import _readout_metric
 
 log = logging.getLogger(__name__)
 
 
-def fit_probes(net, cells, y, train_idx, val_idx, n_classes: int, cfg, seed: int, device, expr=None):
-    """The linear probe on the frozen embedding of the training cells, with the gene-level classifier on ``expr``
-    (log-normalised matrix, gene names) when ``cfg.gene_weight > 0``, then calibration on the held-out cells."""
+def fit_probes(nets, cells, y, train_idx, val_idx, n_classes: int, cfg, seed: int, device, expr=None):
+    """The linear probe on the frozen embedding of the training cells (of the models ``nets`` side by side), with
+    the gene-level classifier on ``expr`` (log-normalised matrix, gene names) when ``cfg.gene_weight > 0``, then
+    calibration on the held-out cells."""
+    import numpy as np
     import torch
+    from scipy.linalg import block_diag
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    emb = cell_embeddings(net.to(dev), cells, device=dev)
-    net.cpu()
-    metric = _readout_metric(net, None)
+    emb = side_by_side(nets, cells, device=dev)
+    for net in nets:
+        net.cpu()
+    metrics = [_readout_metric(net, None) for net in nets]
+    metric = None if all(m is None for m in metrics) else block_diag(*[  # each model's readout on its own columns
+        np.eye(net.config.d_model) if m is None else m.double().numpy() for net, m in zip(nets, metrics)])
     kind = "none" if cfg.class_weight == "auto" else cfg.class_weight
     probe, fit = fit_probe(emb[train_idx], y[train_idx], n_classes, class_weight=kind, folds=cfg.probe_folds,
-                           metric=None if metric is None else metric.numpy(), seed=seed)
+                           metric=metric, seed=seed)
     gene_probe = None
     if expr is not None:
         X, names = expr
@@ -39,7 +45,7 @@ def fit_probes(net, cells, y, train_idx, val_idx, n_classes: int, cfg, seed: int
     temperature, typicality, scores = calibration(logits, emb, y, train_idx, val_idx, n_classes, cfg)
     if cfg.refit and len(val_idx):  # the chosen C's on every reference cell; the temperature stays the held-out one
         probe, _ = fit_probe(emb, y, n_classes, class_weight=kind, folds=cfg.probe_folds, seed=seed, C=probe.C,
-                             metric=None if metric is None else metric.numpy())
+                             metric=metric)
         if gene_probe is not None:
             gene_probe, gfit = fit_gene_probe(X, names, y, n_classes, n_top_genes=cfg.gene_top_genes, seed=seed,
                                               C=gene_probe.C)

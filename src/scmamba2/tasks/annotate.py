@@ -1,8 +1,8 @@
 """``scmamba2.annotate``: cell-type annotation from the cell embedding.
 
 :func:`fit_annotator` learns from a labelled reference in one of two ways. By default it starts from the bundled
-pretrained model (or ``model=``) and fits a linear probe on its frozen cell embedding (every expressed gene read,
-as :func:`scmamba2.embed` does; :mod:`~scmamba2.tasks._annotate_probe`). With ``config.method="finetune"`` the
+pretrained models (or ``model=``) and fits a linear probe on their frozen cell embedding (every expressed gene read,
+both bundled builds side by side, as :func:`scmamba2.embed` does; :mod:`~scmamba2.tasks._annotate_probe`). With ``config.method="finetune"`` the
 model gets a classifier head and is fine-tuned; ``from_scratch=True`` fine-tunes a small new model on the
 reference's highly variable genes instead. Fine-tuning uses cross-entropy with class weights against imbalance,
 early stopping on a stratified held-out split with the best weights kept, an optional masked-expression (GEP +
@@ -17,7 +17,7 @@ import logging
 import math
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 import numpy as np
 
@@ -188,7 +188,7 @@ def fit_annotator(
     reference,
     label_key: str,
     *,
-    model: ScMamba2 | str | Path | None = None,
+    model: ScMamba2 | str | Path | Sequence[ScMamba2 | str | Path] | None = None,
     from_scratch: bool = False,
     unlabeled=None,
     config: AnnotationConfig | None = None,
@@ -216,11 +216,15 @@ def fit_annotator(
         ``obs`` column of the cell types. Cells whose label is missing (NaN) are left out of training, with
         their number logged and recorded in ``info``.
     model
-        A pretrained :class:`~scmamba2.ScMamba2` or checkpoint directory to start from; None: the bundled
-        pretrained model (:mod:`scmamba2.pretrained`). It keeps its vocabulary; the reference's genes are mapped
-        onto it (``info["gene_overlap"]``). With the probe its encoder stays frozen and reads every expressed
-        gene of a cell; fine-tuning gives it a new classifier head (:meth:`~scmamba2.ScMamba2.adapt`) and keeps
-        its tokenizer.
+        A pretrained :class:`~scmamba2.ScMamba2`, checkpoint directory or bundled model's name to start from. It
+        keeps its vocabulary; the reference's genes are mapped onto it (``info["gene_overlap"]``). With the probe
+        its encoder stays frozen and reads every expressed gene of a cell; fine-tuning gives it a new classifier
+        head (:meth:`~scmamba2.ScMamba2.adapt`) and keeps its tokenizer. The probe also takes a list of models
+        sharing one vocabulary and tokenizer, whose embeddings it reads side by side (as :func:`scmamba2.embed`
+        does). None or ``"bundled"``: for the probe, the bundled default embedding (both bundled builds side by
+        side, :data:`scmamba2.pretrained.DEFAULT_EMBEDDING`: a higher cross-validated macro-F1 on the pbmc3k and
+        Kang references than the default model alone, benchmarks/results/annotate.md); for fine-tuning, the
+        default model ``scmamba2-pbmc-small``.
     from_scratch
         Fine-tune a small new model (``SMALL_MODEL`` updated by ``model_config``, ``tokenizer_config``) on the
         reference's ``n_top_genes`` most variable genes instead of starting from a pretrained one.
@@ -260,7 +264,6 @@ def fit_annotator(
 
     from .._malloc import tune_cpu_allocator
     from ..data.prepare import prepare_cells
-    from .embed import load_model
 
     tune_cpu_allocator()
     cfg = config or AnnotationConfig()
@@ -275,7 +278,8 @@ def fit_annotator(
     codes = codes[codes >= 0]
 
     pl.seed_everything(tcfg.seed, workers=True, verbose=False)
-    base = None if from_scratch else load_model(model)  # None: the bundled model
+    bases = [] if from_scratch else _start_models(model, method)
+    base = bases[0] if bases else None
     qkw = _query_kwargs(layer, use_raw, gene_column, query_options)
     if base is None:
         net, genes = new_model(labelled, len(classes), model_config, tokenizer_config, n_top_genes, layer,
@@ -287,10 +291,11 @@ def fit_annotator(
         if other is not None:  # every gene check before any training
             match_genes(other, genes, **qkw, min_overlap=cfg.min_gene_overlap, what=what)
     if base is not None and method == "probe" and cfg.pretrain_steps:  # the adapted model keeps base's vocabulary
-        base = adapt_encoder(base, labelled, unlabeled, cfg.pretrain_steps, tcfg.seed,
-                             {"layer": layer, "use_raw": use_raw, "gene_column": gene_column}, qkw)
-        net, genes = adapted(base, labelled, len(classes), layer, use_raw, gene_column, cfg.min_gene_overlap,
+        bases = [adapt_encoder(b, labelled, unlabeled, cfg.pretrain_steps, tcfg.seed,
+                               {"layer": layer, "use_raw": use_raw, "gene_column": gene_column}, qkw) for b in bases]
+        net, genes = adapted(bases[0], labelled, len(classes), layer, use_raw, gene_column, cfg.min_gene_overlap,
                              probe=True)
+    side = [adapted(b, labelled, len(classes), layer, use_raw, gene_column, 0.0, probe=True)[0] for b in bases[1:]]
     sub, ref_overlap = match_genes(labelled, genes, layer=layer, use_raw=use_raw, gene_column=gene_column,
                                    min_overlap=0.0, what="reference")
     tok = net.tokenizer_config
@@ -316,11 +321,12 @@ def fit_annotator(
             from ._annotate_genes import log_normalised
 
             expr = log_normalised(labelled[prepared.obs_index], layer=layer, use_raw=use_raw, gene_column=gene_column)
-        probe, gene_probe, temperature, typicality, fit = fit_probes(net, cells, y, train_idx, val_idx, len(classes),
-                                                                    cfg, tcfg.seed, device, expr)
+        probe, gene_probe, temperature, typicality, fit = fit_probes([net, *side], cells, y, train_idx, val_idx,
+                                                                    len(classes), cfg, tcfg.seed, device, expr)
         ann = Annotator(model=net.eval(), classes=classes, genes=genes, label_key=label_key,
                         temperature=temperature, typicality=typicality, info={**info, **fit}, probe=probe,
-                        gene_probe=gene_probe, gene_weight=cfg.gene_weight if gene_probe is not None else 0.0)
+                        gene_probe=gene_probe, gene_weight=cfg.gene_weight if gene_probe is not None else 0.0,
+                        side_models=[m.eval() for m in side])
         if out_dir is not None:
             ann.save(out_dir)
             log.info("annotator saved to %s", out_dir)
@@ -352,7 +358,7 @@ def annotate(
     query,
     *,
     label_key: str,
-    model: ScMamba2 | str | Path | None = None,
+    model: ScMamba2 | str | Path | Sequence[ScMamba2 | str | Path] | None = None,
     from_scratch: bool = False,
     threshold: float | None = None,
     key_added: str = "scmamba2",
@@ -413,6 +419,28 @@ def _method(cfg: AnnotationConfig, model, from_scratch: bool, model_config, toke
         raise InputError("gep_weight regularises fine-tuning; the linear probe keeps the encoder frozen: use "
                          "method='finetune' (--method finetune) with it")
     return method
+
+
+def _start_models(model, method: str) -> list[ScMamba2]:
+    """The pretrained models annotation starts from. The probe: the bundled default embedding's builds side by side
+    (``model`` None or ``"bundled"``), each model of a list, or the one model given; they must share one vocabulary
+    and tokenizer. Fine-tuning: one model (None: the bundled default model)."""
+    from .embed import embedding_models, load_model
+
+    if method != "probe":
+        if isinstance(model, (list, tuple)):
+            raise InputError("fine-tuning trains one model: give one --model (model=), or use the linear probe "
+                             "(method='probe') to read several side by side")
+        return [load_model(model)]
+    from ._annotate_probe import whole_cell_model
+
+    names, models = embedding_models(model)
+    first = whole_cell_model(models[0]).tokenizer_config  # the probe reads every expressed gene of a cell
+    for name, m in zip(names[1:], models[1:]):
+        if m.vocab.tokens != models[0].vocab.tokens or whole_cell_model(m).tokenizer_config != first:
+            raise InputError(f"{name} reads cells with another vocabulary or tokenizer than {names[0]}: the probe "
+                             "reads models side by side only when they share both; annotate with one of them")
+    return models
 
 
 def _query_kwargs(layer, use_raw: bool, gene_column, options: dict | None) -> dict:

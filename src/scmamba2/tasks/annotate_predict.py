@@ -60,6 +60,10 @@ class Annotator:
     gene_probe, gene_weight
         A :class:`~scmamba2.tasks._annotate_genes.GeneProbe` whose class probabilities are averaged with the
         probe's, with this weight (``None`` / 0: the probe alone).
+    side_models
+        Further frozen encoders read side by side with ``model`` (the probe only; each with ``model``'s vocabulary
+        and tokenizer): the probe reads their embeddings after ``model``'s, as :func:`scmamba2.embed` puts several
+        models side by side. Empty: ``model`` alone.
     """
 
     model: ScMamba2
@@ -72,16 +76,28 @@ class Annotator:
     probe: LinearProbe | None = None
     gene_probe: GeneProbe | None = None
     gene_weight: float = 0.0
+    side_models: list[ScMamba2] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        self.side_models = list(self.side_models)
+        if self.side_models and self.probe is None:
+            raise CheckpointError("side models are read by the linear probe: an annotator with a classifier head "
+                                  "reads one model")
+        for m in self.side_models:
+            if m.vocab is None or self.model.vocab is None or m.vocab.tokens != self.model.vocab.tokens \
+                    or m.tokenizer_config != self.model.tokenizer_config:
+                raise CheckpointError("a side model reads cells with another vocabulary or tokenizer than the first "
+                                      "model: models side by side must share both")
         if self.gene_probe is not None and (self.probe is None or self.gene_probe.n_classes != len(self.classes)):
             raise CheckpointError(f"the gene probe has {self.gene_probe.n_classes} outputs for {len(self.classes)} "
                                   "class names (and needs the linear probe): the annotator files do not match")
         if self.probe is not None:
-            if self.probe.n_classes != len(self.classes) or self.probe.weight.shape[1] != self.model.config.d_model:
+            width = sum(m.config.d_model for m in self.models)
+            if self.probe.n_classes != len(self.classes) or self.probe.weight.shape[1] != width:
                 raise CheckpointError(f"the linear probe has {self.probe.n_classes} outputs over "
                                       f"{self.probe.weight.shape[1]} features but {len(self.classes)} class names and "
-                                      f"a d_model of {self.model.config.d_model}: the annotator files do not match")
+                                      f"a d_model of {width} (summed over the models side by side): the annotator "
+                                      "files do not match")
         k = self.model.config.n_classes
         if self.probe is None and (self.model.classifier is None or k != len(self.classes)):
             raise CheckpointError(f"the model has {k} classifier outputs but {len(self.classes)} class names are "
@@ -89,16 +105,23 @@ class Annotator:
         if not self.temperature > 0:
             raise ValueError(f"temperature={self.temperature} must be > 0")
 
+    @property
+    def models(self) -> list[ScMamba2]:
+        """``model`` and the ``side_models``: the encoders whose embeddings the probe reads side by side."""
+        return [self.model, *self.side_models]
+
     def save(self, directory: str | Path) -> Path:
-        """Write the model checkpoint and ``annotation.json`` (classes, genes, temperature, probe, training
-        summary)."""
+        """Write the model checkpoint, each side model's in ``side_model_<i>/``, and ``annotation.json`` (classes,
+        genes, temperature, probe, training summary)."""
         out = self.model.save_pretrained(directory)
+        for i, m in enumerate(self.side_models, 1):
+            m.save_pretrained(out / f"side_model_{i}")
         meta = {"classes": self.classes, "label_key": self.label_key, "temperature": self.temperature,
                 "genes": self.genes, "info": self.info,
                 "typicality": None if self.typicality is None else self.typicality.to_dict(),
                 "probe": None if self.probe is None else self.probe.to_dict(),
                 "gene_probe": None if self.gene_probe is None else self.gene_probe.to_dict(),
-                "gene_weight": self.gene_weight}
+                "gene_weight": self.gene_weight, "side_models": len(self.side_models)}
         write_json(out / META_FILE, meta, indent=2, default=str)
         return out
 
@@ -116,7 +139,9 @@ class Annotator:
                    typicality=None if typ is None else Typicality.from_dict(typ), info=dict(meta.get("info") or {}),
                    probe=None if probe is None else LinearProbe.from_dict(probe),
                    gene_probe=None if genes is None else GeneProbe.from_dict(genes),
-                   gene_weight=float(meta.get("gene_weight", 0.0)))
+                   gene_weight=float(meta.get("gene_weight", 0.0)),
+                   side_models=[ScMamba2.from_pretrained(src / f"side_model_{i}")
+                                for i in range(1, int(meta.get("side_models", 0)) + 1)])
 
 
 def match_genes(adata, genes: Sequence[str], *, layer: str | None = None, use_raw: bool = False,
@@ -213,14 +238,26 @@ def cell_embeddings(model: ScMamba2, cells, *, batch_size: int = 64, max_tokens:
     return emb
 
 
+def side_by_side(models: Sequence[ScMamba2], cells, **kwargs) -> np.ndarray:
+    """The :func:`cell_embeddings` of each of ``models`` (sharing one vocabulary and tokenizer) side by side,
+    ``(n_cells, sum of d_model)``."""
+    parts = []
+    for m in models:
+        parts.append(cell_embeddings(m.to(kwargs.get("device", "cpu")), cells, **kwargs))
+        if len(models) > 1:
+            m.cpu()  # one model on the device at a time
+    return parts[0] if len(parts) == 1 else np.hstack(parts)
+
+
 @torch.no_grad()
 def class_logits(model: ScMamba2, cells, *, probe: LinearProbe | None = None, batch_size: int = 64,
                  max_tokens: int | None = 65536, device: str | torch.device = "cpu",
-                 progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                 progress: bool = False, side_models: Sequence[ScMamba2] = ()) -> tuple[np.ndarray, np.ndarray]:
     """``(n_cells, n_classes)`` logits (of ``probe``, else of the model's classifier head) and the
-    ``(n_cells, d_model)`` cell embeddings (:func:`cell_embeddings`) of tokenised cells, in their order."""
-    emb = cell_embeddings(model, cells, batch_size=batch_size, max_tokens=max_tokens, device=device,
-                          progress=progress)
+    ``(n_cells, d_model)`` cell embeddings (:func:`cell_embeddings`; of ``model`` and the ``side_models`` side by
+    side, for the probe) of tokenised cells, in their order."""
+    emb = side_by_side([model, *side_models], cells, batch_size=batch_size, max_tokens=max_tokens, device=device,
+                       progress=progress)
     if probe is not None:
         return probe(emb), emb
     head = model.classifier
@@ -319,7 +356,7 @@ def predict(
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(dev)
     logits, emb = class_logits(model, model.input_cells(prepared.cells), probe=ann.probe, batch_size=batch_size,
-                               max_tokens=max_tokens, device=dev, progress=progress)
+                               max_tokens=max_tokens, device=dev, progress=progress, side_models=ann.side_models)
     gene_weight, gene_overlap = 0.0, None
     if ann.gene_probe is not None and ann.gene_weight > 0:
         X, gene_overlap = ann.gene_probe.matrix(query, layer=layer, use_raw=use_raw, gene_column=gene_column)
