@@ -105,7 +105,8 @@ def run(name: str, data_dir) -> dict:
 
 def render(res: dict, minutes: float) -> list[str]:
     lines = ["# Annotation: the probe on one bundled build or both side by side", "",
-             "Regenerate: `.venv/bin/python benchmarks/annotate_pair.py`. " + __doc__.split("\n\n")[1].replace("\n", " "),
+             "Regenerate: `.venv/bin/python benchmarks/annotate_pair.py`. "
+             + __doc__.split("\n\n")[1].replace("\n", " "),
              "", "The query columns are for information and choose nothing.", ""]
     for name, r in res.items():
         lines += [f"## {name} ({r['reference cells']:,} reference / {r['query cells']:,} query cells, "

@@ -1,7 +1,7 @@
 """Benchmark: annotation's default against the cross-validated L1 logistic regression over several splits.
 
 The annotation benchmark (``benchmarks/annotate.py``) scores one split per dataset (seed 0). This script reruns its
-two headline rows, scmamba2's default (``annotate`` with the bundled model) and the L1 logistic regression baseline
+two headline rows, scmamba2's default (``annotate``'s defaults) and the L1 logistic regression baseline
 (C by 5-fold CV), on the splits of several seeds: pbmc3k's stratified 70/30 split and Kang's three held-out donors
 drawn again, the same caps on cells. It shows how far the gap between the two moves from split to split.
 

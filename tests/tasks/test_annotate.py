@@ -328,6 +328,7 @@ def test_default_start_is_the_bundled_model():
     import torch
 
     key = "gene_encoder.embedding.weight"
+    torch.testing.assert_close(ann.model.state_dict()[key], bundled.state_dict()[key])
     torch.testing.assert_close(ann.side_models[0].state_dict()[key], second.state_dict()[key])
     one = fit_annotator(ref, "cell_type", model="scmamba2-pbmc-small", config=AnnotationConfig(probe_folds=2))
     assert one.side_models == [] and one.probe.weight.shape[1] == bundled.config.d_model  # a bundled name: it alone
@@ -350,6 +351,10 @@ def test_probe_reads_several_models_side_by_side_and_round_trips(tmp_path):
                         config=AnnotationConfig(probe_folds=3, gene_weight=0.0))
     d = ann.model.config.d_model
     assert len(ann.side_models) == 1 and ann.probe.weight.shape == (3, 2 * d)
+    assert ann.info["n_models_side_by_side"] == 2
+    key = "gene_encoder.embedding.weight"  # a's weights first, then b's
+    torch.testing.assert_close(ann.model.state_dict()[key], ScMamba2.from_pretrained(a).state_dict()[key])
+    torch.testing.assert_close(ann.side_models[0].state_dict()[key], ScMamba2.from_pretrained(b).state_dict()[key])
     sub, _ = match_genes(q, ann.genes, min_overlap=0.0)
     tok = ann.model.input_cells(prepare_cells(sub, ann.model.vocab, ann.model.tokenizer_config,
                                               purpose="annotate").cells)
@@ -374,6 +379,28 @@ def test_probe_reads_several_models_side_by_side_and_round_trips(tmp_path):
         fit_annotator(ref, "cell_type", model=[a, tmp_path / "c"])
     with pytest.raises(InputError, match="fine-tuning trains one model"):
         fit_annotator(ref, "cell_type", model=[a, b], config=AnnotationConfig(method="finetune"))
+
+
+def test_self_supervised_steps_check_every_side_model_before_training(monkeypatch):
+    """pretrain_steps with several models: a model without a whole-profile decoder is refused, named, before the
+    first one trains."""
+    from scmamba2 import TrainConfig, pretrain
+    from scmamba2.train import pretrain as pretrain_module
+
+    ref = cells(48, [0, 1], seed=42)
+    with_head = pretrain(ref, model_config=TINY, train_config=TrainConfig(max_steps=1, batch_size=16, warmup_steps=1,
+                                                                          val_fraction=0.0, progress_bar=False)).model
+    without = with_head.adapt()
+    without.profile_head = None
+    assert with_head.profile_head is not None
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a model trained before every model was checked")
+
+    monkeypatch.setattr(pretrain_module, "pretrain", no_training)
+    with pytest.raises(InputError, match="model 2 of the 2"):
+        fit_annotator(ref, "cell_type", model=[with_head, without],
+                      config=AnnotationConfig(pretrain_steps=2, probe_folds=2))
 
 
 def test_probe_after_self_supervised_steps_on_reference_and_query():

@@ -254,7 +254,7 @@ def _dataset(res: BenchResult, ref, query, name: str, out: Path, seed: int, s: d
             png = out / f"annotate{'_quick' if quick else ''}_{name}_confusion.png"
             confusion_png(truth, pred, png,
                           title=f"{name}: scmamba2 default (no threshold), query = {len(truth)} cells")
-            res.figures[f"{name}: confusion matrix of scmamba2's default (bundled model + linear probe) on the query "
+            res.figures[f"{name}: confusion matrix of scmamba2's default (both bundled builds + linear probe) on the query "
                         "(rows: true type)"] = png
         conf = q.obs["scmamba2_confidence"].to_numpy()
         labelled = conf >= s["threshold"]
@@ -266,7 +266,8 @@ def _dataset(res: BenchResult, ref, query, name: str, out: Path, seed: int, s: d
 
 
 def _ours(ref, query, start: str, pretrain_steps: int, seed: int, s: dict):
-    """``start``: ``"probe"`` (annotate's defaults), ``"probe_one"`` (the default model alone), ``"probe_adapted"`` (after ``adapt_steps`` self-supervised
+    """``start``: ``"probe"`` (annotate's defaults), ``"probe_one"`` (the default model alone),
+    ``"probe_adapted"`` (after ``adapt_steps`` self-supervised
     steps on reference + query), ``"probe_refit"`` (with the refit on every reference cell),
     ``"probe_alone"`` (without the gene-level classifier),
     ``"finetune"`` (the bundled model fine-tuned) or
@@ -345,7 +346,7 @@ def _default_choice(table: pd.DataFrame) -> list[str]:
         return []
     each = "; ".join(f"{n} {p:.3f} vs {s:.3f}" for n, p, s in pairs)
     mp, ms = np.mean([p for _, p, _ in pairs]), np.mean([s for _, _, s in pairs])
-    return [f"The default (bundled model + probe) against from scratch on each reference's own held-out tenth (val "
+    return [f"The default (bundled builds + probe) against from scratch on each reference's own held-out tenth (val "
             f"macro-F1; the only score the choice was made on): {each}; mean {mp:.3f} vs {ms:.3f}. Where from scratch "
             "scores higher there, its figure is optimistic: its weights were picked on those cells (early stopping, "
             "best checkpoint), the probe's C by cross-validation within the training cells."]

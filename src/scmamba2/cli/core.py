@@ -27,7 +27,7 @@ def validate(
 ) -> None:
     """Check a data file: value kind (raw counts, log-normalised, scaled), NaN, empty cells, gene ids. Without
     --model the file is checked as pretraining input, and its genes are also matched against the bundled model's
-    vocabulary (the one annotate and integrate start from; embed's default builds share it): a note says whether
+    vocabulary (the one integrate starts from; embed's and annotate's default builds share it): a note says whether
     that model can read it."""
     from ..data.io import read, select_matrix
     from ..data.multiomics import canonical_modality
@@ -48,8 +48,8 @@ def validate(
         if model is None and canonical_modality(modality) == "rna" and available():
             bundled = vocabulary_overlap(adata, GeneVocab.load(model_path() / VOCAB_FILE))
             if bundled.ok:
-                out.print(f"bundled model {DEFAULT_MODEL} (the default of annotate / integrate; embed's default builds "
-                          "share its vocabulary): "
+                out.print(f"bundled model {DEFAULT_MODEL} (the default of integrate; embed's and annotate's "
+                          "default builds share its vocabulary): "
                           f"{bundled.n_vocab_matched:,} of the file's genes are in its vocabulary "
                           f"({bundled.vocab_overlap:.1%}).", highlight=False, soft_wrap=True)
             else:

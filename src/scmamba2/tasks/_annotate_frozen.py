@@ -66,18 +66,21 @@ def probe_logits(probe, gene_probe, emb, expr, gene_weight: float):
     return mix(logits, gene_probe.proba(gene_probe.select(X, names)), gene_weight)
 
 
-def adapt_encoder(base, reference, unlabeled, steps: int, seed: int, ref_kwargs: dict, query_kwargs: dict):
-    """``base`` fine-tuned with its own self-supervised objective on the reference's (and ``unlabeled``) cells for
-    ``steps`` steps (the quickstart's recipe), for the probe; ``base`` itself is not changed."""
+def adapt_encoders(bases, reference, unlabeled, steps: int, seed: int, ref_kwargs: dict, query_kwargs: dict):
+    """Each of ``bases`` fine-tuned with its own self-supervised objective on the reference's (and ``unlabeled``)
+    cells for ``steps`` steps (the quickstart's recipe), for the probe; the models given are not changed. Every
+    check runs before the first model trains."""
     from ..data.io import select_matrix
     from ..data.validate import validate
     from ..quickstart import TRAIN
     from ..train.config import TrainConfig
     from ..train.pretrain import pretrain
 
-    if base.profile_head is None:
-        raise InputError("pretrain_steps with the probe fine-tunes the model's whole-profile decoder, which this "
-                         "model has not: use method='finetune' (--method finetune) for its GEP + MVC steps")
+    for i, base in enumerate(bases):
+        if base.profile_head is None:
+            which = "the model" if len(bases) == 1 else f"model {i + 1} of the {len(bases)} read side by side"
+            raise InputError(f"pretrain_steps with the probe fine-tunes the model's whole-profile decoder, which "
+                             f"{which} has not: use method='finetune' (--method finetune) for its GEP + MVC steps")
     parts = [select_matrix(reference, **ref_kwargs)]
     if unlabeled is not None:
         parts.append(select_matrix(unlabeled, **query_kwargs))
@@ -88,6 +91,6 @@ def adapt_encoder(base, reference, unlabeled, steps: int, seed: int, ref_kwargs:
                          "(layer= / use_raw=, query_options=) or both log-normalised values")
     tcfg = TrainConfig(**{**TRAIN, "max_steps": steps, "val_every_n_steps": steps, "seed": seed,
                           "progress_bar": False})
-    log.info("pretrain_steps: %d self-supervised steps on %s before the probe", steps,
-             "reference + query cells" if unlabeled is not None else "the reference cells")
-    return pretrain(parts, init_model=base, train_config=tcfg).model.eval()
+    log.info("pretrain_steps: %d self-supervised steps of each of %d model(s) on %s before the probe", steps,
+             len(bases), "reference + query cells" if unlabeled is not None else "the reference cells")
+    return [pretrain(parts, init_model=base, train_config=tcfg).model.eval() for base in bases]

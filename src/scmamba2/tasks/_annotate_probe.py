@@ -2,10 +2,11 @@
 embedding.
 
 The encoder reads every expressed gene of a cell (as :func:`scmamba2.embed` does by default) and its embedding
-is mapped into the metric of the model's profile decoder when it has a linear one (``readout="profile"``). The
+is mapped into the metric of the model's profile decoder when it has a linear one (``readout="profile"``); with
+several models side by side each one's embedding is mapped by its own decoder and ``D`` is their widths summed. The
 probe standardises those features on the training cells and fits an L2-regularised logistic regression whose
 ``C`` is chosen by stratified k-fold cross-validation (macro-F1) on the training cells only; the readout metric
-and the standardisation are then folded into one ``(n_classes, d_model)`` weight and a bias, so that at
+and the standardisation are then folded into one ``(n_classes, D)`` weight and a bias, so that at
 prediction time the logits are ``emb @ weight.T + bias`` on the encoder's own pooled output.
 """
 
@@ -50,7 +51,7 @@ class LinearProbe:
     Attributes
     ----------
     weight
-        ``(n_classes, d_model)``.
+        ``(n_classes, D)``: ``D`` is ``d_model``, summed over the models when several are read side by side.
     bias
         ``(n_classes,)``.
     C
@@ -75,7 +76,7 @@ class LinearProbe:
         return int(self.weight.shape[0])
 
     def __call__(self, emb: np.ndarray) -> np.ndarray:
-        """``(n, n_classes)`` float32 logits of ``(n, d_model)`` embeddings."""
+        """``(n, n_classes)`` float32 logits of ``(n, D)`` embeddings."""
         return (np.asarray(emb, dtype=np.float64) @ self.weight.T + self.bias).astype(np.float32)
 
     def to_dict(self) -> dict[str, Any]:

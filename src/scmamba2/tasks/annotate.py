@@ -2,12 +2,12 @@
 
 :func:`fit_annotator` learns from a labelled reference in one of two ways. By default it starts from the bundled
 pretrained models (or ``model=``) and fits a linear probe on their frozen cell embedding (every expressed gene read,
-both bundled builds side by side, as :func:`scmamba2.embed` does; :mod:`~scmamba2.tasks._annotate_probe`). With ``config.method="finetune"`` the
-model gets a classifier head and is fine-tuned; ``from_scratch=True`` fine-tunes a small new model on the
-reference's highly variable genes instead. Fine-tuning uses cross-entropy with class weights against imbalance,
-early stopping on a stratified held-out split with the best weights kept, an optional masked-expression (GEP +
-MVC) regulariser and optional self-supervised pretraining on unlabelled expression first. Both ways fit a
-softmax temperature on the held-out reference cells so that the confidence means what it says.
+both bundled builds side by side, as :func:`scmamba2.embed` does; :mod:`~scmamba2.tasks._annotate_probe`). With
+``config.method="finetune"`` the model gets a classifier head and is fine-tuned; ``from_scratch=True`` fine-tunes a
+small new model on the reference's highly variable genes instead. Fine-tuning uses cross-entropy with class weights
+against imbalance, early stopping on a stratified held-out split with the best weights kept, an optional
+masked-expression (GEP + MVC) regulariser and optional self-supervised pretraining on unlabelled expression first.
+Both ways fit a softmax temperature on the held-out reference cells so that the confidence means what it says.
 :func:`~scmamba2.tasks.annotate_predict.predict` labels a query; :func:`annotate` does both.
 """
 
@@ -26,7 +26,7 @@ from ..errors import InputError
 from ..model import ScMamba2
 from ._annotate_model import SMALL_MODEL, adapted, new_model  # noqa: F401 (SMALL_MODEL: the documented default)
 from ._annotate_confidence import calibrate_model
-from ._annotate_frozen import adapt_encoder, fit_probes
+from ._annotate_frozen import adapt_encoders, fit_probes
 from .annotate_predict import META_FILE, UNKNOWN, Annotator, match_genes, predict
 from .embed import check_start
 
@@ -59,10 +59,11 @@ class AnnotationConfig:
     pretrain_steps
         Self-supervised steps (no labels) on the reference's expression, plus the query's when :func:`annotate`
         is given one (transductive self-supervision), before the classifier is trained. Fine-tuning: GEP + MVC.
-        The probe: the pretrained model's own objective (its whole-profile decoder, the quickstart's fine-tune:
+        The probe: each pretrained model's own objective (its whole-profile decoder, the quickstart's fine-tune:
         batch 32, lr 1e-3; :func:`scmamba2.pretrain` with ``init_model``), after which its encoder is frozen. 200
-        steps: the references' held-out macro-F1 pbmc3k 0.832 -> 0.833, Kang 0.778 -> 0.778 (queries 0.904 -> 0.910,
-        0.794 -> 0.785) at ~3x the CPU time: within noise, so off by default (benchmarks/results/annotate.md).
+        steps with the default model alone: the references' held-out macro-F1 pbmc3k 0.832 -> 0.833, Kang 0.778 ->
+        0.778 (queries 0.904 -> 0.910, 0.794 -> 0.785) at ~3x the CPU time: within noise, so off by default
+        (benchmarks/results/annotate.md, which also has the row for the default's two builds).
     val_fraction
         Fraction of each class held out (stratified, seeded) for early stopping, the best weights and the
         temperature; a class with fewer than 2 cells stays in training.
@@ -222,9 +223,9 @@ def fit_annotator(
         head (:meth:`~scmamba2.ScMamba2.adapt`) and keeps its tokenizer. The probe also takes a list of models
         sharing one vocabulary and tokenizer, whose embeddings it reads side by side (as :func:`scmamba2.embed`
         does). None or ``"bundled"``: for the probe, the bundled default embedding (both bundled builds side by
-        side, :data:`scmamba2.pretrained.DEFAULT_EMBEDDING`: a higher cross-validated macro-F1 on the pbmc3k and
-        Kang references than the default model alone, benchmarks/results/annotate.md); for fine-tuning, the
-        default model ``scmamba2-pbmc-small``.
+        side, :data:`scmamba2.pretrained.DEFAULT_EMBEDDING`: a higher mean cross-validated macro-F1 over the pbmc3k
+        and Kang references than the default model alone, higher on pbmc3k and level on Kang,
+        benchmarks/results/annotate_pair.md); for fine-tuning, the default model ``scmamba2-pbmc-small``.
     from_scratch
         Fine-tune a small new model (``SMALL_MODEL`` updated by ``model_config``, ``tokenizer_config``) on the
         reference's ``n_top_genes`` most variable genes instead of starting from a pretrained one.
@@ -258,7 +259,8 @@ def fit_annotator(
     InputError
         A bad label column, too small a gene overlap, or options that do not go together (``model`` with
         ``from_scratch``; ``model_config`` / ``tokenizer_config`` without it; the probe with ``from_scratch``,
-        ``gep_weight``; ``pretrain_steps`` with a model without a whole-profile decoder).
+        ``gep_weight``; ``pretrain_steps`` with a model without a whole-profile decoder; several models with
+        fine-tuning, or side by side with another vocabulary or tokenizer).
     """
     import lightning.pytorch as pl
 
@@ -290,12 +292,14 @@ def fit_annotator(
     for other, what in ((query, "query"), (unlabeled if unlabeled is not query else None, "unlabeled data")):
         if other is not None:  # every gene check before any training
             match_genes(other, genes, **qkw, min_overlap=cfg.min_gene_overlap, what=what)
-    if base is not None and method == "probe" and cfg.pretrain_steps:  # the adapted model keeps base's vocabulary
-        bases = [adapt_encoder(b, labelled, unlabeled, cfg.pretrain_steps, tcfg.seed,
-                               {"layer": layer, "use_raw": use_raw, "gene_column": gene_column}, qkw) for b in bases]
+    side = [adapted(b, labelled, len(classes), layer, use_raw, gene_column, 0.0, probe=True)[0] for b in bases[1:]]
+    if base is not None and method == "probe" and cfg.pretrain_steps:  # the adapted models keep their vocabulary
+        bases = adapt_encoders(bases, labelled, unlabeled, cfg.pretrain_steps, tcfg.seed,
+                               {"layer": layer, "use_raw": use_raw, "gene_column": gene_column}, qkw)
         net, genes = adapted(bases[0], labelled, len(classes), layer, use_raw, gene_column, cfg.min_gene_overlap,
                              probe=True)
-    side = [adapted(b, labelled, len(classes), layer, use_raw, gene_column, 0.0, probe=True)[0] for b in bases[1:]]
+        side = [adapted(b, labelled, len(classes), layer, use_raw, gene_column, 0.0, probe=True)[0]
+                for b in bases[1:]]
     sub, ref_overlap = match_genes(labelled, genes, layer=layer, use_raw=use_raw, gene_column=gene_column,
                                    min_overlap=0.0, what="reference")
     tok = net.tokenizer_config
@@ -314,7 +318,8 @@ def fit_annotator(
             "n_empty_dropped": int(prepared.n_empty), "n_train": int(len(train_idx)), "n_val": int(len(val_idx)),
             "class_counts": {c: int(n) for c, n in zip(classes, counts)}, "gene_overlap": ref_overlap,
             "method": method, "config": cfg.to_dict(), "from_pretrained": base is not None,
-            **({"pretrain_steps": cfg.pretrain_steps} if method == "probe" and base is not None else {})}
+            **({"pretrain_steps": cfg.pretrain_steps, "n_models_side_by_side": len(bases)}
+               if method == "probe" and base is not None else {})}
     if method == "probe":
         expr = None
         if cfg.gene_weight > 0:  # the gene-level classifier reads the same cells
@@ -428,10 +433,10 @@ def _start_models(model, method: str) -> list[ScMamba2]:
     from .embed import embedding_models, load_model
 
     if method != "probe":
-        if isinstance(model, (list, tuple)):
+        if isinstance(model, (list, tuple)) and len(model) != 1:
             raise InputError("fine-tuning trains one model: give one --model (model=), or use the linear probe "
                              "(method='probe') to read several side by side")
-        return [load_model(model)]
+        return [load_model(model[0] if isinstance(model, (list, tuple)) else model)]
     from ._annotate_probe import whole_cell_model
 
     names, models = embedding_models(model)

@@ -256,6 +256,8 @@ def class_logits(model: ScMamba2, cells, *, probe: LinearProbe | None = None, ba
     """``(n_cells, n_classes)`` logits (of ``probe``, else of the model's classifier head) and the
     ``(n_cells, d_model)`` cell embeddings (:func:`cell_embeddings`; of ``model`` and the ``side_models`` side by
     side, for the probe) of tokenised cells, in their order."""
+    if side_models and probe is None:
+        raise ValueError("side models are read by the linear probe: pass the probe with them")
     emb = side_by_side([model, *side_models], cells, batch_size=batch_size, max_tokens=max_tokens, device=device,
                        progress=progress)
     if probe is not None:

@@ -177,7 +177,7 @@ def embedding_models(model) -> tuple[list[str], list[ScMamba2]]:
             models.append(load_model(m))
     for m in models:
         if m.vocab is None:
-            raise ValueError("the model has no vocabulary attached: load it with ScMamba2.from_pretrained")
+            raise InputError("the model has no vocabulary attached: load it with ScMamba2.from_pretrained")
     return names, models
 
 
