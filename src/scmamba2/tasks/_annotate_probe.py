@@ -88,16 +88,21 @@ class LinearProbe:
         return cls(np.asarray(d["weight"]), np.asarray(d["bias"]), float(d["C"]), str(d.get("readout", "raw")))
 
 
-def whole_cell_model(base, min_len: int = 0):
-    """A copy of ``base`` without task heads whose tokenizer reads every expressed gene of a cell (``max_len``
-    = vocabulary size + 1), as :func:`scmamba2.embed` does by default."""
+def whole_cell_tokenizer(base, min_len: int = 0):
+    """``base``'s tokenizer reading every expressed gene of a cell (``max_len`` = vocabulary size + 1), as
+    :func:`scmamba2.embed` does by default."""
     tok = base.tokenizer_config
     if tok is None:
         from ..data.tokenize import TokenizerConfig
 
         tok = TokenizerConfig(n_bins=base.config.n_bins, value_mode=base.config.value_mode)
-    tok = replace(tok, max_len=max(len(base.vocab) + 1, min_len))
-    return base.adapt(tokenizer_config=tok, n_classes=0, dab=False, batch_embedding=False)
+    return replace(tok, max_len=max(len(base.vocab) + 1, min_len))
+
+
+def whole_cell_model(base, min_len: int = 0):
+    """A copy of ``base`` without task heads whose tokenizer is :func:`whole_cell_tokenizer`."""
+    return base.adapt(tokenizer_config=whole_cell_tokenizer(base, min_len), n_classes=0, dab=False,
+                      batch_embedding=False)
 
 
 def fit_probe(emb: np.ndarray, y: np.ndarray, n_classes: int, *, metric: np.ndarray | None, class_weight: str,

@@ -437,12 +437,12 @@ def _start_models(model, method: str) -> list[ScMamba2]:
             raise InputError("fine-tuning trains one model: give one --model (model=), or use the linear probe "
                              "(method='probe') to read several side by side")
         return [load_model(model[0] if isinstance(model, (list, tuple)) else model)]
-    from ._annotate_probe import whole_cell_model
+    from ._annotate_probe import whole_cell_tokenizer
 
     names, models = embedding_models(model)
-    first = whole_cell_model(models[0]).tokenizer_config  # the probe reads every expressed gene of a cell
+    first = whole_cell_tokenizer(models[0])  # the probe reads every expressed gene of a cell
     for name, m in zip(names[1:], models[1:]):
-        if m.vocab.tokens != models[0].vocab.tokens or whole_cell_model(m).tokenizer_config != first:
+        if m.vocab.tokens != models[0].vocab.tokens or whole_cell_tokenizer(m) != first:
             raise InputError(f"{name} reads cells with another vocabulary or tokenizer than {names[0]}: the probe "
                              "reads models side by side only when they share both; annotate with one of them")
     return models
