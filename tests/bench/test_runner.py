@@ -177,6 +177,26 @@ def test_annotate_split_of_a_public_set(monkeypatch, tmp_path):
     assert split["split"] == "the dataset's own reference / query" and (ref.n_obs, query.n_obs) == (15, 6)
 
 
+def test_annotate_split_with_fixed_query_donors(tmp_path):
+    from scmamba2.bench import annotate
+
+    donors = [f"d{i}" for i in range(6)]
+    obs = pd.DataFrame({"cell_type": ["a", "b"] * 30, "donor": np.repeat(donors, 10),
+                        "barcode": [f"b{i}" for i in range(60)], "condition": "ctrl"}, index=[f"c{i}" for i in range(60)])
+    ad.AnnData(X=np.ones((60, 3), dtype=np.float32), obs=obs).write_h5ad(tmp_path / "kang_x.h5ad")
+    s = {"n_query_donors": 2, "max_query_cells": 15, "max_reference_cells": 25}
+    drawn = annotate._split(tmp_path / "kang_x.h5ad", "kang_x", 3, s)
+    fixed = annotate._split(tmp_path / "kang_x.h5ad", "kang_x", 3, dict(s, query_donors=drawn[2]["query_donors"]))
+    # the donors the seed draws, given as fixed: the very same cells
+    assert list(fixed[0].obs_names) == list(drawn[0].obs_names) and list(fixed[1].obs_names) == list(drawn[1].obs_names)
+    other = sorted(set(donors) - set(drawn[2]["query_donors"]))[:2]
+    ref, query, split = annotate._split(tmp_path / "kang_x.h5ad", "kang_x", 3, dict(s, query_donors=other))
+    assert split["query_donors"] == other and set(query.obs["donor"]) == set(other)
+    assert not set(ref.obs["donor"]) & set(other) and (ref.n_obs, query.n_obs) == (25, 15)
+    with pytest.raises(ValueError, match="not in the data"):
+        annotate._split(tmp_path / "kang_x.h5ad", "kang_x", 3, dict(s, query_donors=["nobody"]))
+
+
 def test_a_result_made_by_another_command_names_that_command():
     res = BenchResult("readout", meta={"command": ".venv/bin/python benchmarks/bundled_ablation.py --build"})
     text = res.to_markdown()

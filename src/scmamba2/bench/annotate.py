@@ -190,6 +190,10 @@ def _split(path: Path, name: str, seed: int, s: dict):
             raise ValueError(f"{name}: {int(key.duplicated().sum())} duplicated barcode + condition pairs")
         donors = sorted(adata.obs["donor"].astype(str).unique())
         query_donors = sorted(rng.choice(donors, s["n_query_donors"], replace=False).tolist())
+        if s.get("query_donors"):  # fixed donors; drawn all the same, so that the cells drawn below do not change
+            if set(s["query_donors"]) - set(donors):
+                raise ValueError(f"{name}: query donors {sorted(set(s['query_donors']) - set(donors))} not in the data")
+            query_donors = sorted(s["query_donors"])
         is_q = adata.obs["donor"].astype(str).isin(query_donors).to_numpy()
         ref_idx, q_idx = np.flatnonzero(~is_q), np.flatnonzero(is_q)
         split = {"split": "donor held out", "query_donors": query_donors,
