@@ -2,8 +2,8 @@
 
 The annotation benchmark (``benchmarks/annotate.py``) scores one split per dataset (seed 0). This script reruns its
 two headline rows, scmamba2's default (``annotate``'s defaults) and the L1 logistic regression baseline
-(C by 5-fold CV), on the splits of several seeds: pbmc3k's stratified 70/30 split and Kang's three held-out donors
-drawn again, the same caps on cells. It shows how far the gap between the two moves from split to split.
+(C by 5-fold CV), on the splits of several seeds: pbmc3k's stratified 70/30 split and Kang's donor-held-out split
+drawn again (below), the same caps on cells. It shows how far the gap between the two moves from split to split.
 
 Kang's query donors are either drawn by the seed (``--kang-donors drawn``; seed 0 draws 107, 1244 and 1488) or fixed
 to those three, the donors whose cells the bundled models never saw, with the cells drawn again by the seed
@@ -85,6 +85,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=HERE / "results")
     args = ap.parse_args(argv)
     import torch
+    from scmamba2.bench.representation import KANG_HELDOUT
 
     torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore")
@@ -105,19 +106,24 @@ def main(argv=None) -> int:
                              r["dataset"], r["donors"], r["seed"]))
     lines = ["# Annotation over several splits: scmamba2's default vs cross-validated L1 logistic regression", "",
              "Regenerate: `.venv/bin/python benchmarks/annotate_seeds.py`. " + " ".join(__doc__.split("\n\n")[1].split()),
-             "", "Seed 0 is `annotate.md`'s split; its scores can differ from `annotate.md`'s in the third decimal (two torch threads here, one there). Query macro-F1 and accuracy.", "",
+             "", " ".join(__doc__.split("\n\n")[2].split()), "", "Seed 0 is `annotate.md`'s split; its scores can differ from `annotate.md`'s in the third decimal (the runs' torch threads can differ). Query macro-F1 and accuracy.", "",
              "| dataset | seed | query donors | scmamba2 macro-F1 | L1 macro-F1 | difference | scmamba2 accuracy | "
              "L1 accuracy |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         donors = ", ".join(r["query_donors"]) if r["query_donors"] else "-"
-        if r["query_donors"] and r["donors"] == SEEN and r["seed"] != 0:
-            donors += " (seen in pretraining)"
+        if r["donors"] != "-":
+            donors = ("fixed: " if r["donors"] == UNSEEN else "drawn: ") + donors
+        seen = [d for d in r["query_donors"] or [] if d not in KANG_HELDOUT]
+        if seen:
+            donors += f" ({', '.join(seen)} seen in pretraining)"
         lines.append(f"| {r['dataset']} | {r['seed']} | {donors} | {r['scmamba2 macro-F1']:.3f} | "
                      f"{r['L1 macro-F1']:.3f} | {r['scmamba2 macro-F1'] - r['L1 macro-F1']:+.3f} | "
                      f"{r['scmamba2 accuracy']:.3f} | {r['L1 accuracy']:.3f} |")
     lines.append("")
     lines += [summary(name, donors, rows) for name, donors in dict.fromkeys((r["dataset"], r["donors"]) for r in rows)]
-    lines += ["", f"Wall time of this sitting {(time.time() - t0) / 60:.1f} min ({len(rows) - n_done} splits run)."]
+    ran = len(rows) - n_done
+    lines += ["", f"Wall time of this sitting {(time.time() - t0) / 60:.1f} min ({ran} splits run)." if ran else
+              "No split run in this sitting: the table is rebuilt from the JSON."]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "annotate_seeds.md").write_text("\n".join(lines) + "\n")
     js.write_text(json.dumps(rows, indent=1))
