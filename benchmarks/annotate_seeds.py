@@ -16,8 +16,13 @@ Run from the repository root::
     .venv/bin/python benchmarks/annotate_seeds.py [--seeds 0 1 2 3] [--datasets kang_muscat_8donors]
         [--kang-donors heldout|drawn] [--keep] [--data-dir ../shared/data]
 
-Writes ``benchmarks/results/annotate_seeds.md`` and ``.json``. With ``--keep`` the rows already in the JSON are kept
-and only the splits it lacks are run, so more splits can be added in a later sitting.
+Writes ``benchmarks/results/annotate_seeds.md`` and ``.json`` (each row records the commit it was made with). With
+``--keep`` the rows already in the JSON are kept and only the splits it lacks are run, so more splits can be added in
+a later sitting; without it the JSON is replaced at the end. Rows are saved to ``annotate_seeds.partial.json`` after
+every split, which ``--keep`` picks up after an interruption.
+
+The splits of one group share most of their cells and donors (Kang's fixed donors above all), so they are not
+independent samples: the summary gives the mean, the range and how many splits are ahead, and no p-value.
 """
 
 from __future__ import annotations
@@ -32,31 +37,37 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 DATASETS = ("pbmc3k_raw_labeled", "kang_muscat_8donors")
-SEEN = "drawn (seeds other than 0: donors seen, unlabelled, in pretraining)"
-UNSEEN = "107, 1244, 1488 (never seen in pretraining), cells redrawn"
+# how a row's query was chosen (stored in the JSON) and how the table names it
+MODES = {"-": "-",
+         "heldout": "fixed to 107, 1244, 1488 (never seen in pretraining), cells redrawn",
+         "drawn": "drawn by the seed (donors other than 107, 1244, 1488 were seen, unlabelled, in pretraining)"}
 
 
-def _donors(name: str, mode: str) -> str:
-    return "-" if not name.startswith("kang") else (UNSEEN if mode == "heldout" else SEEN)
+def _mode(name: str, kang_donors: str) -> str:
+    return kang_donors if name.startswith("kang") else "-"
 
 
-def summary(name: str, donors: str, rows: list[dict]) -> str:
-    """One line on the paired differences (scmamba2 - L1) of one group of splits: mean, range, how many ahead, and
-    the two-sided Wilcoxon signed-rank p (exact for these few splits) where there are at least 5."""
-    from scipy.stats import wilcoxon
+def _legacy(r: dict) -> dict:
+    """Rows written before the mode was recorded: Kang's donors were drawn, unless a prose label (used for a few hours
+    on 2026-12-05, replaced by the mode) says they were the fixed unseen three."""
+    if "mode" not in r:
+        fixed = "never seen" in r.get("donors", "")
+        r["mode"] = "-" if not r["dataset"].startswith("kang") else ("heldout" if fixed else "drawn")
+    r.pop("donors", None)
+    return r
 
-    d = np.array([r["scmamba2 macro-F1"] - r["L1 macro-F1"] for r in rows
-                  if r["dataset"] == name and r["donors"] == donors])
-    where = name if donors == "-" else f"{name}, query donors {donors}"
-    line = (f"- {where}: macro-F1 difference (scmamba2 - L1) {d.mean():+.3f} on average over {len(d)} splits, "
-            f"from {d.min():+.3f} to {d.max():+.3f}; scmamba2 ahead on {int((d >= 0).sum())}")
-    if len(d) >= 5 and np.any(d != 0):
-        line += f"; Wilcoxon signed-rank p = {wilcoxon(d).pvalue:.2f} (two-sided)"
-    return line + "."
+
+def summary(name: str, mode: str, rows: list[dict]) -> str:
+    """One line on the paired differences (scmamba2 - L1) of one group of splits: mean, range, how many ahead."""
+    d = np.array([r["scmamba2 macro-F1"] - r["L1 macro-F1"] for r in rows if r["dataset"] == name and r["mode"] == mode])
+    where = name if mode == "-" else f"{name}, query donors {MODES[mode]}"
+    return (f"- {where}: macro-F1 difference (scmamba2 - L1) {d.mean():+.3f} on average over {len(d)} splits, "
+            f"from {d.min():+.3f} to {d.max():+.3f}; scmamba2 ahead on {int((d > 0).sum())}.")
 
 
 def run(name: str, seed: int, data_dir: Path, kang_donors: str = "heldout") -> dict:
     from scmamba2.bench.annotate import LABEL_KEY, _ours, _settings, _split
+    from scmamba2.bench.report import code_version
     from scmamba2.bench.representation import KANG_HELDOUT
     from scmamba2.eval.annotation_baselines import logreg_l1_cv_predict
     from scmamba2.eval.classification import classification_metrics
@@ -69,9 +80,9 @@ def run(name: str, seed: int, data_dir: Path, kang_donors: str = "heldout") -> d
     l1 = classification_metrics(truth, logreg_l1_cv_predict(ref, query, LABEL_KEY, s["n_top_genes"], seed))
     q, _ = _ours(ref, query, "probe", 0, seed, s)
     ours = classification_metrics(truth, q.obs["scmamba2_label"].astype(str).to_numpy())
-    return {"dataset": name, "seed": seed, "donors": _donors(name, kang_donors), "query_donors": split.get("query_donors"),
+    return {"dataset": name, "seed": seed, "mode": _mode(name, kang_donors), "query_donors": split.get("query_donors"),
             "scmamba2 macro-F1": ours["macro_f1"], "L1 macro-F1": l1["macro_f1"],
-            "scmamba2 accuracy": ours["accuracy"], "L1 accuracy": l1["accuracy"]}
+            "scmamba2 accuracy": ours["accuracy"], "L1 accuracy": l1["accuracy"], "code_version": code_version()}
 
 
 def main(argv=None) -> int:
@@ -90,43 +101,48 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore")
     t0 = time.time()
-    js = args.out / "annotate_seeds.json"
-    rows = json.loads(js.read_text()) if args.keep and js.exists() else []
-    for r in rows:  # rows written before the donors were recorded: Kang's were drawn
-        r.setdefault("donors", SEEN if r["dataset"].startswith("kang") else "-")
-    done = {(r["dataset"], r["donors"], r["seed"]) for r in rows}
-    n_done = len(rows)
+    js, partial = args.out / "annotate_seeds.json", args.out / "annotate_seeds.partial.json"
+    rows = []
+    if args.keep:
+        for f in (js, partial):
+            if f.exists():
+                old = {(r["dataset"], r["mode"], r["seed"]) for r in rows}
+                rows += [r for r in map(_legacy, json.loads(f.read_text()))
+                         if (r["dataset"], r["mode"], r["seed"]) not in old]
+    n_kept = len(rows)
+    done = {(r["dataset"], r["mode"], r["seed"]) for r in rows}
+    args.out.mkdir(parents=True, exist_ok=True)
     for name in args.datasets:
         for seed in args.seeds:
-            if (name, _donors(name, args.kang_donors), seed) not in done:
+            if (name, _mode(name, args.kang_donors), seed) not in done:
                 rows.append(run(name, seed, args.data_dir, args.kang_donors))
-                js.parent.mkdir(parents=True, exist_ok=True)
-                js.write_text(json.dumps(rows, indent=1))  # after every split: an interrupted run loses one
+                partial.write_text(json.dumps(rows, indent=1))  # an interruption loses one split at most
     rows.sort(key=lambda r: (DATASETS.index(r["dataset"]) if r["dataset"] in DATASETS else len(DATASETS),
-                             r["dataset"], r["donors"], r["seed"]))
+                             r["dataset"], r["mode"] != "heldout", r["seed"]))
     lines = ["# Annotation over several splits: scmamba2's default vs cross-validated L1 logistic regression", "",
              "Regenerate: `.venv/bin/python benchmarks/annotate_seeds.py`. " + " ".join(__doc__.split("\n\n")[1].split()),
-             "", " ".join(__doc__.split("\n\n")[2].split()), "", "Seed 0 is `annotate.md`'s split; its scores can differ from `annotate.md`'s in the third decimal (the runs' torch threads can differ). Query macro-F1 and accuracy.", "",
+             "", " ".join(__doc__.split("\n\n")[2].split()), "", " ".join(__doc__.split("\n\n")[6].split()), "",
+             "Seed 0 is `annotate.md`'s split; its scores can differ from `annotate.md`'s in the third decimal (the runs' "
+             "torch threads can differ). Query macro-F1 and accuracy.", "",
              "| dataset | seed | query donors | scmamba2 macro-F1 | L1 macro-F1 | difference | scmamba2 accuracy | "
              "L1 accuracy |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        donors = ", ".join(r["query_donors"]) if r["query_donors"] else "-"
-        if r["donors"] != "-":
-            donors = ("fixed: " if r["donors"] == UNSEEN else "drawn: ") + donors
-        seen = [d for d in r["query_donors"] or [] if d not in KANG_HELDOUT]
-        if seen:
-            donors += f" ({', '.join(seen)} seen in pretraining)"
+        donors = "-"
+        if r["query_donors"]:
+            seen = [d for d in r["query_donors"] if d not in KANG_HELDOUT]
+            donors = f"{'fixed' if r['mode'] == 'heldout' else 'drawn'}: {', '.join(r['query_donors'])}"
+            donors += f" ({', '.join(seen)} seen in pretraining)" if seen else ""
         lines.append(f"| {r['dataset']} | {r['seed']} | {donors} | {r['scmamba2 macro-F1']:.3f} | "
                      f"{r['L1 macro-F1']:.3f} | {r['scmamba2 macro-F1'] - r['L1 macro-F1']:+.3f} | "
                      f"{r['scmamba2 accuracy']:.3f} | {r['L1 accuracy']:.3f} |")
     lines.append("")
-    lines += [summary(name, donors, rows) for name, donors in dict.fromkeys((r["dataset"], r["donors"]) for r in rows)]
-    ran = len(rows) - n_done
+    lines += [summary(name, mode, rows) for name, mode in dict.fromkeys((r["dataset"], r["mode"]) for r in rows)]
+    ran = len(rows) - n_kept
     lines += ["", f"Wall time of this sitting {(time.time() - t0) / 60:.1f} min ({ran} splits run)." if ran else
               "No split run in this sitting: the table is rebuilt from the JSON."]
-    args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "annotate_seeds.md").write_text("\n".join(lines) + "\n")
     js.write_text(json.dumps(rows, indent=1))
+    partial.unlink(missing_ok=True)
     print("\n".join(lines))
     return 0
 

@@ -195,6 +195,8 @@ def test_annotate_split_with_fixed_query_donors(tmp_path):
     assert not set(ref.obs["donor"]) & set(other) and (ref.n_obs, query.n_obs) == (25, 15)
     with pytest.raises(ValueError, match="not in the data"):
         annotate._split(tmp_path / "kang_x.h5ad", "kang_x", 3, dict(s, query_donors=["nobody"]))
+    with pytest.raises(ValueError, match="a list of donors"):
+        annotate._split(tmp_path / "kang_x.h5ad", "kang_x", 3, dict(s, query_donors="d0"))
 
 
 def test_a_result_made_by_another_command_names_that_command():

@@ -191,6 +191,8 @@ def _split(path: Path, name: str, seed: int, s: dict):
         donors = sorted(adata.obs["donor"].astype(str).unique())
         query_donors = sorted(rng.choice(donors, s["n_query_donors"], replace=False).tolist())
         if s.get("query_donors"):  # fixed donors; drawn all the same, so that the cells drawn below do not change
+            if isinstance(s["query_donors"], str):
+                raise ValueError(f"{name}: query_donors must be a list of donors, not the string {s['query_donors']!r}")
             if set(s["query_donors"]) - set(donors):
                 raise ValueError(f"{name}: query donors {sorted(set(s['query_donors']) - set(donors))} not in the data")
             query_donors = sorted(s["query_donors"])
