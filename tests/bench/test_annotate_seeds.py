@@ -23,7 +23,8 @@ def seeds(monkeypatch):
         return {"dataset": name, "seed": seed, "mode": mod._mode(name, kang_donors),
                 "query_donors": (["107", "1244", "1488"] if kang_donors == "heldout" else ["101", "107", "1015"])
                 if kang else None, "scmamba2 macro-F1": 0.8 + seed / 100, "L1 macro-F1": 0.8,
-                "scmamba2 accuracy": 0.9, "L1 accuracy": 0.9, "code_version": "test"}
+                "scmamba2 accuracy": 0.9, "L1 accuracy": 0.9, "code_version": "test",
+                "per-class F1": {"scmamba2": {"T": 0.9, "Mk": 0.1 * seed}, "L1": {"T": 0.8, "Mk": 0.3}}}
 
     monkeypatch.setattr(mod, "run", fake_run)
     return mod, calls
@@ -54,6 +55,9 @@ def test_keep_runs_only_missing_splits_and_migrates_old_rows(seeds, tmp_path):
     assert "fixed: 107, 1244, 1488 |" in md
     held = next(line for line in md.splitlines() if line.startswith("- kang") and "fixed to" in line)
     assert "-0.010 on average over 2 splits" in held and "ahead on 1." in held  # -0.03 and +0.01
+    # per-class F1 over the rows that recorded it (the held-out Kang split run here, seed 1): largest gap first
+    assert "- kang_muscat_8donors, heldout donors, mean F1 per cell type over 1 splits (scmamba2 vs L1): Mk 0.10 vs " \
+           "0.30; T 0.90 vs 0.80." in md
     calls.clear()
     assert mod.main(argv) == 0 and calls == []  # nothing missing: the table is rebuilt
     assert "No split run in this sitting" in (tmp_path / "annotate_seeds.md").read_text()
