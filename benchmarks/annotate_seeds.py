@@ -47,6 +47,15 @@ def _mode(name: str, kang_donors: str) -> str:
     return kang_donors if name.startswith("kang") else "-"
 
 
+def _key(r: dict) -> tuple:
+    """A split's identity: dataset, how Kang's query donors were chosen, seed."""
+    return r["dataset"], r["mode"], r["seed"]
+
+
+def _group(rows: list[dict], name: str, mode: str) -> list[dict]:
+    return [r for r in rows if r["dataset"] == name and r["mode"] == mode]
+
+
 def _legacy(r: dict) -> dict:
     """Rows written before the mode was recorded: Kang's donors were drawn, unless a prose label (used for a few hours
     on 2026-12-05, replaced by the mode) says they were the fixed unseen three."""
@@ -59,7 +68,7 @@ def _legacy(r: dict) -> dict:
 
 def summary(name: str, mode: str, rows: list[dict]) -> str:
     """One line on the paired differences (scmamba2 - L1) of one group of splits: mean, range, how many ahead."""
-    d = np.array([r["scmamba2 macro-F1"] - r["L1 macro-F1"] for r in rows if r["dataset"] == name and r["mode"] == mode])
+    d = np.array([r["scmamba2 macro-F1"] - r["L1 macro-F1"] for r in _group(rows, name, mode)])
     where = name if mode == "-" else f"{name}, query donors {MODES[mode]}"
     return (f"- {where}: macro-F1 difference (scmamba2 - L1) {d.mean():+.3f} on average over {len(d)} splits, "
             f"from {d.min():+.3f} to {d.max():+.3f}; scmamba2 ahead on {int((d > 0).sum())}.")
@@ -88,7 +97,7 @@ def run(name: str, seed: int, data_dir: Path, kang_donors: str = "heldout") -> d
 
 def per_class(name: str, mode: str, rows: list[dict]) -> str | None:
     """Mean F1 per cell type over one group's splits, scmamba2 against L1, largest gaps first (rows that recorded it)."""
-    mine = [r["per-class F1"] for r in rows if r["dataset"] == name and r["mode"] == mode and "per-class F1" in r]
+    mine = [r["per-class F1"] for r in _group(rows, name, mode) if "per-class F1" in r]
     if not mine:
         return None
     types = sorted({t for m in mine for t in m["L1"]})
@@ -120,11 +129,10 @@ def main(argv=None) -> int:
     if args.keep:
         for f in (js, partial):
             if f.exists():
-                old = {(r["dataset"], r["mode"], r["seed"]) for r in rows}
-                rows += [r for r in map(_legacy, json.loads(f.read_text()))
-                         if (r["dataset"], r["mode"], r["seed"]) not in old]
+                old = {_key(r) for r in rows}
+                rows += [r for r in map(_legacy, json.loads(f.read_text())) if _key(r) not in old]
     n_kept = len(rows)
-    done = {(r["dataset"], r["mode"], r["seed"]) for r in rows}
+    done = {_key(r) for r in rows}
     args.out.mkdir(parents=True, exist_ok=True)
     for name in args.datasets:
         for seed in args.seeds:
