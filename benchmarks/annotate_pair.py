@@ -13,7 +13,7 @@ on the whole reference with its C) are shown for information only.
 
 Run from the repository root::
 
-    .venv/bin/python benchmarks/annotate_pair.py [--data-dir ../shared/data]
+    .venv/bin/python benchmarks/annotate_pair.py [--data-dir ../shared/data] [--builds A=DIR,B=DIR --stem NAME]
 
 Writes ``benchmarks/results/annotate_pair.md`` and ``.json`` (~40 min on one thread).
 """
@@ -107,7 +107,8 @@ def render(res: dict, minutes: float) -> list[str]:
     lines = ["# Annotation: the probe on one bundled build or both side by side", "",
              "Regenerate: `.venv/bin/python benchmarks/annotate_pair.py`. "
              + __doc__.split("\n\n")[1].replace("\n", " "),
-             "", "The query columns are for information and choose nothing.", ""]
+             "", "Builds: " + ", ".join(f"{t} = `{b}`" for t, b in BUILDS.items())
+             + ". The query columns are for information and choose nothing.", ""]
     for name, r in res.items():
         lines += [f"## {name} ({r['reference cells']:,} reference / {r['query cells']:,} query cells, "
                   f"{r['classes']} types)", "",
@@ -126,4 +127,12 @@ def render(res: dict, minutes: float) -> list[str]:
 
 
 if __name__ == "__main__":
-    raise SystemExit(cli(__doc__, run, render, "annotate_pair"))
+    import argparse
+
+    ap = argparse.ArgumentParser(add_help=False)
+    ap.add_argument("--builds", help="A=MODEL,B=MODEL: the two builds (names or folders; default the bundled two)")
+    ap.add_argument("--stem", default="annotate_pair", help="results file name (default annotate_pair)")
+    opts, rest = ap.parse_known_args()
+    if opts.builds:
+        BUILDS = dict(item.split("=", 1) for item in opts.builds.split(","))
+    raise SystemExit(cli(__doc__, run, render, opts.stem, rest))

@@ -112,6 +112,43 @@ def test_depth_thinning_needs_raw_counts_with_continuous_values():
         TrainConfig(depth_thinning=1.5)
 
 
+def test_cluster_balance_needs_a_profile_decoder_and_a_valid_exponent():
+    from scmamba2 import InputError
+
+    with pytest.raises(InputError, match="cluster_balance clusters cells by their profile panel"):
+        pretrain(programme_counts(n_cells=40), model_config={**TINY_MODEL, "profile_genes": 0},
+                 tokenizer_config=TokenizerConfig(max_len=32, value_mode="continuous"),
+                 train_config=TrainConfig(max_steps=1, progress_bar=False, cluster_balance=0.5))
+    with pytest.raises(ValueError, match="cluster_balance"):
+        TrainConfig(cluster_balance=1.5)
+
+
+def test_cluster_balance_draws_rare_cells_more_often(monkeypatch):
+    """Pretraining with cluster_balance=1 feeds a type of a tenth of the cells about as often as the others."""
+    import scmamba2.train.pretrain as pre
+    from scmamba2.data import balance
+
+    monkeypatch.setattr(balance, "MAX_CLUSTERS", 3)  # one cluster a type
+    monkeypatch.setattr(balance, "CELLS_PER_CLUSTER", 10)
+    seen = {}
+    real = pre.LengthBucketSampler
+
+    def spy(*args, **kwargs):
+        seen["weights"] = kwargs.get("weights")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pre, "LengthBucketSampler", spy)
+    adata = programme_counts(n_cells=200)
+    labels = adata.obs["label"].to_numpy()
+    adata = adata[(labels != "t2") | (np.cumsum(labels == "t2") <= 15)].copy()  # t2: 15 cells of ~145
+    train = TrainConfig(max_steps=1, batch_size=8, val_fraction=0.0, progress_bar=False, cluster_balance=1.0)
+    pretrain(adata, model_config={**TINY_MODEL, "profile_genes": 30},
+             tokenizer_config=TokenizerConfig(max_len=32, value_mode="continuous"), train_config=train)
+    w, labels = seen["weights"], adata.obs["label"].to_numpy()
+    assert w is not None and w.mean() == pytest.approx(1.0)
+    assert w[labels == "t2"].min() > 2 * w[labels != "t2"].max()
+
+
 def test_same_seed_same_weights():
     adata = programme_counts(n_cells=48)
     tok = TokenizerConfig(n_bins=11, max_len=32)

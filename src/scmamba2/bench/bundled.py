@@ -36,7 +36,8 @@ TOKENIZER = dict(value_mode="continuous", max_len=256)
 TRAIN = dict(max_steps=1800, batch_size=32, lr=3e-3, warmup_steps=100, mask_ratio=0.4, gep_weight=0.0,
              mvc_weight=0.0, profile_min_measured=0.15, profile_panel_rule="dispersion", val_fraction=0.03,
              val_every_n_steps=250, log_every_n_steps=25, precision="32-true",
-             panel_view_fraction=0.0, depth_thinning=0.5, contrastive_weight=0.0, ema_decay=0.0, weight_decay=0.01)
+             panel_view_fraction=0.0, depth_thinning=0.5, contrastive_weight=0.0, ema_decay=0.0, weight_decay=0.01,
+             cluster_balance=0.0)
 MIN_CELLS = 10  # vocabulary: genes detected in at least this many pooled cells
 
 

@@ -299,6 +299,10 @@ class LengthBucketSampler(Sampler[list[int]]):
         For distributed training: every replica builds the same batches and takes every
         ``num_replicas``-th one starting at ``rank`` (the last few batches are dropped so that all
         replicas get the same number).
+    weights : array-like of float, optional
+        Sampling weight of every item (needs ``shuffle=True``): each epoch then draws as many items as there
+        are, with replacement, each with probability proportional to its weight, instead of a permutation
+        (e.g. :func:`~scmamba2.data.balance.cluster_weights`).
     """
 
     def __init__(
@@ -311,8 +315,17 @@ class LengthBucketSampler(Sampler[list[int]]):
         seed: int = 0,
         num_replicas: int = 1,
         rank: int = 0,
+        weights: Any = None,
     ) -> None:
         self.lengths = np.asarray(lengths, dtype=np.int64)
+        self.p = None
+        if weights is not None:
+            w = np.asarray(weights, dtype=np.float64)
+            if w.shape != self.lengths.shape or not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
+                raise ValueError("weights must be one finite, non-negative weight per item, not all zero")
+            if not shuffle:
+                raise ValueError("weights draw items at random: they need shuffle=True")
+            self.p = w / w.sum()
         if batch_size < 1 or bucket_size_multiplier < 1:
             raise ValueError("batch_size and bucket_size_multiplier must be positive")
         if not 0 <= rank < num_replicas:
@@ -344,7 +357,7 @@ class LengthBucketSampler(Sampler[list[int]]):
             batches = [order[s : s + bs] for s in range(0, n, bs)]
         else:
             rng = np.random.default_rng((self.seed, self.epoch))
-            perm = rng.permutation(n)
+            perm = rng.permutation(n) if self.p is None else rng.choice(n, n, replace=True, p=self.p)
             mega = bs * self.bucket_size_multiplier  # a multiple of bs: only the very last batch can be short
             batches = []
             for s in range(0, n, mega):

@@ -31,6 +31,7 @@ class TrainConfig:
     finetune_panel: str = "keep"  # fine-tuning: "keep" the model's panel, or choose a new one from the "data"
     panel_view_fraction: float = 0.0  # share of training cells the encoder reads through their panel genes only
     depth_thinning: float = 0.0  # share of training cells whose input counts are thinned (a shallower read)
+    cluster_balance: float = 0.0  # > 0: cells of small clusters drawn more often (cluster share ** -this; 1: even)
     ema_decay: float = 0.0  # > 0: train on, but validate and keep, an exponential moving average of the weights
     contrastive_weight: float = 0.0  # InfoNCE between a cell and a view of half its tokens (training only)
     contrastive_temperature: float = 0.1
@@ -76,6 +77,9 @@ class TrainConfig:
             raise ValueError(f"panel_view_fraction={self.panel_view_fraction} must be in [0, 1]")
         if not 0.0 <= self.depth_thinning <= 1.0:
             raise ValueError(f"depth_thinning={self.depth_thinning} must be in [0, 1]")
+        if not 0.0 <= self.cluster_balance <= 1.0:
+            raise ValueError(f"cluster_balance={self.cluster_balance} must be in [0, 1] (0: uniform sampling; 1: "
+                             "every cluster of a source drawn equally often)")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay={self.ema_decay} must be in [0, 1) (0: off; e.g. 0.998 averages over "
                              "~500 steps)")

@@ -397,8 +397,17 @@ def pretrain(
     train_ds = TokenizedDataset(cells.subset(train_idx), resample=True, seed=tcfg.seed,
                                 panel_view_fraction=tcfg.panel_view_fraction, depth_thinning=tcfg.depth_thinning,
                                 **with_source(train_idx))
+    weights = None
+    if tcfg.cluster_balance > 0:
+        if panel is None:
+            raise InputError("cluster_balance clusters cells by their profile panel, but this model has no profile "
+                             "decoder: set profile_genes > 0 or cluster_balance=0.")
+        from ..data.balance import cluster_weights
+
+        weights = cluster_weights(cells.subset(train_idx), panel, exponent=tcfg.cluster_balance, measured=measured,
+                                  source=None if source is None else source[train_idx], seed=tcfg.seed)
     lengths = np.minimum(np.asarray(cells.lengths)[train_idx], tok.max_len)
-    sampler = LengthBucketSampler(lengths, batch_size=tcfg.batch_size, shuffle=True, seed=tcfg.seed)
+    sampler = LengthBucketSampler(lengths, batch_size=tcfg.batch_size, shuffle=True, seed=tcfg.seed, weights=weights)
     collate = Collator(pad_id=vocab.pad_id, mask_ratio=tcfg.mask_ratio, seed=tcfg.seed)
     # Data order, resampling and masks are functions of (seed, epoch, batch): a resumed run continues exactly.
     train_loader = ResumableLoader(train_ds, sampler, collate, seed=tcfg.seed, num_workers=tcfg.num_workers)

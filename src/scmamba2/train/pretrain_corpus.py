@@ -49,7 +49,7 @@ def pretrain_corpus(corpus: Corpus, *, out_dir=None, model_config: ModelConfig |
     tcfg = train_config or TrainConfig()
     tok = tokenizer_config or TokenizerConfig(value_mode="continuous")  # as pretrain's in-memory default
     check_order(tok, tcfg)
-    for name in ("panel_view_fraction", "depth_thinning"):
+    for name in ("panel_view_fraction", "depth_thinning", "cluster_balance"):
         if getattr(tcfg, name) > 0:
             raise InputError(f"{name} is not supported when streaming a corpus: set it to 0, or pretrain on "
                              "in-memory AnnData")

@@ -1,0 +1,96 @@
+"""Cluster-balanced sampling: the weights that tilt pretraining towards rare cell states, and the sampler that
+draws by them."""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from scmamba2 import TokenizerConfig
+from scmamba2.data import balance
+from scmamba2.data.balance import cluster_weights
+from scmamba2.data.collate import LengthBucketSampler
+from scmamba2.data.panel import select_panel
+from scmamba2.data.tokenize import tokenize
+from scmamba2.data.vocab import GeneVocab
+
+
+def two_types(n_common=160, n_rare=40, n_genes=24, seed=0):
+    """Raw counts of a common type (genes 0-7 high) and a rare one (genes 8-15 high); the rare cells last."""
+    rng = np.random.default_rng(seed)
+    rate = np.full((n_common + n_rare, n_genes), 0.5)
+    rate[:n_common, :8] += 15
+    rate[n_common:, 8:16] += 15
+    X = rng.poisson(rate).astype(np.float32)
+    names = [f"g{j}" for j in range(n_genes)]
+    vocab = GeneVocab(names)
+    cells = tokenize(sp.csr_matrix(X), vocab, TokenizerConfig(value_mode="continuous"), gene_names=names)
+    return cells, select_panel(cells, len(vocab), n_genes, min_cells=1), vocab
+
+
+@pytest.fixture
+def two_clusters(monkeypatch):
+    monkeypatch.setattr(balance, "MAX_CLUSTERS", 2)  # one cluster a type
+
+
+@pytest.mark.parametrize("exponent, ratio", [(1.0, 4.0), (0.5, 2.0)])
+def test_rare_cells_weigh_their_cluster_share_to_the_minus_exponent(two_clusters, exponent, ratio):
+    cells, panel, _ = two_types()
+    w = cluster_weights(cells, panel, exponent=exponent)
+    common, rare = w[:160], w[160:]
+    assert np.allclose(common, common[0]) and np.allclose(rare, rare[0])  # the clusters are the two types
+    assert rare[0] / common[0] == pytest.approx(ratio)  # shares 0.8 and 0.2
+    assert w.mean() == pytest.approx(1.0)
+    if exponent == 1.0:  # every cluster drawn equally often
+        assert rare.sum() == pytest.approx(common.sum())
+
+
+def test_no_balance_and_too_few_cells_give_uniform_weights():
+    cells, panel, _ = two_types()
+    assert np.array_equal(cluster_weights(cells, panel, exponent=0.0), np.ones(len(cells)))
+    small, panel_small, _ = two_types(n_common=40, n_rare=10)  # 50 cells: one cluster, nothing to balance
+    assert np.array_equal(cluster_weights(small, panel_small, exponent=1.0), np.ones(len(small)))
+
+
+def test_each_source_is_clustered_on_its_measured_genes_and_keeps_its_share(two_clusters):
+    cells, panel, _ = two_types()
+    source = np.r_[np.zeros(100, int), np.ones(100, int)]  # source 1: 60 common cells, then the 40 rare ones
+    measured = np.ones((2, len(panel.ids)), dtype=bool)
+    measured[0, np.isin(panel.ids, panel.ids[8:16])] = False  # source 0 did not measure the rare type's genes
+    w = cluster_weights(cells, panel, exponent=1.0, source=source, measured=measured)
+    assert w[:100].mean() == pytest.approx(1.0) and w[100:].mean() == pytest.approx(1.0)
+    assert w[100:160].sum() == pytest.approx(w[160:].sum())  # source 1: the two types drawn equally often
+    # Source 0 holds one type: its two clusters split it in some way, and its weights only redistribute within it.
+    assert w[:100].sum() == pytest.approx(100.0)
+
+
+def test_same_seed_same_weights(two_clusters):
+    cells, panel, _ = two_types()
+    a = cluster_weights(cells, panel, exponent=0.5, seed=4)
+    assert np.array_equal(a, cluster_weights(cells, panel, exponent=0.5, seed=4))
+
+
+def test_weighted_sampler_draws_by_weight_and_repeats_an_epoch():
+    n = 400
+    w = np.r_[np.full(200, 3.0), np.ones(199), 0.0]
+    s = LengthBucketSampler(np.arange(n) % 50 + 1, batch_size=16, seed=1, weights=w)
+    counts = np.zeros(n)
+    for epoch in range(20):
+        s.set_epoch(epoch)
+        drawn = np.concatenate(list(s))
+        assert len(drawn) == n  # an epoch is as long as without weights
+        np.add.at(counts, drawn, 1)
+    assert counts[-1] == 0  # weight 0: never drawn
+    assert counts[:200].sum() / counts[200:].sum() == pytest.approx(3.0, rel=0.1)
+    s.set_epoch(3)
+    first = [list(b) for b in s]
+    s.set_epoch(3)
+    assert [list(b) for b in s] == first
+
+
+def test_sampler_weights_are_checked():
+    with pytest.raises(ValueError, match="one finite, non-negative weight per item"):
+        LengthBucketSampler(np.ones(5), batch_size=2, weights=np.ones(4))
+    with pytest.raises(ValueError, match="one finite, non-negative weight per item"):
+        LengthBucketSampler(np.ones(3), batch_size=2, weights=[1.0, -1.0, 1.0])
+    with pytest.raises(ValueError, match="need shuffle=True"):
+        LengthBucketSampler(np.ones(3), batch_size=2, shuffle=False, weights=np.ones(3))
