@@ -30,6 +30,7 @@ COMBOS = {"genes": {"genes": 1}, "A": {"A": 1}, "A+genes (the default until 2026
           "B+genes": {"B": .5, "genes": .5}, "AB": {"AB": 1}, "AB+genes": {"AB": .5, "genes": .5},
           "avg(A,B)": {"A": .5, "B": .5}, "avg(A,B)+genes": {"A": .25, "B": .25, "genes": .5}}
 FOLD_SEEDS = (0, 1, 2)
+COMMAND = ".venv/bin/python benchmarks/annotate_pair.py"  # with the options of a run of other builds
 
 
 def features(name: str, data_dir):
@@ -105,7 +106,7 @@ def run(name: str, data_dir) -> dict:
 
 def render(res: dict, minutes: float) -> list[str]:
     lines = ["# Annotation: the probe on one bundled build or both side by side", "",
-             "Regenerate: `.venv/bin/python benchmarks/annotate_pair.py`. "
+             f"Regenerate: `{COMMAND}`. "
              + __doc__.split("\n\n")[1].replace("\n", " "),
              "", "Builds: " + ", ".join(f"{t} = `{b}`" for t, b in BUILDS.items())
              + ". The query columns are for information and choose nothing.", ""]
@@ -135,4 +136,5 @@ if __name__ == "__main__":
     opts, rest = ap.parse_known_args()
     if opts.builds:
         BUILDS = dict(item.split("=", 1) for item in opts.builds.split(","))
+        COMMAND += f" --builds {opts.builds} --stem {opts.stem}"
     raise SystemExit(cli(__doc__, run, render, opts.stem, rest))

@@ -74,7 +74,10 @@ TRIED = ("Chosen on the references' own held-out tenth (val macro-F1 pbmc3k / Ka
          "bundled model's own objective on reference + query expression (pretrain_steps=200; the row 'scmamba2 "
          "default after self-supervised steps ...'), measured by hand on the same splits before the row existed: "
          "reference held-out macro-F1 pbmc3k 0.840 vs 0.832, Kang 0.778 vs 0.778 (queries 0.912 vs 0.904, 0.785 vs "
-         "0.794) at ~3x the CPU time: within noise, not the default.")
+         "0.794) at ~3x the CPU time: within noise, not the default. 2026-12-05, night: both bundled builds "
+         "pretrained again with cluster-balanced sampling (cells of small clusters drawn more often, "
+         "cluster_balance=0.5; results/annotate_pair_cluster_balance.md): reference CV macro-F1 of the default "
+         "classifier pbmc3k 0.913 vs 0.928, Kang 0.791 vs 0.790 (Kang query 0.803 vs 0.809): no gain, not shipped.")
 LABEL_KEY = "cell_type"
 PROBE = ("scmamba2 both bundled builds side by side: linear probe averaged with a gene-level L1 logistic regression "
          "(default)")
