@@ -4,7 +4,7 @@ On the Kang query (three donors the models never saw) the gene-level classifier 
 probe on both bundled builds (annotate_pair.md), while the reference's stratified cross-validation ranks them
 level. If that were a donor shift, cross-validation with whole reference donors held out (GroupKFold over its
 five donors) should see it too, and could choose the gene weight. Features as in ``annotate_pair.py`` (both builds
-side by side, the reference's 2,000 HVGs); each classifier's C by the folds of the scheme; out-of-fold
+side by side, the reference's 2,000 HVGs); each classifier's C by the folds of the scheme (one fold seed); out-of-fold
 probabilities averaged at each gene weight (0: the probe alone, 1: the genes alone). The query columns use the C's
 of stratified CV (annotation's own) and are for information.
 

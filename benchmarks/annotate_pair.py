@@ -3,7 +3,7 @@
 On each reference of the annotation benchmark (pbmc3k 70 %, Kang's five reference donors; the same splits), each
 bundled build's frozen embedding (every expressed gene, profile metric) and the log-normalised matrix of the
 reference's 2,000 HVGs are computed once. Classifiers: the linear probe (L2 logistic regression on the standardised
-embedding) on build A (``scmamba2-pbmc-small``, the default model), on build B (``scmamba2-pbmc-small-seed2``), on
+embedding) on build A (by default ``scmamba2-pbmc-small``), on build B (by default ``scmamba2-pbmc-small-seed2``), on
 both side by side (AB, one probe on the two embeddings), and the gene-level classifier (L1 one-vs-rest logistic
 regression on the HVGs); each gets its C by stratified 5-fold cross-validation of the whole reference, and the
 combinations average their out-of-fold probabilities (``+genes``: gene weight 0.5, annotation's default;
@@ -130,7 +130,7 @@ def render(res: dict, minutes: float) -> list[str]:
 if __name__ == "__main__":
     import argparse
 
-    ap = argparse.ArgumentParser(add_help=False)
+    ap = argparse.ArgumentParser(add_help=False)  # the shared options (and --help) are cli()'s
     ap.add_argument("--builds", help="A=MODEL,B=MODEL: the two builds (names or folders; default the bundled two)")
     ap.add_argument("--stem", default="annotate_pair", help="results file name (default annotate_pair)")
     opts, rest = ap.parse_known_args()

@@ -14,12 +14,15 @@ from scmamba2.data.tokenize import tokenize
 from scmamba2.data.vocab import GeneVocab
 
 
-def two_types(n_common=160, n_rare=40, n_genes=24, seed=0):
-    """Raw counts of a common type (genes 0-7 high) and a rare one (genes 8-15 high); the rare cells last."""
+def two_types(n_common=160, n_rare=40, n_genes=24, seed=0, extra=None):
+    """Raw counts of a common type (genes 0-7 high) and a rare one (genes 8-15 high); the rare cells last; the cells
+    ``extra`` also high on genes 16-23."""
     rng = np.random.default_rng(seed)
     rate = np.full((n_common + n_rare, n_genes), 0.5)
     rate[:n_common, :8] += 15
     rate[n_common:, 8:16] += 15
+    if extra is not None:
+        rate[extra, 16:24] += 15
     X = rng.poisson(rate).astype(np.float32)
     names = [f"g{j}" for j in range(n_genes)]
     vocab = GeneVocab(names)
@@ -52,21 +55,50 @@ def test_no_balance_and_too_few_cells_give_uniform_weights():
 
 
 def test_each_source_is_clustered_on_its_measured_genes_and_keeps_its_share(two_clusters):
-    cells, panel, _ = two_types()
-    source = np.r_[np.zeros(100, int), np.ones(100, int)]  # source 1: 60 common cells, then the 40 rare ones
+    # Source 0: 100 common cells, the last 20 of them also high on genes 16-23, which source 0 did not measure.
+    # Source 1: 60 common cells and the 40 rare ones, every gene measured.
+    cells, panel, _ = two_types(extra=slice(80, 100))
+    source = np.r_[np.zeros(100, int), np.ones(100, int)]
     measured = np.ones((2, len(panel.ids)), dtype=bool)
-    measured[0, np.isin(panel.ids, panel.ids[8:16])] = False  # source 0 did not measure the rare type's genes
+    measured[0, np.isin(panel.ids, panel.ids[16:24])] = False
     w = cluster_weights(cells, panel, exponent=1.0, source=source, measured=measured)
     assert w[:100].mean() == pytest.approx(1.0) and w[100:].mean() == pytest.approx(1.0)
     assert w[100:160].sum() == pytest.approx(w[160:].sum())  # source 1: the two types drawn equally often
-    # Source 0 holds one type: its two clusters split it in some way, and its weights only redistribute within it.
-    assert w[:100].sum() == pytest.approx(100.0)
+    # Source 0's two clusters split one population: the 20 cells that differ only in unmeasured genes are not
+    # singled out (read on every gene, they would be a cluster of their own, weighted 4x the others).
+    assert w[80:100].mean() / w[:80].mean() < 1.5
+    ignored = cluster_weights(cells, panel, exponent=1.0, source=source)
+    assert ignored[80:100].mean() / ignored[:80].mean() == pytest.approx(4.0)
 
 
-def test_same_seed_same_weights(two_clusters):
-    cells, panel, _ = two_types()
+def test_same_seed_same_weights():
+    cells, panel, _ = two_types(n_common=400, n_rare=0)  # one population: 8 clusters of noise, placed by the seed
     a = cluster_weights(cells, panel, exponent=0.5, seed=4)
     assert np.array_equal(a, cluster_weights(cells, panel, exponent=0.5, seed=4))
+    assert not np.array_equal(a, cluster_weights(cells, panel, exponent=0.5, seed=5))
+
+
+def test_a_few_outlying_cells_weigh_as_a_cluster_of_the_minimum_size(monkeypatch):
+    monkeypatch.setattr(balance, "MAX_CLUSTERS", 2)
+    cells, panel, _ = two_types(n_common=196, n_rare=4)  # 4 cells of their own: a cluster of 4
+    w = cluster_weights(cells, panel, exponent=1.0)
+    share = np.array([196, balance.MIN_CLUSTER_CELLS]) / 200
+    assert w[-1] / w[0] == pytest.approx(share[0] / share[1])  # 4 cells counted as 10, not 4
+
+
+def test_weights_refuse_a_negative_exponent_binned_values_and_unknown_sources():
+    from scmamba2.errors import InputError
+
+    cells, panel, vocab = two_types()
+    with pytest.raises(ValueError, match="exponent=-0.5 must be >= 0"):
+        cluster_weights(cells, panel, exponent=-0.5)
+    with pytest.raises(ValueError, match="each a row of measured"):
+        cluster_weights(cells, panel, exponent=0.5, source=np.full(len(cells), 2),
+                        measured=np.ones((2, len(panel.ids)), dtype=bool))
+    X = np.ones((4, 3), dtype=np.float32)
+    binned = tokenize(sp.csr_matrix(X), vocab, TokenizerConfig(value_mode="binned"), gene_names=["g0", "g1", "g2"])
+    with pytest.raises(InputError, match="value_mode='binned'"):
+        cluster_weights(binned, panel, exponent=0.5)
 
 
 def test_weighted_sampler_draws_by_weight_and_repeats_an_epoch():
@@ -88,9 +120,13 @@ def test_weighted_sampler_draws_by_weight_and_repeats_an_epoch():
 
 
 def test_sampler_weights_are_checked():
-    with pytest.raises(ValueError, match="one finite, non-negative weight per item"):
+    with pytest.raises(ValueError, match=r"have shape \(4,\), not one per item \(5,\)"):
         LengthBucketSampler(np.ones(5), batch_size=2, weights=np.ones(4))
-    with pytest.raises(ValueError, match="one finite, non-negative weight per item"):
+    with pytest.raises(ValueError, match="hold negative values"):
         LengthBucketSampler(np.ones(3), batch_size=2, weights=[1.0, -1.0, 1.0])
+    with pytest.raises(ValueError, match="hold NaN or infinite values"):
+        LengthBucketSampler(np.ones(3), batch_size=2, weights=[1.0, np.nan, 1.0])
+    with pytest.raises(ValueError, match="are all zero"):
+        LengthBucketSampler(np.ones(3), batch_size=2, weights=np.zeros(3))
     with pytest.raises(ValueError, match="need shuffle=True"):
         LengthBucketSampler(np.ones(3), batch_size=2, shuffle=False, weights=np.ones(3))

@@ -287,13 +287,14 @@ def test_soma_experiment_written_by_from_h5ad_is_read_with_its_own_names(tmp_pat
         open_corpus([f"soma://{uri}"], soma_gene_column="symbols")
 
 
-def test_streamed_pretraining_refuses_a_panel_view(tmp_path):
+@pytest.mark.parametrize("option", ["panel_view_fraction", "cluster_balance"])
+def test_streamed_pretraining_refuses_in_memory_only_options(tmp_path, option):
     from scmamba2.train.config import TrainConfig
     from scmamba2.train.pretrain import pretrain
 
     corpus = open_corpus([_write_shards(tmp_path / "shards", sizes=(6, 6))])
-    with pytest.raises(InputError, match="panel_view_fraction is not supported when streaming"):
-        pretrain(corpus, train_config=TrainConfig(max_steps=1, progress_bar=False, panel_view_fraction=0.2))
+    with pytest.raises(InputError, match=f"{option} is not supported when streaming"):
+        pretrain(corpus, train_config=TrainConfig(max_steps=1, progress_bar=False, **{option: 0.2}))
 
 
 def test_held_out_blocks_too_coarse_for_the_corpus(tmp_path, caplog):

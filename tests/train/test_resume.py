@@ -89,6 +89,31 @@ def test_resume_gives_the_weights_of_a_straight_run(straight, tmp_path, monkeypa
     assert sorted(m["step"]) == list(range(N_STEPS))
 
 
+def test_resume_with_cluster_balance_gives_the_weights_of_a_straight_run(tmp_path, monkeypatch):
+    """Weighted draws (with replacement, seeded by seed and epoch) replay exactly after a crash."""
+    from scmamba2.data import balance
+
+    monkeypatch.setattr(balance, "CELLS_PER_CLUSTER", 10)  # 48 training cells: 4 clusters
+    tok = TokenizerConfig(value_mode="continuous", max_len=24)
+    model = {**TINY_MODEL, "profile_genes": 20}
+    data = counts()
+    straight = pretrain(data, out_dir=tmp_path / "straight", model_config=model, tokenizer_config=tok,
+                        train_config=config(4, cluster_balance=1.0))
+    with monkeypatch.context() as m:
+        crash_at(m, 6)
+        with pytest.raises(Crash):
+            pretrain(data, out_dir=tmp_path / "run", model_config=model, tokenizer_config=tok,
+                     train_config=config(4, cluster_balance=1.0))
+    res = pretrain(data, out_dir=tmp_path / "run", model_config=model, tokenizer_config=tok,
+                   train_config=config(4, cluster_balance=1.0), resume=True)
+    a, b = straight.model.state_dict(), res.model.state_dict()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    with pytest.raises(CheckpointError, match="sampling settings"):  # other weights: another data order
+        pretrain(data, out_dir=tmp_path / "run", model_config=model, tokenizer_config=tok,
+                 train_config=config(4, cluster_balance=0.5, max_steps=N_STEPS + 2), resume=True)
+
+
 def test_an_interrupted_write_leaves_the_last_checkpoint_whole(tmp_path, monkeypatch):
     path = tmp_path / "checkpoints" / "last.ckpt"
     atomic_torch_save({"w": torch.arange(5)}, path)

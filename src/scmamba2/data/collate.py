@@ -321,8 +321,11 @@ class LengthBucketSampler(Sampler[list[int]]):
         self.p = None
         if weights is not None:
             w = np.asarray(weights, dtype=np.float64)
-            if w.shape != self.lengths.shape or not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
-                raise ValueError("weights must be one finite, non-negative weight per item, not all zero")
+            problem = (f"have shape {w.shape}, not one per item {self.lengths.shape}" if w.shape != self.lengths.shape
+                       else "hold NaN or infinite values" if not np.all(np.isfinite(w))
+                       else "hold negative values" if np.any(w < 0) else "are all zero" if w.sum() <= 0 else None)
+            if problem:
+                raise ValueError(f"sampling weights {problem}: give one finite, non-negative weight per item")
             if not shuffle:
                 raise ValueError("weights draw items at random: they need shuffle=True")
             self.p = w / w.sum()

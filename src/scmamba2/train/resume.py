@@ -167,7 +167,8 @@ class ResumableLoader:
                 "the training checkpoint was written for another data order (different "
                 f"{', '.join(changed)}: {state.get('batches_per_epoch')} batches per epoch and seed "
                 f"{state.get('seed')} then, {mine['batches_per_epoch']} and {mine['seed']} now); resume with the "
-                "same data, batch size and seed as the interrupted run, or start a new run without --resume."
+                "same data, batch size, seed and sampling settings (e.g. cluster_balance) as the interrupted run, "
+                "or start a new run without --resume."
             )
         self.batches_consumed = int(state["batches_consumed"])
 
