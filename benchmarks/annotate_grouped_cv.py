@@ -13,22 +13,18 @@ of stratified CV (annotation's own) and are for information.
 Writes ``<out>/annotate_grouped_cv.md`` and ``.json`` (~3 min on one thread).
 """
 
-import argparse
-import json
-import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 
 import annotate_pair as pair
-from annotate_mix import HERE, _genes, _probe, _proba
+from annotate_mix import _genes, _probe, _proba, cli
 
 WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 NAME = "kang_muscat_8donors"
 
 
-def run(data_dir: Path) -> dict:
+def run(name: str, data_dir: Path) -> dict:
     from sklearn.metrics import f1_score
     from sklearn.model_selection import GroupKFold, StratifiedKFold
 
@@ -36,8 +32,8 @@ def run(data_dir: Path) -> dict:
     from scmamba2.eval.annotation_baselines import L1_CS
     from scmamba2.tasks._annotate_probe import PROBE_CS
 
-    classes, y, qy, emb, X, Xq = pair.features(NAME, data_dir)
-    ref, _, _ = _split(data_dir / f"{NAME}.h5ad", NAME, 0, _settings(False))
+    classes, y, qy, emb, X, Xq = pair.features(name, data_dir)
+    ref, _, _ = _split(data_dir / f"{name}.h5ad", name, 0, _settings(False))  # the same cells in the same order
     donors = ref.obs["donor"].astype(str).to_numpy()
     k = len(classes)
     AB, ABq = pair._std(np.hstack([emb["A", "ref"], emb["B", "ref"]]), np.hstack([emb["A", "query"], emb["B", "query"]]))
@@ -66,7 +62,8 @@ def run(data_dir: Path) -> dict:
     return out
 
 
-def render(res: dict, minutes: float) -> list[str]:
+def render(results: dict, minutes: float) -> list[str]:
+    res = results[NAME]
     head = "| macro-F1 | " + " | ".join(f"gene weight {w}" for w in WEIGHTS) + " | C (probe, genes) |"
     lines = ["# Annotation on Kang: stratified against donor-held-out cross-validation of the reference", "",
              "Regenerate: `.venv/bin/python benchmarks/annotate_grouped_cv.py`. "
@@ -81,24 +78,5 @@ def render(res: dict, minutes: float) -> list[str]:
     return lines + ["", f"Wall time {minutes:.1f} min, one thread."]
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data-dir", type=Path, default=HERE.parent.parent / "shared" / "data")
-    ap.add_argument("--out", type=Path, default=HERE / "results")
-    args = ap.parse_args(argv)
-    import torch
-
-    torch.set_num_threads(1)
-    warnings.simplefilter("ignore")
-    t0 = time.time()
-    res = run(args.data_dir)
-    lines = render(res, (time.time() - t0) / 60)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "annotate_grouped_cv.md").write_text("\n".join(lines) + "\n")
-    (args.out / "annotate_grouped_cv.json").write_text(json.dumps(res, indent=1))
-    print("\n".join(lines))
-    return 0
-
-
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(cli(__doc__, run, render, "annotate_grouped_cv", datasets=(NAME,)))

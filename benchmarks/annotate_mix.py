@@ -118,9 +118,11 @@ def run(name: str, data_dir: Path) -> dict:
     return {"classes": len(classes), "reference cells": len(y), "query cells": len(qy), "C": chosen, "rows": rows}
 
 
-def cli(doc: str, run_one, render, stem: str, argv=None) -> int:
-    """The scripts' shared command line: ``run_one(name, data_dir)`` on both references (one torch thread),
-    ``render(results, minutes)`` -> markdown lines, written with the JSON to ``<out>/<stem>.md`` / ``.json``."""
+def cli(doc: str, run_one, render, stem: str, argv=None,
+        datasets=("pbmc3k_raw_labeled", "kang_muscat_8donors")) -> int:
+    """The scripts' shared command line: ``run_one(name, data_dir)`` on each of ``datasets`` (both references by
+    default; one torch thread), ``render(results, minutes)`` -> markdown lines, written with the JSON to
+    ``<out>/<stem>.md`` / ``.json``."""
     ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--data-dir", type=Path, default=HERE.parent.parent / "shared" / "data")
     ap.add_argument("--out", type=Path, default=HERE / "results")
@@ -130,7 +132,7 @@ def cli(doc: str, run_one, render, stem: str, argv=None) -> int:
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")
     t0 = time.time()
-    res = {n: run_one(n, args.data_dir) for n in ("pbmc3k_raw_labeled", "kang_muscat_8donors")}
+    res = {n: run_one(n, args.data_dir) for n in datasets}
     lines = render(res, (time.time() - t0) / 60)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{stem}.md").write_text("\n".join(lines) + "\n")
