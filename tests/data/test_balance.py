@@ -130,3 +130,15 @@ def test_sampler_weights_are_checked():
         LengthBucketSampler(np.ones(3), batch_size=2, weights=np.zeros(3))
     with pytest.raises(ValueError, match="need shuffle=True"):
         LengthBucketSampler(np.ones(3), batch_size=2, shuffle=False, weights=np.ones(3))
+
+
+def test_weighted_draws_split_over_replicas():
+    """Every replica draws the same weighted epoch and takes its own batches of it."""
+    w = np.linspace(0.1, 3.0, 64)
+    full = LengthBucketSampler(np.ones(64), batch_size=4, seed=2, weights=w)
+    ranks = [LengthBucketSampler(np.ones(64), batch_size=4, seed=2, weights=w, num_replicas=2, rank=r) for r in (0, 1)]
+    for s in (full, *ranks):
+        s.set_epoch(5)
+    batches = [list(b) for b in full]
+    assert [list(b) for b in ranks[0]] == batches[0::2]
+    assert [list(b) for b in ranks[1]] == batches[1::2]
