@@ -23,6 +23,7 @@ import logging
 import numpy as np
 
 from .panel import GenePanel, panel_index
+from .preprocess import _row_ids
 from .tokenize import TokenizedCells
 
 log = logging.getLogger(__name__)
@@ -41,15 +42,11 @@ def _profiles(cells: TokenizedCells, rows: np.ndarray, index: np.ndarray, panel:
               cols: np.ndarray) -> np.ndarray:
     """``(len(rows), len(cols))`` standardised panel profiles of the cells ``rows`` (genes without a token read 0
     before standardising, as in :func:`~scmamba2.data.panel.panel_targets`)."""
-    starts, ends = cells.offsets[rows], cells.offsets[rows + 1]
-    lens = ends - starts
-    first = np.repeat(starts - np.concatenate([[0], np.cumsum(lens)[:-1]]), lens)
-    tok = first + np.arange(int(lens.sum()))  # flat positions of the rows' tokens
-    row = np.repeat(np.arange(len(rows)), lens)
-    pos = index[cells.gene_ids[tok]]
+    sub = cells.subset(rows)
+    pos = index[sub.gene_ids]
     hit = pos >= 0
     X = np.zeros((len(rows), len(panel.ids)), dtype=np.float32)
-    X[row[hit], pos[hit]] = cells.values[tok[hit]]
+    X[_row_ids(sub.offsets)[hit], pos[hit]] = sub.values[hit]
     return ((X - panel.mean) / panel.std)[:, cols]
 
 

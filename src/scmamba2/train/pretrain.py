@@ -404,7 +404,7 @@ def pretrain(
                              "decoder: set profile_genes > 0 or cluster_balance=0.")
         from ..data.balance import cluster_weights
 
-        weights = cluster_weights(cells.subset(train_idx), panel, exponent=tcfg.cluster_balance, measured=measured,
+        weights = cluster_weights(train_ds.cells, panel, exponent=tcfg.cluster_balance, measured=measured,
                                   source=None if source is None else source[train_idx], seed=tcfg.seed)
     lengths = np.minimum(np.asarray(cells.lengths)[train_idx], tok.max_len)
     sampler = LengthBucketSampler(lengths, batch_size=tcfg.batch_size, shuffle=True, seed=tcfg.seed, weights=weights)
@@ -424,7 +424,7 @@ def pretrain(
         )
 
     out = Path(out_dir) if out_dir is not None else None
-    plan = TrainingPlan(model, tcfg, gene_means=gene_value_means(cells.subset(train_idx), len(vocab)))
+    plan = TrainingPlan(model, tcfg, gene_means=gene_value_means(train_ds.cells, len(vocab)))
     trainer, val_start, val_end = fit_resumable(plan, tcfg, out, resume=resume, train_loader=train_loader,
                                                 val_batches=val_batches)
 
