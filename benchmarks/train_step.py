@@ -275,6 +275,23 @@ def summarise(runs: list[dict], shape: tuple) -> dict:
     return rows
 
 
+def speed_bounds(m: dict, b: dict, tr: dict) -> list[str]:
+    """What each speed goal asks of the step, as a share of the GEMM rate measured in the same run.
+
+    The model's FLOPs per token are fixed by its shape, so a tokens/s goal is a GFLOP/s goal; the share of
+    the machine's GEMM rate it needs is compared with the share the same-size transformer, whose step is
+    almost all GEMM, reaches in the same run.
+    """
+    out = []
+    for goal, tokens in ((f"{GOAL_SPEEDUP:g}x today's tokens/s", GOAL_SPEEDUP * b["tokens_per_s"]),
+                         ("the transformer's tokens/s", tr["tokens_per_s"])):
+        share = m["gemm_share"] * tokens / m["tokens_per_s"]
+        out.append(f"- {goal} ({tokens:,.0f} tokens/s) would need this step at {m['gflops'] * tokens / m['tokens_per_s']:.1f}"
+                   f" GFLOP/s, {100 * share:.0f} % of the GEMM rate (now {100 * m['gemm_share']:.0f} %; the "
+                   f"transformer's step reaches {100 * tr['gemm_share']:.0f} %).")
+    return out
+
+
 def write_markdown(path: Path, args, meta: dict, shapes: list, summaries: dict) -> list[str]:
     lines = [f"# Training step: scmamba2 vs today's step vs a same-size transformer{' (quick)' if args.quick else ''}",
              "", f"Regenerate: `.venv/bin/python benchmarks/train_step.py{' --quick' if args.quick else ''}`", "",
@@ -330,6 +347,7 @@ def write_markdown(path: Path, args, meta: dict, shapes: list, summaries: dict) 
             ]
         lines += ["", "## Goals (target shape)", "", "| goal | met | measured |", "|---|---|---:|"]
         lines += [f"| {g} | **{'yes' if ok else 'no'}** | {v} |" for g, ok, v in verdict]
+        lines += ["", *speed_bounds(m, b, tr)]
     lines += ["", "## Where the time goes (torch.profiler, self CPU time of one step, top ops)", ""]
     for shape in shapes:
         s = summaries[str(tuple(shape))]
