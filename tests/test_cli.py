@@ -164,14 +164,14 @@ def test_quiet_training_prints_only_the_result(tiny_counts, tmp_path):
     src = str(Path(__file__).resolve().parents[1] / "src")
     env = {**os.environ, "PYTHONPATH": src, "OMP_NUM_THREADS": "1"}
     res = subprocess.run([sys.executable, "-m", "scmamba2.cli", "--quiet", "integrate", str(p), "--batch-key",
-                          "batch", "--method", "finetune", "--steps", "2", "--out", str(tmp_path / "i.h5ad"), "--save-model",
+                          "batch", "--method", "finetune", "--from-scratch", "--steps", "2", "--out", str(tmp_path / "i.h5ad"), "--save-model",
                           str(tmp_path / "m")], capture_output=True, text=True, env=env, timeout=300)
     assert res.returncode == 0, res.stderr
     assert res.stderr == ""  # no Lightning tips, GPU/TPU lines, deprecation warnings or progress bars
     lines = res.stdout.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"{tiny_counts.n_obs} cells integrated over 2 batches")
     res = subprocess.run([sys.executable, "-m", "scmamba2.cli", "--quiet", "integrate", str(p), "--batch-key",
-                          "batch", "--method", "finetune", "--steps", "1", "--out", str(tmp_path / "j.h5ad"), "--save-model",
+                          "batch", "--method", "finetune", "--from-scratch", "--steps", "1", "--out", str(tmp_path / "j.h5ad"), "--save-model",
                           str(tmp_path / "m")], capture_output=True, text=True, env=env, timeout=300)
     assert res.returncode == 1 and "--overwrite" in res.stderr and "Traceback" not in res.stderr
 
@@ -187,7 +187,7 @@ def test_overwrite_replaces_a_model_folder_whole(tiny_counts, tmp_path):
     m = tmp_path / "m"
     m.mkdir()
     (m / "stale.txt").write_text("from another run")
-    code, text = run("--quiet", "integrate", p, "--batch-key", "batch", "--method", "finetune", "--steps", 1, "--out", tmp_path / "i.h5ad",
+    code, text = run("--quiet", "integrate", p, "--batch-key", "batch", "--method", "finetune", "--from-scratch", "--steps", 1, "--out", tmp_path / "i.h5ad",
                      "--save-model", m, "--overwrite")
     assert code == 0, text
     names = {q.name for q in m.iterdir()}
@@ -204,3 +204,46 @@ def test_help_texts_keep_their_defaults():
     for command in (["integrate"], ["multiomics", "train"], ["embed"], ["annotate"]):
         code, text = run(*command, "--help")
         assert code == 0 and " . " not in " ".join(text.replace("│", " ").split()) + " ", (command, text)
+
+
+def test_the_raw_option_names_raw_with_one_dot():
+    code, text = run("embed", "--help")
+    assert code == 0 and "from .raw instead" in " ".join(text.replace("│", " ").split()), text
+    assert "..raw" not in text
+
+
+def _labelled_query(truth, classes):
+    import anndata as ad
+    import pandas as pd
+
+    q = ad.AnnData(np.ones((len(truth), 2), dtype=np.float32),
+                   obs=pd.DataFrame({"cell_type": truth, "scmamba2_label": [classes[0]] * len(truth)},
+                                    index=[f"c{i}" for i in range(len(truth))]))
+    q.uns["scmamba2_annotation"] = {"classes": list(classes)}
+    return q
+
+
+def test_annotate_does_not_score_a_query_whose_labels_are_named_differently(tmp_path, capsys):
+    """'B' / 'CD14 Mono' against 'B cells' / 'CD14+ Monocytes': a warning, no scores and no confusion matrix."""
+    from scmamba2.cli.tasks import _confusion_path, _print_scores
+
+    out_path = tmp_path / "q.h5ad"
+    _print_scores(_labelled_query(["B", "CD14 Mono"] * 3, ["B cells", "CD14+ Monocytes"]), "cell_type", out_path)
+    text = " ".join((lambda c: c.out + c.err)(capsys.readouterr()).split())
+    assert "no label of the query's 'cell_type' is a class of the reference" in text, text
+    assert "'B', 'CD14 Mono'" in text and "'B cells', 'CD14+ Monocytes'" in text
+    assert "macro-F1" not in text and not _confusion_path(out_path).exists()
+    # Some labels match: scored, with a count of the cells whose label the reference does not have.
+    _print_scores(_labelled_query(["B cells", "B cells", "NK"], ["B cells", "T cells"]), "cell_type", out_path)
+    text = " ".join((lambda c: c.out + c.err)(capsys.readouterr()).split())
+    assert "1 of the 3 labelled query cells have a label the reference does not have ('NK')" in text, text
+    assert "accuracy 0.667" in text and _confusion_path(out_path).exists()
+
+
+def test_validate_titles_its_report_by_what_it_checks(tiny_counts, tmp_path):
+    p = tmp_path / "c.h5ad"
+    tiny_counts.write_h5ad(p)
+    code, text = run("validate", p)
+    assert code == 0 and "input check (pretraining input): OK" in text, text
+    code, text = run("validate", p, "--model", "bundled")  # the genes are not the model's: the report, then the error
+    assert "input check (input of the model bundled)" in text and "(pretrain" not in text, text

@@ -92,6 +92,8 @@ def inputs(tmp_path_factory):
     (trunc_release / "args.json").unlink()
     (trunc_release / "best_model.pt").write_bytes((release / "best_model.pt").read_bytes()[:50])
 
+    (root / "not_a_model").mkdir()  # a folder of data, no checkpoint
+    shutil.copy(root / "counts.h5ad", root / "not_a_model" / "data.h5ad")
     (root / "typo_train.yaml").write_text(TINY + "train: {max_step: 3}\n")
     (root / "typo_section.yaml").write_text("modle: {d_model: 32}\n")
     (root / "typo_model.yaml").write_text("model: {d_modle: 32}\n")
@@ -155,6 +157,31 @@ CASES = [
                                            "--out", "p.h5ad"], "multiomics.json"),
     ("import-corrupt-args", ["import-checkpoint", "release", "--out", "imported"], "args.json"),
     ("import-truncated-weights", ["import-checkpoint", "trunc_release", "--out", "imported"], "best_model.pt"),
+    # --model is checked first: a folder that is no model (even when --out lies in it), a misspelt bundled name
+    ("embed-model-not-a-model", ["embed", "counts.h5ad", "--model", "not_a_model", "--out", "not_a_model/x.h5ad"],
+     "not_a_model is not a complete scmamba2 checkpoint"),
+    ("embed-model-bundled-typo", ["embed", "counts.h5ad", "--model", "scmamba2-pbmc-smal", "--out", "o.h5ad"],
+     "no such folder and no bundled model of that name (did you mean 'scmamba2-pbmc-small'?)"),
+    ("validate-model-not-a-model", ["validate", "counts.h5ad", "--model", "not_a_model"],
+     "not_a_model is not a complete scmamba2 checkpoint"),
+    ("annotate-model-not-a-model", ["annotate", "--reference", "counts.h5ad", "--label-key", "label", "--query",
+                                    "counts.h5ad", "--out", "not_a_model/x.h5ad", "--model", "not_a_model"],
+     "not_a_model is not a complete scmamba2 checkpoint"),
+    ("multiomics-train-model-not-a-model", ["multiomics", "train", "counts.h5ad", "--out", "not_a_model/o.h5ad",
+                                            "--model-out", "mo", "--model", "not_a_model"],
+     "not_a_model is not a complete scmamba2 checkpoint"),
+    ("multiomics-predict-model-not-a-model", ["multiomics", "predict", "--model", "not_a_model", "--query",
+                                              "counts.h5ad", "--out", "not_a_model/p.h5ad"],
+     "not_a_model is not a complete scmamba2 checkpoint"),
+    ("perturb-train-model-not-a-model", ["perturb", "train", "counts.h5ad", "--perturbation-key", "condition",
+                                         "--model", "not_a_model", "--out", "not_a_model/pm"],
+     "not_a_model is not a complete scmamba2 checkpoint"),
+    ("perturb-predict-model-not-a-model", ["perturb", "predict", "--model", "not_a_model", "--perturbations",
+                                           "GENE1", "--out", "not_a_model/p.h5ad"],
+     "not_a_model is not a complete scmamba2 checkpoint"),
+    ("perturb-reverse-model-not-a-model", ["perturb", "reverse", "--model", "not_a_model", "--query", "counts.h5ad",
+                                           "--out", "not_a_model/r.csv"],
+     "not_a_model is not a complete scmamba2 checkpoint"),
     # configs
     ("config-train-typo", ["pretrain", "counts.h5ad", "--out", "m2", "--config", "typo_train.yaml"],
      "did you mean 'max_steps'"),

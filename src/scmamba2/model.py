@@ -174,6 +174,37 @@ class ModelOutput:
     profile_pred: torch.Tensor | None = field(default=None)  # (B, profile_genes) standardised panel expression
 
 
+def check_checkpoint(directory: str | Path) -> Path:
+    """Refuse a ``directory`` that is not a complete checkpoint (:data:`CONFIG_FILE`, :data:`WEIGHTS_FILE` and
+    :data:`VOCAB_FILE`) with a :class:`CheckpointError` that says why; a bare name that is no folder is taken for
+    a misspelt bundled model's name, and the bundled names are listed. Reads nothing but the folder's listing."""
+    src = Path(directory)
+    if not src.exists():
+        name = str(directory)
+        if "/" not in name and "\\" not in name:
+            import difflib
+
+            from .pretrained import available
+
+            names = available()
+            close = difflib.get_close_matches(name, names, n=1)
+            raise CheckpointError(
+                f"{name}: there is no such folder and no bundled model of that name"
+                + (f" (did you mean {close[0]!r}?)" if close else "")
+                + f"; the bundled models are {', '.join(names) or 'none'}. Give one of them or the path of a "
+                "checkpoint directory."
+            )
+        raise CheckpointError(f"{src}: there is no such folder; give the path of a checkpoint directory (it holds "
+                              f"{CONFIG_FILE}, {WEIGHTS_FILE} and {VOCAB_FILE}) or a bundled model's name.")
+    missing = [f for f in (CONFIG_FILE, WEIGHTS_FILE, VOCAB_FILE) if not (src / f).is_file()]
+    if missing:
+        raise CheckpointError(
+            f"{src} is not a complete scmamba2 checkpoint: missing {', '.join(missing)} "
+            f"(a checkpoint directory holds {CONFIG_FILE}, {WEIGHTS_FILE} and {VOCAB_FILE})"
+        )
+    return src
+
+
 class ScMamba2(nn.Module):
     """The SC-MAMBA2 model: gene + value (+ batch) embeddings, a bidirectional Mamba2 encoder, heads.
 
@@ -399,13 +430,7 @@ class ScMamba2(nn.Module):
         from .data.tokenize import TokenizerConfig
         from .data.vocab import GeneVocab
 
-        src = Path(directory)
-        missing = [f for f in (CONFIG_FILE, WEIGHTS_FILE, VOCAB_FILE) if not (src / f).is_file()]
-        if missing:
-            raise CheckpointError(
-                f"{src} is not a complete scmamba2 checkpoint: missing {', '.join(missing)} "
-                f"(a checkpoint directory holds {CONFIG_FILE}, {WEIGHTS_FILE} and {VOCAB_FILE})"
-            )
+        src = check_checkpoint(directory)
         from .data.files import read_json
 
         meta = read_json(src / CONFIG_FILE, fix=f"Copy the model folder again or train it again; {src} is unusable.")

@@ -198,16 +198,37 @@ def test_ensembl_and_mixed_ids(tiny_counts):
 
 def test_vocab_mismatch_lists_examples(tiny_counts):
     a = _with_x(tiny_counts, tiny_counts.X, var_names=[f"ENSG{j:011d}" for j in range(50)])
-    a.var["gene_name"] = list(tiny_counts.var_names)
+    a.var["gene_name"] = ["CD3E", "MS4A1", "LYZ"] + list(tiny_counts.var_names)[3:]
     vocab = ["<pad>", "<cls>", "CD3E", "MS4A1", "LYZ", "NKG7", "GNLY", "PPBP"]
     with pytest.raises(InputError) as info:
         validate(a, vocab=vocab)
     msg = str(info.value)
     assert "ENSG00000000000" in msg and "0 of 50" in msg
     assert "CD3E" in msg and "<pad>" not in msg and "PPBP" not in msg  # 5 vocab examples, specials skipped
-    assert "--gene-column gene_name" in msg and "\n" not in msg
+    assert "var column 'gene_name' has 3 of the vocabulary's genes: pass --gene-column gene_name" in msg
+    assert "\n" not in msg
     assert info.value.report.vocab_overlap == 0.0
     assert info.value.report.unmatched_examples == [f"ENSG{j:011d}" for j in range(5)]
+
+
+def test_gene_column_advice_names_a_column_that_matches_better(tiny_counts):
+    """Not a column equal to the names in use (e.g. the --gene-column given), nor one that matches no better."""
+    from scmamba2.data.io import select_matrix
+
+    ids = [f"ENSG{j:011d}" for j in range(50)]
+    a = tiny_counts.copy()  # symbols as var_names, a model of Ensembl ids
+    a.var["gene_symbol"] = list(a.var_names)  # the var_names again
+    a.var["gene_ids"] = ids
+    a.var["note"] = ["x"] * 50
+    rep = validate(a, vocab=TinyVocab(ids[:40] + ["GENE0"]), raise_on_error=False)
+    assert "pass --gene-column gene_ids" in rep.error_message() and "gene_symbol" not in rep.error_message()
+    # The column in use (here gene_symbol, as after --gene-column gene_symbol): no advice to pass it again.
+    b = tiny_counts.copy()
+    b.var_names = ids
+    b.var["gene_symbol"] = list(tiny_counts.var_names)
+    msg = validate(select_matrix(b, gene_column="gene_symbol"), vocab=TinyVocab(["CD3E", "GENE0", "LYZ"]),
+                   raise_on_error=False).error_message()
+    assert "--gene-column" not in msg, msg
 
 
 def test_vocab_overlap_threshold(tiny_counts):

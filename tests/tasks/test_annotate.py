@@ -154,9 +154,30 @@ def test_query_genes_matched_by_name_and_too_small_an_overlap_is_an_error(fitted
     assert "minimum" in str(err.value) and "every measured gene" in str(err.value)
     hvg = q[:, :20].copy()
     hvg.raw = q  # scanpy's usual HVG subset, with the full matrix kept in .raw
-    with pytest.raises(InputError, match=r"it has a \.raw with 60 genes \(use_raw=True / --use-raw\)"):
+    with pytest.raises(InputError, match=r"it has a \.raw with 60 genes \(use_raw=True / --query-use-raw\)"):
         predict(hvg, fitted, progress=False)
     assert predict(hvg, fitted, use_raw=True, progress=False, copy=True).n_obs == q.n_obs
+
+
+def test_raw_errors_name_the_data_set_and_its_option(fitted):
+    """A query that is a gene subset is pointed to the query's own option; a missing .raw names which AnnData."""
+    ref, q = cells(60, [0, 1, 2], seed=6), cells(30, [0, 1, 2], seed=7)
+    hvg = q[:, :20].copy()
+    hvg.raw = q
+    kw = dict(label_key="cell_type", train_config=_tcfg(4), model_config=TINY, from_scratch=True, n_top_genes=None)
+    with pytest.raises(InputError, match=r"\(query_options=\{'use_raw': True\} / --query-use-raw\)"):
+        fit_annotator(ref, query=hvg, **kw)
+    with pytest.raises(InputError, match=r"^query_options=\{'use_raw': True\} \(--query-use-raw\) was given but "
+                                         r"the query has no \.raw"):
+        fit_annotator(ref, query=q, query_options={"use_raw": True}, **kw)
+    with pytest.raises(InputError, match=r"^use_raw=True \(--use-raw\) was given but the reference has no \.raw"):
+        fit_annotator(ref, query=hvg, use_raw=True, **kw)
+    with_raw = ref.copy()
+    with_raw.raw = ref
+    with pytest.raises(InputError, match=r"\(--use-raw, which the query follows .*\) was given but the query has no"):
+        fit_annotator(with_raw, query=q, use_raw=True, **kw)
+    with pytest.raises(InputError, match=r"--query-use-raw, or --use-raw\) was given but the query has no \.raw"):
+        predict(q, fitted, use_raw=True, progress=False)
 
 
 def test_pretrained_start_and_self_supervised_pretraining(tmp_path):

@@ -64,6 +64,21 @@ def test_embed_from_checkpoint_dir(tiny_counts, model, tmp_path):
     np.testing.assert_allclose(a, b, atol=1e-6)
 
 
+def test_a_misspelt_bundled_name_lists_the_bundled_models(tiny_counts, tmp_path, monkeypatch):
+    from scmamba2.errors import CheckpointError
+    from scmamba2.pretrained import available
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CheckpointError, match="no such folder and no bundled model") as e:
+        embed(tiny_counts, "scmamba2-pbmc-smal", progress=False)
+    assert "did you mean 'scmamba2-pbmc-small'" in str(e.value) and all(n in str(e.value) for n in available())
+    with pytest.raises(CheckpointError, match="no such folder; give the path of a checkpoint"):
+        embed(tiny_counts, tmp_path / "nope", progress=False)  # a path: not taken for a bundled name
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="not a complete scmamba2 checkpoint: missing config.json"):
+        embed(tiny_counts, tmp_path / "empty", progress=False)
+
+
 def test_embed_follows_the_models_cell_pooling(tiny_counts, model):
     """A mean-pooling model's embedding is the mean of its valid encoder outputs, not the <cls> output, and
     still does not depend on the batch size."""

@@ -45,7 +45,7 @@ def test_batch_shift_is_removed_and_labels_kept():
     from scmamba2.eval.baselines import pca_embedding
 
     a = shifted()
-    integrate(a, "batch", label_key="label", train_config=_tcfg(600), model_config=TINY, n_top_genes=None)
+    integrate(a, "batch", label_key="label", train_config=_tcfg(600), from_scratch=True, model_config=TINY, n_top_genes=None)
     pca_batch, pca_label, _ = _asw(pca_embedding(a, n_comps=10), a)
     ours_batch, ours_label, ours_shuffled = _asw(a.obsm["X_scmamba2"], a)
     assert ours_batch > pca_batch + 0.05  # batches mix better than unintegrated
@@ -61,7 +61,7 @@ def test_writes_keys_and_saves(tmp_path):
 
     a = shifted(n=64)
     cfg = IntegrationConfig(ecs=True, dsbn=True, batch_decoder=True)
-    out = integrate(a, "batch", config=cfg, train_config=_tcfg(4), model_config=TINY, n_top_genes=None,
+    out = integrate(a, "batch", config=cfg, train_config=_tcfg(4), from_scratch=True, model_config=TINY, n_top_genes=None,
                     out_dir=tmp_path / "m", copy=True, key_added="X_int")
     assert "X_int" not in a.obsm and out.obsm["X_int"].shape == (64, 32)
     assert set(out.uns["scmamba2"]["X_int"]["integration"]["final_losses"]) >= {"gep", "mvc", "ecs", "dab"}
@@ -82,7 +82,7 @@ def test_batch_decoder_model_embeds_without_batches(tmp_path):
     from scmamba2.tasks.embed import embed
 
     a = shifted(n=64)
-    out = integrate(a, "batch", train_config=_tcfg(4), model_config=TINY, n_top_genes=None, copy=True,
+    out = integrate(a, "batch", train_config=_tcfg(4), from_scratch=True, model_config=TINY, n_top_genes=None, copy=True,
                     out_dir=tmp_path / "m")
     model = ScMamba2.from_pretrained(tmp_path / "m")
     assert model.batch_encoder is not None and model.dsbn is None  # the default: batch decoder, no DSBN
@@ -95,12 +95,19 @@ def test_batch_decoder_model_embeds_without_batches(tmp_path):
 def test_bad_input_and_config():
     a = shifted(n=32)
     with pytest.raises(InputError, match="not an obs column"):
-        integrate(a, "donor", train_config=_tcfg(1))
+        integrate(a, "donor", train_config=_tcfg(1), from_scratch=True)
     a.obs["one"] = "x"
     with pytest.raises(InputError, match="at least two"):
-        integrate(a, "one", train_config=_tcfg(1))
+        integrate(a, "one", train_config=_tcfg(1), from_scratch=True)
+    a.obs["depth"] = np.random.default_rng(0).gamma(2.0, 1000.0, a.n_obs)  # a continuous column, not batches
+    with pytest.raises(InputError, match="looks like a continuous value"):
+        integrate(a, "depth", train_config=_tcfg(1), from_scratch=True)
+    with pytest.raises(InputError, match="either a pretrained model"):
+        integrate(a, "batch", model="somewhere", from_scratch=True, train_config=_tcfg(1))
     with pytest.raises(ValueError, match="every loss is off"):
-        IntegrationConfig(gep=False, mvc=False, ecs=False, dab=False)
+        IntegrationConfig(gep=False, mvc=False, profile=False, ecs=False, dab=False)
+    with pytest.raises(InputError, match="every loss"):  # profile only: nothing left for a model without it
+        IntegrationConfig(gep=False, mvc=False, dab=False).resolved(has_profile=False)
     with pytest.raises(ValueError, match="mask_ratio"):
         IntegrationConfig(mask_ratio=1.5)
 
@@ -113,7 +120,7 @@ def test_cli(tmp_path):
 
     shifted(n=64).write_h5ad(tmp_path / "d.h5ad")
     args = ["integrate", tmp_path / "d.h5ad", "--batch-key", "batch", "--label-key", "label", "--out",
-            tmp_path / "o.h5ad", "--method", "finetune", "--steps", "2", "--dsbn", "--no-batch-decoder", "--save-model", tmp_path / "m"]
+            tmp_path / "o.h5ad", "--method", "finetune", "--from-scratch", "--steps", "2", "--dsbn", "--no-batch-decoder", "--save-model", tmp_path / "m"]
     res = CliRunner().invoke(app, [str(x) for x in args])
     assert res.exit_code == 0, res.output
     integrated = ad.read_h5ad(tmp_path / "o.h5ad").obsm["X_scmamba2"]
@@ -130,3 +137,52 @@ def test_cli(tmp_path):
     res = CliRunner().invoke(app, [str(x) for x in ["integrate", tmp_path / "d.h5ad", "--batch-key", "nope",
                                                      "--out", tmp_path / "p.h5ad"]])
     assert res.exit_code == 1 and "not an obs column" in res.output
+
+
+def _profile_model(n_genes=60, panel=30):
+    """A tiny 'pretrained' model with a whole-profile decoder over genes g0..g{n_genes-1}; its panel is every
+    other gene, so it reaches genes the test data lacks."""
+    import torch
+
+    from scmamba2 import ModelConfig, ScMamba2, TokenizerConfig
+    from scmamba2.data.vocab import GeneVocab
+
+    torch.manual_seed(0)
+    vocab = GeneVocab([f"g{i}" for i in range(n_genes)])
+    cfg = ModelConfig(vocab_size=len(vocab), value_mode="continuous", max_len=64, profile_genes=panel, **TINY)
+    net = ScMamba2(cfg, vocab=vocab, tokenizer_config=TokenizerConfig(value_mode="continuous", max_len=64))
+    net.profile_head.set_panel(vocab.lookup([f"g{2 * i}" for i in range(panel)]), np.zeros(panel), np.ones(panel))
+    return net
+
+
+def test_fine_tunes_a_pretrained_profile_model_on_its_own_objective(tmp_path):
+    from scmamba2 import ScMamba2
+
+    a = shifted(n=96)[:, :40].copy()  # g0..g39: ten of the panel's 30 genes (g40..g58) are not measured
+    out = integrate(a, "batch", model=_profile_model(), train_config=_tcfg(3), copy=True, out_dir=tmp_path / "m")
+    info = out.uns["scmamba2"]["X_scmamba2"]["integration"]
+    assert {"profile", "dab"} <= set(info["final_losses"]) and not {"gep", "mvc"} & set(info["final_losses"])
+    assert info["config"]["gep"] is False and info["config"]["profile"] is True  # resolved for this model
+    saved = ScMamba2.from_pretrained(tmp_path / "m")
+    assert saved.batch_encoder is not None and saved.profile_head is not None
+    # the panel's statistics are refitted on these cells: measured genes get their own mean, unmeasured keep 0
+    names = [saved.vocab.tokens[i] for i in saved.profile_head.gene_ids.tolist()]
+    mean = dict(zip(names, saved.profile_head.gene_mean.numpy()))
+    assert mean["g30"] > 0 and mean["g50"] == 0
+    # and the loss masks what this data did not measure: g40..g58 are no targets
+    from scmamba2.data.prepare import prepare_cells
+    from scmamba2.tasks.integrate import _profile_targets
+
+    net = _profile_model()
+    cells = prepare_cells(a, net.vocab, net.tokenizer_config, purpose="finetune").cells
+    targets = _profile_targets(net, cells, a, None, False, None)
+    measured = dict(zip(names, targets["measured"][0]))
+    assert sum(measured.values()) == 20 and measured["g38"] and not measured["g40"]
+
+
+def test_from_scratch_keeps_gep_and_mvc():
+    a = shifted(n=64)
+    out = integrate(a, "batch", from_scratch=True, train_config=_tcfg(2), model_config=TINY, n_top_genes=None,
+                    copy=True)
+    cfg = out.uns["scmamba2"]["X_scmamba2"]["integration"]["config"]
+    assert cfg["gep"] is True and cfg["mvc"] is True and cfg["profile"] is False

@@ -328,3 +328,43 @@ def test_correction_learns_what_the_mean_shift_misses_for_a_new_cell_type():
     base = predict_perturbation(pm, ["stim"], controls=ctrl, correction=False).X[0]
     err = lambda p: float(np.abs(p[8:16] - truth[8:16]).mean())  # noqa: E731
     assert err(ours) < 0.7 * err(base)
+
+
+def test_targets_that_are_no_measured_gene_are_warned_with_the_column_to_use(caplog):
+    """Symbols as targets, Ensembl ids as var_names: a warning that names the var column of symbols."""
+    from scmamba2.tasks.perturb_train import _check_targets_measured
+
+    data = _synthetic(n_per=2)
+    data.var["symbol"] = list(data.var_names)
+    data.var_names = [f"ENSG{j:011d}" for j in range(N_GENES)]
+    targets = ["G0", "G1", "G2", "XOUT"]
+    with caplog.at_level("WARNING", logger="scmamba2"):
+        _check_targets_measured(data, targets, layer=None, use_raw=False, gene_column=None)
+    assert "only 0 of the 4 perturbation targets" in caplog.text
+    assert "var column 'symbol' holds 3 of them: pass --gene-column symbol" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="scmamba2"):
+        _check_targets_measured(data, targets, layer=None, use_raw=False, gene_column="symbol")  # 3 of 4: fine
+    assert caplog.text == ""
+    data.var["symbol"] = [f"S{j}" for j in range(N_GENES)]  # symbols, none a target (e.g. a subset of genes)
+    with caplog.at_level("WARNING", logger="scmamba2"):
+        _check_targets_measured(data, targets, layer=None, use_raw=False, gene_column=None)
+    assert "The targets are gene symbols, the genes are not; var column 'symbol' holds gene symbols" in caplog.text
+
+
+def test_log_normalised_x_with_a_counts_layer_gets_validates_hint(caplog):
+    from scmamba2.data.preprocess import normalize_log1p
+
+    data = _synthetic(n_per=2)
+    data.layers["counts"] = data.X.copy()
+    data.X = normalize_log1p(data.X, 1e4)
+    data.var["symbol"] = list(data.var_names)
+    for column in (None, "symbol"):  # the layers are kept when the genes are named by a column
+        caplog.clear()
+        with caplog.at_level("INFO", logger="scmamba2"):
+            panel_matrix(data, gene_column=column)
+        assert "layer 'counts' holds raw counts if you prefer them (--layer counts" in caplog.text, column
+    caplog.clear()
+    with caplog.at_level("INFO", logger="scmamba2"):
+        panel_matrix(data, layer="counts")
+    assert "holds raw counts" not in caplog.text

@@ -44,8 +44,8 @@ def test_whole_transcriptome_embedding(shared_data):
 
 
 def test_default_hvg_model_accepts_its_own_data(shared_data, tmp_path):
-    """integrate without --model and annotate --from-scratch build the model on 2,000 HVGs of ifnb1k's 14,053 genes and then
-    read the same data (issue 17, item 5: it was refused, 2,000 of 14,053 genes being below 50 %)."""
+    """integrate --from-scratch and annotate --from-scratch build the model on 2,000 HVGs of ifnb1k's 14,053 genes and
+    then read the same data (issue 17, item 5: it was refused, 2,000 of 14,053 genes being below 50 %)."""
     import anndata as ad
     from typer.testing import CliRunner
 
@@ -53,8 +53,8 @@ def test_default_hvg_model_accepts_its_own_data(shared_data, tmp_path):
 
     data = shared_data / "ifnb1k.h5ad"
     runner = CliRunner()
-    res = runner.invoke(app, ["--quiet", "integrate", str(data), "--batch-key", "condition", "--method", "finetune", "--steps", "2",
-                              "--out", str(tmp_path / "i.h5ad"), "--save-model", str(tmp_path / "im")])
+    res = runner.invoke(app, ["--quiet", "integrate", str(data), "--batch-key", "condition", "--method", "finetune", "--from-scratch",
+                              "--steps", "2", "--out", str(tmp_path / "i.h5ad"), "--save-model", str(tmp_path / "im")])
     assert res.exit_code == 0, res.output
     from scmamba2.data.vocab import GeneVocab
 
@@ -66,3 +66,30 @@ def test_default_hvg_model_accepts_its_own_data(shared_data, tmp_path):
                               "--out", str(tmp_path / "a.h5ad")])
     assert res.exit_code == 0, res.output
     assert ad.read_h5ad(tmp_path / "a.h5ad").obs["scmamba2_label"].notna().all()
+
+
+def test_integrate_finetune_starts_from_the_bundled_model(shared_data, tmp_path):
+    """integrate --method finetune without --model fine-tunes the bundled model on its own (whole-profile) objective,
+    with the batch-conditioned decoder and DAB (issue 17, items 1 and 3)."""
+    import anndata as ad
+    from typer.testing import CliRunner
+
+    from scmamba2 import ScMamba2
+    from scmamba2.cli import app
+    from scmamba2.pretrained import DEFAULT_MODEL, load
+
+    data = ad.read_h5ad(shared_data / "ifnb1k.h5ad")[::4].copy()  # 208 cells
+    data.write_h5ad(tmp_path / "d.h5ad")
+    res = CliRunner().invoke(app, ["--quiet", "integrate", str(tmp_path / "d.h5ad"), "--batch-key", "condition",
+                                   "--method", "finetune", "--steps", "2", "--out", str(tmp_path / "i.h5ad"),
+                                   "--save-model", str(tmp_path / "im")])
+    assert res.exit_code == 0, res.output
+    tuned, bundled = ScMamba2.from_pretrained(tmp_path / "im"), load(DEFAULT_MODEL)
+    assert tuned.vocab == bundled.vocab and tuned.config.d_model == bundled.config.d_model
+    assert tuned.batch_encoder is not None and tuned.batch_discriminator is not None
+    assert tuned.profile_head.gene_ids.tolist() == bundled.profile_head.gene_ids.tolist()
+    info = ad.read_h5ad(tmp_path / "i.h5ad").uns["scmamba2"]["X_scmamba2"]["integration"]
+    assert set(info["final_losses"]) >= {"profile", "dab"} and "gep" not in info["final_losses"]
+    res = CliRunner().invoke(app, ["integrate", str(tmp_path / "d.h5ad"), "--batch-key", "condition", "--method",
+                                   "finetune", "--n-top-genes", "500", "--out", str(tmp_path / "j.h5ad")])
+    assert res.exit_code == 1 and "--from-scratch" in res.output

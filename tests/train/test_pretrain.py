@@ -159,6 +159,21 @@ def test_same_seed_same_weights():
         assert np.array_equal(a[k].numpy(), b[k].numpy()), k
 
 
+def test_a_smaller_panel_is_logged_against_the_genes_read(caplog):
+    """Fewer genes than the panel's size: the log names how many genes were read, not only the panel size."""
+    import logging
+
+    adata = programme_counts(n_cells=48)
+    train = TrainConfig(max_steps=2, batch_size=8, warmup_steps=1, val_fraction=0.0, progress_bar=False, seed=0)
+    with caplog.at_level(logging.INFO, logger="scmamba2.train.pretrain"):
+        res = pretrain(adata, model_config={**TINY_MODEL, "profile_genes": 500}, train_config=train,
+                       n_top_genes=40)
+    n = res.model.config.profile_genes
+    assert f"{n} of the 40 genes read qualify" in caplog.text, caplog.text
+    assert f"holds {n} genes instead of its usual 500" in caplog.text
+    assert "asked for" not in caplog.text
+
+
 def test_fine_tune_starts_from_a_model_and_skips_unmeasured_panel_genes():
     import torch
 
@@ -193,11 +208,11 @@ def test_fine_tune_leaves_out_panel_genes_expressed_in_too_few_new_cells(caplog)
     x = part.X.toarray()
     x[3:, 5] = 0  # g5, a panel gene, is expressed in at most 3 of the new cells: no statistics to standardise by
     part.X = type(adata.X)(x)
-    with caplog.at_level(logging.INFO, logger="scmamba2.train.pretrain"):
+    with caplog.at_level(logging.INFO, logger="scmamba2.data.panel"):
         tuned = pretrain(part, init_model=base, train_config=train)
     assert "fine-tune: 1 of " in caplog.text and "fewer than 10 training cells" in caplog.text
     assert np.isfinite(tuned.val_loss_end)
-    with caplog.at_level(logging.INFO, logger="scmamba2.train.pretrain"):
+    with caplog.at_level(logging.INFO, logger="scmamba2.data.panel"):
         caplog.clear()
         pretrain(adata, init_model=base, train_config=train)  # every panel gene well expressed: all are targets
     assert "fewer than 10 training cells" not in caplog.text

@@ -20,7 +20,7 @@ out = Console(soft_wrap=True)  # a result line is never broken inside a path
 _STATE = {"verbose": True}  # the main callback's --verbose/--quiet, for commands that draw progress bars
 
 LayerOpt = typer.Option(None, "--layer", help="Take the matrix from this layer instead of X.")
-RawOpt = typer.Option(False, "--use-raw", help="Take the matrix from ..raw instead of X.")
+RawOpt = typer.Option(False, "--use-raw", help="Take the matrix from .raw instead of X.")
 GeneColOpt = typer.Option(None, "--gene-column", help="Name genes by this var column instead of var_names.")
 OverwriteOpt = typer.Option(False, "--overwrite", help="Replace outputs that exist (the files of --out / --umap, a "
                             "model folder that is not empty); never an input, nor the folder of the model this "
@@ -84,6 +84,17 @@ def _staged(folder: Optional[Path]):
     from ..data.files import staged_dir
 
     return staged_dir(folder) if folder is not None else contextlib.nullcontext(None)
+
+
+def _check_models(*models) -> None:
+    """Refuse a --model that is neither a bundled model's name nor a complete checkpoint folder; called before the
+    outputs are checked, so that a folder that is no model is reported as such (not as an input --out lies in)."""
+    from ..model import check_checkpoint
+    from ..pretrained import bundled_name
+
+    for m in models:
+        if m is not None and bundled_name(m) is None:
+            check_checkpoint(m)
 
 
 def _at_least(minimum: float, **options) -> None:

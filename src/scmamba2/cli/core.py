@@ -9,8 +9,8 @@ from typing import List, Optional
 import typer
 
 from ..errors import InputError
-from ._common import (PLOT_SUFFIXES, GeneColOpt, LayerOpt, OverwriteOpt, RawOpt, _STATE, _at_least, _removed_on_error,
-                      _staged, _user_errors, app, out)
+from ._common import (PLOT_SUFFIXES, GeneColOpt, LayerOpt, OverwriteOpt, RawOpt, _STATE, _at_least, _check_models,
+                      _removed_on_error, _staged, _user_errors, app, out)
 
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")  # what --precision takes (16-mixed: GPUs)
 
@@ -38,10 +38,12 @@ def validate(
     from ..pretrained import DEFAULT_MODEL, available, bundled_name, model_path
 
     with _user_errors():
+        _check_models(model)
         adata = select_matrix(read(data, layer=layer, use_raw=use_raw, modality=modality), gene_column=gene_column)
         folder = None if model is None else (model_path(bundled_name(model)) if bundled_name(model) else Path(model))
         vocab = None if folder is None else GeneVocab.load(folder / VOCAB_FILE)
-        report = _validate(adata, vocab=vocab, raise_on_error=False)
+        report = _validate(adata, vocab=vocab, raise_on_error=False,
+                           purpose="pretraining input" if model is None else f"input of the model {model}")
         out.print(str(report), highlight=False)
         if not report.ok:
             raise InputError(report.error_message())
@@ -195,6 +197,7 @@ def embed(
     from ..tasks.embed import embed as _embed
 
     with _user_errors():
+        _check_models(*models)
         check_output(out_path, [data, *models], overwrite=overwrite, suffixes=(".h5ad",))
         if umap is not None:
             check_output(umap, [data, *models, out_path], option="--umap", overwrite=overwrite, suffixes=PLOT_SUFFIXES)

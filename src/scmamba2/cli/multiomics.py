@@ -8,7 +8,8 @@ from typing import Optional
 import typer
 
 from ..errors import InputError
-from ._common import PLOT_SUFFIXES, GeneColOpt, LayerOpt, OverwriteOpt, RawOpt, _at_least, _staged, _user_errors, app, out
+from ._common import (PLOT_SUFFIXES, GeneColOpt, LayerOpt, OverwriteOpt, RawOpt, _at_least, _check_models, _staged,
+                      _user_errors, app, out)
 
 
 # --- multiomics (issue: multi-omics) ---
@@ -54,6 +55,7 @@ def multiomics_train(
     with _user_errors():
         from ..data.multiomics import read_multiomics, to_container
 
+        _check_models(model)
         check_output(out_path, [data, model], overwrite=overwrite, suffixes=(".h5mu", ".h5ad"))
         if umap is not None:
             check_output(umap, [data, model, out_path], option="--umap", overwrite=overwrite, suffixes=PLOT_SUFFIXES)
@@ -82,7 +84,7 @@ def multiomics_train(
 def multiomics_predict(
     query: Path = typer.Option(..., "--query", help="RNA of the cells (.h5ad; or the rna modality of an .h5mu)."),
     out_path: Path = typer.Option(..., "--out", help="Output .h5ad with obsm['scmamba2_pred_<modality>']."),
-    model: Optional[Path] = typer.Option(None, "--model", help="Without --reference: a directory written by `scmamba2 multiomics ... --model-out`. With --reference: the pretrained model whose embedding finds the neighbours (default the bundled one)."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Without --reference: a directory written by `scmamba2 multiomics train ... --model-out`. With --reference: the pretrained model whose embedding finds the neighbours (default the bundled one)."),
     reference: Optional[Path] = typer.Option(None, "--reference", help="Paired RNA + protein cells (.h5mu, or .h5ad with protein counts in obsm): predict protein by the query's nearest reference cells in the pretrained embedding; nothing trained."),
     modality: str = typer.Option("prot", "--modality", help="Modality to predict: prot (adt) or atac (atac needs a joint --model)."),
     n_neighbors: int = typer.Option(15, "--n-neighbors", help="With --reference: reference cells averaged per query cell."),
@@ -112,6 +114,7 @@ def multiomics_predict(
         if reference is not None and batch_key is not None:
             raise InputError("--batch-key applies to a joint --model trained with batches, not to --reference")
         _at_least(1, n_neighbors=n_neighbors)
+        _check_models(model)
         check_output(out_path, [query, model, reference], overwrite=overwrite, suffixes=(".h5ad",))
         q = read(query, modality="rna", standardise=False)
         if reference is not None:

@@ -8,7 +8,8 @@ from typing import Optional
 import typer
 
 from ..errors import InputError
-from ._common import GeneColOpt, LayerOpt, OverwriteOpt, RawOpt, _at_least, _staged, _user_errors, app, out
+from ._common import (GeneColOpt, LayerOpt, OverwriteOpt, RawOpt, _at_least, _check_models, _staged, _user_errors,
+                      app, out)
 
 
 # --- perturb (issue: perturbation) ---
@@ -56,6 +57,7 @@ def perturb_train(
     from ..train.config import TrainConfig
 
     with _user_errors():
+        _check_models(model)
         check_model_dir(out_dir, overwrite=overwrite, sources=[data, model])
         _at_least(1, max_steps=max_steps, batch_size=batch_size)
         _at_least(0, n_top_genes=n_top_genes)
@@ -94,6 +96,7 @@ def perturb_predict(
     from ..tasks.perturb import predict_perturbation
 
     with _user_errors():
+        _check_models(model)
         check_output(out_path, [model, controls], overwrite=overwrite, suffixes=(".h5ad",))
         _at_least(1, n_controls=n_controls)
         names = _names(perturbations, "--perturbations")
@@ -122,6 +125,7 @@ def perturb_reverse(
     from ..tasks.perturb import reverse_perturbation
 
     with _user_errors():
+        _check_models(model)
         check_output(out_path, [model, query], overwrite=overwrite, suffixes=(".csv",))
         _at_least(1, top_k=top_k)
         names = _names(candidates, "--candidates") if candidates else None

@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 
 from ..errors import InputError
-from ._common import PLOT_SUFFIXES, GeneColOpt, LayerOpt, OverwriteOpt, RawOpt, _STATE, _at_least, _staged, _user_errors, app, out
+from ._common import PLOT_SUFFIXES, GeneColOpt, LayerOpt, OverwriteOpt, RawOpt, _STATE, _at_least, _check_models, _staged, _user_errors, app, out
 
 
 # --- annotate (issue: cell-type annotation) ---
@@ -49,6 +49,7 @@ def annotate(
     with _user_errors():
         model = None if not models else models[0] if len(models) == 1 else list(models)
         inputs = [reference, query, *models, annotator]
+        _check_models(*models)
         check_output(out_path, inputs, overwrite=overwrite, suffixes=(".h5ad",))
         if save_model is not None:
             check_model_dir(save_model, overwrite=overwrite, sources=inputs + [out_path], option="--save-model")
@@ -116,12 +117,27 @@ def _confusion_path(out_path: Path) -> Path:
 
 def _print_scores(q, label_key: str, out_path: Path) -> None:
     """Accuracy, macro-F1 and per-class F1 of the query's own labels; a confusion-matrix PNG beside the output."""
+    from rich.markup import escape
     from rich.table import Table
 
     from ..eval.classification import classification_metrics, confusion_png
+    from ._common import err
 
     keep = q.obs[label_key].notna().to_numpy()
     truth, pred = q.obs[label_key][keep].astype(str), q.obs["scmamba2_label"][keep].astype(str)
+    classes = [str(c) for c in q.uns["scmamba2_annotation"]["classes"]]
+    known = truth.isin(classes).to_numpy()
+    if not known.any():  # e.g. 'B' vs 'B cells': the scores would be 0 whatever the labels' quality
+        err.print("[bold yellow]Warning:[/bold yellow] " + escape(
+                  f"no label of the query's {label_key!r} is a class of the reference (query: {_some(truth)}; "
+                  f"reference: {_some(classes)}): the two name cell types differently, so the query is not scored "
+                  "(no accuracy, no confusion matrix). Map the query's labels onto the reference's names to score "
+                  "it."), soft_wrap=True, highlight=False)
+        return
+    if not known.all():
+        out.print(f"{int((~known).sum())} of the {len(truth)} labelled query cells have a label the reference does "
+                  f"not have ({_some(truth[~known])}): they cannot be labelled right and count as errors.",
+                  highlight=False, markup=False)
     m = classification_metrics(truth, pred)
     out.print(f"query {label_key!r}: accuracy {m['accuracy']:.3f}, macro-F1 {m['macro_f1']:.3f} "
               f"({m['n_cells']} cells with a label)")
@@ -134,6 +150,12 @@ def _print_scores(q, label_key: str, out_path: Path) -> None:
     out.print(f"confusion matrix -> {png}")
 
 
+def _some(labels, n: int = 5) -> str:
+    """A few distinct labels, quoted, for a message."""
+    names = sorted(set(map(str, labels)))
+    return ", ".join(map(repr, names[:n])) + (f", ... ({len(names)} in all)" if len(names) > n else "")
+
+
 # --- integrate (issue: batch integration) ---
 
 @app.command()
@@ -142,7 +164,8 @@ def integrate(
     batch_key: str = typer.Option(..., "--batch-key", help="obs column of each cell's batch."),
     out_path: Path = typer.Option(..., "--out", help="Output .h5ad with obsm['X_scmamba2']."),
     label_key: Optional[str] = typer.Option(None, "--label-key", help="obs column of cell types (evaluation and UMAP only)."),
-    model: Optional[Path] = typer.Option(None, "--model", help="Pretrained checkpoint (harmony: default the bundled model; finetune: default a small new model)."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Pretrained checkpoint to embed with or fine-tune (default: the bundled model)."),
+    from_scratch: bool = typer.Option(False, "--from-scratch", help="finetune: train a small new model on --n-top-genes HVGs instead of fine-tuning the pretrained one."),
     umap: Optional[Path] = typer.Option(None, "--umap", help="Also write UMAP panels coloured by batch (and label)."),
     method: str = typer.Option("harmony", "--method", help="harmony (default): the pretrained model's embedding corrected by Harmony, nothing trained; finetune: train a model with the losses below."),
     save_model: Optional[Path] = typer.Option(None, "--save-model", help="finetune: save the fine-tuned model in this directory."),
@@ -152,14 +175,15 @@ def integrate(
     dab: Optional[bool] = typer.Option(None, "--dab/--no-dab", help="finetune: adversarial batch discriminator (gradient reversal) (default: on)."),
     dsbn: Optional[bool] = typer.Option(None, "--dsbn/--no-dsbn", help="finetune: domain-specific batch norm (default: off)."),
     batch_decoder: Optional[bool] = typer.Option(None, "--batch-decoder/--no-batch-decoder", help="finetune: give the expression heads a learned batch vector (the embedding need not carry the batch) (default: on)."),
-    n_top_genes: Optional[int] = typer.Option(None, "--n-top-genes", help="finetune: genes of a new model (highly variable) (default: 2000)."),
+    n_top_genes: Optional[int] = typer.Option(None, "--n-top-genes", help="finetune --from-scratch: genes of the new model (highly variable) (default: 2000)."),
     overwrite: bool = OverwriteOpt,
     layer: Optional[str] = LayerOpt,
     use_raw: bool = RawOpt,
     gene_column: Optional[str] = GeneColOpt,
 ) -> None:
     """Integrate batches: correct the pretrained (by default the bundled) model's embedding with Harmony, or
-    (--method finetune) train with GEP + MVC (batch-conditioned decoders) (+ ECS) + DAB (+ DSBN); embed into obsm."""
+    (--method finetune) fine-tune it (--from-scratch: a small new model) with its own objective, batch-conditioned
+    decoders and DAB (+ ECS, DSBN); embed into obsm."""
     from ..data.files import check_model_dir, check_output, write_h5ad
     from ..data.io import read
     from ..tasks.integrate import IntegrationConfig
@@ -172,14 +196,18 @@ def integrate(
         if method == "harmony":
             training = {"--save-model": save_model, "--steps": steps, "--ecs/--no-ecs": ecs, "--dab/--no-dab": dab,
                         "--dsbn/--no-dsbn": dsbn, "--batch-decoder/--no-batch-decoder": batch_decoder,
-                        "--n-top-genes": n_top_genes}
+                        "--n-top-genes": n_top_genes, "--from-scratch": from_scratch or None}
             given = [k for k, v in training.items() if v is not None]
             if given:
                 raise InputError(f"{', '.join(given)} only apply to training, and the default --method harmony "
                                  "trains nothing (it corrects the pretrained embedding): add --method finetune, or "
                                  f"leave out {', '.join(given)}.")
+        if n_top_genes is not None and not from_scratch:
+            raise InputError("--n-top-genes chooses the genes of a new model, but --method finetune fine-tunes the "
+                             "pretrained model on its own genes: add --from-scratch, or leave out --n-top-genes.")
         steps = 1000 if steps is None else steps
         n_top_genes = 2000 if n_top_genes is None else n_top_genes
+        _check_models(model)
         check_output(out_path, [data, model], overwrite=overwrite, suffixes=(".h5ad",))
         if umap is not None:
             check_output(umap, [data, model, out_path], option="--umap", overwrite=overwrite, suffixes=PLOT_SUFFIXES)
@@ -199,7 +227,7 @@ def integrate(
         cfg = IntegrationConfig(**{k: v for k, v in losses.items() if v is not None})  # unset: the config's default
         tcfg = TrainConfig(max_steps=steps, batch_size=32, lr=1e-3, warmup_steps=min(100, steps // 5), seed=seed)
         with _staged(save_model) as stage:
-            _integrate(adata, batch_key, model=model, label_key=label_key, config=cfg, train_config=tcfg,
+            _integrate(adata, batch_key, model=model, from_scratch=from_scratch, label_key=label_key, config=cfg, train_config=tcfg,
                        n_top_genes=n_top_genes, layer=layer, use_raw=use_raw, gene_column=gene_column, out_dir=stage)
             write_h5ad(adata, out_path)
         _integrate_summary(adata, out_path, umap, batch_key, label_key, seed)

@@ -172,7 +172,7 @@ def select_matrix(
     if missing.any():
         logger.warning("%d of %d genes have no name in var[%r]; they keep their var_names (e.g. %s)",
                        int(missing.sum()), len(missing), gene_column, ", ".join(map(str, out.var_names[missing][:3])))
-    renamed = ad.AnnData(X=out.X, obs=out.obs, var=var, uns=dict(out.uns))
+    renamed = ad.AnnData(X=out.X, obs=out.obs, var=var, uns=dict(out.uns), layers=dict(out.layers))
     return renamed
 
 

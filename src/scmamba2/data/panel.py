@@ -12,6 +12,7 @@ its target, which the loss skips: an unmeasured gene is not a zero.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,8 +20,10 @@ import numpy as np
 from ..errors import InputError
 from .tokenize import TokenizedCells
 
+log = logging.getLogger(__name__)
+
 __all__ = ["GenePanel", "select_panel", "refit_panel", "panel_targets", "panel_index", "gene_moments",
-           "panel_from_moments"]
+           "panel_from_moments", "training_panel"]
 
 
 @dataclass
@@ -188,3 +191,39 @@ def refit_panel(cells: TokenizedCells, ids: np.ndarray, vocab_size: int, *, grou
     mean = np.where(n > 0, s1 / np.maximum(n, 1), 0.0)
     std = np.where(n > 1, np.sqrt(np.maximum(s2 / np.maximum(n, 1) - mean**2, 0.0)), 1.0)
     return GenePanel(ids=ids, mean=mean.astype(np.float32), std=np.maximum(std, 1e-3).astype(np.float32))
+
+
+def training_panel(train_cells: TokenizedCells, group, vocab, n_genes: int, measured_names, init,
+                   min_measured: float = 0.5, rule: str = "variance"):
+    """The gene panel a training run reconstructs (a new one of ``n_genes``, or, with ``init``, that model's
+    with statistics refitted on ``train_cells``) and which panel genes each source measured: ``group`` (cells,)
+    each cell's source and ``measured_names`` each source's gene names, or both None when every cell measured
+    every gene (the second result is then None)."""
+    measured_vocab = None
+    if group is not None:
+        measured_vocab = np.zeros((len(measured_names), len(vocab)), dtype=bool)
+        for k, names in enumerate(measured_names):
+            ids = vocab.lookup(sorted(names))
+            measured_vocab[k, ids[ids >= 0]] = True
+    if init is not None:
+        panel = refit_panel(train_cells, init.profile_head.gene_ids.numpy(), len(vocab), group=group,
+                            measured=measured_vocab)
+        if measured_vocab is not None:
+            # A panel gene expressed in fewer new cells than a new panel would need (select_panel's min_cells) has
+            # no usable statistics here (a standard deviation from one or two cells standardises a held-out cell's
+            # value to hundreds): it is no target of this fine-tune, as an unmeasured gene.
+            expressed = np.bincount(train_cells.gene_ids[train_cells.values > 0], minlength=len(vocab))[panel.ids]
+            few = expressed < PANEL_MIN_CELLS
+            if few.all():
+                raise InputError(f"No gene of the model's panel is expressed in at least {PANEL_MIN_CELLS} of the "
+                                 f"{len(train_cells)} training cells: the fine-tune would have no target. Use more "
+                                 "cells, or TrainConfig(finetune_panel='data') for a panel chosen on these cells.")
+            if few.any():
+                measured_vocab[:, panel.ids[few]] = False
+                (log.warning if few.mean() > 0.5 else log.info)(
+                    "fine-tune: %d of %d panel genes are expressed in fewer than %d training cells and are no "
+                    "targets", int(few.sum()), len(few), PANEL_MIN_CELLS)
+    else:
+        panel = select_panel(train_cells, len(vocab), n_genes, group=group, measured=measured_vocab,
+                             min_measured=min_measured, rule=rule)
+    return panel, None if measured_vocab is None else measured_vocab[:, panel.ids]

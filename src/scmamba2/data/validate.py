@@ -33,7 +33,7 @@ _ENSEMBL = re.compile(r"^ENS[A-Z]*G\d{6,}(\.\d+)?$")
 # A genome prefix: "hg19_", "GRCh38_", "mm10___" (any short token + underscores), or "GRCh38-" / "mm10-".
 _PREFIX = re.compile(r"^([A-Za-z][A-Za-z0-9.]{0,19}_+|(?:hg|mm|GRC[hm])\d+(?:\.\d+)?-+)(?=.)")
 _KIND_TXT = {"symbol": "gene symbols", "ensembl": "Ensembl ids", "mixed": "a mix of symbols and Ensembl ids"}
-_SYMBOL_COLUMNS = ("gene_symbols", "gene_symbol", "gene_name", "gene_names", "feature_name", "symbol", "gene")
+_MAX_HINT_COLUMNS = 50  # var columns tried for a --gene-column hint
 
 
 @dataclass
@@ -422,6 +422,33 @@ def vocabulary_overlap(adata: anndata.AnnData, vocab: Any, min_overlap: float = 
     return rep
 
 
+def _gene_column_hint(adata, names, vocab, n_matched: int) -> str:
+    """Advice on --gene-column: the var column whose names the vocabulary holds most of, when that is more than
+    the names in use; never a column that holds the names in use (e.g. the --gene-column already given)."""
+    import pandas as pd
+
+    columns = [c for c in adata.var.columns if pd.api.types.is_string_dtype(adata.var[c])
+               or isinstance(adata.var[c].dtype, pd.CategoricalDtype)]
+    in_use = np.asarray(names, dtype=str)
+    best, best_n = None, n_matched
+    for c in columns[:_MAX_HINT_COLUMNS]:
+        values = adata.var[c].astype(str).to_numpy()
+        if np.array_equal(values, in_use):
+            continue
+        genes = list(dict.fromkeys(strip_gene_prefix(values)[0]))
+        n = int((np.asarray(vocab.lookup(genes)) >= 0).sum() if hasattr(vocab, "lookup")
+                else sum(g in vocab for g in genes))
+        if n > best_n:
+            best, best_n = c, n
+    if best is not None:
+        return (f" var column {best!r} has {best_n:,} of the vocabulary's genes: pass --gene-column {best} "
+                f"(gene_column={best!r} in Python) to name the genes by it.")
+    if not columns:
+        return (" If a var column holds the model's kind of gene names, pass it with --gene-column NAME "
+                "(gene_column= in Python).")
+    return ""
+
+
 def _gene_names(var_names, rep: ValidationReport) -> tuple[Any, list[str]]:
     """Duplicates, prefix and id kind; returns the names (as str) and the names with the prefix stripped."""
     import pandas as pd
@@ -468,11 +495,7 @@ def _vocab_overlap(adata, names, stripped: list[str], vocab, min_overlap: float,
         examples = []
     vocab_txt = f"; the vocabulary ({len(vocab):,} entries) has e.g. {', '.join(examples)}" if examples else ""
     prefix_txt = f" (after stripping the prefix {rep.gene_prefix!r})" if rep.gene_prefix else ""
-    cols = sorted((c for c in adata.var.columns if str(c).lower() in _SYMBOL_COLUMNS),
-                  key=lambda c: _SYMBOL_COLUMNS.index(str(c).lower()))
-    col_txt = (f" var has the column(s) {', '.join(repr(c) for c in cols)}: pass e.g. --gene-column {cols[0]} "
-               f"(gene_column={cols[0]!r} in Python) to use them as gene names." if cols else
-               " If var has a column with gene symbols, pass it with --gene-column NAME (gene_column= in Python).")
+    col_txt = _gene_column_hint(adata, names, vocab, rep.n_vocab_matched)
     rep.errors.append(
         f"only {rep.n_vocab_matched:,} of {len(genes):,} genes ({rep.vocab_overlap:.1%}) are in the model's "
         f"vocabulary{prefix_txt} ({vocab_side:.1%} of its {n_vocab_genes:,} genes), below the minimum of "

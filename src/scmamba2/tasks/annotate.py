@@ -27,7 +27,7 @@ from ..model import ScMamba2
 from ._annotate_model import SMALL_MODEL, adapted, new_model  # noqa: F401 (SMALL_MODEL: the documented default)
 from ._annotate_confidence import calibrate_model
 from ._annotate_frozen import adapt_encoders, fit_probes
-from .annotate_predict import META_FILE, UNKNOWN, Annotator, match_genes, predict
+from .annotate_predict import META_FILE, UNKNOWN, Annotator, check_raw, match_genes, predict
 from .embed import check_start
 
 log = logging.getLogger(__name__)
@@ -278,11 +278,19 @@ def fit_annotator(
                     len(codes), label_key)
     labelled = reference[codes >= 0] if n_missing else reference
     codes = codes[codes >= 0]
+    qkw = _query_kwargs(layer, use_raw, gene_column, query_options)
+    check_raw(reference, use_raw, "reference", "use_raw=True (--use-raw)")
+    # The option that read the query's .raw: its own, or the reference's when query_options leave it out.
+    query_raw = ("query_options={'use_raw': True} (--query-use-raw)" if "use_raw" in (query_options or {}) else
+                 "use_raw=True (--use-raw, which the query follows unless query_options / --query-use-raw, "
+                 "--query-no-raw say otherwise)")
+    for other, what in ((query, "query"), (unlabeled, "unlabeled data")):
+        if other is not None:
+            check_raw(other, qkw["use_raw"], what, query_raw)
 
     pl.seed_everything(tcfg.seed, workers=True, verbose=False)
     bases = [] if from_scratch else _start_models(model, method)
     base = bases[0] if bases else None
-    qkw = _query_kwargs(layer, use_raw, gene_column, query_options)
     if base is None:
         net, genes = new_model(labelled, len(classes), model_config, tokenizer_config, n_top_genes, layer,
                                 use_raw, gene_column)
@@ -291,7 +299,8 @@ def fit_annotator(
                               probe=method == "probe")
     for other, what in ((query, "query"), (unlabeled if unlabeled is not query else None, "unlabeled data")):
         if other is not None:  # every gene check before any training
-            match_genes(other, genes, **qkw, min_overlap=cfg.min_gene_overlap, what=what)
+            match_genes(other, genes, **qkw, min_overlap=cfg.min_gene_overlap, what=what,
+                        raw_hint="query_options={'use_raw': True} / --query-use-raw")
     side = [adapted(b, labelled, len(classes), layer, use_raw, gene_column, 0.0, probe=True)[0] for b in bases[1:]]
     if base is not None and method == "probe" and cfg.pretrain_steps:  # the adapted models keep their vocabulary
         bases = adapt_encoders(bases, labelled, unlabeled, cfg.pretrain_steps, tcfg.seed,

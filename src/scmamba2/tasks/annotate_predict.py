@@ -144,9 +144,21 @@ class Annotator:
                                 for i in range(1, int(meta.get("side_models", 0)) + 1)])
 
 
+def check_raw(adata, use_raw: bool, what: str, option: str) -> None:
+    """Refuse ``use_raw`` for an AnnData without ``.raw``, naming the data set (``what``: reference, query) and the
+    ``option`` that asked for it."""
+    from ..data.io import _describe_alternatives
+
+    if use_raw and adata.raw is None:
+        raise InputError(f"{option} was given but the {what} has no .raw. {_describe_alternatives(adata, raw=False)}")
+
+
 def match_genes(adata, genes: Sequence[str], *, layer: str | None = None, use_raw: bool = False,
-                gene_column: str | None = None, min_overlap: float = 0.5, what: str = "query"):
+                gene_column: str | None = None, min_overlap: float = 0.5, what: str = "query",
+                raw_hint: str = "use_raw=True / --use-raw"):
     """The matrix of ``adata`` restricted to ``genes`` (in the data's column order), and an overlap report.
+
+    ``what`` names the data set in messages, ``raw_hint`` the option that reads its ``.raw``.
 
     Gene names are compared after stripping a genome prefix (e.g. ``hg19_``), and ignoring case as
     :meth:`~scmamba2.data.vocab.GeneVocab.lookup` does; a gene present in several columns keeps its first. A gene of ``genes`` missing from the data reads as not expressed.
@@ -177,7 +189,7 @@ def match_genes(adata, genes: Sequence[str], *, layer: str | None = None, use_ra
               "missing_examples": missing}
     if overlap < min_overlap:
         if n_found >= 0.5 * a.n_vars:  # the names match, but the file holds few genes: a subset such as HVGs
-            raw = (f": it has a .raw with {adata.raw.n_vars:,} genes (use_raw=True / --use-raw)."
+            raw = (f": it has a .raw with {adata.raw.n_vars:,} genes ({raw_hint})."
                    if adata.raw is not None and not use_raw and adata.raw.n_vars > a.n_vars else
                    " (e.g. the file before sc.pp.highly_variable_genes subsetting).")
             raise InputError(
@@ -350,8 +362,10 @@ def predict(
     if unknown_label in ann.classes:
         raise InputError(f"unknown_label {unknown_label!r} is one of the annotator's classes: choose another name")
     query = query.copy() if copy else query
+    check_raw(query, use_raw, "query", "use_raw=True (--query-use-raw, or --use-raw)")
     sub, overlap = match_genes(query, ann.genes, layer=layer, use_raw=use_raw, gene_column=gene_column,
-                               min_overlap=min_gene_overlap, what="query")
+                               min_overlap=min_gene_overlap, what="query",
+                               raw_hint="use_raw=True / --query-use-raw")
     model = ann.model
     tok = model.tokenizer_config or TokenizerConfig(n_bins=model.config.n_bins, value_mode=model.config.value_mode)
     prepared = prepare_cells(sub, model.vocab, tok, purpose="annotate")

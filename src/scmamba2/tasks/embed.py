@@ -255,7 +255,11 @@ def _batch_codes(adata, model: ScMamba2, batch_key: str | None, categories: Sequ
                              "batch_key (the obs column of each cell's batch) and the model's batch_categories")
         return None
     if not needs:
-        log.info("the model takes no batch input: batch_key %r is not used", batch_key)
+        if model.batch_encoder is not None:
+            log.info("the cell embedding does not read the batch (its vector feeds only the decoders): batch_key %r "
+                     "is not needed to embed", batch_key)
+        else:
+            log.info("the model takes no batch input: batch_key %r is not used", batch_key)
         return None
     if batch_key not in adata.obs:
         raise InputError(f"batch_key {batch_key!r} is not an obs column; available: {list(adata.obs.columns)}")

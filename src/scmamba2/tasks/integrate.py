@@ -1,7 +1,10 @@
 """``scmamba2.integrate``: batch integration by fine-tuning with domain adaptation, written into ``obsm``.
 
-The model (a pretrained one, adapted, or a small new one) is trained without labels on
+The model (by default the bundled pretrained one, adapted; or a small new one, ``from_scratch``) is trained
+without labels on
 
+- ``profile``: the whole-profile objective the bundled model was pretrained with (its decoder reconstructs a
+  panel of genes from the cell embedding), when the model has that decoder;
 - ``gep``: masked expression (values of a random 40% of each cell's genes hidden and predicted),
 - ``mvc``: the same values predicted from the cell embedding alone,
 - ``ecs``: elastic cell similarity (pairs of cells pushed away from a cosine threshold: tighter clusters),
@@ -9,7 +12,7 @@ The model (a pretrained one, adapted, or a small new one) is trained without lab
   the batch),
 - ``batch_decoder``: a learned batch vector added to the inputs of the expression heads (GEP, MVC), as scGPT gives the batch
   labels to its decoders: expression that depends on the batch is explained there, so the cell embedding
-  need not carry the batch;
+  need not carry the batch (the profile decoder reads it too);
 - ``dsbn``: one batch norm of the token embeddings per batch.
 
 Each part is switched in :class:`IntegrationConfig`. Cell-type labels are never used in training.
@@ -42,7 +45,9 @@ SMALL_MODEL = dict(d_model=64, n_layers=2, headdim=16, d_state=32, chunk_size=64
 class IntegrationConfig:
     """Which losses and batch parts the integration uses, and their weights.
 
-    The default is GEP + MVC with the batch-conditioned decoders + DAB at weight 1. ``ecs_weight``,
+    The default is the model's own objective with the batch-conditioned decoders + DAB at weight 1: the
+    whole-profile loss for a model with a profile decoder (the bundled one; ``profile``), GEP + MVC for one
+    without (a new small model). ``gep`` / ``mvc`` None: on exactly when the model has no profile decoder. ``ecs_weight``,
     ``ecs_threshold``, ``mask_ratio`` and ``dab_weight`` are scGPT's values (10, 0.8, 0.4, 1). On our synthetic
     batch-shift test (tests/tasks/test_integrate.py; batch ASW / label ASW, unintegrated PCA 0.46 / 0.68) the
     batch decoder is what integrates: 0.69 / 0.95 with it, 0.30 / 0.68 without it (DAB alone; with DAB at
@@ -51,8 +56,9 @@ class IntegrationConfig:
     expressed (the test's, and a common one). ``dsbn`` and ``batch_decoder`` may both be on.
     """
 
-    gep: bool = True
-    mvc: bool = True
+    gep: bool | None = None
+    mvc: bool | None = None
+    profile: bool = True
     ecs: bool = False
     dab: bool = True
     dsbn: bool = False
@@ -64,8 +70,8 @@ class IntegrationConfig:
     dab_alpha: float = 1.0
 
     def __post_init__(self) -> None:
-        if not (self.gep or self.mvc or self.ecs or self.dab):
-            raise ValueError("every loss is off (gep, mvc, ecs, dab): switch at least one on")
+        if self.gep is False and self.mvc is False and not (self.profile or self.ecs or self.dab):
+            raise ValueError("every loss is off (gep, mvc, profile, ecs, dab): switch at least one on")
         if not 0.0 < self.mask_ratio < 1.0:
             raise ValueError(f"mask_ratio={self.mask_ratio} must be in (0, 1)")
         if not -1.0 <= self.ecs_threshold <= 1.0:
@@ -77,9 +83,23 @@ class IntegrationConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def resolved(self, has_profile: bool) -> "IntegrationConfig":
+        """The switches for a model with (or without) a whole-profile decoder: ``gep`` / ``mvc`` None become off
+        (with) or on (without), and ``profile`` is off where there is no decoder to train."""
+        default = not has_profile
+        gep = default if self.gep is None else self.gep
+        mvc = default if self.mvc is None else self.mvc
+        profile = self.profile and has_profile
+        if not (gep or mvc or profile or self.ecs or self.dab):
+            raise InputError("every loss of the integration is off for this model (it has no profile decoder, and "
+                             "gep, mvc, ecs and dab are off): switch one on")
+        return replace(self, gep=gep, mvc=mvc, profile=profile)
+
     def train_weights(self) -> dict[str, float]:
-        """The :class:`~scmamba2.train.config.TrainConfig` loss fields these switches give."""
+        """The :class:`~scmamba2.train.config.TrainConfig` loss fields these switches give (call on a
+        :meth:`resolved` config)."""
         return {"gep_weight": 1.0 if self.gep else 0.0, "mvc_weight": 1.0 if self.mvc else 0.0,
+                "profile_weight": 1.0 if self.profile else 0.0,
                 "ecs_weight": self.ecs_weight if self.ecs else 0.0, "ecs_threshold": self.ecs_threshold,
                 "dab_weight": self.dab_weight if self.dab else 0.0, "mask_ratio": self.mask_ratio,
                 "cls_weight": 0.0}
@@ -102,6 +122,14 @@ def batch_categories(adata, batch_key: str) -> tuple[list[str], np.ndarray]:
     cats = sorted(set(values))
     if len(cats) < 2:
         raise InputError(f"obs[{batch_key!r}] has a single batch ({cats[0]!r}): integration needs at least two")
+    import pandas as pd
+
+    fractional = pd.api.types.is_float_dtype(col) and not np.array_equal(col, np.round(col))
+    if fractional or (len(cats) > 20 and len(cats) > len(values) / 2):
+        raise InputError(f"obs[{batch_key!r}] looks like a continuous value, not batches: {len(cats):,} distinct "
+                         f"values among {len(values):,} cells (e.g. {', '.join(cats[:3])}). Give --batch-key "
+                         "(batch_key=) a column of categories such as 'donor', 'sample' or 'batch'; columns: "
+                         f"{list(adata.obs.columns)}.")
     index = {c: i for i, c in enumerate(cats)}
     return cats, np.array([index[v] for v in values], dtype=np.int64)
 
@@ -111,6 +139,7 @@ def integrate(
     batch_key: str,
     *,
     model: ScMamba2 | str | Path | None = None,
+    from_scratch: bool = False,
     label_key: str | None = None,
     key_added: str = "X_scmamba2",
     config: IntegrationConfig | None = None,
@@ -135,23 +164,27 @@ def integrate(
         ``obs`` column of each cell's batch (donor, run, technology, condition).
     model
         A pretrained :class:`~scmamba2.ScMamba2` or checkpoint directory to start from (its vocabulary is
-        kept; heads for the batches are added with :meth:`~scmamba2.ScMamba2.adapt`). Default: a small new
-        model (``SMALL_MODEL``, updated by ``model_config``) on the ``n_top_genes`` most variable genes.
+        kept; heads for the batches are added with :meth:`~scmamba2.ScMamba2.adapt`). Default: the bundled
+        pretrained model.
+    from_scratch
+        Train a small new model instead (``SMALL_MODEL``, updated by ``model_config``) on the ``n_top_genes``
+        most variable genes.
     label_key
         ``obs`` column of cell types, used for evaluation only (label and batch silhouettes in ``uns``);
         never for training.
     key_added
         ``obsm`` key of the embedding.
     config
-        The losses and batch parts (:class:`IntegrationConfig`; default GEP, MVC and DAB).
+        The losses and batch parts (:class:`IntegrationConfig`; default the model's own objective, the
+        batch-conditioned decoders and DAB).
     train_config
         :class:`~scmamba2.train.config.TrainConfig` for steps, batch size, learning rate and seed; its loss
         weights are set from ``config``. Default: 1000 steps of 32 cells.
-    tokenizer_config
-        For a new model (default: ``TokenizerConfig(max_len=256, value_mode="continuous")``: log1p-normalised
+    model_config, tokenizer_config
+        For a new model (``from_scratch``; tokenizer default: ``TokenizerConfig(max_len=256, value_mode="continuous")``: log1p-normalised
         values, which a small model learns from much faster than 51 rank bins); a pretrained model keeps its own.
     n_top_genes
-        Genes of a new model: this many highly variable genes (``None``: all).
+        Genes of a new model (``from_scratch``): this many highly variable genes (``None``: all).
     out_dir
         Save the fine-tuned model there, with ``integration.json`` (batch key and names) and training logs.
 
@@ -167,24 +200,25 @@ def integrate(
     import lightning.pytorch as pl
 
     from ..train.config import TrainConfig
-    from .embed import embed, load_model
+    from .embed import check_start, embed, load_model
 
-    cfg = config or IntegrationConfig()
-    tcfg = train_config or TrainConfig(max_steps=1000, batch_size=32, lr=1e-3, warmup_steps=100)
-    tcfg = TrainConfig(**{**tcfg.to_dict(), **cfg.train_weights()})
+    check_start(model, from_scratch, model_config, tokenizer_config)
     if label_key is not None and label_key not in adata.obs:
         raise InputError(f"label_key {label_key!r} is not an obs column; available: {list(adata.obs.columns)}")
     cats, codes = batch_categories(adata, batch_key)
+    base = None if from_scratch else load_model(model)  # None model: the bundled one
+    if base is not None and base.vocab is None:
+        raise InputError("the pretrained model has no vocabulary: load it with ScMamba2.from_pretrained")
+    cfg = (config or IntegrationConfig()).resolved(has_profile=base is not None and base.profile_head is not None)
+    tcfg = train_config or TrainConfig(max_steps=1000, batch_size=32, lr=1e-3, warmup_steps=100)
+    tcfg = TrainConfig(**{**tcfg.to_dict(), **cfg.train_weights()})
     adata = adata.copy() if copy else adata
 
     pl.seed_everything(tcfg.seed, workers=True, verbose=False)
-    base = load_model(model) if model is not None else None
     if base is None:
         net = _new_model(adata, cfg, len(cats), model_config, tokenizer_config, n_top_genes, layer, use_raw,
                          gene_column)
     else:
-        if base.vocab is None:
-            raise InputError("the pretrained model has no vocabulary: load it with ScMamba2.from_pretrained")
         net = base.adapt(**cfg.model_changes(len(cats)))
     losses = _fit(net, adata, codes, tcfg, layer, use_raw, gene_column, out_dir)
 
@@ -235,11 +269,14 @@ def _fit(net: ScMamba2, adata, codes: np.ndarray, tcfg, layer, use_raw, gene_col
     prepared = prepare_cells(adata, net.vocab, tok, layer=layer, use_raw=use_raw, gene_column=gene_column,
                              purpose="finetune", drop_empty=True, seed=tcfg.seed)
     cells = net.input_cells(prepared.cells)
-    ds = TokenizedDataset(cells, batch=codes[prepared.obs_index], resample=True, seed=tcfg.seed)
+    targets = _profile_targets(net, cells, adata, layer, use_raw, gene_column) if tcfg.profile_weight > 0 else {}
+    ds = TokenizedDataset(cells, batch=codes[prepared.obs_index], resample=True, seed=tcfg.seed, **targets)
     lengths = np.minimum(np.asarray(cells.lengths), tok.max_len)
     sampler = LengthBucketSampler(lengths, batch_size=tcfg.batch_size, shuffle=True, seed=tcfg.seed,
                                   drop_last=len(cells) > tcfg.batch_size)
-    mask_ratio = tcfg.mask_ratio if (tcfg.gep_weight > 0 or tcfg.mvc_weight > 0) else 0.0
+    # Values hidden from the encoder: the targets of GEP / MVC, and a denoising input for the profile objective
+    # (as the bundled model was pretrained).
+    mask_ratio = tcfg.mask_ratio if max(tcfg.gep_weight, tcfg.mvc_weight, tcfg.profile_weight) > 0 else 0.0
     collate = Collator(pad_id=net.vocab.pad_id, mask_ratio=mask_ratio, seed=tcfg.seed)
     loader = ResumableLoader(ds, sampler, collate, seed=tcfg.seed, num_workers=tcfg.num_workers)
     plan = TrainingPlan(net, tcfg)
@@ -247,6 +284,21 @@ def _fit(net: ScMamba2, adata, codes: np.ndarray, tcfg, layer, use_raw, gene_col
     log.info("integration: %d cells, %d batches, %d steps", len(cells), net.config.n_batches, tcfg.max_steps)
     fit(trainer, plan, train_dataloaders=loader)
     return {k.removeprefix("train/"): float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
+
+
+def _profile_targets(net: ScMamba2, cells, adata, layer, use_raw, gene_column) -> dict[str, Any]:
+    """The whole-profile targets of ``cells`` (``TokenizedDataset`` keywords): the model's panel, its
+    statistics refitted on these cells (set in ``net``), panel genes the data did not measure left out."""
+    from ..data.io import select_matrix
+    from ..data.panel import training_panel
+
+    names = set(map(str, select_matrix(adata, layer=layer, use_raw=use_raw, gene_column=gene_column).var_names))
+    source = np.zeros(len(cells), dtype=np.int64)  # one source: the panel genes it measured
+    panel, measured = training_panel(cells, source, net.vocab, net.config.profile_genes, [names], net)
+    net.profile_head.set_panel(panel.ids, panel.mean, panel.std)
+    log.info("integration: profile targets, %d of the model's %d panel genes measured here",
+             int(measured.sum()), len(panel.ids))
+    return {"panel": panel, "source": source, "measured": measured}
 
 
 def _silhouettes(emb: np.ndarray, labels, batch=None) -> dict[str, float]:

@@ -25,7 +25,7 @@ from .integrate import _silhouettes, batch_categories
 
 log = logging.getLogger(__name__)
 
-__all__ = ["integrate_harmony"]
+__all__ = ["integrate_harmony", "harmony", "standardise"]
 
 
 def harmony(emb: np.ndarray, batch: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -40,6 +40,13 @@ def harmony(emb: np.ndarray, batch: np.ndarray, seed: int = 0) -> np.ndarray:
     ho = harmonypy.run_harmony(np.asarray(emb, dtype=np.float64), meta, ["batch"], random_state=seed, verbose=False)
     z = np.asarray(ho.Z_corr)
     return (z if z.shape[0] == len(meta) else z.T).astype(np.float32)
+
+
+def standardise(emb: np.ndarray) -> np.ndarray:
+    """Each dimension of ``emb`` centred and scaled to unit variance (a constant one only centred), float64."""
+    emb = np.asarray(emb, dtype=np.float64)
+    sd = emb.std(0)
+    return (emb - emb.mean(0)) / np.where(sd > 1e-8, sd, 1.0)
 
 
 def integrate_harmony(adata, batch_key: str, *, model=None, label_key: str | None = None,
@@ -87,10 +94,7 @@ def integrate_harmony(adata, batch_key: str, *, model=None, label_key: str | Non
     log.info("Harmony on the %d-dimensional embedding of %d cells, %d batches", adata.obsm[raw_key].shape[1],
              adata.n_obs, len(cats))
     emb = np.asarray(adata.obsm[raw_key], dtype=np.float64)
-    if scale:
-        sd = emb.std(0)
-        emb = (emb - emb.mean(0)) / np.where(sd > 1e-8, sd, 1.0)
-    adata.obsm[key_added] = harmony(emb, codes, seed=seed)
+    adata.obsm[key_added] = harmony(standardise(emb) if scale else emb, codes, seed=seed)
     info: dict[str, Any] = {"method": "pretrained embedding + Harmony", "batch_key": batch_key,
                             "batch_categories": cats, "seed": seed, "scaled": scale, "uncorrected_key": raw_key}
     if label_key is not None:

@@ -135,9 +135,9 @@ class MultiomicModel:
         src = Path(directory)
         if not (src / META_FILE).is_file():
             raise CheckpointError(f"{src} is not a multi-omics model: {META_FILE} is missing (train one with "
-                                  "`scmamba2 multiomics DATA --model-out DIR`)")
+                                  "`scmamba2 multiomics train DATA --out OUT.h5mu --model-out DIR`)")
         model = ScMamba2.from_pretrained(src)
-        meta = read_json(src / META_FILE, fix="Train the model again (`scmamba2 multiomics DATA --model-out DIR`).")
+        meta = read_json(src / META_FILE, fix="Train the model again (`scmamba2 multiomics train DATA --out OUT.h5mu --model-out DIR`).")
         spec = ModalitySpec.from_dict(meta.pop("spec"))
         spec.check(model.vocab, model.config.n_modalities, source=str(src))
         recorded = meta.pop("token_ids")

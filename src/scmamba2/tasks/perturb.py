@@ -194,6 +194,10 @@ def panel_matrix(adata, genes: Sequence[str] | None = None, *, layer: str | None
 
     a = select_matrix(adata, layer=layer, use_raw=use_raw, gene_column=gene_column)
     rep = validate(a, purpose="perturb")
+    if rep.value_kind == "log_normalized" and "counts" in rep.layers:  # as validate's warning says
+        log.info("X looks log-normalised and is read as is; layer 'counts' holds raw counts if you prefer them "
+                 "(--layer counts / layer='counts': normalised to %g per cell and log1p-transformed here)",
+                 target_sum)
     X = a.X
     if rep.value_kind in ("raw_counts", "normalized"):
         X = normalize_log1p(X, target_sum)

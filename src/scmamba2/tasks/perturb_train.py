@@ -28,6 +28,44 @@ SCALES = (0.0, 0.25, 0.5, 1.0)  # the correction is validated at these scales (s
 __all__ = ["train_perturbation"]
 
 
+def _check_targets_measured(adata, targets: Sequence[str], *, layer, use_raw: bool, gene_column) -> None:
+    """Warn when fewer than half of the target genes are measured genes (e.g. symbols as targets, Ensembl ids as
+    var_names): their knock-down is then no gene expression the model sees. Names a var column holding more."""
+    from ..data.io import select_matrix
+
+    if not targets:
+        return
+    measured = set(map(str, select_matrix(adata, layer=layer, use_raw=use_raw, gene_column=gene_column).var_names))
+    found = sum(t in measured for t in targets)
+    if found >= 0.5 * len(targets):
+        return
+    from ..data.corpus_vocab import is_ensembl
+
+    var = select_matrix(adata, layer=layer, use_raw=use_raw).var
+    columns = [c for c in var.columns if c != gene_column and (pd.api.types.is_string_dtype(var[c])
+                                                               or isinstance(var[c].dtype, pd.CategoricalDtype))]
+    best, best_n = None, found
+    for c in columns:  # the column that holds the most targets
+        n = len(set(targets) & set(var[c].astype(str)))
+        if n > best_n:
+            best, best_n = c, n
+    ids = is_ensembl(targets).mean() > 0.5  # else: the targets are symbols
+    same_kind = [c for c in columns if (is_ensembl(var[c].astype(str)[:200]).mean() > 0.5) == ids]
+    kind = "Ensembl ids" if ids else "gene symbols"
+    if best is not None:
+        hint = f" var column {best!r} holds {best_n} of them: pass --gene-column {best} (gene_column={best!r})."
+    elif (is_ensembl(sorted(measured)[:200]).mean() > 0.5) != ids and same_kind:
+        hint = (f" The targets are {kind}, the genes are not; var column {same_kind[0]!r} holds {kind}: pass "
+                f"--gene-column {same_kind[0]} (gene_column={same_kind[0]!r}).")
+    else:
+        hint = (" Check that the perturbation labels and the genes use the same kind of name (symbols vs Ensembl "
+                "ids), or pass --gene-column (gene_column=) with a var column that does.")
+    shown = ", ".join(list(targets)[:3])
+    log.warning("only %d of the %d perturbation targets (e.g. %s) are among the %d measured genes (named like %s): "
+                "the model cannot see a target's own expression change.%s", found, len(targets), shown,
+                len(measured), ", ".join(sorted(measured)[:3]), hint)
+
+
 def train_perturbation(
     adata,
     *,
@@ -136,6 +174,7 @@ def train_perturbation(
 
     targets = {p: list(labels.targets(p)) for p in labels.perturbations} if kind == "genetic" else {}
     all_targets = sorted({g for t in targets.values() for g in t} | set(map(str, extra_targets)))
+    _check_targets_measured(data, all_targets, layer=layer, use_raw=use_raw, gene_column=gene_column)
     base = load_model(model) if model is not None else None
     vocab = _vocab(genes, all_targets, base)
     conditions = [control] + labels.perturbations if kind == "condition" else []

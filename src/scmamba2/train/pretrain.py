@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 from ..data.collate import Collator, LengthBucketSampler, TokenizedDataset
 from ..data.files import write_json
 from ..data.io import select_matrix
-from ..data.panel import PANEL_MIN_CELLS, refit_panel, select_panel
+from ..data.panel import training_panel
 from ..data.prepare import prepare_cells
 from ..data.tokenize import TokenizerConfig
 from ..data.vocab import GeneVocab
@@ -58,39 +58,6 @@ def _main_loss(losses: dict[str, float]) -> float | None:
         if k in losses:
             return float(losses[k])
     return None
-
-
-def _panel(train_cells, group, vocab, n_genes, measured_names, init, min_measured=0.5, rule="variance"):
-    """The gene panel (a new one, or, with ``init``, that model's with statistics refitted) and which panel genes
-    each source measured (None when every cell measured every gene)."""
-    measured_vocab = None
-    if group is not None:
-        measured_vocab = np.zeros((len(measured_names), len(vocab)), dtype=bool)
-        for k, names in enumerate(measured_names):
-            ids = vocab.lookup(sorted(names))
-            measured_vocab[k, ids[ids >= 0]] = True
-    if init is not None:
-        panel = refit_panel(train_cells, init.profile_head.gene_ids.numpy(), len(vocab), group=group,
-                            measured=measured_vocab)
-        if measured_vocab is not None:
-            # A panel gene expressed in fewer new cells than a new panel would need (select_panel's min_cells) has
-            # no usable statistics here (a standard deviation from one or two cells standardises a held-out cell's
-            # value to hundreds): it is no target of this fine-tune, as an unmeasured gene.
-            expressed = np.bincount(train_cells.gene_ids[train_cells.values > 0], minlength=len(vocab))[panel.ids]
-            few = expressed < PANEL_MIN_CELLS
-            if few.all():
-                raise InputError(f"No gene of the model's panel is expressed in at least {PANEL_MIN_CELLS} of the "
-                                 f"{len(train_cells)} training cells: the fine-tune would have no target. Use more "
-                                 "cells, or TrainConfig(finetune_panel='data') for a panel chosen on these cells.")
-            if few.any():
-                measured_vocab[:, panel.ids[few]] = False
-                (log.warning if few.mean() > 0.5 else log.info)(
-                    "fine-tune: %d of %d panel genes are expressed in fewer than %d training cells and are no "
-                    "targets", int(few.sum()), len(few), PANEL_MIN_CELLS)
-    else:
-        panel = select_panel(train_cells, len(vocab), n_genes, group=group, measured=measured_vocab,
-                             min_measured=min_measured, rule=rule)
-    return panel, None if measured_vocab is None else measured_vocab[:, panel.ids]
 
 
 def _load_init(init_model, model_config, tokenizer_config, vocab):
@@ -353,14 +320,15 @@ def pretrain(
     panel = measured = None
     new_panel = init is not None and bool(mcfg.profile_genes) and tcfg.finetune_panel == "data"
     if mcfg.profile_genes:
-        panel, measured = _panel(cells.subset(train_idx), None if source is None else source[train_idx], vocab,
-                                 mcfg.profile_genes, measured_names, None if new_panel else init,
-                                 tcfg.profile_min_measured, tcfg.profile_panel_rule)
+        panel, measured = training_panel(cells.subset(train_idx), None if source is None else source[train_idx],
+                                         vocab, mcfg.profile_genes, measured_names, None if new_panel else init,
+                                         tcfg.profile_min_measured, tcfg.profile_panel_rule)
         if new_panel:
             mcfg = replace(mcfg, profile_genes=len(panel))
         elif len(panel) < mcfg.profile_genes:
-            log.info("gene panel of the profile objective: %d genes qualify (asked for %d)", len(panel),
-                     mcfg.profile_genes)
+            log.info("gene panel of the profile objective: %d of the %d genes read qualify (expressed in enough "
+                     "cells), so the panel holds %d genes instead of its usual %d", len(panel), data.n_vars,
+                     len(panel), mcfg.profile_genes)
             mcfg = replace(mcfg, profile_genes=len(panel))
 
     pl.seed_everything(tcfg.seed, workers=True, verbose=False)
