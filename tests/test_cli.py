@@ -247,3 +247,39 @@ def test_validate_titles_its_report_by_what_it_checks(tiny_counts, tmp_path):
     assert code == 0 and "input check (pretraining input): OK" in text, text
     code, text = run("validate", p, "--model", "bundled")  # the genes are not the model's: the report, then the error
     assert "input check (input of the model bundled)" in text and "(pretrain" not in text, text
+
+
+def test_validate_says_which_vocabulary_it_checked_and_prints_an_error_once(tiny_counts, tmp_path):
+    import scanpy as sc
+
+    tiny_counts.write_h5ad(tmp_path / "c.h5ad")
+    code, text = run("validate", tmp_path / "c.h5ad")
+    assert code == 0 and "not checked" not in text, text
+    assert "vocabulary    : bundled model scmamba2-pbmc-small's (no --model; note below): 0.0% of genes" in text
+    a = tiny_counts.copy()
+    a.X = a.X.toarray()
+    sc.pp.scale(a)
+    a.write_h5ad(tmp_path / "scaled.h5ad")
+    res = runner.invoke(app, ["validate", str(tmp_path / "scaled.h5ad")])  # output: stdout and stderr, once
+    assert_clean_error(res.exit_code, res.output, "1 error(s)")
+    assert " ".join(res.output.split()).count("X holds scaled values") == 1, res.output
+
+
+def test_embed_says_which_modality_of_a_mudata_it_embeds(tiny_counts, tmp_path):
+    import anndata as ad
+    import mudata
+
+    from scmamba2.pretrained import load
+
+    rna = tiny_counts.copy()
+    rna.var_names = load().vocab.genes[10 : 10 + rna.n_vars]  # genes of the bundled model's vocabulary
+    prot = ad.AnnData(np.ones((rna.n_obs, 3), dtype=np.float32), obs=rna.obs[[]].copy())
+    mudata.MuData({"rna": rna, "prot": prot}).write(tmp_path / "m.h5mu")
+    code, text = run("embed", tmp_path / "m.h5mu", "--model", "bundled", "--out", tmp_path / "e.h5ad")
+    assert code == 0, text
+    logged = " ".join(text.split())  # the CLI's log lines
+    assert "Reading the 'rna' modality of the MuData file (its modalities: 'prot', 'rna')" in logged, logged
+    assert "--modality NAME embeds another" in logged
+    code, text = run("embed", tmp_path / "m.h5mu", "--model", "bundled", "--out", tmp_path / "p.h5ad",
+                     "--modality", "prot")  # chosen, and read: its genes are not the model's
+    assert_clean_error(code, text, "vocabulary")

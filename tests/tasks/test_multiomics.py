@@ -193,6 +193,18 @@ def test_cli_refuses_rna_only_input(tmp_path):
     assert res.exit_code == 1 and "no protein counts found" in res.output and "Traceback" not in res.output
 
 
+def test_cli_umap_without_keys_draws_an_uncoloured_umap(tmp_path):
+    from scmamba2.cli import app
+
+    p, png = tmp_path / "cite.h5ad", tmp_path / "u.png"
+    cite(n=48).write_h5ad(p)
+    res = CliRunner().invoke(app, ["multiomics", str(p), "--out", str(tmp_path / "o.h5ad"), "--model-out",
+                                   str(tmp_path / "m"), "--steps", "1", "--n-top-genes", "30", "--from-scratch",
+                                   "--umap", str(png)])
+    assert res.exit_code == 0, res.output
+    assert png.stat().st_size > 1000
+
+
 def test_real_multiome_end_to_end(shared_data):
     from scmamba2.data.io import read
 

@@ -89,6 +89,21 @@ def test_resume_gives_the_weights_of_a_straight_run(straight, tmp_path, monkeypa
     assert sorted(m["step"]) == list(range(N_STEPS))
 
 
+def test_a_resumed_run_logs_each_step_once(tmp_path):
+    """5 steps, then resumed to 10 (validation every 5): every training step and every validation has one row."""
+    import pandas as pd
+
+    data = counts()
+    pretrain(data, out_dir=tmp_path, model_config=TINY_MODEL, tokenizer_config=TOK, train_config=config(5, max_steps=5))
+    pretrain(data, out_dir=tmp_path, model_config=TINY_MODEL, tokenizer_config=TOK,
+             train_config=config(5, max_steps=10), resume=True)
+    m = pd.read_csv(tmp_path / "logs" / "metrics.csv")
+    assert sorted(m.dropna(subset=["train/loss"])["step"]) == list(range(10))
+    val = m.dropna(subset=["val/loss"])
+    assert list(val["step"]) == [0, 4, 9], val  # before training, after step 5 and after step 10
+    assert not val.duplicated(subset=[c for c in val if c.startswith("val/")]).any()
+
+
 def test_resume_with_cluster_balance_gives_the_weights_of_a_straight_run(tmp_path, monkeypatch):
     """Weighted draws (with replacement, seeded by seed and epoch) replay exactly after a crash."""
     from scmamba2.data import balance
@@ -178,6 +193,36 @@ def test_cli_resume_without_a_checkpoint_says_so(tmp_path):
                                    "--resume", "--max-steps", "2"])
     assert res.exit_code == 1
     assert "no training checkpoint" in res.output and "last.ckpt" in res.output
+
+
+def test_resume_is_refused_before_the_data_are_read(tmp_path, straight, monkeypatch):
+    """No checkpoint, another seed, another model: said before the data are read (CLI) or tokenised (API)."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from scmamba2.cli import app
+    from scmamba2.data import io
+    from scmamba2.train import pretrain as pretrain_mod
+
+    counts().write_h5ad(tmp_path / "cells.h5ad")
+    shutil.copytree(straight.out_dir / "checkpoints", tmp_path / "run" / "checkpoints")
+    (tmp_path / "wide.yaml").write_text("model: {d_model: 48}\n")
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("the data were read")
+
+    monkeypatch.setattr(io, "read", no_reading)
+    monkeypatch.setattr(pretrain_mod, "prepare_cells", no_reading)
+    for out, extra, needle in [("empty", [], "no training checkpoint"), ("run", ["--seed", "8"], "seed 7 then, 8 now"),
+                               ("run", ["--seed", "7", "--config", str(tmp_path / "wide.yaml")],
+                                "d_model 32 then, 48 now")]:
+        res = CliRunner().invoke(app, ["pretrain", str(tmp_path / "cells.h5ad"), "--out", str(tmp_path / out),
+                                       "--resume", *extra])
+        assert res.exit_code == 1 and needle in res.output, res.output
+    with pytest.raises(CheckpointError, match="d_model 32 then, 48 now"):
+        pretrain(counts(), out_dir=tmp_path / "run", model_config={**TINY_MODEL, "d_model": 48},
+                 tokenizer_config=TOK, train_config=config(4), resume=True)
 
 
 def test_weight_average_is_what_is_kept_and_resumes_exactly(tmp_path, monkeypatch):

@@ -50,3 +50,21 @@ def test_sigterm_ends_training_with_status_143_and_says_how_to_resume(caplog):
         fit(Stopped(), None, resume_hint="continue with --resume")
     assert stop.value.code == 143
     assert "SIGTERM at step 7; continue with --resume" in caplog.text and isinstance(stop.value, SIGTERMException)
+
+
+def test_training_shows_no_lightning_advert_nor_a_missing_validation_note(caplog, recwarn):
+    """Lightning's litlogger tip and its note that a run without held-out cells skips validation are not the
+    user's concern; its other messages stay."""
+    import anndata as ad
+    import numpy as np
+
+    from scmamba2 import TokenizerConfig, pretrain
+
+    X = np.random.default_rng(0).poisson(2.0, (24, 12)).astype(np.float32)
+    with caplog.at_level(logging.INFO, logger="lightning.pytorch"):
+        pretrain(ad.AnnData(X), model_config=dict(d_model=32, n_layers=1, d_state=16, headdim=16, chunk_size=8),
+                 tokenizer_config=TokenizerConfig(n_bins=11, max_len=16),
+                 train_config=TrainConfig(max_steps=1, batch_size=8, val_fraction=0.0, progress_bar=False))
+    assert "litlogger" not in caplog.text
+    assert "`max_steps=1` reached" in caplog.text  # Lightning's other lines are kept
+    assert not [w for w in recwarn if "val_dataloader" in str(w.message)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from pathlib import Path
 from typing import List, Optional
@@ -12,6 +13,7 @@ from ..errors import InputError
 from ._common import (PLOT_SUFFIXES, GeneColOpt, LayerOpt, OverwriteOpt, RawOpt, _STATE, _at_least, _check_models,
                       _removed_on_error, _staged, _user_errors, app, out)
 
+log = logging.getLogger(__name__)
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")  # what --precision takes (16-mixed: GPUs)
 
 
@@ -44,11 +46,15 @@ def validate(
         vocab = None if folder is None else GeneVocab.load(folder / VOCAB_FILE)
         report = _validate(adata, vocab=vocab, raise_on_error=False,
                            purpose="pretraining input" if model is None else f"input of the model {model}")
-        out.print(str(report), highlight=False)
+        bundled = None
+        if report.ok and model is None and canonical_modality(modality) == "rna" and available():
+            bundled = vocabulary_overlap(adata, GeneVocab.load(model_path() / VOCAB_FILE))
+            report.vocab_overlap, report.n_vocab_matched = bundled.vocab_overlap, bundled.n_vocab_matched
+            report.vocab_name = f"bundled model {DEFAULT_MODEL}'s (no --model; note below)"
+        out.print(report.summary(with_errors=False), highlight=False)  # the errors: once, as the Error line
         if not report.ok:
             raise InputError(report.error_message())
-        if model is None and canonical_modality(modality) == "rna" and available():
-            bundled = vocabulary_overlap(adata, GeneVocab.load(model_path() / VOCAB_FILE))
+        if bundled is not None:
             if bundled.ok:
                 out.print(f"bundled model {DEFAULT_MODEL} (the default of integrate; embed's and annotate's "
                           "default builds share its vocabulary): "
@@ -96,6 +102,7 @@ def pretrain(
     from ..data.io import read
     from ..train.config import TrainConfig, load_run_config, objective_loss_weights
     from ..train.pretrain import pretrain as _pretrain
+    from ..train.resume import check_resume
 
     with _user_errors(), _removed_on_error(out_dir):
         _at_least(1, max_steps=max_steps, n_top_genes=n_top_genes)
@@ -116,6 +123,8 @@ def pretrain(
             train = replace(train, **overrides)
         if not data and not dcfg.sources:
             raise InputError("Give DATA (files, folders of h5ad shards, SOMA experiments) or data.sources in --config.")
+        if resume:  # the checkpoint and the settings, before the data are read
+            check_resume(out_dir, train or TrainConfig(), run["model"], run["tokenizer"])
         if soma_layer is not None or soma_gene_column is not None:
             dcfg = replace(dcfg, soma_layer=soma_layer or dcfg.soma_layer,
                            soma_gene_column=soma_gene_column or dcfg.soma_gene_column)
@@ -185,6 +194,7 @@ def embed(
     batch_size: int = typer.Option(64, "--batch-size", help="At most this many cells per batch."),
     max_tokens: int = typer.Option(65536, "--max-tokens", help="At most this many (padded) tokens per batch."),
     batch_key: Optional[str] = typer.Option(None, "--batch-key", help="obs column of each cell's batch, for a model integrated with --dsbn (its batch names are read from the model's integration.json)."),
+    modality: str = typer.Option("rna", "--modality", help="Modality of an .h5mu file to embed."),
     layer: Optional[str] = LayerOpt,
     use_raw: bool = RawOpt,
     gene_column: Optional[str] = GeneColOpt,
@@ -205,7 +215,9 @@ def embed(
         _at_least(1, batch_size=batch_size, max_tokens=max_tokens)
         if umap is not None and not color:
             raise InputError("--umap needs at least one --color KEY (an obs column) to colour the cells by")
-        adata = read(data, standardise=False)  # written back: X as the user stored it
+        adata = read(data, modality=modality, standardise=False)  # written back: X as the user stored it
+        if data.suffix.lower() == ".h5mu":
+            log.info("Embedding the %r modality; --modality NAME embeds another", modality)
         missing = [c for c in color if c not in adata.obs]
         if missing:
             raise InputError(f"--color {missing} not found in obs; available columns: {list(adata.obs.columns)}")

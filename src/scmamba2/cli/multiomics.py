@@ -36,7 +36,7 @@ def multiomics_train(
     model_out: Path = typer.Option(..., "--model-out", help="Directory to save the trained model in."),
     batch_key: Optional[str] = typer.Option(None, "--batch-key", help="obs column of each cell's batch (DAB)."),
     label_key: Optional[str] = typer.Option(None, "--label-key", help="obs column of cell types (evaluation and UMAP only)."),
-    umap: Optional[Path] = typer.Option(None, "--umap", help="Also write a UMAP PNG of the joint embedding."),
+    umap: Optional[Path] = typer.Option(None, "--umap", help="Also write a UMAP PNG of the joint embedding (coloured by --batch-key and --label-key when given)."),
     protein_key: Optional[str] = typer.Option(None, "--protein-key", help="obsm key of the protein counts (.h5ad input)."),
     model: Optional[Path] = typer.Option(None, "--model", help="Pretrained RNA checkpoint to start from (default, or 'bundled': the bundled model)."),
     from_scratch: bool = typer.Option(False, "--from-scratch", help="Train a small new model on --n-top-genes HVGs instead of starting from a pretrained one."),
@@ -61,9 +61,7 @@ def multiomics_train(
             check_output(umap, [data, model, out_path], option="--umap", overwrite=overwrite, suffixes=PLOT_SUFFIXES)
         check_model_dir(model_out, overwrite=overwrite, sources=[data, model, out_path], option="--model-out")
         _at_least(1, steps=steps, n_top_genes=n_top_genes, n_top_peaks=n_top_peaks)
-        color = [k for k in (batch_key, label_key) if k]
-        if umap is not None and not color:
-            raise InputError("--umap needs --batch-key or --label-key: the obs column(s) to colour the cells by")
+        color = [k for k in (batch_key, label_key) if k]  # none: one uncoloured panel
         md = read_multiomics(data, protein_key=protein_key)
         cfg = MultiomicsConfig(n_top_genes=n_top_genes, n_top_peaks=n_top_peaks)
         tcfg = TrainConfig(max_steps=steps, batch_size=32, lr=1e-3, warmup_steps=min(100, steps // 5), seed=seed)

@@ -312,6 +312,8 @@ def _read_h5mu(p: Path, modality: str) -> anndata.AnnData:
         avail = ", ".join(repr(m) for m in mods) if mods else "none"
         raise InputError(f"The MuData file {str(p)!r} has no modality {modality!r}; available modalities: "
                          f"{avail}. Pick one with modality=NAME (--modality NAME on the CLI).")
+    logger.info("Reading the %r modality of the MuData file (its modalities: %s)", modality,
+                ", ".join(repr(m) for m in mods))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         return mudata.read_h5ad(str(p), modality)

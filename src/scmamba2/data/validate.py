@@ -62,6 +62,7 @@ class ValidationReport:
     layers: list[str] = field(default_factory=list)  # layers other than the one now in X (alternatives)
     has_raw: bool = False
     purpose: str = "pretrain"
+    vocab_name: str | None = None  # whose vocabulary vocab_overlap is about, when the summary should name it
     warnings: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
@@ -87,8 +88,9 @@ class ValidationReport:
             )
         return " ".join(text.split())
 
-    def summary(self) -> str:
-        """Return a readable multi-line report."""
+    def summary(self, *, with_errors: bool = True) -> str:
+        """Return a readable multi-line report (``with_errors=False``: without the list of errors, for a caller
+        that shows :meth:`error_message` itself)."""
         status = "OK" if self.ok else f"{len(self.errors)} error(s)"
         mx = "n/a" if self.max_value is None else f"{self.max_value:.4g}"
         if self.vocab_overlap is None:
@@ -97,6 +99,8 @@ class ValidationReport:
             vocab = f"{self.vocab_overlap:.1%} of genes ({self.n_vocab_matched:,} matched)"
             if self.gene_prefix:
                 vocab += f", after stripping {self.gene_prefix!r}"
+            if self.vocab_name:
+                vocab = f"{self.vocab_name}: {vocab}"
         dups = f"{self.n_duplicate_genes:,}"
         if self.duplicate_genes:
             dups += f" (e.g. {', '.join(self.duplicate_genes)})"
@@ -111,7 +115,7 @@ class ValidationReport:
             f"  vocabulary    : {vocab}",
             f"  alternatives  : layers {self.layers or '[]'}, .raw {'yes' if self.has_raw else 'no'}",
         ]
-        lines += ["Errors:"] + [f"  - {e}" for e in self.errors] if self.errors else []
+        lines += ["Errors:"] + [f"  - {e}" for e in self.errors] if self.errors and with_errors else []
         lines += ["Warnings:"] + [f"  - {w}" for w in self.warnings] if self.warnings else []
         return "\n".join(lines)
 

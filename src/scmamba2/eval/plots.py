@@ -9,8 +9,10 @@ from ..data.files import atomic_path
 
 
 @keep_torch_threads()
-def umap_png(adata, *, use_rep: str, color: str | list[str], path: str | Path, seed: int = 0, title: str | None = None):
-    """Compute a UMAP of ``obsm[use_rep]`` on a copy of ``adata`` and save it coloured by ``color`` to ``path``.
+def umap_png(adata, *, use_rep: str, color: str | list[str] | None, path: str | Path, seed: int = 0,
+             title: str | None = None):
+    """Compute a UMAP of ``obsm[use_rep]`` on a copy of ``adata`` and save it coloured by ``color`` to ``path``
+    (one panel per obs column; ``None`` or ``[]``: one uncoloured panel).
 
     Also returns the 2-D coordinates so that callers can store them (e.g. in ``obsm['X_umap_<rep>']``).
     """
@@ -20,8 +22,8 @@ def umap_png(adata, *, use_rep: str, color: str | list[str], path: str | Path, s
     import matplotlib.pyplot as plt
     import scanpy as sc
 
-    colors = [color] if isinstance(color, str) else list(color)
-    missing = [c for c in colors if c not in adata.obs]
+    colors = [color] if isinstance(color, str) else list(color or []) or [None]
+    missing = [c for c in colors if c is not None and c not in adata.obs]
     if missing:
         raise KeyError(f"cannot colour the UMAP by {missing}: not in obs (available: {list(adata.obs.columns)})")
     a = adata.copy()
@@ -29,7 +31,7 @@ def umap_png(adata, *, use_rep: str, color: str | list[str], path: str | Path, s
     sc.tl.umap(a, random_state=seed)
     fig, axes = plt.subplots(1, len(colors), figsize=(5.5 * len(colors), 4.5), squeeze=False)
     for ax, c in zip(axes[0], colors):
-        sc.pl.umap(a, color=c, ax=ax, show=False, title=title or f"{use_rep}: {c}", frameon=False)
+        sc.pl.umap(a, color=c, ax=ax, show=False, title=title or (f"{use_rep}: {c}" if c else use_rep), frameon=False)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

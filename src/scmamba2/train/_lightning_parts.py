@@ -57,6 +57,19 @@ class StepSeed(pl.Callback):
         torch.manual_seed(derive_seed(self.seed, *where, trainer.global_rank))
 
 
+class LastValidation(pl.Callback):
+    """Remembers the global step and the ``val/`` metrics of the latest validation inside ``fit``, so that a
+    validation after ``fit`` at the same step need not run (and be logged) again."""
+
+    def __init__(self) -> None:
+        self.step, self.metrics = None, {}
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
+            self.step = trainer.global_step
+            self.metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+
+
 class StepProgressBar(RichProgressBar):
     """Lightning's rich progress bar for a run bounded by steps: it described the epoch as ``Epoch 0/-2``
     (``max_epochs=-1`` minus one); here ``Epoch 0 (1000 steps)``."""

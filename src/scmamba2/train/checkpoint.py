@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR, LAST = "checkpoints", "last.ckpt"
 REQUIRED_KEYS = ("state_dict", "optimizer_states", "lr_schedulers", "loops", "global_step", "epoch")
+MODEL_CONFIG_KEY = "scmamba2_model_config"  # ModelConfig.to_dict() of the model (absent from older checkpoints)
 
 
 def last_checkpoint_path(out_dir: str | Path) -> Path:

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from .._keys import BATCH, GENES, LABELS, LIBRARY, MASK, PADDING_MASK, PROFILE, TARGET_VALUES, VALUES
 from ..errors import InputError
 from ..model import ScMamba2
+from .checkpoint import MODEL_CONFIG_KEY
 from .config import TrainConfig
 from .losses import elastic_cell_similarity, info_nce, masked_mse, nan_mse, nb_nll
 from .schedule import make_optimizer, warmup_cosine
@@ -58,6 +59,9 @@ class TrainingPlan(pl.LightningModule):
         self.config = config
         self.register_buffer("class_weights", class_weights, persistent=False)
         self.register_buffer("gene_means", gene_means, persistent=False)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint[MODEL_CONFIG_KEY] = self.model.config.to_dict()  # read by resume's checks before any data
 
     def _losses(self, batch: dict[str, torch.Tensor], train: bool = False) -> tuple[dict[str, torch.Tensor], object]:
         c = self.config

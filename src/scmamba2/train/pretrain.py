@@ -22,7 +22,8 @@ from ..model import ModelConfig, ScMamba2
 from ..errors import CheckpointError, InputError
 from .checkpoint import check_fits, last_checkpoint_path, read_checkpoint
 from .config import TrainConfig
-from .resume import ResumableLoader, keep_metrics, restore_metrics, step_seed_callback
+from .resume import (ResumableLoader, check_resume, check_weight_average, keep_metrics, loader_state,
+                     restore_metrics, step_seed_callback)
 from .throughput import throughput_callback
 
 log = logging.getLogger(__name__)
@@ -130,19 +131,18 @@ def fit_resumable(plan, tcfg: TrainConfig, out: Path | None, *, resume: bool, tr
                     "it instead)", last_checkpoint_path(out))
     if ckpt is not None:  # every check before the trainer exists: its logger would empty the run's metrics.csv
         check_fits(ckpt, plan, ckpt_path)
-        if ("current_model_state" in ckpt) != (tcfg.ema_decay > 0):  # the checkpoint's weights are the average
-            raise CheckpointError(
-                f"{ckpt_path} was written by a run {'with' if 'current_model_state' in ckpt else 'without'} a moving "
-                f"average of the weights (ema_decay), and this run has ema_decay={tcfg.ema_decay}: resume with the "
-                "interrupted run's train_config.json (its ema_decay)")
-        states = (((ckpt.get("loops") or {}).get("fit_loop") or {}).get("state_dict") or {}).get("combined_loader")
+        check_weight_average(ckpt, tcfg, ckpt_path)
+        state = loader_state(ckpt)
         one_process = str(tcfg.devices) == "1" and int(tcfg.num_nodes) == 1  # a loader's layout counts the processes
-        if states and one_process and hasattr(train_loader, "load_state_dict"):
-            train_loader.load_state_dict(states[0])  # the data order's check (Lightning restores it again)
+        if state and one_process and hasattr(train_loader, "load_state_dict"):
+            train_loader.load_state_dict(state)  # the data order's check (Lightning restores it again)
         del ckpt
         log.info("resuming from %s (step %d)", ckpt_path, resume_step)
+    from ._lightning_parts import LastValidation
+
+    last_val = LastValidation()
     trainer = make_trainer(tcfg, out, validate=val_batches is not None, tensorboard=True,
-                           callbacks=[step_seed_callback(tcfg.seed), throughput_callback()])
+                           callbacks=[step_seed_callback(tcfg.seed), throughput_callback(), last_val])
 
     def hint() -> str | None:
         if out is None:
@@ -158,8 +158,11 @@ def fit_resumable(plan, tcfg: TrainConfig, out: Path | None, *, resume: bool, tr
     fit(trainer, plan, resume_hint=hint, train_dataloaders=train_loader, val_dataloaders=val_batches,
         ckpt_path=None if ckpt_path is None else str(ckpt_path))
     if val_batches is not None:
-        with stopped_by_sigterm(trainer, hint):
-            val_end = trainer.validate(plan, val_batches, verbose=False)[0]
+        if last_val.step == trainer.global_step and last_val.metrics:  # fit's last step was validated (and logged)
+            val_end = last_val.metrics
+        else:
+            with stopped_by_sigterm(trainer, hint):
+                val_end = trainer.validate(plan, val_batches, verbose=False)[0]
         report_losses(val_start, val_end)
     if ckpt_path is not None and trainer.is_global_zero:
         restore_metrics(out, kept_metrics, resume_step)  # the CSV logger started a new file
@@ -245,6 +248,8 @@ def pretrain(
     from ..data.corpus import Corpus
     from .plan import TrainingPlan
 
+    if resume:  # before the data are read and tokenised
+        check_resume(out_dir, train_config or TrainConfig(), model_config, tokenizer_config)
     if isinstance(adata, Corpus):  # streamed from shards / TileDB-SOMA, never loaded whole
         from .pretrain_corpus import pretrain_corpus
 

@@ -182,9 +182,67 @@ def step_seed_callback(seed: int):
     return StepSeed(seed)
 
 
-def keep_metrics(out_dir, up_to_step: int) -> list[dict[str, str]]:
-    """Rows of ``out_dir/logs/metrics.csv`` logged at steps ``<= up_to_step`` (Lightning's CSV logger empties
-    the file when a new trainer starts logging; :func:`restore_metrics` puts these rows back in front)."""
+def loader_state(ckpt: dict[str, Any]) -> dict[str, Any] | None:
+    """The training loader's saved state in a Lightning checkpoint (:meth:`ResumableLoader.state_dict`), if any."""
+    states = (((ckpt.get("loops") or {}).get("fit_loop") or {}).get("state_dict") or {}).get("combined_loader")
+    return states[0] if states else None
+
+
+def check_weight_average(ckpt: dict[str, Any], tcfg, path) -> None:
+    """Refuse to resume a run with a moving average of the weights without one, or the other way round."""
+    if ("current_model_state" in ckpt) != (tcfg.ema_decay > 0):  # the checkpoint's weights are the average
+        raise CheckpointError(
+            f"{path} was written by a run {'with' if 'current_model_state' in ckpt else 'without'} a moving "
+            f"average of the weights (ema_decay), and this run has ema_decay={tcfg.ema_decay}: resume with the "
+            "interrupted run's train_config.json (its ema_decay)")
+
+
+def check_resume(out_dir, tcfg, model_config=None, tokenizer_config=None) -> None:
+    """The checks of a resume that need no data, so that a wrong call fails before the data are read.
+
+    ``out_dir/checkpoints/last.ckpt`` must exist and be whole, and this run's seed, weight averaging
+    (``tcfg``: a :class:`~scmamba2.TrainConfig`) and the model settings it gives (``model_config``: a dict or a
+    :class:`~scmamba2.ModelConfig`; ``tokenizer_config``: its bins, length and value mode) must be the
+    interrupted run's. The settings that follow from the data (vocabulary, gene panel, data order) are
+    checked once the model is built (:func:`~scmamba2.train.pretrain.fit_resumable`).
+
+    Raises
+    ------
+    CheckpointError
+        Naming what differs and the fix.
+    """
+    from .checkpoint import MODEL_CONFIG_KEY, last_checkpoint_path, read_checkpoint
+
+    if out_dir is None:
+        raise CheckpointError("resume=True needs the out_dir of the run to continue")
+    path = last_checkpoint_path(out_dir)
+    ckpt = read_checkpoint(path)  # a clear CheckpointError when missing, truncated or corrupt
+    check_weight_average(ckpt, tcfg, path)
+    state = loader_state(ckpt) or {}
+    if "seed" in state and state["seed"] != tcfg.seed:
+        raise CheckpointError(f"{path} was written for another data order (seed {state['seed']} then, {tcfg.seed} "
+                              "now): resume with the interrupted run's seed, or start a new run without --resume.")
+    saved = ckpt.get(MODEL_CONFIG_KEY)
+    if not saved:  # written before checkpoints held the model's config
+        return
+    given = model_config.to_dict() if hasattr(model_config, "to_dict") else dict(model_config or {})
+    for k in ("vocab_size", "profile_genes", "n_bins", "max_len", "value_mode"):  # set by the data or tokenizer
+        given.pop(k, None)
+    if tokenizer_config is not None:
+        given.update(n_bins=tokenizer_config.n_bins, max_len=tokenizer_config.max_len,
+                     value_mode=tokenizer_config.value_mode)
+    differ = [f"{k} {saved[k]!r} then, {v!r} now" for k, v in sorted(given.items()) if k in saved and saved[k] != v]
+    if differ:
+        raise CheckpointError(f"{path} does not fit the model asked for ({'; '.join(differ)}); resume with the "
+                              "interrupted run's model and tokenizer settings, or start a new run without --resume.")
+
+
+def keep_metrics(out_dir, before_step: int) -> list[dict[str, str]]:
+    """Rows of ``out_dir/logs/metrics.csv`` logged at steps ``< before_step`` (Lightning's CSV logger empties
+    the file when a new trainer starts logging; :func:`restore_metrics` puts these rows back in front).
+
+    Lightning logs the ``k``-th optimiser step and the validation after it at step ``k - 1``, so the rows at
+    ``before_step``, the checkpoint's global step, came after the checkpoint: the resumed run logs them again."""
     import csv
     from pathlib import Path
 
@@ -192,11 +250,12 @@ def keep_metrics(out_dir, up_to_step: int) -> list[dict[str, str]]:
     if not path.is_file():
         return []
     with open(path, newline="") as fh:
-        return [r for r in csv.DictReader(fh) if r.get("step") and float(r["step"]) <= up_to_step]
+        return [r for r in csv.DictReader(fh) if r.get("step") and float(r["step"]) < before_step]
 
 
-def restore_metrics(out_dir, rows: list[dict[str, str]], after_step: int) -> None:
-    """Write ``rows`` followed by the resumed run's rows of steps ``> after_step`` into ``metrics.csv``."""
+def restore_metrics(out_dir, rows: list[dict[str, str]], from_step: int) -> None:
+    """Write ``rows`` followed by the resumed run's rows of steps ``>= from_step`` into ``metrics.csv`` (its
+    validation before resuming, logged at step 0, is left out)."""
     import csv
     from pathlib import Path
 
@@ -204,7 +263,7 @@ def restore_metrics(out_dir, rows: list[dict[str, str]], after_step: int) -> Non
     new = []
     if path.is_file():
         with open(path, newline="") as fh:
-            new = [r for r in csv.DictReader(fh) if r.get("step") and float(r["step"]) > after_step]
+            new = [r for r in csv.DictReader(fh) if r.get("step") and float(r["step"]) >= from_step]
     merged = rows + new
     if not merged:
         return

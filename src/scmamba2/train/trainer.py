@@ -22,6 +22,30 @@ def set_quiet(quiet: bool) -> None:
     _QUIET = bool(quiet)
 
 
+class _NoAdvert(logging.Filter):
+    """Drops Lightning's "💡 Tip: ... litlogger" line, printed by every new ``Trainer``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+_NO_ADVERT = _NoAdvert()
+
+
+def _hide_lightning_notes() -> None:
+    """Hide two Lightning messages that are no concern of the user: the litlogger advert and, for a run without
+    held-out cells (the package decides whether to validate), "You defined a `validation_step` but have no
+    `val_dataloader`". Every other Lightning line and warning is kept."""
+    import warnings
+
+    from lightning.pytorch.utilities.warnings import PossibleUserWarning
+
+    # Added once: addFilter skips a filter that is already there.
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NO_ADVERT)
+    warnings.filterwarnings("ignore", message="You defined a `validation_step` but have no `val_dataloader`",
+                            category=PossibleUserWarning)
+
+
 def make_trainer(tcfg: TrainConfig, out_dir: str | Path | None = None, *, validate: bool = False,
                  callbacks: list | None = None, tensorboard: bool = False):
     """A step-based ``Trainer``: ``max_steps`` updates, validation every ``val_every_n_steps`` when
@@ -39,6 +63,7 @@ def make_trainer(tcfg: TrainConfig, out_dir: str | Path | None = None, *, valida
     from .distributed import make_strategy
 
     callbacks = list(callbacks or [])
+    _hide_lightning_notes()
     if _QUIET:
         import logging
 
