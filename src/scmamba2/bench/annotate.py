@@ -31,53 +31,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import annotate_tried as tried
 from .result import BenchResult
 
 log = logging.getLogger(__name__)
 
 DATASETS = ("pbmc3k_raw_labeled", "kang_muscat_8donors")
-# What was tried, judged on each reference's own held-out tenth (val macro-F1, never the query).
-TRIED = ("Chosen on the references' own held-out tenth (val macro-F1 pbmc3k / Kang, never the query), 2026-12-03, "
-         "bundled model: the probe on standardised features without class weights (0.809 / 0.761) against balanced "
-         "class weights (0.805 / 0.734) and unstandardised features (0.800 / 0.750; balanced 0.795 / 0.728); C "
-         "chosen by macro-F1 or by log-loss gave the same C on pbmc3k. Non-linear heads on the same frozen embedding "
-         "add nothing: an MLP with 128 hidden units 0.806 / 0.756, an RBF SVM 0.804 / 0.782 (their query macro-F1 "
-         "0.886-0.892 / 0.768-0.805, like the probe's), so the embedding, not the head, is the limit; nor do "
-         "more features from the same frozen encoder: the raw pooled output 0.794 / 0.763, with the pooled input "
-         "embeddings 0.797 / 0.769, with layer 1's pooled output 0.795 / 0.753, all three 0.790 / 0.762. "
-         "Fine-tuning the "
-         "bundled model with a classifier head (lr 1e-3, 500 steps of 32 cells, 256 random expressed genes a cell, "
-         "the from-scratch loop; `scmamba2 annotate --method finetune`) on pbmc3k: val 0.735 (query 0.838) in 12 CPU "
-         "minutes, below the probe; not run on Kang and left out of this table for CPU time. "
-         "L1 logistic regression (the baseline's recipe, C by 5-fold CV) on the HVGs and the standardised bundled embedding side by side, the embedding scaled by 0.25 / 0.5 / 1 (2026-12-03): reference CV macro-F1 0.914 / 0.919 / 0.905 against 0.911 for the HVGs alone on pbmc3k and 0.786 / 0.785 / 0.784 against 0.786 on Kang (query 0.919 / 0.920 / 0.898 vs 0.914; 0.822 / 0.824 / 0.822 vs 0.826): no gain on both, not adopted. "
-         "From scratch (2026-12-02, pbmc3k's held-out tenth): the defaults (val macro-F1 0.84), lr 1e-3 (0.77), "
-         "d_model 128 (0.73), binned instead of continuous values (0.79), 1000 steps with early stopping (0.75), a "
-         "GEP + MVC regulariser at weight 0.5 (0.51), dropout 0.3 (0.71), 512 tokens per cell (0.77). "
-         "The L1 baseline is liblinear's one-vs-rest: scikit-learn's multinomial saga had not finished pbmc3k's "
-         "cross-validation after 4 CPU minutes. "
-         "2026-12-04: LP-FT (the previous bundled model's encoder fine-tuned from the probe: a linear head initialised "
-         "at the probe's weights, whole cells, lr 1e-4 with warm-up and cosine decay, 3 epochs of 16 cells) on "
-         "pbmc3k: val 0.812-0.825 over the run against the probe's 0.816 (query 0.884-0.896 vs 0.893), 25 CPU "
-         "minutes: no gain, not adopted. The gene-level classifier averaged with the probe (rebuilt bundled model; "
-         "out-of-fold probabilities of one 5-fold split of the whole reference, each C chosen on the same folds), "
-         "weight of the gene classifier 1 (it alone) / 0.75 / 0.5 / 0.25 / 0 (the probe alone): reference CV "
-         "macro-F1 pbmc3k 0.915 / 0.923 / 0.928 / 0.910 / 0.902, Kang 0.788 / 0.785 / 0.789 / 0.792 / 0.786 "
-         "(mean 0.851 / 0.854 / 0.859 / 0.851 / 0.844): 0.5 adopted as the default (query, for information: "
-         "0.914 / 0.919 / 0.901 / 0.895 / 0.878 and 0.824 / 0.815 / 0.831 / 0.817 / 0.814). One L2 logistic "
-         "regression on both feature sets side by side: CV 0.898-0.908 / 0.782-0.793, below the average. "
-         "2026-12-04, evening: the default with both classifiers fitted again on every reference cell after the "
-         "temperature (refit=True, the C's kept), query macro-F1 0.901 / 0.788 against 0.904 / 0.794 for the "
-         "nine-tenths fit (first run, when the refit was the default): no gain, off by default; its row stays "
-         "in the table. C chosen by cross-validated log-loss instead of macro-F1 (nested CV on each reference, "
-         "results/annotate_c_choice.md): a tie on the references (0.856 vs 0.857), not adopted; the query of Kang "
-         "moves by 0.04 with the C's alone. 2026-12-05: the default probe after 200 self-supervised steps of the "
-         "bundled model's own objective on reference + query expression (pretrain_steps=200; the row 'scmamba2 "
-         "default after self-supervised steps ...'), measured by hand on the same splits before the row existed: "
-         "reference held-out macro-F1 pbmc3k 0.840 vs 0.832, Kang 0.778 vs 0.778 (queries 0.912 vs 0.904, 0.785 vs "
-         "0.794) at ~3x the CPU time: within noise, not the default. 2026-12-05, night: both bundled builds "
-         "pretrained again with cluster-balanced sampling (cells of small clusters drawn more often, "
-         "cluster_balance=0.5; results/annotate_pair_cluster_balance.md): reference CV macro-F1 of the default "
-         "classifier pbmc3k 0.913 vs 0.928, Kang 0.791 vs 0.790 (Kang query 0.803 vs 0.809): no gain, not shipped.")
 LABEL_KEY = "cell_type"
 PROBE = ("scmamba2 both bundled builds side by side: linear probe averaged with a gene-level L1 logistic regression "
          "(default)")
@@ -114,7 +73,7 @@ def _settings(quick: bool) -> dict:
         "model": {"d_model": 64, "n_layers": 2, "headdim": 16, "d_state": 32, "chunk_size": 32, "dropout": 0.1,
                   "cell_pooling": "mean"},
         "adapt_steps": 50 if quick else 200,  # the probe after the model's own objective on reference + query
-        "finetune_steps": 0,  # > 0: a row with the bundled model fine-tuned (12 CPU min for pbmc3k at 500; see TRIED)
+        "finetune_steps": 0,  # > 0: a row with the bundled model fine-tuned (12 CPU min for pbmc3k at 500; see annotate_tried)
         "finetune_lr": 1e-3,
         "threshold": 0.5,
         "n_query_donors": 3,
@@ -158,7 +117,8 @@ def run(data_dir: str | Path | None = None, out_dir: str | Path = "benchmarks/re
     res.tables[f"scmamba2 with the unknown threshold {s['threshold']} (confidence = calibrated probability x "
                "embedding typicality)"] = pd.DataFrame([u for r in unknown_rows for u in r])
     res.notes.extend(_verdict(table) + _class_gaps(res.meta.get("per_class_f1", {})) + _default_choice(table))
-    res.notes.append(TRIED)
+    res.tables["What was tried (chosen on the references only; macro-F1 pbmc3k / Kang unless said)"] = tried.table()
+    res.notes.append(tried.NOTE)
     res.meta["cpu_minutes"] = round((time.process_time() - cpu0) / 60, 2)
     return res
 

@@ -24,6 +24,7 @@ def fit_probes(nets, cells, y, train_idx, val_idx, n_classes: int, cfg, seed: in
     import numpy as np
     import torch
     from scipy.linalg import block_diag
+    from threadpoolctl import threadpool_limits
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     emb = side_by_side(nets, cells, device=dev)
@@ -32,28 +33,32 @@ def fit_probes(nets, cells, y, train_idx, val_idx, n_classes: int, cfg, seed: in
     metrics = [_readout_metric(net, None) for net in nets]
     metric = None if all(m is None for m in metrics) else block_diag(*[  # each model's readout on its own columns
         np.eye(net.config.d_model) if m is None else m.double().numpy() for net, m in zip(nets, metrics)])
-    kind = "none" if cfg.class_weight == "auto" else cfg.class_weight
-    probe, fit = fit_probe(emb[train_idx], y[train_idx], n_classes, class_weight=kind, folds=cfg.probe_folds,
-                           metric=metric, seed=seed)
-    gene_probe = None
-    if expr is not None:
-        X, names = expr
-        gene_probe, gfit = fit_gene_probe(X[train_idx], names, y[train_idx], n_classes, n_top_genes=cfg.gene_top_genes,
-                                          folds=cfg.probe_folds, seed=seed)
-        fit.update(gfit)
-    logits = probe_logits(probe, gene_probe, emb, expr, cfg.gene_weight)
-    temperature, typicality, scores = calibration(logits, emb, y, train_idx, val_idx, n_classes, cfg)
-    if cfg.refit and len(val_idx):  # the chosen C's on every reference cell; the temperature stays the held-out one
-        probe, _ = fit_probe(emb, y, n_classes, class_weight=kind, folds=cfg.probe_folds, seed=seed, C=probe.C,
-                             metric=metric)
-        if gene_probe is not None:
-            gene_probe, gfit = fit_gene_probe(X, names, y, n_classes, n_top_genes=cfg.gene_top_genes, seed=seed,
-                                              C=gene_probe.C)
-            fit["refit_gene_probe_genes_used"] = gfit["gene_probe_genes_used"]
-        if typicality is not None:
-            logits = probe_logits(probe, gene_probe, emb, expr, cfg.gene_weight)
-            typicality = Typicality.fit(emb, y, n_classes, emb, logits.argmax(1), tail=cfg.outlier_tail)
-        fit["refit_cells"] = int(len(y))
+    # One BLAS thread: the choice of C compares cross-validated scores that can tie to the fourth decimal, and
+    # the thread count changes the sums (pbmc3k: C 0.316 with two threads, 0.1 with one), so the result would
+    # depend on the machine.
+    with threadpool_limits(1):
+        kind = "none" if cfg.class_weight == "auto" else cfg.class_weight
+        probe, fit = fit_probe(emb[train_idx], y[train_idx], n_classes, class_weight=kind, folds=cfg.probe_folds,
+                               metric=metric, seed=seed)
+        gene_probe = None
+        if expr is not None:
+            X, names = expr
+            gene_probe, gfit = fit_gene_probe(X[train_idx], names, y[train_idx], n_classes, n_top_genes=cfg.gene_top_genes,
+                                              folds=cfg.probe_folds, seed=seed)
+            fit.update(gfit)
+        logits = probe_logits(probe, gene_probe, emb, expr, cfg.gene_weight)
+        temperature, typicality, scores = calibration(logits, emb, y, train_idx, val_idx, n_classes, cfg)
+        if cfg.refit and len(val_idx):  # the chosen C's on every reference cell; the temperature stays the held-out one
+            probe, _ = fit_probe(emb, y, n_classes, class_weight=kind, folds=cfg.probe_folds, seed=seed, C=probe.C,
+                                 metric=metric)
+            if gene_probe is not None:
+                gene_probe, gfit = fit_gene_probe(X, names, y, n_classes, n_top_genes=cfg.gene_top_genes, seed=seed,
+                                                  C=gene_probe.C)
+                fit["refit_gene_probe_genes_used"] = gfit["gene_probe_genes_used"]
+            if typicality is not None:
+                logits = probe_logits(probe, gene_probe, emb, expr, cfg.gene_weight)
+                typicality = Typicality.fit(emb, y, n_classes, emb, logits.argmax(1), tail=cfg.outlier_tail)
+            fit["refit_cells"] = int(len(y))
     return probe, gene_probe, temperature, typicality, {"steps_run": 0, "class_weight": kind, **fit, **scores}
 
 
