@@ -108,6 +108,8 @@ def test_bad_input_and_config():
         IntegrationConfig(gep=False, mvc=False, profile=False, ecs=False, dab=False)
     with pytest.raises(InputError, match="every loss"):  # profile only: nothing left for a model without it
         IntegrationConfig(gep=False, mvc=False, dab=False).resolved(has_profile=False)
+    off = IntegrationConfig(profile=False).resolved(has_profile=True)  # the profile loss off: GEP + MVC come back
+    assert off.gep and off.mvc and not off.profile
     with pytest.raises(ValueError, match="mask_ratio"):
         IntegrationConfig(mask_ratio=1.5)
 
@@ -178,6 +180,14 @@ def test_fine_tunes_a_pretrained_profile_model_on_its_own_objective(tmp_path):
     targets = _profile_targets(net, cells, a, None, False, None)
     measured = dict(zip(names, targets["measured"][0]))
     assert sum(measured.values()) == 20 and measured["g38"] and not measured["g40"]
+    prefixed = a.copy()
+    prefixed.var_names = [f"GRCh38_{g}" for g in a.var_names]  # the tokenizer strips a genome prefix: so do targets
+    targets = _profile_targets(net, cells, prefixed, None, False, None)
+    assert targets["measured"][0].sum() == 20
+    with pytest.raises(InputError, match="None of the 30 genes of the model's panel"):
+        other = a.copy()
+        other.var_names = [f"x{i}" for i in range(a.n_vars)]
+        _profile_targets(net, cells, other, None, False, None)
 
 
 def test_from_scratch_keeps_gep_and_mvc():

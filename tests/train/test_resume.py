@@ -223,6 +223,11 @@ def test_resume_is_refused_before_the_data_are_read(tmp_path, straight, monkeypa
     with pytest.raises(CheckpointError, match="d_model 32 then, 48 now"):
         pretrain(counts(), out_dir=tmp_path / "run", model_config={**TINY_MODEL, "d_model": 48},
                  tokenizer_config=TOK, train_config=config(4), resume=True)
+    # settings of memory and speed only may change on resume (e.g. to fit another machine)
+    from scmamba2.train.resume import check_resume
+
+    check_resume(tmp_path / "run", config(4), {**TINY_MODEL, "gradient_checkpointing": True, "recompute_tokens": 16,
+                                               "chunk_size": 4}, TOK)
 
 
 def test_weight_average_is_what_is_kept_and_resumes_exactly(tmp_path, monkeypatch):

@@ -125,10 +125,10 @@ def _dataset(res: BenchResult, path: Path, name: str, out: Path, seed: int, s: d
     with res.step(f"{name}: scmamba2 bundled model fine-tuned ({s['steps']} steps)"):
         adata.obsm["X_scmamba2_finetuned"] = _ours_bundled(full, batch_key, seed, s)
     with res.step(f"{name}: scmamba2 bundled model fine-tuned, then Harmony"):
-        from ..tasks.integrate_harmony import harmony, standardise
+        from ..tasks.integrate_harmony import standardise
 
-        adata.obsm["X_scmamba2_finetuned_harmony"] = harmony(standardise(adata.obsm["X_scmamba2_finetuned"]),
-                                                             adata.obs[batch_key].to_numpy(), seed=seed)
+        adata.obsm["X_scmamba2_finetuned_harmony"] = _harmony(standardise(adata.obsm["X_scmamba2_finetuned"]),
+                                                              adata.obs, batch_key, seed)
     with res.step(f"{name}: scmamba2 default, bundled model + Harmony (nothing trained)"):
         from ..tasks.integrate_harmony import integrate_harmony
 

@@ -124,6 +124,9 @@ def _print_scores(q, label_key: str, out_path: Path) -> None:
     from ._common import err
 
     keep = q.obs[label_key].notna().to_numpy()
+    if not keep.any():
+        out.print(f"no query cell has a label in {label_key!r}: nothing to score", highlight=False, markup=False)
+        return
     truth, pred = q.obs[label_key][keep].astype(str), q.obs["scmamba2_label"][keep].astype(str)
     classes = [str(c) for c in q.uns["scmamba2_annotation"]["classes"]]
     known = truth.isin(classes).to_numpy()

@@ -194,16 +194,21 @@ def refit_panel(cells: TokenizedCells, ids: np.ndarray, vocab_size: int, *, grou
 
 
 def training_panel(train_cells: TokenizedCells, group, vocab, n_genes: int, measured_names, init,
-                   min_measured: float = 0.5, rule: str = "variance"):
+                   min_measured: float = 0.5, rule: str = "variance",
+                   few_fix: str = "Use more cells, or TrainConfig(finetune_panel='data') for a panel chosen on "
+                                  "these cells."):
     """The gene panel a training run reconstructs (a new one of ``n_genes``, or, with ``init``, that model's
     with statistics refitted on ``train_cells``) and which panel genes each source measured: ``group`` (cells,)
-    each cell's source and ``measured_names`` each source's gene names, or both None when every cell measured
-    every gene (the second result is then None)."""
+    each cell's source and ``measured_names`` each source's gene names (a genome prefix such as ``GRCh38_`` is
+    stripped, as the tokenizer does), or both None when every cell measured every gene (the second result is then
+    None). ``few_fix``: the caller's advice when no panel gene can be a target."""
+    from .validate import strip_gene_prefix
+
     measured_vocab = None
     if group is not None:
         measured_vocab = np.zeros((len(measured_names), len(vocab)), dtype=bool)
         for k, names in enumerate(measured_names):
-            ids = vocab.lookup(sorted(names))
+            ids = vocab.lookup(strip_gene_prefix(sorted(names))[0])
             measured_vocab[k, ids[ids >= 0]] = True
     if init is not None:
         panel = refit_panel(train_cells, init.profile_head.gene_ids.numpy(), len(vocab), group=group,
@@ -216,8 +221,10 @@ def training_panel(train_cells: TokenizedCells, group, vocab, n_genes: int, meas
             few = expressed < PANEL_MIN_CELLS
             if few.all():
                 raise InputError(f"No gene of the model's panel is expressed in at least {PANEL_MIN_CELLS} of the "
-                                 f"{len(train_cells)} training cells: the fine-tune would have no target. Use more "
-                                 "cells, or TrainConfig(finetune_panel='data') for a panel chosen on these cells.")
+                                 f"{len(train_cells)} training cells: the fine-tune would have no target. {few_fix}")
+            if not measured_vocab[:, panel.ids].any():
+                raise InputError(f"None of the {len(panel.ids)} genes of the model's panel is among the data's genes: "
+                                 f"the fine-tune would have no target. {few_fix}")
             if few.any():
                 measured_vocab[:, panel.ids[few]] = False
                 (log.warning if few.mean() > 0.5 else log.info)(

@@ -84,15 +84,15 @@ class IntegrationConfig:
         return asdict(self)
 
     def resolved(self, has_profile: bool) -> "IntegrationConfig":
-        """The switches for a model with (or without) a whole-profile decoder: ``gep`` / ``mvc`` None become off
-        (with) or on (without), and ``profile`` is off where there is no decoder to train."""
-        default = not has_profile
-        gep = default if self.gep is None else self.gep
-        mvc = default if self.mvc is None else self.mvc
+        """The switches for a model with (or without) a whole-profile decoder: ``profile`` is off where there is no
+        decoder to train, and ``gep`` / ``mvc`` None become off when the profile loss is on, on otherwise."""
         profile = self.profile and has_profile
+        gep = (not profile) if self.gep is None else self.gep
+        mvc = (not profile) if self.mvc is None else self.mvc
         if not (gep or mvc or profile or self.ecs or self.dab):
-            raise InputError("every loss of the integration is off for this model (it has no profile decoder, and "
-                             "gep, mvc, ecs and dab are off): switch one on")
+            why = "profile, gep, mvc" if has_profile else "it has no profile decoder, and gep, mvc"
+            raise InputError(f"every loss of the integration is off for this model ({why}, ecs and dab are off): "
+                             "switch one on")
         return replace(self, gep=gep, mvc=mvc, profile=profile)
 
     def train_weights(self) -> dict[str, float]:
@@ -220,7 +220,13 @@ def integrate(
                          gene_column)
     else:
         net = base.adapt(**cfg.model_changes(len(cats)))
-    losses = _fit(net, adata, codes, tcfg, layer, use_raw, gene_column, out_dir)
+    try:
+        losses = _fit(net, adata, codes, tcfg, layer, use_raw, gene_column, out_dir)
+    except InputError as e:
+        if base is None or "vocabulary" not in str(e):
+            raise
+        raise InputError(f"{e} Or train a small new model on this data's own genes: from_scratch=True "
+                         "(--from-scratch).") from None
 
     net.eval()
     embed(adata, net, key_added=key_added, layer=layer, use_raw=use_raw, gene_column=gene_column, device=device,
@@ -294,7 +300,8 @@ def _profile_targets(net: ScMamba2, cells, adata, layer, use_raw, gene_column) -
 
     names = set(map(str, select_matrix(adata, layer=layer, use_raw=use_raw, gene_column=gene_column).var_names))
     source = np.zeros(len(cells), dtype=np.int64)  # one source: the panel genes it measured
-    panel, measured = training_panel(cells, source, net.vocab, net.config.profile_genes, [names], net)
+    panel, measured = training_panel(cells, source, net.vocab, net.config.profile_genes, [names], net,
+                                     few_fix="Use more cells, or from_scratch=True (--from-scratch) for a new model.")
     net.profile_head.set_panel(panel.ids, panel.mean, panel.std)
     log.info("integration: profile targets, %d of the model's %d panel genes measured here",
              int(measured.sum()), len(panel.ids))

@@ -226,7 +226,9 @@ def check_resume(out_dir, tcfg, model_config=None, tokenizer_config=None) -> Non
     if not saved:  # written before checkpoints held the model's config
         return
     given = model_config.to_dict() if hasattr(model_config, "to_dict") else dict(model_config or {})
-    for k in ("vocab_size", "profile_genes", "n_bins", "max_len", "value_mode"):  # set by the data or tokenizer
+    # Set by the data or the tokenizer (checked below or once the model is built), or compute only (memory, speed).
+    for k in ("vocab_size", "profile_genes", "n_bins", "max_len", "value_mode", "gradient_checkpointing",
+              "recompute_tokens", "chunk_size"):
         given.pop(k, None)
     if tokenizer_config is not None:
         given.update(n_bins=tokenizer_config.n_bins, max_len=tokenizer_config.max_len,
