@@ -426,28 +426,45 @@ def vocabulary_overlap(adata: anndata.AnnData, vocab: Any, min_overlap: float = 
     return rep
 
 
+def name_columns(var) -> list:
+    """The ``var`` columns that can hold gene names (strings or categories)."""
+    import pandas as pd
+
+    return [c for c in var.columns if pd.api.types.is_string_dtype(var[c])
+            or isinstance(var[c].dtype, pd.CategoricalDtype)]
+
+
+def column_matching_most(var, count, *, above: int = 0, skip=None, max_columns: int | None = None):
+    """``(column, n)``: the name column of ``var`` whose values ``count`` (a function of the column's values as
+    an array of str) scores highest, when that is more than ``above``; ``(None, above)`` when none is. Columns
+    whose values equal ``skip`` (e.g. the names in use) are passed over."""
+    skip = None if skip is None else np.asarray(skip, dtype=str)
+    best, best_n = None, above
+    for c in name_columns(var)[:max_columns]:
+        values = var[c].astype(str).to_numpy()
+        if skip is not None and np.array_equal(values, skip):
+            continue
+        n = count(values)
+        if n > best_n:
+            best, best_n = c, n
+    return best, best_n
+
+
 def _gene_column_hint(adata, names, vocab, n_matched: int) -> str:
     """Advice on --gene-column: the var column whose names the vocabulary holds most of, when that is more than
     the names in use; never a column that holds the names in use (e.g. the --gene-column already given)."""
-    import pandas as pd
 
-    columns = [c for c in adata.var.columns if pd.api.types.is_string_dtype(adata.var[c])
-               or isinstance(adata.var[c].dtype, pd.CategoricalDtype)]
-    in_use = np.asarray(names, dtype=str)
-    best, best_n = None, n_matched
-    for c in columns[:_MAX_HINT_COLUMNS]:
-        values = adata.var[c].astype(str).to_numpy()
-        if np.array_equal(values, in_use):
-            continue
+    def in_vocab(values) -> int:
         genes = list(dict.fromkeys(strip_gene_prefix(values)[0]))
-        n = int((np.asarray(vocab.lookup(genes)) >= 0).sum() if hasattr(vocab, "lookup")
-                else sum(g in vocab for g in genes))
-        if n > best_n:
-            best, best_n = c, n
+        return int((np.asarray(vocab.lookup(genes)) >= 0).sum() if hasattr(vocab, "lookup")
+                   else sum(g in vocab for g in genes))
+
+    best, best_n = column_matching_most(adata.var, in_vocab, above=n_matched, skip=names,
+                                        max_columns=_MAX_HINT_COLUMNS)
     if best is not None:
         return (f" var column {best!r} has {best_n:,} of the vocabulary's genes: pass --gene-column {best} "
                 f"(gene_column={best!r} in Python) to name the genes by it.")
-    if not columns:
+    if not name_columns(adata.var):
         return (" If a var column holds the model's kind of gene names, pass it with --gene-column NAME "
                 "(gene_column= in Python).")
     return ""

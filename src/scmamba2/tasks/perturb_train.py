@@ -40,15 +40,12 @@ def _check_targets_measured(adata, targets: Sequence[str], *, layer, use_raw: bo
     if found >= 0.5 * len(targets):
         return
     from ..data.corpus_vocab import is_ensembl
+    from ..data.validate import column_matching_most, name_columns
 
     var = select_matrix(adata, layer=layer, use_raw=use_raw).var
-    columns = [c for c in var.columns if c != gene_column and (pd.api.types.is_string_dtype(var[c])
-                                                               or isinstance(var[c].dtype, pd.CategoricalDtype))]
-    best, best_n = None, found
-    for c in columns:  # the column that holds the most targets
-        n = len(set(targets) & set(var[c].astype(str)))
-        if n > best_n:
-            best, best_n = c, n
+    columns = [c for c in name_columns(var) if c != gene_column]
+    best, best_n = column_matching_most(var.drop(columns=[gene_column]) if gene_column in var.columns else var,
+                                        lambda values: len(set(targets) & set(values)), above=found)
     ids = is_ensembl(targets).mean() > 0.5  # else: the targets are symbols
     same_kind = [c for c in columns if (is_ensembl(var[c].astype(str)[:200]).mean() > 0.5) == ids]
     kind = "Ensembl ids" if ids else "gene symbols"
