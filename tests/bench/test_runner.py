@@ -99,6 +99,17 @@ def test_collect_builds_the_report_from_written_results(tmp_path, make_png):
     assert back.figures["a plot"] == out / "perturb_plot.png" and back.tables["t"].equals(res.tables["t"])
 
 
+def test_benchmark_script_names_a_missing_benchmark_dependency(tmp_path, monkeypatch):
+    from scmamba2.bench import script
+
+    def run(data_dir, out_dir, *, seed=0, quick=False):
+        import scvi_not_installed  # noqa: F401
+
+    monkeypatch.setitem(sys.modules, "scmamba2.bench.toy", types.SimpleNamespace(run=run))
+    with pytest.raises(SystemExit, match=r"needs the package 'scvi_not_installed'.*\[bench\]"):
+        script.main("toy", "Toy benchmark.", argv=["--out", str(tmp_path)])
+
+
 def test_benchmark_script_main_writes_the_task_results(tmp_path, monkeypatch):
     from scmamba2.bench import script
 

@@ -34,7 +34,11 @@ def main(task: str, doc: str, quick_help: str = "Small and fast: a plumbing chec
     run = importlib.import_module(f"scmamba2.bench.{task}").run
     code = code_version()  # before running: the code that was imported
     t0 = time.perf_counter()
-    res = run(data_dir=args.data_dir, out_dir=args.out, seed=args.seed, quick=args.quick)
+    try:
+        res = run(data_dir=args.data_dir, out_dir=args.out, seed=args.seed, quick=args.quick)
+    except ModuleNotFoundError as e:  # a baseline's package (scvi-tools, celltypist, ...): the bench extra
+        raise SystemExit(f"benchmark {task} needs the package {e.name!r}, one of the benchmarks' dependencies: "
+                         "pip install -e '.[bench]'") from None
     res.meta["code_version"] = code
     res.meta["wall_minutes"] = round((time.perf_counter() - t0) / 60, 2)
     md = res.write(args.out, stem=f"{task}_quick" if args.quick else task)
