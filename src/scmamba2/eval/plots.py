@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import textwrap
+
 from pathlib import Path
 
 from .._threads import keep_torch_threads
@@ -65,7 +67,7 @@ def umap_panels(adata, *, reps: dict[str, str], color: list[str], path: str | Pa
         sc.tl.umap(a, random_state=seed)
         coords[name] = a.obsm["X_umap"]
         for ax, c in zip(axes[row], color):
-            sc.pl.umap(a, color=c, ax=ax, show=False, title=f"{name}: {c}", frameon=False,
+            sc.pl.umap(a, color=c, ax=ax, show=False, title=textwrap.fill(f"{name}: {c}", 45), frameon=False,
                        legend_fontsize=7, size=max(120000 / a.n_obs / 10, 2))
     if title:
         fig.suptitle(title)
