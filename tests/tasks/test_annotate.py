@@ -681,3 +681,21 @@ def test_gene_probe_reads_the_first_of_duplicated_gene_names():
     probe, _ = fit_gene_probe(X, got, y, 3, n_top_genes=59, folds=3, seed=0)
     assert probe.genes.count("g1") == 1
     np.testing.assert_allclose(probe.select(X, got).toarray(), probe.matrix(a)[0].toarray(), rtol=1e-6)
+
+
+def test_a_continuous_label_column_is_refused_and_categories_are_not():
+    import anndata as ad
+
+    from scmamba2.tasks.annotate import reference_labels
+
+    n = 60
+    obs = pd.DataFrame({"depth": np.random.default_rng(0).gamma(2.0, 1000.0, n),  # floats: a measurement
+                        "cell_id": np.arange(n),  # whole numbers, but one per cell
+                        "cluster": np.tile([0.0, 1.0, 2.0], n // 3)},  # whole floats, few: categories
+                       index=[f"c{i}" for i in range(n)])
+    a = ad.AnnData(np.ones((n, 2), dtype=np.float32), obs=obs)
+    for key in ("depth", "cell_id"):
+        with pytest.raises(InputError, match="looks like a continuous value"):
+            reference_labels(a, key)
+    classes, codes = reference_labels(a, "cluster")
+    assert classes == ["0.0", "1.0", "2.0"] and set(codes) == {0, 1, 2}

@@ -426,6 +426,17 @@ def vocabulary_overlap(adata: anndata.AnnData, vocab: Any, min_overlap: float = 
     return rep
 
 
+def looks_continuous(col, n_distinct: int, n: int) -> bool:
+    """Whether an ``obs`` column given as categories (cell types, batches) holds a continuous value instead: float
+    values that are not all whole, or more than 20 distinct values that are more than half of its ``n`` non-missing
+    cells (``n_distinct`` of them distinct)."""
+    import pandas as pd
+
+    values = col.dropna()
+    fractional = pd.api.types.is_float_dtype(col) and not np.array_equal(values, np.round(values))
+    return fractional or (n_distinct > 20 and n_distinct > n / 2)
+
+
 def name_columns(var) -> list:
     """The ``var`` columns that can hold gene names (strings or categories)."""
     import pandas as pd

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import textwrap
-
 from pathlib import Path
 
 from .._threads import keep_torch_threads

@@ -148,7 +148,7 @@ def reference_labels(reference, label_key: str) -> tuple[list[str], np.ndarray]:
     if label_key not in reference.obs:
         raise InputError(f"label_key {label_key!r} is not an obs column of the reference; available: "
                          f"{list(reference.obs.columns)}")
-    import pandas as pd
+    from ..data.validate import looks_continuous
 
     col = reference.obs[label_key]
     missing = col.isna().to_numpy()
@@ -158,8 +158,7 @@ def reference_labels(reference, label_key: str) -> tuple[list[str], np.ndarray]:
         raise InputError(f"obs[{label_key!r}] has {len(classes)} class(es) among the labelled cells: a classifier "
                          "needs at least two")
     n_labelled = int((~missing).sum())
-    fractional = pd.api.types.is_float_dtype(col) and not np.array_equal(col[~missing], np.round(col[~missing]))
-    if fractional or (len(classes) > 20 and len(classes) > n_labelled / 2):
+    if looks_continuous(col, len(classes), n_labelled):
         raise InputError(f"obs[{label_key!r}] looks like a continuous value, not cell types: {len(classes):,} "
                          f"distinct values among {n_labelled:,} labelled cells (e.g. {', '.join(classes[:3])}). "
                          "Give --label-key (label_key=) a column of categories such as 'cell_type'; columns: "

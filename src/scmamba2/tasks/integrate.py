@@ -29,6 +29,7 @@ import numpy as np
 
 from ..data.tokenize import TokenizerConfig
 from ..data.files import write_json
+from ..data.validate import looks_continuous
 from ..errors import InputError
 from ..model import ModelConfig, ScMamba2
 
@@ -122,10 +123,7 @@ def batch_categories(adata, batch_key: str) -> tuple[list[str], np.ndarray]:
     cats = sorted(set(values))
     if len(cats) < 2:
         raise InputError(f"obs[{batch_key!r}] has a single batch ({cats[0]!r}): integration needs at least two")
-    import pandas as pd
-
-    fractional = pd.api.types.is_float_dtype(col) and not np.array_equal(col, np.round(col))
-    if fractional or (len(cats) > 20 and len(cats) > len(values) / 2):
+    if looks_continuous(col, len(cats), len(values)):
         raise InputError(f"obs[{batch_key!r}] looks like a continuous value, not batches: {len(cats):,} distinct "
                          f"values among {len(values):,} cells (e.g. {', '.join(cats[:3])}). Give --batch-key "
                          "(batch_key=) a column of categories such as 'donor', 'sample' or 'batch'; columns: "

@@ -35,7 +35,8 @@ def _check_targets_measured(adata, targets: Sequence[str], *, layer, use_raw: bo
 
     if not targets:
         return
-    measured = set(map(str, select_matrix(adata, layer=layer, use_raw=use_raw, gene_column=gene_column).var_names))
+    in_use = select_matrix(adata, layer=layer, use_raw=use_raw, gene_column=gene_column).var_names.astype(str)
+    measured = set(in_use)
     found = sum(t in measured for t in targets)
     if found >= 0.5 * len(targets):
         return
@@ -44,8 +45,8 @@ def _check_targets_measured(adata, targets: Sequence[str], *, layer, use_raw: bo
 
     var = select_matrix(adata, layer=layer, use_raw=use_raw).var
     columns = [c for c in name_columns(var) if c != gene_column]
-    best, best_n = column_matching_most(var.drop(columns=[gene_column]) if gene_column in var.columns else var,
-                                        lambda values: len(set(targets) & set(values)), above=found)
+    best, best_n = column_matching_most(var, lambda values: len(set(targets) & set(values)), above=found,
+                                        skip=in_use)  # never the column of the names in use
     ids = is_ensembl(targets).mean() > 0.5  # else: the targets are symbols
     same_kind = [c for c in columns if (is_ensembl(var[c].astype(str)[:200]).mean() > 0.5) == ids]
     kind = "Ensembl ids" if ids else "gene symbols"

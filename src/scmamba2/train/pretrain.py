@@ -332,8 +332,8 @@ def pretrain(
             mcfg = replace(mcfg, profile_genes=len(panel))
         elif len(panel) < mcfg.profile_genes:
             log.info("gene panel of the profile objective: %d of the %d genes read qualify (expressed in enough "
-                     "cells), so the panel holds %d genes instead of its usual %d", len(panel), np.unique(cells.gene_ids).size,
-                     len(panel), mcfg.profile_genes)
+                     "cells), so the panel holds %d genes instead of its usual %d", len(panel),
+                     np.unique(cells.gene_ids).size, len(panel), mcfg.profile_genes)
             mcfg = replace(mcfg, profile_genes=len(panel))
 
     pl.seed_everything(tcfg.seed, workers=True, verbose=False)
